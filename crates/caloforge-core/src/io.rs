@@ -1,0 +1,364 @@
+//! CaloChallenge HDF5 shower files (SPEC §1): streaming, validating reader and atomic writer.
+//!
+//! A file holds `incident_energies` ((N,1) or (N,), MeV) and `showers` ((N,V), MeV), float32 or
+//! float64, gzip-compressed or not, chunked or not. The reader keeps the incident energies in
+//! memory and reads showers in row windows so that files larger than memory can be processed.
+
+use crate::error::{CoreError, Result};
+use hdf5_pure::{DType, File, FileBuilder, MaxExtent};
+use std::path::{Path, PathBuf};
+
+/// Name of the incident-energy dataset.
+pub const ENERGIES: &str = "incident_energies";
+/// Name of the shower dataset.
+pub const SHOWERS: &str = "showers";
+
+/// Element type of a stored dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+/// An open shower file, validated for shape, with its incident energies loaded.
+pub struct ShowerFile {
+    path: PathBuf,
+    file: File,
+    /// Incident energies (MeV), one per shower.
+    pub energies: Vec<f64>,
+    /// Number of voxels per shower.
+    pub n_voxels: usize,
+    /// Stored precision of the showers.
+    pub precision: Precision,
+}
+
+fn float_precision(path: &Path, name: &str, dt: DType) -> Result<Precision> {
+    match dt {
+        DType::F32 => Ok(Precision::F32),
+        DType::F64 => Ok(Precision::F64),
+        other => Err(CoreError::data(
+            path.display(),
+            format!("dataset '{name}' has element type {other}, expected float32 or float64"),
+        )),
+    }
+}
+
+impl ShowerFile {
+    /// Opens `path`, checks both datasets and their shapes, and validates the incident energies
+    /// (finite, > 0). `expected_voxels` checks the voxel count of the dataset.
+    pub fn open(path: &Path, expected_voxels: Option<usize>) -> Result<Self> {
+        let disp_s = path.display().to_string();
+        let disp = disp_s.as_str();
+        if !path.exists() {
+            return Err(CoreError::data(disp, "no such file"));
+        }
+        let file = File::open_streaming(path)
+            .map_err(|e| CoreError::data(disp, format!("not a readable HDF5 file: {e}")))?;
+        let names = file.root().datasets().unwrap_or_default();
+        for need in [ENERGIES, SHOWERS] {
+            if !names.iter().any(|n| n == need || n == &format!("/{need}")) {
+                return Err(CoreError::data(
+                    disp,
+                    format!("missing dataset '{need}' (found: {})", names.join(", ")),
+                ));
+            }
+        }
+        let eds = file
+            .dataset(ENERGIES)
+            .map_err(|e| CoreError::data(disp, format!("cannot open '{ENERGIES}': {e}")))?;
+        let eshape = eds.shape().map_err(|e| CoreError::data(disp, format!("'{ENERGIES}': {e}")))?;
+        let n_e = match eshape.as_slice() {
+            [n] => *n as usize,
+            [n, 1] => *n as usize,
+            s => {
+                return Err(CoreError::data(
+                    disp,
+                    format!("dataset '{ENERGIES}' has shape {s:?}, expected (N, 1) or (N,)"),
+                ))
+            }
+        };
+        float_precision(path, ENERGIES, eds.dtype().map_err(|e| CoreError::data(disp, e.to_string()))?)?;
+        let sds = file
+            .dataset(SHOWERS)
+            .map_err(|e| CoreError::data(disp, format!("cannot open '{SHOWERS}': {e}")))?;
+        let sshape = sds.shape().map_err(|e| CoreError::data(disp, format!("'{SHOWERS}': {e}")))?;
+        let (n_s, n_voxels) = match sshape.as_slice() {
+            [n, v] => (*n as usize, *v as usize),
+            s => {
+                return Err(CoreError::data(
+                    disp,
+                    format!("dataset '{SHOWERS}' has shape {s:?}, expected (N, voxels)"),
+                ))
+            }
+        };
+        let precision =
+            float_precision(path, SHOWERS, sds.dtype().map_err(|e| CoreError::data(disp, e.to_string()))?)?;
+        if n_s != n_e {
+            return Err(CoreError::data(
+                disp,
+                format!("'{SHOWERS}' has {n_s} rows but '{ENERGIES}' has {n_e}"),
+            ));
+        }
+        if let Some(v) = expected_voxels {
+            if v != n_voxels {
+                return Err(CoreError::data(
+                    disp,
+                    format!("'{SHOWERS}' has {n_voxels} voxels per shower, the dataset needs {v}"),
+                ));
+            }
+        }
+        if n_s == 0 {
+            return Err(CoreError::data(disp, "file holds no showers (N = 0)"));
+        }
+        let energies = eds
+            .read_f64()
+            .map_err(|e| CoreError::data(disp, format!("cannot read '{ENERGIES}': {e}")))?;
+        for (row, &e) in energies.iter().enumerate() {
+            if !e.is_finite() {
+                return Err(CoreError::data(disp, format!("'{ENERGIES}' row {row} is not finite ({e})")));
+            }
+            if e <= 0.0 {
+                return Err(CoreError::data(
+                    disp,
+                    format!("'{ENERGIES}' row {row} is {e} MeV; incident energies must be > 0"),
+                ));
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), file, energies, n_voxels, precision })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of showers.
+    pub fn len(&self) -> usize {
+        self.energies.len()
+    }
+
+    /// Whether the file holds no showers (never true for an opened file).
+    pub fn is_empty(&self) -> bool {
+        self.energies.is_empty()
+    }
+
+    fn showers_ds(&self) -> Result<hdf5_pure::Dataset> {
+        self.file
+            .dataset(SHOWERS)
+            .map_err(|e| CoreError::data(self.path.display(), format!("cannot open '{SHOWERS}': {e}")))
+    }
+
+    /// Reads showers `[start, start+count)` as f64 (row-major), validated: every value finite
+    /// and non-negative.
+    pub fn read_rows(&self, start: usize, count: usize) -> Result<Vec<f64>> {
+        let ds = self.showers_ds()?;
+        let count = count.min(self.len().saturating_sub(start));
+        let v = ds.read_f64_rows(start as u64, count as u64).map_err(|e| {
+            CoreError::data(self.path.display(), format!("cannot read '{SHOWERS}' rows {start}..{}: {e}", start + count))
+        })?;
+        self.validate(start, &v)?;
+        Ok(v)
+    }
+
+    /// Reads showers `[start, start+count)` as f32, validated like [`read_rows`](Self::read_rows).
+    pub fn read_rows_f32(&self, start: usize, count: usize) -> Result<Vec<f32>> {
+        let ds = self.showers_ds()?;
+        let count = count.min(self.len().saturating_sub(start));
+        let v = ds.read_f32_rows(start as u64, count as u64).map_err(|e| {
+            CoreError::data(self.path.display(), format!("cannot read '{SHOWERS}' rows {start}..{}: {e}", start + count))
+        })?;
+        for (i, &x) in v.iter().enumerate() {
+            if !x.is_finite() || x < 0.0 {
+                return Err(self.bad_value(start, i, x as f64));
+            }
+        }
+        Ok(v)
+    }
+
+    fn validate(&self, start: usize, v: &[f64]) -> Result<()> {
+        for (i, &x) in v.iter().enumerate() {
+            if !x.is_finite() || x < 0.0 {
+                return Err(self.bad_value(start, i, x));
+            }
+        }
+        Ok(())
+    }
+
+    fn bad_value(&self, start: usize, i: usize, x: f64) -> CoreError {
+        let row = start + i / self.n_voxels;
+        let col = i % self.n_voxels;
+        let what = if x.is_finite() { "negative" } else { "not finite" };
+        CoreError::data(
+            self.path.display(),
+            format!("'{SHOWERS}' row {row}, voxel {col} is {what} ({x}); voxel energies must be finite and >= 0"),
+        )
+    }
+
+    /// Rows per read window so that one window holds about `bytes` of f64 values.
+    pub fn rows_per_window(&self, bytes: usize) -> usize {
+        (bytes / (8 * self.n_voxels.max(1))).max(1)
+    }
+}
+
+/// Writes `path` atomically: `build` fills a [`FileBuilder`], which is written to a temporary
+/// file in the same directory and renamed over `path` only on success.
+pub fn write_atomic(path: &Path, build: impl FnOnce(&mut FileBuilder)) -> Result<()> {
+    let tmp = temp_path(path);
+    let mut b = FileBuilder::new();
+    build(&mut b);
+    let res = b
+        .write(&tmp)
+        .map_err(|e| CoreError::write(path.display(), e.to_string()))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| CoreError::write(path.display(), e.to_string())));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// The temporary sibling path used for an atomic write of `path`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Checks that the directory of `path` exists and is writable, before long work starts.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(CoreError::write(path.display(), format!("directory {} does not exist", dir.display())));
+    }
+    let probe = temp_path(path);
+    std::fs::write(&probe, b"")
+        .map_err(|e| CoreError::write(path.display(), format!("directory {} is not writable: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Rows per HDF5 chunk for showers of `n_voxels`: about 256 KiB of float32 per chunk.
+pub fn chunk_rows(n_voxels: usize, n: usize) -> usize {
+    (65_536 / n_voxels.max(1)).clamp(1, n.max(1))
+}
+
+/// Streams showers to a CaloChallenge file: gzip (level 4), shuffle, chunked float32 showers and
+/// float64 incident energies of shape (N, 1). Data goes to a temporary file, appended batch by
+/// batch so memory stays bounded; [`finish`](Self::finish) renames it over the target. Dropping
+/// the writer without `finish` removes the temporary file.
+pub struct ShowerWriter {
+    target: PathBuf,
+    tmp: PathBuf,
+    n_voxels: usize,
+    file: Option<File>,
+    rows: usize,
+    pending_e: Vec<f64>,
+    pending_s: Vec<f32>,
+    chunk: usize,
+}
+
+impl ShowerWriter {
+    /// Starts a file of showers with `n_voxels` voxels; `expected_rows` sizes the chunks.
+    pub fn create(path: &Path, n_voxels: usize, expected_rows: usize) -> Result<Self> {
+        check_writable(path)?;
+        Ok(Self {
+            target: path.to_path_buf(),
+            tmp: temp_path(path),
+            n_voxels,
+            file: None,
+            rows: 0,
+            pending_e: Vec::new(),
+            pending_s: Vec::new(),
+            chunk: chunk_rows(n_voxels, expected_rows),
+        })
+    }
+
+    /// Appends showers (row-major, `energies.len()` rows).
+    pub fn append(&mut self, energies: &[f64], showers: &[f32]) -> Result<()> {
+        if showers.len() != energies.len() * self.n_voxels {
+            return Err(CoreError::Invalid(format!(
+                "writer for {}: {} values for {} showers of {} voxels",
+                self.target.display(),
+                showers.len(),
+                energies.len(),
+                self.n_voxels
+            )));
+        }
+        self.pending_e.extend_from_slice(energies);
+        self.pending_s.extend_from_slice(showers);
+        // Flush whole chunks so that appends stay chunk-aligned.
+        let flush_rows = (self.pending_e.len() / self.chunk) * self.chunk;
+        if flush_rows >= self.chunk * 16 {
+            self.flush(flush_rows)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, rows: usize) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let werr = |e: hdf5_pure::Error| CoreError::write(self.target.display(), e.to_string());
+        let e: Vec<f64> = self.pending_e.drain(..rows).collect();
+        let s: Vec<f32> = self.pending_s.drain(..rows * self.n_voxels).collect();
+        match &self.file {
+            None => {
+                let mut b = FileBuilder::new();
+                b.create_dataset(ENERGIES)
+                    .with_f64_data(&e)
+                    .with_shape(&[rows as u64, 1])
+                    .with_maxshape(&[MaxExtent::Unlimited, MaxExtent::Fixed(1)])
+                    .with_chunks(&[(self.chunk * 16).max(1024) as u64, 1])
+                    .with_deflate(4);
+                b.create_dataset(SHOWERS)
+                    .with_f32_data(&s)
+                    .with_shape(&[rows as u64, self.n_voxels as u64])
+                    .with_maxshape(&[MaxExtent::Unlimited, MaxExtent::Fixed(self.n_voxels as u64)])
+                    .with_chunks(&[self.chunk as u64, self.n_voxels as u64])
+                    .with_shuffle()
+                    .with_deflate(4);
+                b.write(&self.tmp).map_err(werr)?;
+                self.file = Some(File::open_rw(&self.tmp).map_err(werr)?);
+            }
+            Some(f) => {
+                let mut de = f.dataset(ENERGIES).map_err(werr)?;
+                de.append(&e).map_err(werr)?;
+                let mut ds = f.dataset(SHOWERS).map_err(werr)?;
+                ds.append(&s).map_err(werr)?;
+            }
+        }
+        self.rows += rows;
+        Ok(())
+    }
+
+    /// Writes what is pending, closes the file and renames it over the target path.
+    pub fn finish(mut self) -> Result<usize> {
+        let rows = self.pending_e.len();
+        self.flush(rows)?;
+        if self.rows == 0 {
+            return Err(CoreError::Invalid(format!("no showers to write to {}", self.target.display())));
+        }
+        if let Some(f) = self.file.take() {
+            f.close().map_err(|e| CoreError::write(self.target.display(), e.to_string()))?;
+        }
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| CoreError::write(self.target.display(), e.to_string()))?;
+        Ok(self.rows)
+    }
+}
+
+impl Drop for ShowerWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() || self.tmp.exists() {
+            self.file.take();
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes a whole set of showers at once (see [`ShowerWriter`]).
+pub fn write_showers(path: &Path, energies: &[f64], showers: &[f32], n_voxels: usize) -> Result<()> {
+    let mut w = ShowerWriter::create(path, n_voxels, energies.len())?;
+    w.append(energies, showers)?;
+    w.finish().map(|_| ())
+}

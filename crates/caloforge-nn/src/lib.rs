@@ -1,0 +1,14 @@
+//! caloforge-nn: the shared neural-network blocks of caloforge, on burn 0.22 (`flex` CPU backend).
+//!
+//! All tensor-framework code of caloforge lives here so that hot paths can later receive
+//! hand-written kernels without touching the model or evaluation crates.
+//!
+//! * [`mlp`]: fully connected networks (the CaloChallenge classifier DNN).
+//! * [`classifier`]: the binary-classifier training loop of the CaloChallenge evaluation.
+//! * [`device`]: device selection (CPU `flex`, autodiff) and dtype configuration.
+
+pub mod classifier;
+pub mod device;
+pub mod mlp;
+
+pub use burn;
