@@ -204,7 +204,8 @@ pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     v
 }
 
-/// NumPy-compatible `logspace(a, b, num)` = 10 ** linspace(a, b, num).
+/// NumPy-compatible `logspace(a, b, num)` = 10 ** linspace(a, b, num), with correctly rounded
+/// powers (see [`crate::numeric::exp10_cr`]).
 pub fn logspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    linspace(start, stop, num).into_iter().map(|e| 10f64.powf(e)).collect()
+    linspace(start, stop, num).into_iter().map(crate::numeric::exp10_cr).collect()
 }

@@ -1,1 +1,192 @@
-fn main(){}
+//! The caloforge command-line tool.
+
+use anyhow::{bail, Context, Result};
+use caloforge_core::DatasetKind;
+use caloforge_eval::{EvalConfig, Mode};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+mod commands;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "caloforge", version, about = "Fast calorimeter shower generation and CaloChallenge evaluation, in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate generated showers against reference showers (CaloChallenge 2022 metrics).
+    Evaluate(EvaluateArgs),
+    /// Write the high-level features of a shower file to an HDF5 file.
+    Features(FeaturesArgs),
+    /// Simulate showers of the dataset-2/3 detector with the built-in parametric simulator.
+    Simulate(commands::SimulateArgs),
+    /// Run the demo: simulate a reference and a "generated" sample, then evaluate.
+    Demo(commands::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct EvaluateArgs {
+    /// Dataset: 1-photons, 1-pions, 2 or 3.
+    #[arg(long, short = 'd')]
+    dataset: String,
+    /// Generated showers (HDF5).
+    #[arg(long, short = 'i', alias = "input")]
+    generated: PathBuf,
+    /// Reference (Geant4) showers (HDF5).
+    #[arg(long, short = 'r')]
+    reference: PathBuf,
+    /// all, avg, hist, hist-chi, hist-p, cls-low, cls-low-normed, cls-high, fpd-kpd.
+    #[arg(long, short = 'm', default_value = "all")]
+    mode: String,
+    /// Output directory.
+    #[arg(long, default_value = "evaluation_results")]
+    out: PathBuf,
+    /// Binning XML overriding the embedded one.
+    #[arg(long)]
+    binning: Option<PathBuf>,
+    /// Seed of every random draw (splits, classifier init, FPD/KPD bootstrap).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Classifier epochs.
+    #[arg(long, default_value_t = 50)]
+    cls_epochs: usize,
+    /// Independent classifier trainings (mean ± std).
+    #[arg(long, default_value_t = 1)]
+    cls_repeats: usize,
+    /// Classifier hidden width.
+    #[arg(long, default_value_t = 2048)]
+    cls_n_hidden: usize,
+    /// Classifier hidden-to-hidden layers.
+    #[arg(long, default_value_t = 2)]
+    cls_n_layer: usize,
+    /// Classifier batch size.
+    #[arg(long, default_value_t = 1000)]
+    cls_batch_size: usize,
+    /// Classifier learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    cls_lr: f64,
+    /// Classifier dropout probability.
+    #[arg(long, default_value_t = 0.0)]
+    cls_dropout: f64,
+    /// Train the classifier in float64 (as evaluate.py) instead of float32.
+    #[arg(long)]
+    cls_f64: bool,
+    /// FPD smallest bootstrap batch.
+    #[arg(long, default_value_t = 10_000)]
+    fpd_min_samples: usize,
+    /// FPD largest bootstrap batch.
+    #[arg(long, default_value_t = 50_000)]
+    fpd_max_samples: usize,
+    /// KPD batch size.
+    #[arg(long, default_value_t = 10_000)]
+    kpd_batch_size: usize,
+}
+
+#[derive(clap::Args)]
+struct FeaturesArgs {
+    /// Dataset: 1-photons, 1-pions, 2 or 3.
+    #[arg(long, short = 'd')]
+    dataset: String,
+    /// Shower file.
+    #[arg(long, short = 'i')]
+    input: PathBuf,
+    /// Output HDF5 file.
+    #[arg(long, default_value = "features.h5")]
+    out: PathBuf,
+    /// Binning XML overriding the embedded one.
+    #[arg(long)]
+    binning: Option<PathBuf>,
+}
+
+fn parse_dataset(s: &str) -> Result<DatasetKind> {
+    Ok(s.parse::<DatasetKind>()?)
+}
+
+fn evaluate(a: EvaluateArgs, quiet: bool) -> Result<()> {
+    let ds = parse_dataset(&a.dataset)?;
+    let mode: Mode = a.mode.parse()?;
+    if a.cls_epochs == 0 || a.cls_repeats == 0 || a.cls_batch_size == 0 || a.cls_n_hidden == 0 {
+        bail!("--cls-epochs, --cls-repeats, --cls-batch-size and --cls-n-hidden must be > 0");
+    }
+    if !(0.0..1.0).contains(&a.cls_dropout) {
+        bail!("--cls-dropout must be in [0, 1)");
+    }
+    if a.fpd_min_samples < 2 || a.fpd_max_samples < 2 || a.kpd_batch_size < 2 {
+        bail!("--fpd-min-samples, --fpd-max-samples and --kpd-batch-size must be >= 2");
+    }
+    let mut cfg = EvalConfig::new(ds, a.generated, a.reference, mode, a.out.clone());
+    cfg.binning = a.binning;
+    cfg.seed = a.seed;
+    cfg.progress = !quiet;
+    cfg.cls_repeats = a.cls_repeats;
+    cfg.classifier.epochs = a.cls_epochs;
+    cfg.classifier.hidden = a.cls_n_hidden;
+    cfg.classifier.n_layer = a.cls_n_layer;
+    cfg.classifier.batch_size = a.cls_batch_size;
+    cfg.classifier.lr = a.cls_lr;
+    cfg.classifier.dropout = a.cls_dropout;
+    cfg.classifier.seed = a.seed;
+    if a.cls_f64 {
+        cfg.classifier.precision = caloforge_nn_precision_f64();
+    }
+    cfg.fpd.seed = a.seed;
+    cfg.fpd.min_samples = a.fpd_min_samples;
+    cfg.fpd.max_samples = a.fpd_max_samples;
+    cfg.kpd.seed = a.seed;
+    cfg.kpd.batch_size = a.kpd_batch_size;
+    let s = caloforge_eval::evaluate(&cfg)?;
+    commands::print_summary(&s);
+    eprintln!("results written to {}", a.out.display());
+    Ok(())
+}
+
+fn caloforge_nn_precision_f64() -> caloforge_eval::classifier_precision::Precision {
+    caloforge_eval::classifier_precision::Precision::F64
+}
+
+fn features(a: FeaturesArgs, quiet: bool) -> Result<()> {
+    let ds = parse_dataset(&a.dataset)?;
+    let g = ds.geometry(a.binning.as_deref())?;
+    let file = caloforge_core::ShowerFile::open(&a.input, Some(ds.n_voxels()))?;
+    caloforge_core::io::check_writable(&a.out)?;
+    let scan = caloforge_eval::evaluate::scan(&file, &g, ds, 256 << 20, "features", !quiet, None)?;
+    commands::write_features(&a.out, &scan.features)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("{} showers: features written to {}", file.len(), a.out.display());
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            bail!("--threads must be > 0");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting up threads")?;
+    }
+    match cli.command {
+        Command::Evaluate(a) => evaluate(a, cli.quiet),
+        Command::Features(a) => features(a, cli.quiet),
+        Command::Simulate(a) => commands::simulate(a, cli.quiet),
+        Command::Demo(a) => commands::demo(a, cli.quiet),
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

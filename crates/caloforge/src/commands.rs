@@ -1,0 +1,269 @@
+//! Subcommands other than `evaluate` and `features`: simulate, demo, and shared helpers.
+
+use anyhow::{bail, Context, Result};
+use caloforge_core::{DatasetKind, Features, ShowerFile, ShowerWriter};
+use caloforge_eval::{EvalConfig, EvalSummary, Mode};
+use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+fn bar(quiet: bool, len: u64, msg: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40.cyan/blue}] {pos}/{len} ({per_sec}, ETA {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+#[derive(clap::Args, Clone)]
+pub struct SimulateArgs {
+    /// Dataset mesh: 2 or 3.
+    #[arg(long, short = 'd', default_value = "2")]
+    dataset: String,
+    /// Number of showers.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    n: usize,
+    /// Seed (shower k uses RNG stream k of this seed).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output file (with --both: F_ds2.h5 and F_ds3.h5 next to it).
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    /// Smallest incident energy (MeV), log-uniform spectrum.
+    #[arg(long, default_value_t = 1e3)]
+    energy_min: f64,
+    /// Largest incident energy (MeV).
+    #[arg(long, default_value_t = 1e6)]
+    energy_max: f64,
+    /// Fixed incident energy (MeV) instead of a spectrum.
+    #[arg(long)]
+    energy: Option<f64>,
+    /// Reuse the incident energies of this file, in order (N = its number of showers unless --n is given explicitly smaller).
+    #[arg(long)]
+    energies_from: Option<PathBuf>,
+    /// Write the same showers on both meshes (F_ds2.h5, F_ds3.h5).
+    #[arg(long)]
+    both: bool,
+    /// Parameter set: geant4 (tuned to the Geant4 samples) or stock (GFlash values).
+    #[arg(long, default_value = "geant4")]
+    tune: String,
+}
+
+#[derive(Serialize)]
+struct SimSummary {
+    caloforge_version: String,
+    outputs: Vec<String>,
+    n: usize,
+    seed: u64,
+    tune: Tune,
+    energy_min_mev: f64,
+    energy_max_mev: f64,
+    energies_from: Option<String>,
+    wall_seconds: f64,
+    showers_per_second: f64,
+    params: SimParams,
+}
+
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "showers".into());
+    let ext = out.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "h5".into());
+    out.with_file_name(format!("{stem}{suffix}.{ext}"))
+}
+
+/// Writes `text` to `path` atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    let tmp = caloforge_core::io::temp_path(path);
+    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `caloforge simulate`.
+pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let ds: DatasetKind = a.dataset.parse()?;
+    let tune: Tune = a.tune.parse().map_err(anyhow::Error::msg)?;
+    if a.n == 0 {
+        bail!("--n must be > 0");
+    }
+    let energies = if let Some(f) = &a.energies_from {
+        let file = ShowerFile::open(f, None)?;
+        let mut e = file.energies.clone();
+        e.truncate(a.n.min(e.len()));
+        e
+    } else if let Some(e) = a.energy {
+        if !(e.is_finite() && e > 0.0) {
+            bail!("--energy must be a positive number of MeV, got {e}");
+        }
+        vec![e; a.n]
+    } else {
+        if !(a.energy_min.is_finite() && a.energy_min > 0.0 && a.energy_max.is_finite() && a.energy_max >= a.energy_min) {
+            bail!("need 0 < --energy-min <= --energy-max (MeV), got {} and {}", a.energy_min, a.energy_max);
+        }
+        log_uniform_energies(a.n, a.energy_min, a.energy_max, a.seed)
+    };
+    let kinds: Vec<DatasetKind> = if a.both { vec![DatasetKind::Ds2, DatasetKind::Ds3] } else { vec![ds] };
+    let meshes = kinds.iter().map(|&k| Mesh::of(k)).collect::<std::result::Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+    let outs: Vec<PathBuf> = if a.both { vec![sibling(&a.out, "_ds2"), sibling(&a.out, "_ds3")] } else { vec![a.out.clone()] };
+    let mut writers = Vec::new();
+    for (p, m) in outs.iter().zip(&meshes) {
+        writers.push(ShowerWriter::create(p, m.n_voxels(), energies.len())?);
+    }
+    let params = SimParams::new(tune);
+    let sim = Simulator::new(params.clone(), meshes.clone());
+    let pb = bar(quiet, energies.len() as u64, "simulate");
+    // Batches bound memory: about 256 MB of float32 per batch.
+    let per_shower: usize = meshes.iter().map(|m| m.n_voxels() * 4).sum();
+    let batch = ((256usize << 20) / per_shower).clamp(64, 100_000);
+    let mut start = 0;
+    while start < energies.len() {
+        let end = (start + batch).min(energies.len());
+        let e = &energies[start..end];
+        let bufs = sim.simulate(e, a.seed, start as u64, &|k| pb.inc(k as u64));
+        for (w, b) in writers.iter_mut().zip(&bufs) {
+            w.append(e, b)?;
+        }
+        start = end;
+    }
+    pb.finish_and_clear();
+    for w in writers {
+        w.finish()?;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let (lo, hi) = energies.iter().fold((f64::INFINITY, 0.0f64), |(l, h), &e| (l.min(e), h.max(e)));
+    let summary = SimSummary {
+        caloforge_version: env!("CARGO_PKG_VERSION").into(),
+        outputs: outs.iter().map(|p| p.display().to_string()).collect(),
+        n: energies.len(),
+        seed: a.seed,
+        tune,
+        energy_min_mev: lo,
+        energy_max_mev: hi,
+        energies_from: a.energies_from.as_ref().map(|p| p.display().to_string()),
+        wall_seconds: wall,
+        showers_per_second: energies.len() as f64 / wall,
+        params,
+    };
+    let json_path = sibling(&a.out, "").with_extension("json");
+    write_text(&json_path, &serde_json::to_string_pretty(&summary)?)?;
+    for p in &outs {
+        eprintln!("wrote {} ({} showers, {:.1} showers/s)", p.display(), energies.len(), energies.len() as f64 / wall);
+    }
+    Ok(())
+}
+
+/// Writes the high-level features to an HDF5 file, one dataset per feature.
+pub fn write_features(path: &Path, f: &Features) -> Result<()> {
+    let n = f.len() as u64;
+    let cols = |c: &Vec<Vec<f64>>| -> (Vec<f64>, u64) {
+        let k = c.len();
+        let mut v = Vec::with_capacity(f.len() * k);
+        for i in 0..f.len() {
+            for col in c {
+                v.push(col[i]);
+            }
+        }
+        (v, k as u64)
+    };
+    let named = [
+        ("E_layer", cols(&f.e_layer)),
+        ("EC_x", cols(&f.ec_x)),
+        ("EC_y", cols(&f.ec_y)),
+        ("W_x", cols(&f.w_x)),
+        ("W_y", cols(&f.w_y)),
+        ("EC_r", cols(&f.ec_r)),
+        ("W_r", cols(&f.w_r)),
+        ("sparsity", cols(&f.sparsity)),
+    ];
+    caloforge_core::io::write_atomic(path, |b| {
+        b.create_dataset("E_tot").with_f64_data(&f.e_tot).with_shape(&[n]).with_chunks(&[n.clamp(1, 65536)]).with_deflate(4);
+        for (name, (data, k)) in &named {
+            b.create_dataset(name).with_f64_data(data).with_shape(&[n, *k]).with_chunks(&[n.clamp(1, 4096), (*k).max(1)]).with_deflate(4);
+        }
+    })?;
+    Ok(())
+}
+
+/// Prints the headline numbers of an evaluation.
+pub fn print_summary(s: &EvalSummary) {
+    println!("dataset {}: {} generated vs {} reference showers", s.dataset, s.generated.showers, s.reference.showers);
+    println!("  mean Etot/Einc: generated {:.4}, reference {:.4}", s.generated.mean_etot_einc, s.reference.mean_etot_einc);
+    if let Some(h) = s.histograms.iter().find(|h| h.name == "Etot / Einc") {
+        println!("  separation power Etot/Einc: {:.5}", h.separation_power);
+    }
+    for (n, v) in &s.separation_means {
+        if n != "Etot / Einc" {
+            println!("  mean separation power {n}: {v:.5}");
+        }
+    }
+    for c in &s.classifiers {
+        println!("  {} AUC {:.4} ± {:.4}, JSD {:.4} ± {:.4} ({} run(s))", c.mode.name(), c.auc_mean, c.auc_std, c.jsd_mean, c.jsd_std, c.runs.len());
+    }
+    if let (Some(f), Some(k)) = (s.fpd_x1e3, s.kpd_x1e3) {
+        println!("  FPD x1e3 {:.3} ± {:.3}, KPD x1e3 {:.4} ± {:.4}", f.value, f.error, k.value, k.error);
+    }
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DemoArgs {
+    /// Output directory.
+    #[arg(long, default_value = "demo-out")]
+    out: PathBuf,
+    /// Showers per sample.
+    #[arg(long, default_value_t = 2000)]
+    n: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Classifier epochs.
+    #[arg(long, default_value_t = 5)]
+    cls_epochs: usize,
+}
+
+/// `caloforge demo`: simulate a reference (Geant4-tuned) and a "generated" sample (stock GFlash
+/// parameters) with the same energies, then run the whole evaluation.
+pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
+    if a.n < 10 {
+        bail!("--n must be >= 10 for the demo");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let reference = a.out.join("reference_ds2.h5");
+    let generated = a.out.join("generated_ds2.h5");
+    eprintln!("[1/3] simulating {} reference showers (dataset 2, Geant4-tuned parameters)", a.n);
+    let base = SimulateArgs {
+        dataset: "2".into(),
+        n: a.n,
+        seed: a.seed,
+        out: reference.clone(),
+        energy_min: 1e3,
+        energy_max: 1e6,
+        energy: None,
+        energies_from: None,
+        both: false,
+        tune: "geant4".into(),
+    };
+    simulate(base.clone(), quiet)?;
+    eprintln!("[2/3] simulating {} 'generated' showers (stock GFlash parameters, same energies)", a.n);
+    simulate(SimulateArgs { seed: a.seed + 1, out: generated.clone(), energies_from: Some(reference.clone()), tune: "stock".into(), ..base }, quiet)?;
+    eprintln!("[3/3] evaluating (histograms, average showers, classifier, FPD/KPD)");
+    let eval_dir = a.out.join("evaluation");
+    let mut cfg = EvalConfig::new(DatasetKind::Ds2, generated, reference, Mode::All, eval_dir.clone());
+    cfg.progress = !quiet;
+    cfg.seed = a.seed;
+    cfg.classifier.seed = a.seed;
+    cfg.classifier.epochs = a.cls_epochs;
+    cfg.classifier.hidden = 256;
+    cfg.fpd.min_samples = 1000;
+    cfg.fpd.max_samples = 5000;
+    cfg.fpd.num_batches = 5;
+    cfg.kpd.batch_size = 1000;
+    let s = caloforge_eval::evaluate(&cfg)?;
+    print_summary(&s);
+    println!("open {} for every plot and table", eval_dir.join("report.html").display());
+    Ok(())
+}
