@@ -137,11 +137,11 @@ def main():
     txt = {text[i][:-2]: text[i + 1] for i in range(1, len(text) - 1, 3) if text[i].endswith(": ")}
     worst_sep, n_exact, n = 0.0, 0, 0
     for k, v in seps.items():
-        m = mine.get(k)
-        if m is None:
+        if k not in mine:
             print("missing", k); worst = 1; continue
+        m = mine[k]
         n += 1
-        if (m is None or (isinstance(m, float) and math.isnan(m))) and math.isnan(v):
+        if m is None and math.isnan(v):
             n_exact += 1; continue
         d = abs(m - v) / max(abs(v), 1e-300) if v != 0 else abs(m)
         n_exact += (m == v)

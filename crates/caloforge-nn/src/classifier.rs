@@ -244,3 +244,4 @@ mod tests {
         assert!(c.best_test_accuracy < 0.62, "{}", c.best_test_accuracy);
     }
 }
+
