@@ -220,8 +220,8 @@ pub struct DemoArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Classifier epochs.
-    #[arg(long, default_value_t = 5)]
+    /// Classifier epochs (the demo uses a small, fast classifier: width 256, batch 100, lr 1e-3).
+    #[arg(long, default_value_t = 20)]
     cls_epochs: usize,
 }
 
@@ -258,6 +258,8 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
     cfg.classifier.seed = a.seed;
     cfg.classifier.epochs = a.cls_epochs;
     cfg.classifier.hidden = 256;
+    cfg.classifier.batch_size = 100;
+    cfg.classifier.lr = 1e-3;
     cfg.fpd.min_samples = 1000;
     cfg.fpd.max_samples = 5000;
     cfg.fpd.num_batches = 5;
