@@ -5,7 +5,7 @@
 //! memory and reads showers in row windows so that files larger than memory can be processed.
 
 use crate::error::{CoreError, Result};
-use hdf5_pure::{DType, File, FileBuilder, MaxExtent};
+use hdf5_pure::{DType, File, FileBuilder};
 use std::path::{Path, PathBuf};
 
 /// Name of the incident-energy dataset.
@@ -243,34 +243,28 @@ pub fn chunk_rows(n_voxels: usize, n: usize) -> usize {
     (65_536 / n_voxels.max(1)).clamp(1, n.max(1))
 }
 
-/// Streams showers to a CaloChallenge file: gzip (level 4), shuffle, chunked float32 showers and
-/// float64 incident energies of shape (N, 1). Data goes to a temporary file, appended batch by
-/// batch so memory stays bounded; [`finish`](Self::finish) renames it over the target. Dropping
-/// the writer without `finish` removes the temporary file.
+/// Writes showers to a CaloChallenge file: gzip (level 4), shuffle, chunked float32 showers and
+/// float64 incident energies of shape (N, 1), written to a temporary file and renamed over the
+/// target by [`finish`](Self::finish); nothing is written if the writer is dropped unfinished.
+///
+/// Memory: the showers are held until `finish` (N × voxels × 4 bytes, about twice that while the
+/// file is encoded), because the pure-Rust HDF5 writer appends in place to rank-1 datasets only.
 pub struct ShowerWriter {
     target: PathBuf,
-    tmp: PathBuf,
     n_voxels: usize,
-    file: Option<File>,
-    rows: usize,
-    pending_e: Vec<f64>,
-    pending_s: Vec<f32>,
-    chunk: usize,
+    energies: Vec<f64>,
+    showers: Vec<f32>,
 }
 
 impl ShowerWriter {
-    /// Starts a file of showers with `n_voxels` voxels; `expected_rows` sizes the chunks.
+    /// Starts a file of showers with `n_voxels` voxels; `expected_rows` reserves memory.
     pub fn create(path: &Path, n_voxels: usize, expected_rows: usize) -> Result<Self> {
         check_writable(path)?;
         Ok(Self {
             target: path.to_path_buf(),
-            tmp: temp_path(path),
             n_voxels,
-            file: None,
-            rows: 0,
-            pending_e: Vec::new(),
-            pending_s: Vec::new(),
-            chunk: chunk_rows(n_voxels, expected_rows),
+            energies: Vec::with_capacity(expected_rows),
+            showers: Vec::with_capacity(expected_rows.saturating_mul(n_voxels)),
         })
     }
 
@@ -285,74 +279,33 @@ impl ShowerWriter {
                 self.n_voxels
             )));
         }
-        self.pending_e.extend_from_slice(energies);
-        self.pending_s.extend_from_slice(showers);
-        // Flush whole chunks so that appends stay chunk-aligned.
-        let flush_rows = (self.pending_e.len() / self.chunk) * self.chunk;
-        if flush_rows >= self.chunk * 16 {
-            self.flush(flush_rows)?;
-        }
+        self.energies.extend_from_slice(energies);
+        self.showers.extend_from_slice(showers);
         Ok(())
     }
 
-    fn flush(&mut self, rows: usize) -> Result<()> {
-        if rows == 0 {
-            return Ok(());
-        }
-        let werr = |e: hdf5_pure::Error| CoreError::write(self.target.display(), e.to_string());
-        let e: Vec<f64> = self.pending_e.drain(..rows).collect();
-        let s: Vec<f32> = self.pending_s.drain(..rows * self.n_voxels).collect();
-        match &self.file {
-            None => {
-                let mut b = FileBuilder::new();
-                b.create_dataset(ENERGIES)
-                    .with_f64_data(&e)
-                    .with_shape(&[rows as u64, 1])
-                    .with_maxshape(&[MaxExtent::Unlimited, MaxExtent::Fixed(1)])
-                    .with_chunks(&[(self.chunk * 16).max(1024) as u64, 1])
-                    .with_deflate(4);
-                b.create_dataset(SHOWERS)
-                    .with_f32_data(&s)
-                    .with_shape(&[rows as u64, self.n_voxels as u64])
-                    .with_maxshape(&[MaxExtent::Unlimited, MaxExtent::Fixed(self.n_voxels as u64)])
-                    .with_chunks(&[self.chunk as u64, self.n_voxels as u64])
-                    .with_shuffle()
-                    .with_deflate(4);
-                b.write(&self.tmp).map_err(werr)?;
-                self.file = Some(File::open_rw(&self.tmp).map_err(werr)?);
-            }
-            Some(f) => {
-                let mut de = f.dataset(ENERGIES).map_err(werr)?;
-                de.append(&e).map_err(werr)?;
-                let mut ds = f.dataset(SHOWERS).map_err(werr)?;
-                ds.append(&s).map_err(werr)?;
-            }
-        }
-        self.rows += rows;
-        Ok(())
-    }
-
-    /// Writes what is pending, closes the file and renames it over the target path.
-    pub fn finish(mut self) -> Result<usize> {
-        let rows = self.pending_e.len();
-        self.flush(rows)?;
-        if self.rows == 0 {
+    /// Writes the file (atomically) and returns the number of showers.
+    pub fn finish(self) -> Result<usize> {
+        let n = self.energies.len();
+        if n == 0 {
             return Err(CoreError::Invalid(format!("no showers to write to {}", self.target.display())));
         }
-        if let Some(f) = self.file.take() {
-            f.close().map_err(|e| CoreError::write(self.target.display(), e.to_string()))?;
-        }
-        std::fs::rename(&self.tmp, &self.target).map_err(|e| CoreError::write(self.target.display(), e.to_string()))?;
-        Ok(self.rows)
-    }
-}
-
-impl Drop for ShowerWriter {
-    fn drop(&mut self) {
-        if self.file.is_some() || self.tmp.exists() {
-            self.file.take();
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        let v = self.n_voxels as u64;
+        let chunk = chunk_rows(self.n_voxels, n) as u64;
+        write_atomic(&self.target, |b| {
+            b.create_dataset(ENERGIES)
+                .with_f64_data(&self.energies)
+                .with_shape(&[n as u64, 1])
+                .with_chunks(&[(n as u64).min(65_536), 1])
+                .with_deflate(4);
+            b.create_dataset(SHOWERS)
+                .with_f32_data(&self.showers)
+                .with_shape(&[n as u64, v])
+                .with_chunks(&[chunk, v])
+                .with_shuffle()
+                .with_deflate(4);
+        })?;
+        Ok(n)
     }
 }
 

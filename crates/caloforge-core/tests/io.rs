@@ -1,6 +1,7 @@
 //! HDF5 IO: files written by h5py, round trips, atomic writes and every validation error.
 
 use caloforge_core::io::{write_atomic, write_showers, ShowerFile};
+
 use caloforge_core::DatasetKind;
 use hdf5_pure::FileBuilder;
 use std::path::{Path, PathBuf};
@@ -58,7 +59,13 @@ fn caloforge_files_round_trip() {
     let v = DatasetKind::Ds2.n_voxels();
     let e: Vec<f64> = (0..n).map(|i| 1000.0 + i as f64).collect();
     let s: Vec<f32> = (0..n * v).map(|k| value(k / v, k % v) as f32).collect();
-    write_showers(&path, &e, &s, v).unwrap();
+    // Written in three appends of uneven size.
+    let mut w = caloforge_core::ShowerWriter::create(&path, v, n).unwrap();
+    for (a, b) in [(0, 7), (7, 200), (200, n)] {
+        w.append(&e[a..b], &s[a * v..b * v]).unwrap();
+    }
+    assert!(w.append(&e[..1], &s[..5]).is_err(), "row/voxel mismatch is refused");
+    assert_eq!(w.finish().unwrap(), n);
     let f = ShowerFile::open(&path, Some(v)).unwrap();
     assert_eq!(f.energies, e);
     check_values(&f, n, v);

@@ -167,6 +167,15 @@ pub struct FileSummary {
     pub std_etot_einc: f64,
     /// Smallest and largest E_inc (MeV).
     pub einc_range: (f64, f64),
+    /// Mean longitudinal centre of gravity, in layer ids (Σ l E_l / Σ E_l).
+    pub mean_cog_layer: f64,
+    /// Shower-to-shower standard deviation of the centre of gravity (layers).
+    pub std_cog_layer: f64,
+    /// Fraction of the total energy in each radial bin, summed over layers and angles (only
+    /// when every relevant layer has the same radial binning, i.e. datasets 2 and 3).
+    pub ring_fractions: Vec<f64>,
+    /// Mean number of voxels above threshold per shower.
+    pub mean_nonzero_voxels: f64,
 }
 
 /// All numbers of one evaluation (written to `metrics.json`).
@@ -287,14 +296,62 @@ fn voxel_pass(file: &ShowerFile, ds: DatasetKind, window_bytes: usize, label: &s
     Ok(())
 }
 
-fn file_summary(path: &Path, s: &Scan) -> FileSummary {
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt())
+}
+
+/// Summary statistics of one sample: response, longitudinal centre of gravity, ring fractions
+/// and occupancy.
+pub fn file_summary(path: &Path, s: &Scan, g: &Geometry) -> FileSummary {
     let r: Vec<f64> = s.features.e_tot.iter().zip(&s.energies).map(|(a, b)| a / b).collect();
-    let n = r.len() as f64;
-    let m = r.iter().sum::<f64>() / n;
-    let sd = (r.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt();
+    let (m, sd) = mean_std(&r);
     let lo = s.energies.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = s.energies.iter().copied().fold(0.0, f64::max);
-    FileSummary { path: path.display().to_string(), showers: s.energies.len(), mean_etot_einc: m, std_etot_einc: sd, einc_range: (lo, hi) }
+    let cog: Vec<f64> = (0..s.energies.len())
+        .filter_map(|i| {
+            let (mut num, mut den) = (0.0, 0.0);
+            for (c, &l) in g.relevant_layers.iter().enumerate() {
+                num += l as f64 * s.features.e_layer[c][i];
+                den += s.features.e_layer[c][i];
+            }
+            (den > 0.0).then(|| num / den)
+        })
+        .collect();
+    let (cm, cs) = mean_std(&cog);
+    let n_r: Vec<usize> = g.relevant_layers.iter().map(|&l| g.layers[l].n_r()).collect();
+    let mut ring_fractions = Vec::new();
+    if n_r.windows(2).all(|w| w[0] == w[1]) && !n_r.is_empty() {
+        ring_fractions = vec![0.0; n_r[0]];
+        for &l in &g.relevant_layers {
+            for (k, j) in g.layer_range(l).enumerate() {
+                ring_fractions[k % n_r[0]] += s.mean_shower[j];
+            }
+        }
+        let tot: f64 = ring_fractions.iter().sum();
+        ring_fractions.iter_mut().for_each(|v| *v /= tot);
+    }
+    let nonzero: Vec<f64> = (0..s.energies.len())
+        .map(|i| {
+            g.relevant_layers
+                .iter()
+                .enumerate()
+                .map(|(c, &l)| (1.0 - s.features.sparsity[c][i]) * g.layers[l].n_voxels() as f64)
+                .sum()
+        })
+        .collect();
+    FileSummary {
+        path: path.display().to_string(),
+        showers: s.energies.len(),
+        mean_etot_einc: m,
+        std_etot_einc: sd,
+        einc_range: (lo, hi),
+        mean_cog_layer: cm,
+        std_cog_layer: cs,
+        ring_fractions,
+        mean_nonzero_voxels: mean_std(&nonzero).0,
+    }
 }
 
 /// Two-sample Kolmogorov–Smirnov statistic.
@@ -521,8 +578,8 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
         dataset: ds.name().to_string(),
         mode: cfg.mode,
         seed: cfg.seed,
-        generated: file_summary(&cfg.generated, &gscan),
-        reference: file_summary(&cfg.reference, &rscan),
+        generated: file_summary(&cfg.generated, &gscan, &g),
+        reference: file_summary(&cfg.reference, &rscan, &g),
         warnings,
         separation_means: separation_means(&histograms),
         histograms,

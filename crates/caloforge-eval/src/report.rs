@@ -49,12 +49,14 @@ pub fn html(s: &EvalSummary, dir: &Path) -> String {
         ver = s.caloforge_version,
         wall = s.wall_seconds
     );
-    h.push_str("<h2>Inputs</h2><table><tr><th>sample</th><th>file</th><th>showers</th><th>mean E<sub>tot</sub>/E<sub>inc</sub></th><th>std</th><th>E<sub>inc</sub> range (MeV)</th></tr>");
+    h.push_str("<h2>Inputs</h2><table><tr><th>sample</th><th>file</th><th>showers</th><th>mean E<sub>tot</sub>/E<sub>inc</sub></th><th>std</th><th>E<sub>inc</sub> range (MeV)</th><th>mean CoG layer</th><th>std CoG</th><th>non-zero voxels</th><th>ring fractions</th></tr>");
     for (name, f) in [("generated", &s.generated), ("reference", &s.reference)] {
+        let rings: Vec<String> = f.ring_fractions.iter().map(|v| format!("{v:.3}")).collect();
         let _ = write!(
             h,
-            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4e} &ndash; {:.4e}</td></tr>",
-            esc(&f.path), f.showers, f.mean_etot_einc, f.std_etot_einc, f.einc_range.0, f.einc_range.1
+            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4e} &ndash; {:.4e}</td><td>{:.2}</td><td>{:.2}</td><td>{:.1}</td><td>{}</td></tr>",
+            esc(&f.path), f.showers, f.mean_etot_einc, f.std_etot_einc, f.einc_range.0, f.einc_range.1,
+            f.mean_cog_layer, f.std_cog_layer, f.mean_nonzero_voxels, rings.join(" ")
         );
     }
     h.push_str("</table>");

@@ -54,6 +54,10 @@ pub struct SimulateArgs {
     /// Parameter set: geant4 (tuned to the Geant4 samples) or stock (GFlash values).
     #[arg(long, default_value = "geant4")]
     tune: String,
+    /// JSON file with every simulator parameter (the "params" object of a summary JSON),
+    /// overriding --tune.
+    #[arg(long)]
+    params: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -114,7 +118,13 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
     for (p, m) in outs.iter().zip(&meshes) {
         writers.push(ShowerWriter::create(p, m.n_voxels(), energies.len())?);
     }
-    let params = SimParams::new(tune);
+    let params = match &a.params {
+        None => SimParams::new(tune),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str::<SimParams>(&text).with_context(|| format!("{}: not a valid parameter set", p.display()))?
+        }
+    };
     let sim = Simulator::new(params.clone(), meshes.clone());
     let pb = bar(quiet, energies.len() as u64, "simulate");
     // Batches bound memory: about 256 MB of float32 per batch.
@@ -246,6 +256,7 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
         energies_from: None,
         both: false,
         tune: "geant4".into(),
+        params: None,
     };
     simulate(base.clone(), quiet)?;
     eprintln!("[2/3] simulating {} 'generated' showers (stock GFlash parameters, same energies)", a.n);
