@@ -160,21 +160,6 @@ impl ShowerFile {
         Ok(v)
     }
 
-    /// Reads showers `[start, start+count)` as f32, validated like [`read_rows`](Self::read_rows).
-    pub fn read_rows_f32(&self, start: usize, count: usize) -> Result<Vec<f32>> {
-        let ds = self.showers_ds()?;
-        let count = count.min(self.len().saturating_sub(start));
-        let v = ds.read_f32_rows(start as u64, count as u64).map_err(|e| {
-            CoreError::data(self.path.display(), format!("cannot read '{SHOWERS}' rows {start}..{}: {e}", start + count))
-        })?;
-        for (i, &x) in v.iter().enumerate() {
-            if !x.is_finite() || x < 0.0 {
-                return Err(self.bad_value(start, i, x as f64));
-            }
-        }
-        Ok(v)
-    }
-
     fn validate(&self, start: usize, v: &[f64]) -> Result<()> {
         for (i, &x) in v.iter().enumerate() {
             if !x.is_finite() || x < 0.0 {
@@ -238,6 +223,11 @@ pub fn check_writable(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Largest chunk extent written along the row axis. libhdf5 (h5py) refuses chunk dimensions of
+/// 65536 and more as written by hdf5-pure 0.47 ("stored chunk dimension encoding length does not
+/// match"), so chunks stay below that.
+pub const MAX_CHUNK_ROWS: u64 = 8192;
+
 /// Rows per HDF5 chunk for showers of `n_voxels`: about 256 KiB of float32 per chunk.
 pub fn chunk_rows(n_voxels: usize, n: usize) -> usize {
     (65_536 / n_voxels.max(1)).clamp(1, n.max(1))
@@ -296,7 +286,7 @@ impl ShowerWriter {
             b.create_dataset(ENERGIES)
                 .with_f64_data(&self.energies)
                 .with_shape(&[n as u64, 1])
-                .with_chunks(&[(n as u64).min(65_536), 1])
+                .with_chunks(&[(n as u64).min(MAX_CHUNK_ROWS), 1])
                 .with_deflate(4);
             b.create_dataset(SHOWERS)
                 .with_f32_data(&self.showers)

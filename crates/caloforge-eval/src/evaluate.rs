@@ -449,8 +449,6 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
     let g = ds.geometry(cfg.binning.as_deref())?;
     let gen_file = ShowerFile::open(&cfg.generated, Some(ds.n_voxels()))?;
     let ref_file = ShowerFile::open(&cfg.reference, Some(ds.n_voxels()))?;
-    std::fs::create_dir_all(&cfg.out_dir)
-        .map_err(|e| CoreError::Write { file: cfg.out_dir.display().to_string(), msg: e.to_string() })?;
     let mut warnings = Vec::new();
     if let Some(w) = einc_warning(&gen_file.energies, &ref_file.energies) {
         eprintln!("warning: {w}");
@@ -468,6 +466,9 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
         voxel_pass(&ref_file, ds, cfg.window_bytes, "reference voxels", cfg.progress, &mut ref_vox)?;
     }
 
+    // Both files were read and validated completely: only now is anything written.
+    std::fs::create_dir_all(&cfg.out_dir)
+        .map_err(|e| CoreError::Write { file: cfg.out_dir.display().to_string(), msg: e.to_string() })?;
     let mut histograms = Vec::new();
     if want_hist {
         let pb = bar(cfg.progress, obs.len() as u64, "histograms");

@@ -9,7 +9,7 @@ pub fn bar(show: bool, len: u64, msg: &str) -> ProgressBar {
     }
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>22} [{bar:40.cyan/blue}] {pos}/{len} ({elapsed} elapsed, ETA {eta})")
+        ProgressStyle::with_template("{msg:>22} [{bar:40.cyan/blue}] {pos}/{len} ({per_sec}, {elapsed} elapsed, ETA {eta})")
             .expect("valid template")
             .progress_chars("=> "),
     );

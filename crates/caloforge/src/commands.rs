@@ -1,25 +1,16 @@
 //! Subcommands other than `evaluate` and `features`: simulate, demo, and shared helpers.
 
 use anyhow::{bail, Context, Result};
+use caloforge_core::io::MAX_CHUNK_ROWS;
 use caloforge_core::{DatasetKind, Features, ShowerFile, ShowerWriter};
 use caloforge_eval::{EvalConfig, EvalSummary, Mode};
 use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 fn bar(quiet: bool, len: u64, msg: &str) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:40.cyan/blue}] {pos}/{len} ({per_sec}, ETA {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(msg.to_string());
-    pb
+    caloforge_eval::progress::bar(!quiet, len, msg)
 }
 
 #[derive(clap::Args, Clone)]
@@ -27,9 +18,9 @@ pub struct SimulateArgs {
     /// Dataset mesh: 2 or 3.
     #[arg(long, short = 'd', default_value = "2")]
     dataset: String,
-    /// Number of showers.
-    #[arg(long, short = 'n', default_value_t = 1000)]
-    n: usize,
+    /// Number of showers (default 1000; with --energies-from, all of that file's showers).
+    #[arg(long, short = 'n')]
+    n: Option<usize>,
     /// Seed (shower k uses RNG stream k of this seed).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -92,24 +83,27 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     let ds: DatasetKind = a.dataset.parse()?;
     let tune: Tune = a.tune.parse().map_err(anyhow::Error::msg)?;
-    if a.n == 0 {
+    if a.n == Some(0) {
         bail!("--n must be > 0");
     }
+    let n = a.n.unwrap_or(1000);
     let energies = if let Some(f) = &a.energies_from {
         let file = ShowerFile::open(f, None)?;
         let mut e = file.energies.clone();
-        e.truncate(a.n.min(e.len()));
+        if let Some(n) = a.n {
+            e.truncate(n);
+        }
         e
     } else if let Some(e) = a.energy {
         if !(e.is_finite() && e > 0.0) {
             bail!("--energy must be a positive number of MeV, got {e}");
         }
-        vec![e; a.n]
+        vec![e; n]
     } else {
         if !(a.energy_min.is_finite() && a.energy_min > 0.0 && a.energy_max.is_finite() && a.energy_max >= a.energy_min) {
             bail!("need 0 < --energy-min <= --energy-max (MeV), got {} and {}", a.energy_min, a.energy_max);
         }
-        log_uniform_energies(a.n, a.energy_min, a.energy_max, a.seed)
+        log_uniform_energies(n, a.energy_min, a.energy_max, a.seed)
     };
     let kinds: Vec<DatasetKind> = if a.both { vec![DatasetKind::Ds2, DatasetKind::Ds3] } else { vec![ds] };
     let meshes = kinds.iter().map(|&k| Mesh::of(k)).collect::<std::result::Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
@@ -191,7 +185,7 @@ pub fn write_features(path: &Path, f: &Features) -> Result<()> {
         ("sparsity", cols(&f.sparsity)),
     ];
     caloforge_core::io::write_atomic(path, |b| {
-        b.create_dataset("E_tot").with_f64_data(&f.e_tot).with_shape(&[n]).with_chunks(&[n.clamp(1, 65536)]).with_deflate(4);
+        b.create_dataset("E_tot").with_f64_data(&f.e_tot).with_shape(&[n]).with_chunks(&[n.clamp(1, MAX_CHUNK_ROWS)]).with_deflate(4);
         for (name, (data, k)) in &named {
             b.create_dataset(name).with_f64_data(data).with_shape(&[n, *k]).with_chunks(&[n.clamp(1, 4096), (*k).max(1)]).with_deflate(4);
         }
@@ -247,7 +241,7 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
     eprintln!("[1/3] simulating {} reference showers (dataset 2, Geant4-tuned parameters)", a.n);
     let base = SimulateArgs {
         dataset: "2".into(),
-        n: a.n,
+        n: Some(a.n),
         seed: a.seed,
         out: reference.clone(),
         energy_min: 1e3,
@@ -260,7 +254,7 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
     };
     simulate(base.clone(), quiet)?;
     eprintln!("[2/3] simulating {} 'generated' showers (stock GFlash parameters, same energies)", a.n);
-    simulate(SimulateArgs { seed: a.seed + 1, out: generated.clone(), energies_from: Some(reference.clone()), tune: "stock".into(), ..base }, quiet)?;
+    simulate(SimulateArgs { n: None, seed: a.seed + 1, out: generated.clone(), energies_from: Some(reference.clone()), tune: "stock".into(), ..base }, quiet)?;
     eprintln!("[3/3] evaluating (histograms, average showers, classifier, FPD/KPD)");
     let eval_dir = a.out.join("evaluation");
     let mut cfg = EvalConfig::new(DatasetKind::Ds2, generated, reference, Mode::All, eval_dir.clone());
