@@ -19,5 +19,7 @@ echo "== caloforge evaluate --mode hist-chi (numbers only, no PNG)"
 if [ "${2:-}" = "--numpy" ]; then
   $BIN --quiet features -d 2 -i "$DIR/gen_$N.h5" --out "$DIR/features_gen.h5"
   echo "== NumPy re-implementation of features + separation powers (no plots)"
-  /usr/bin/time -f "wall %e s, peak RSS %M kB" python3 tools/reference_check.py 2 "$DIR/gen_$N.h5" "$DIR/ref_$N.h5" "$DIR/ev_chi" "$DIR/features_gen.h5" | tail -1
+  /usr/bin/time -f "wall %e s, peak RSS %M kB" python3 tools/reference_check.py 2 "$DIR/gen_$N.h5" "$DIR/ref_$N.h5" "$DIR/ev_chi" "$DIR/features_gen.h5" | tail -1 || true
+  echo "== matplotlib: the 227 histogram figures of evaluate.py's hist mode (needs matplotlib)"
+  python3 benchmarks/matplotlib_plots.py 227 "$N"
 fi

@@ -133,6 +133,25 @@ impl Features {
         }
     }
 
+    /// Appends the showers of `other` (same geometry) after the ones held.
+    pub fn append(&mut self, other: Features) {
+        self.e_tot.extend(other.e_tot);
+        for (a, b) in [
+            (&mut self.e_layer, other.e_layer),
+            (&mut self.ec_x, other.ec_x),
+            (&mut self.ec_y, other.ec_y),
+            (&mut self.w_x, other.w_x),
+            (&mut self.w_y, other.w_y),
+            (&mut self.ec_r, other.ec_r),
+            (&mut self.w_r, other.w_r),
+            (&mut self.sparsity, other.sparsity),
+        ] {
+            for (ca, cb) in a.iter_mut().zip(b) {
+                ca.extend(cb);
+            }
+        }
+    }
+
     /// Number of showers.
     pub fn len(&self) -> usize {
         self.e_tot.len()

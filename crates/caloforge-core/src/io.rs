@@ -179,6 +179,41 @@ impl ShowerFile {
         )
     }
 
+    /// Reads the showers window by window (`rows` per window, validated as in
+    /// [`read_rows`](Self::read_rows)), calls `f(first_row, window)` on each and returns the
+    /// results in file order. Windows are read and processed `threads` at a time in parallel,
+    /// each through its own file handle (decompression is the bottleneck of a pass), so memory
+    /// stays at about `threads` windows.
+    pub fn map_windows<R: Send>(&self, rows: usize, f: impl Fn(usize, Vec<f64>) -> Result<R> + Sync) -> Result<Vec<R>> {
+        use rayon::prelude::*;
+        let rows = rows.max(1);
+        let starts: Vec<usize> = (0..self.len()).step_by(rows).collect();
+        let threads = rayon::current_num_threads().max(1);
+        let mut out = Vec::with_capacity(starts.len());
+        for group in starts.chunks(threads) {
+            let part: Vec<Result<R>> = group
+                .par_iter()
+                .map(|&start| {
+                    let file = File::open_streaming(&self.path)
+                        .map_err(|e| CoreError::data(self.path.display(), format!("not a readable HDF5 file: {e}")))?;
+                    let ds = file
+                        .dataset(SHOWERS)
+                        .map_err(|e| CoreError::data(self.path.display(), format!("cannot open '{SHOWERS}': {e}")))?;
+                    let count = rows.min(self.len() - start);
+                    let v = ds.read_f64_rows(start as u64, count as u64).map_err(|e| {
+                        CoreError::data(self.path.display(), format!("cannot read '{SHOWERS}' rows {start}..{}: {e}", start + count))
+                    })?;
+                    self.validate(start, &v)?;
+                    f(start, v)
+                })
+                .collect();
+            for r in part {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Rows per read window so that one window holds about `bytes` of f64 values.
     pub fn rows_per_window(&self, bytes: usize) -> usize {
         (bytes / (8 * self.n_voxels.max(1))).max(1)

@@ -97,12 +97,11 @@ fn build_inputs(mode: ClassifierMode, cfg: &EvalConfig, g: &Geometry, file: &Sho
             x.extend(row.iter().map(|&a| a as f32));
         }
     } else {
-        let rows = file.rows_per_window(cfg.window_bytes);
-        let mut start = 0;
-        while start < n {
-            let mut data = file.read_rows(start, rows)?;
+        let rows = file.rows_per_window(cfg.window_bytes / rayon::current_num_threads().max(1));
+        let parts = file.map_windows(rows, |start, mut data| {
             let raw = if mode == ClassifierMode::LowNormed { Some(data.clone()) } else { None };
             apply_threshold(&mut data, cfg.dataset.min_energy());
+            let mut x: Vec<f32> = Vec::with_capacity(data.len() / v * dim);
             for (k, row) in data.chunks(v).enumerate() {
                 let i = start + k;
                 let e = scan.energies[i];
@@ -119,7 +118,10 @@ fn build_inputs(mode: ClassifierMode, cfg: &EvalConfig, g: &Geometry, file: &Sho
                     }
                 }
             }
-            start += data.len() / v;
+            Ok(x)
+        })?;
+        for p in parts {
+            x.extend(p);
         }
     }
     Ok(Samples { x, y: Vec::new(), dim })

@@ -221,78 +221,102 @@ pub struct Scan {
     pub mean_shower: Vec<f64>,
     /// Largest thresholded voxel energy.
     pub max_voxel: f64,
+    /// Every voxel energy above threshold, when asked for, the file stores float32 and they fit
+    /// in [`KEEP_VOXELS_MAX`] values (saves a second pass for the voxel histogram).
+    pub kept_voxels: Option<Vec<f32>>,
 }
+
+/// Most voxel values [`scan`] keeps in memory (1.5 GiB of float32).
+pub const KEEP_VOXELS_MAX: usize = 400 << 20;
 
 /// Streams `file` once: thresholds each window, computes features, the mean shower and the
 /// maximum voxel, and fills `voxel_hist` with every voxel energy when given.
 pub fn scan(file: &ShowerFile, g: &Geometry, ds: DatasetKind, window_bytes: usize, label: &str, progress: bool, mut voxel_hist: Option<&mut Hist>) -> Result<Scan, CoreError> {
+    scan_keep(file, g, ds, window_bytes, label, progress, voxel_hist.as_deref_mut(), false)
+}
+
+/// [`scan`], optionally keeping the voxel values above threshold (see [`Scan::kept_voxels`]).
+#[allow(clippy::too_many_arguments)]
+pub fn scan_keep(file: &ShowerFile, g: &Geometry, ds: DatasetKind, window_bytes: usize, label: &str, progress: bool, mut voxel_hist: Option<&mut Hist>, keep_voxels: bool) -> Result<Scan, CoreError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let keep = keep_voxels && file.precision == caloforge_core::io::Precision::F32;
+    let kept_count = AtomicUsize::new(0);
+    let overflow = AtomicBool::new(false);
+    let min_e = ds.min_energy();
     let n = file.len();
     let v = file.n_voxels;
-    let rows = file.rows_per_window(window_bytes);
+    let threads = rayon::current_num_threads().max(1);
+    let rows = file.rows_per_window(window_bytes / threads);
     let pb = bar(progress, n as u64, label);
-    let mut features = Features::empty(g);
-    let mut sum = vec![0.0f64; v];
-    let mut max_voxel = 0.0f64;
-    let mut start = 0;
-    while start < n {
-        let mut data = file.read_rows(start, rows)?;
+    let edges = voxel_hist.as_ref().map(|h| h.edges.clone());
+    let parts = file.map_windows(rows, |_, mut data| {
         apply_threshold(&mut data, ds.min_energy());
-        features.extend_from(g, &data);
+        let features = Features::compute(g, &data);
+        let mut sum = vec![0.0f64; v];
         for row in data.chunks(v) {
             for (s, x) in sum.iter_mut().zip(row) {
                 *s += x;
             }
         }
-        max_voxel = data.iter().copied().fold(max_voxel, f64::max);
-        if let Some(h) = voxel_hist.as_deref_mut() {
-            let part = data
-                .par_chunks(v * 64)
-                .map(|c| {
-                    let mut hh = Hist::new(h.edges.clone());
-                    hh.fill_all(c.iter().copied());
-                    hh
-                })
-                .reduce(|| Hist::new(h.edges.clone()), |mut a, b| {
-                    a.merge(&b);
-                    a
-                });
-            h.merge(&part);
-        }
-        let got = data.len() / v;
-        start += got;
-        pb.inc(got as u64);
-    }
+        let max = data.iter().copied().fold(0.0f64, f64::max);
+        let hist = edges.as_ref().map(|e| {
+            let mut h = Hist::new(e.clone());
+            h.fill_all(data.iter().copied());
+            h
+        });
+        let kept: Vec<f32> = if keep && !overflow.load(Ordering::Relaxed) {
+            let k: Vec<f32> = data.iter().filter(|&&x| x >= min_e).map(|&x| x as f32).collect();
+            if kept_count.fetch_add(k.len(), Ordering::Relaxed) + k.len() > KEEP_VOXELS_MAX {
+                overflow.store(true, Ordering::Relaxed);
+                Vec::new()
+            } else {
+                k
+            }
+        } else {
+            Vec::new()
+        };
+        pb.inc((data.len() / v) as u64);
+        Ok((features, sum, max, hist, kept))
+    })?;
     pb.finish_and_clear();
+    let mut features = Features::empty(g);
+    let mut sum = vec![0.0f64; v];
+    let mut max_voxel = 0.0f64;
+    let keep_ok = keep && !overflow.load(std::sync::atomic::Ordering::Relaxed);
+    let mut kept_voxels = keep_ok.then(|| Vec::with_capacity(kept_count.load(std::sync::atomic::Ordering::Relaxed)));
+    for (f, s, m, h, k) in parts {
+        if let Some(kv) = kept_voxels.as_mut() {
+            kv.extend(k);
+        }
+        features.append(f);
+        for (a, b) in sum.iter_mut().zip(&s) {
+            *a += b;
+        }
+        max_voxel = max_voxel.max(m);
+        if let (Some(total), Some(h)) = (voxel_hist.as_deref_mut(), h) {
+            total.merge(&h);
+        }
+    }
     let mean_shower = sum.iter().map(|s| s / n as f64).collect();
-    Ok(Scan { features, energies: file.energies.clone(), mean_shower, max_voxel })
+    Ok(Scan { features, energies: file.energies.clone(), mean_shower, max_voxel, kept_voxels })
 }
 
 /// Streams `file` a second time to histogram voxel energies only.
 fn voxel_pass(file: &ShowerFile, ds: DatasetKind, window_bytes: usize, label: &str, progress: bool, h: &mut Hist) -> Result<(), CoreError> {
-    let n = file.len();
-    let rows = file.rows_per_window(window_bytes);
-    let pb = bar(progress, n as u64, label);
-    let mut start = 0;
+    let threads = rayon::current_num_threads().max(1);
+    let rows = file.rows_per_window(window_bytes / threads);
+    let pb = bar(progress, file.len() as u64, label);
     let min_e = ds.min_energy();
-    while start < n {
-        let data = file.read_rows(start, rows)?;
-        let part = data
-            .par_chunks(file.n_voxels * 64)
-            .map(|c| {
-                let mut hh = Hist::new(h.edges.clone());
-                hh.fill_all(c.iter().map(|&x| if x < min_e { 0.0 } else { x }));
-                hh
-            })
-            .reduce(|| Hist::new(h.edges.clone()), |mut a, b| {
-                a.merge(&b);
-                a
-            });
-        h.merge(&part);
-        let got = data.len() / file.n_voxels;
-        start += got;
-        pb.inc(got as u64);
-    }
+    let parts = file.map_windows(rows, |_, data| {
+        let mut hh = Hist::new(h.edges.clone());
+        hh.fill_all(data.iter().map(|&x| if x < min_e { 0.0 } else { x }));
+        pb.inc((data.len() / file.n_voxels) as u64);
+        Ok(hh)
+    })?;
     pb.finish_and_clear();
+    for p in parts {
+        h.merge(&p);
+    }
     Ok(())
 }
 
@@ -454,16 +478,35 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
         eprintln!("warning: {w}");
         warnings.push(w);
     }
-    let rscan = scan(&ref_file, &g, ds, cfg.window_bytes, "reference features", cfg.progress, None)?;
-    let obs = observables(ds, &g, &rscan.features, rscan.max_voxel);
     let want_hist = cfg.mode.hist_chi() || cfg.mode.hist_p();
+    let mut rscan = scan_keep(&ref_file, &g, ds, cfg.window_bytes, "reference features", cfg.progress, None, want_hist)?;
+    let obs = observables(ds, &g, &rscan.features, rscan.max_voxel);
     let voxel_obs = obs.iter().find(|o| o.quantity == Quantity::Voxel).expect("voxel observable");
     let mut gen_vox = Hist::new(voxel_obs.edges.clone());
     let do_vox = want_hist && gen_vox.valid();
     let gscan = scan(&gen_file, &g, ds, cfg.window_bytes, "generated features", cfg.progress, if do_vox { Some(&mut gen_vox) } else { None })?;
     let mut ref_vox = Hist::new(voxel_obs.edges.clone());
     if do_vox {
-        voxel_pass(&ref_file, ds, cfg.window_bytes, "reference voxels", cfg.progress, &mut ref_vox)?;
+        match rscan.kept_voxels.take() {
+            // Values below the threshold were zeroed and fall below the first edge: only the
+            // kept ones can be counted.
+            Some(kept) => {
+                let edges = ref_vox.edges.clone();
+                let part = kept
+                    .par_chunks(1 << 20)
+                    .map(|c| {
+                        let mut h = Hist::new(edges.clone());
+                        h.fill_all(c.iter().map(|&x| x as f64));
+                        h
+                    })
+                    .reduce(|| Hist::new(edges.clone()), |mut a, b| {
+                        a.merge(&b);
+                        a
+                    });
+                ref_vox.merge(&part);
+            }
+            None => voxel_pass(&ref_file, ds, cfg.window_bytes, "reference voxels", cfg.progress, &mut ref_vox)?,
+        }
     }
 
     // Both files were read and validated completely: only now is anything written.
