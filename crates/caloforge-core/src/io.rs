@@ -142,16 +142,17 @@ impl ShowerFile {
         self.energies.is_empty()
     }
 
-    fn showers_ds(&self) -> Result<hdf5_pure::Dataset> {
-        self.file
-            .dataset(SHOWERS)
-            .map_err(|e| CoreError::data(self.path.display(), format!("cannot open '{SHOWERS}': {e}")))
-    }
-
     /// Reads showers `[start, start+count)` as f64 (row-major), validated: every value finite
     /// and non-negative.
     pub fn read_rows(&self, start: usize, count: usize) -> Result<Vec<f64>> {
-        let ds = self.showers_ds()?;
+        self.read_window(&self.file, start, count)
+    }
+
+    /// [`read_rows`](Self::read_rows) through the given handle of this file.
+    fn read_window(&self, file: &File, start: usize, count: usize) -> Result<Vec<f64>> {
+        let ds = file
+            .dataset(SHOWERS)
+            .map_err(|e| CoreError::data(self.path.display(), format!("cannot open '{SHOWERS}': {e}")))?;
         let count = count.min(self.len().saturating_sub(start));
         let v = ds.read_f64_rows(start as u64, count as u64).map_err(|e| {
             CoreError::data(self.path.display(), format!("cannot read '{SHOWERS}' rows {start}..{}: {e}", start + count))
@@ -196,15 +197,7 @@ impl ShowerFile {
                 .map(|&start| {
                     let file = File::open_streaming(&self.path)
                         .map_err(|e| CoreError::data(self.path.display(), format!("not a readable HDF5 file: {e}")))?;
-                    let ds = file
-                        .dataset(SHOWERS)
-                        .map_err(|e| CoreError::data(self.path.display(), format!("cannot open '{SHOWERS}': {e}")))?;
-                    let count = rows.min(self.len() - start);
-                    let v = ds.read_f64_rows(start as u64, count as u64).map_err(|e| {
-                        CoreError::data(self.path.display(), format!("cannot read '{SHOWERS}' rows {start}..{}: {e}", start + count))
-                    })?;
-                    self.validate(start, &v)?;
-                    f(start, v)
+                    f(start, self.read_window(&file, start, rows)?)
                 })
                 .collect();
             for r in part {
