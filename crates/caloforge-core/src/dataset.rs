@@ -92,10 +92,16 @@ impl DatasetKind {
     pub fn geometry(self, binning: Option<&Path>) -> Result<Geometry> {
         let g = match binning {
             Some(p) => Geometry::from_file(p, self.particle())?,
-            None => Geometry::from_xml_str(self.binning_xml(), self.particle(), &self.binning_file_name())?,
+            None => Geometry::from_xml_str(
+                self.binning_xml(),
+                self.particle(),
+                &self.binning_file_name(),
+            )?,
         };
         if g.n_voxels() != self.n_voxels() {
-            let src = binning.map(|p| p.display().to_string()).unwrap_or_else(|| self.binning_file_name());
+            let src = binning
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| self.binning_file_name());
             return Err(CoreError::Binning {
                 file: src,
                 msg: format!(

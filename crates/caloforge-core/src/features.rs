@@ -67,7 +67,10 @@ fn centre_width(coord: &[f64], e: &[f64], se: f64, scratch: &mut Vec<f64>) -> (f
 }
 
 fn shower_row(g: &Geometry, shower: &[f64]) -> Row {
-    let mut row = Row { e_tot: pairwise_sum(shower), ..Default::default() };
+    let mut row = Row {
+        e_tot: pairwise_sum(shower),
+        ..Default::default()
+    };
     let mut scratch = Vec::new();
     for &l in &g.relevant_layers {
         let range = g.layer_range(l);

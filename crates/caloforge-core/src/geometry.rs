@@ -57,8 +57,12 @@ pub struct Geometry {
 impl Geometry {
     /// Parses a binning XML document and selects the `<Bin>` whose `name` is `particle`.
     pub fn from_xml_str(xml: &str, particle: &str, source: &str) -> Result<Self> {
-        let bad = |msg: String| CoreError::Binning { file: source.to_string(), msg };
-        let doc = roxmltree::Document::parse(xml).map_err(|e| bad(format!("not valid XML: {e}")))?;
+        let bad = |msg: String| CoreError::Binning {
+            file: source.to_string(),
+            msg,
+        };
+        let doc =
+            roxmltree::Document::parse(xml).map_err(|e| bad(format!("not valid XML: {e}")))?;
         let bins: Vec<_> = doc
             .root_element()
             .children()
@@ -97,10 +101,16 @@ impl Geometry {
                 .map_err(|e| bad(format!("layer {idx}: bad n_bin_alpha {a_str:?}: {e}")))?;
             if let Some(id) = node.attribute("id") {
                 if id.trim().parse::<usize>().ok() != Some(idx) {
-                    return Err(bad(format!("layer ids must be consecutive from 0, got {id} at {idx}")));
+                    return Err(bad(format!(
+                        "layer ids must be consecutive from 0, got {id} at {idx}"
+                    )));
                 }
             }
-            layers.push(Layer { id: idx, r_edges, n_alpha });
+            layers.push(Layer {
+                id: idx,
+                r_edges,
+                n_alpha,
+            });
         }
         if layers.is_empty() {
             return Err(bad("no <Layer> elements".into()));
@@ -129,13 +139,24 @@ impl Geometry {
             }
             // Midpoints of n_alpha equal bins spanning [-pi, pi], computed like numpy's
             // linspace followed by the midpoint a + (b - a)/2.
-            let alpha_edges = linspace(-std::f64::consts::PI, std::f64::consts::PI, layer.n_alpha + 1);
+            let alpha_edges = linspace(
+                -std::f64::consts::PI,
+                std::f64::consts::PI,
+                layer.n_alpha + 1,
+            );
             let alphas: Vec<f64> = if layer.n_alpha == 1 {
                 vec![0.0]
             } else {
-                alpha_edges.windows(2).map(|w| w[0] + (w[1] - w[0]) / 2.0).collect()
+                alpha_edges
+                    .windows(2)
+                    .map(|w| w[0] + (w[1] - w[0]) / 2.0)
+                    .collect()
             };
-            let rs: Vec<f64> = layer.r_edges.windows(2).map(|w| w[0] + (w[1] - w[0]) / 2.0).collect();
+            let rs: Vec<f64> = layer
+                .r_edges
+                .windows(2)
+                .map(|w| w[0] + (w[1] - w[0]) / 2.0)
+                .collect();
             for &a in &alphas {
                 for &r in &rs {
                     r_center.push(r);
@@ -186,7 +207,10 @@ impl Geometry {
 
     /// Largest outer radial edge over all layers (mm).
     pub fn max_radius(&self) -> f64 {
-        self.layers.iter().filter_map(|l| l.r_edges.last().copied()).fold(0.0, f64::max)
+        self.layers
+            .iter()
+            .filter_map(|l| l.r_edges.last().copied())
+            .fold(0.0, f64::max)
     }
 }
 
@@ -207,5 +231,8 @@ pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
 /// NumPy-compatible `logspace(a, b, num)` = 10 ** linspace(a, b, num), with correctly rounded
 /// powers (see [`crate::numeric::exp10_cr`]).
 pub fn logspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    linspace(start, stop, num).into_iter().map(crate::numeric::exp10_cr).collect()
+    linspace(start, stop, num)
+        .into_iter()
+        .map(crate::numeric::exp10_cr)
+        .collect()
 }

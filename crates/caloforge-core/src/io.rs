@@ -66,7 +66,9 @@ impl ShowerFile {
         let eds = file
             .dataset(ENERGIES)
             .map_err(|e| CoreError::data(disp, format!("cannot open '{ENERGIES}': {e}")))?;
-        let eshape = eds.shape().map_err(|e| CoreError::data(disp, format!("'{ENERGIES}': {e}")))?;
+        let eshape = eds
+            .shape()
+            .map_err(|e| CoreError::data(disp, format!("'{ENERGIES}': {e}")))?;
         let n_e = match eshape.as_slice() {
             [n] => *n as usize,
             [n, 1] => *n as usize,
@@ -77,11 +79,18 @@ impl ShowerFile {
                 ))
             }
         };
-        float_precision(path, ENERGIES, eds.dtype().map_err(|e| CoreError::data(disp, e.to_string()))?)?;
+        float_precision(
+            path,
+            ENERGIES,
+            eds.dtype()
+                .map_err(|e| CoreError::data(disp, e.to_string()))?,
+        )?;
         let sds = file
             .dataset(SHOWERS)
             .map_err(|e| CoreError::data(disp, format!("cannot open '{SHOWERS}': {e}")))?;
-        let sshape = sds.shape().map_err(|e| CoreError::data(disp, format!("'{SHOWERS}': {e}")))?;
+        let sshape = sds
+            .shape()
+            .map_err(|e| CoreError::data(disp, format!("'{SHOWERS}': {e}")))?;
         let (n_s, n_voxels) = match sshape.as_slice() {
             [n, v] => (*n as usize, *v as usize),
             s => {
@@ -91,8 +100,12 @@ impl ShowerFile {
                 ))
             }
         };
-        let precision =
-            float_precision(path, SHOWERS, sds.dtype().map_err(|e| CoreError::data(disp, e.to_string()))?)?;
+        let precision = float_precision(
+            path,
+            SHOWERS,
+            sds.dtype()
+                .map_err(|e| CoreError::data(disp, e.to_string()))?,
+        )?;
         if n_s != n_e {
             return Err(CoreError::data(
                 disp,
@@ -115,7 +128,10 @@ impl ShowerFile {
             .map_err(|e| CoreError::data(disp, format!("cannot read '{ENERGIES}': {e}")))?;
         for (row, &e) in energies.iter().enumerate() {
             if !e.is_finite() {
-                return Err(CoreError::data(disp, format!("'{ENERGIES}' row {row} is not finite ({e})")));
+                return Err(CoreError::data(
+                    disp,
+                    format!("'{ENERGIES}' row {row} is not finite ({e})"),
+                ));
             }
             if e <= 0.0 {
                 return Err(CoreError::data(
@@ -124,7 +140,13 @@ impl ShowerFile {
                 ));
             }
         }
-        Ok(Self { path: path.to_path_buf(), file, energies, n_voxels, precision })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            energies,
+            n_voxels,
+            precision,
+        })
     }
 
     /// The file's path.
@@ -150,12 +172,18 @@ impl ShowerFile {
 
     /// [`read_rows`](Self::read_rows) through the given handle of this file.
     fn read_window(&self, file: &File, start: usize, count: usize) -> Result<Vec<f64>> {
-        let ds = file
-            .dataset(SHOWERS)
-            .map_err(|e| CoreError::data(self.path.display(), format!("cannot open '{SHOWERS}': {e}")))?;
+        let ds = file.dataset(SHOWERS).map_err(|e| {
+            CoreError::data(self.path.display(), format!("cannot open '{SHOWERS}': {e}"))
+        })?;
         let count = count.min(self.len().saturating_sub(start));
         let v = ds.read_f64_rows(start as u64, count as u64).map_err(|e| {
-            CoreError::data(self.path.display(), format!("cannot read '{SHOWERS}' rows {start}..{}: {e}", start + count))
+            CoreError::data(
+                self.path.display(),
+                format!(
+                    "cannot read '{SHOWERS}' rows {start}..{}: {e}",
+                    start + count
+                ),
+            )
         })?;
         self.validate(start, &v)?;
         Ok(v)
@@ -173,7 +201,11 @@ impl ShowerFile {
     fn bad_value(&self, start: usize, i: usize, x: f64) -> CoreError {
         let row = start + i / self.n_voxels;
         let col = i % self.n_voxels;
-        let what = if x.is_finite() { "negative" } else { "not finite" };
+        let what = if x.is_finite() {
+            "negative"
+        } else {
+            "not finite"
+        };
         CoreError::data(
             self.path.display(),
             format!("'{SHOWERS}' row {row}, voxel {col} is {what} ({x}); voxel energies must be finite and >= 0"),
@@ -185,7 +217,11 @@ impl ShowerFile {
     /// results in file order. Windows are read and processed `threads` at a time in parallel,
     /// each through its own file handle (decompression is the bottleneck of a pass), so memory
     /// stays at about `threads` windows.
-    pub fn map_windows<R: Send>(&self, rows: usize, f: impl Fn(usize, Vec<f64>) -> Result<R> + Sync) -> Result<Vec<R>> {
+    pub fn map_windows<R: Send>(
+        &self,
+        rows: usize,
+        f: impl Fn(usize, Vec<f64>) -> Result<R> + Sync,
+    ) -> Result<Vec<R>> {
         use rayon::prelude::*;
         let rows = rows.max(1);
         let starts: Vec<usize> = (0..self.len()).step_by(rows).collect();
@@ -195,8 +231,12 @@ impl ShowerFile {
             let part: Vec<Result<R>> = group
                 .par_iter()
                 .map(|&start| {
-                    let file = File::open_streaming(&self.path)
-                        .map_err(|e| CoreError::data(self.path.display(), format!("not a readable HDF5 file: {e}")))?;
+                    let file = File::open_streaming(&self.path).map_err(|e| {
+                        CoreError::data(
+                            self.path.display(),
+                            format!("not a readable HDF5 file: {e}"),
+                        )
+                    })?;
                     f(start, self.read_window(&file, start, rows)?)
                 })
                 .collect();
@@ -222,7 +262,9 @@ pub fn write_atomic(path: &Path, build: impl FnOnce(&mut FileBuilder)) -> Result
     let res = b
         .write(&tmp)
         .map_err(|e| CoreError::write(path.display(), e.to_string()))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| CoreError::write(path.display(), e.to_string())));
+        .and_then(|_| {
+            std::fs::rename(&tmp, path).map_err(|e| CoreError::write(path.display(), e.to_string()))
+        });
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -231,7 +273,10 @@ pub fn write_atomic(path: &Path, build: impl FnOnce(&mut FileBuilder)) -> Result
 
 /// The temporary sibling path used for an atomic write of `path`.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
@@ -242,11 +287,18 @@ pub fn check_writable(path: &Path) -> Result<()> {
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        return Err(CoreError::write(path.display(), format!("directory {} does not exist", dir.display())));
+        return Err(CoreError::write(
+            path.display(),
+            format!("directory {} does not exist", dir.display()),
+        ));
     }
     let probe = temp_path(path);
-    std::fs::write(&probe, b"")
-        .map_err(|e| CoreError::write(path.display(), format!("directory {} is not writable: {e}", dir.display())))?;
+    std::fs::write(&probe, b"").map_err(|e| {
+        CoreError::write(
+            path.display(),
+            format!("directory {} is not writable: {e}", dir.display()),
+        )
+    })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -306,7 +358,10 @@ impl ShowerWriter {
     pub fn finish(self) -> Result<usize> {
         let n = self.energies.len();
         if n == 0 {
-            return Err(CoreError::Invalid(format!("no showers to write to {}", self.target.display())));
+            return Err(CoreError::Invalid(format!(
+                "no showers to write to {}",
+                self.target.display()
+            )));
         }
         let v = self.n_voxels as u64;
         let chunk = chunk_rows(self.n_voxels, n) as u64;
@@ -328,7 +383,12 @@ impl ShowerWriter {
 }
 
 /// Writes a whole set of showers at once (see [`ShowerWriter`]).
-pub fn write_showers(path: &Path, energies: &[f64], showers: &[f32], n_voxels: usize) -> Result<()> {
+pub fn write_showers(
+    path: &Path,
+    energies: &[f64],
+    showers: &[f32],
+    n_voxels: usize,
+) -> Result<()> {
     let mut w = ShowerWriter::create(path, n_voxels, energies.len())?;
     w.append(energies, showers)?;
     w.finish().map(|_| ())

@@ -51,7 +51,11 @@ pub fn py_float_repr(x: f64) -> String {
         return if x > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let sci = format!("{:e}", x.abs());
     let (mant, exp) = sci.split_once('e').expect("{:e} has an exponent");
@@ -71,12 +75,15 @@ pub fn py_float_repr(x: f64) -> String {
         };
         format!("{sign}{body}")
     } else {
-        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
         let es = if exp < 0 { '-' } else { '+' };
         format!("{sign}{m}e{es}{:02}", exp.abs())
     }
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Correctly rounded log10 and 10^x through double-double arithmetic. NumPy's float64 log10 and
@@ -209,7 +216,11 @@ mod tests {
         assert_eq!(exp10_cr(3.900966237643807), 7960.974588394169);
         assert_eq!(exp10_cr(-1.0861451953898589), 0.08200773263543187);
         for k in -20..=20 {
-            assert_eq!(exp10_cr(k as f64), format!("1e{k}").parse::<f64>().unwrap(), "{k}");
+            assert_eq!(
+                exp10_cr(k as f64),
+                format!("1e{k}").parse::<f64>().unwrap(),
+                "{k}"
+            );
             assert_eq!(log10_cr(format!("1e{k}").parse::<f64>().unwrap()), k as f64);
         }
         assert!((log10_cr(2.0) - std::f64::consts::LOG10_2).abs() == 0.0);

@@ -21,7 +21,10 @@ fn offsets_and_layers_of_all_datasets() {
     assert_eq!(starts, vec![0, 8, 108, 208, 213, 363, 523]);
     assert_eq!(g.n_voxels(), 533);
 
-    for (ds, na, nr, per) in [(DatasetKind::Ds2, 16, 9, 144), (DatasetKind::Ds3, 50, 18, 900)] {
+    for (ds, na, nr, per) in [
+        (DatasetKind::Ds2, 16, 9, 144),
+        (DatasetKind::Ds3, 50, 18, 900),
+    ] {
         let g = ds.geometry(None).unwrap();
         assert_eq!(g.relevant_layers.len(), 45);
         assert_eq!(g.alpha_layers.len(), 45);
@@ -56,12 +59,22 @@ fn voxel_coordinates_follow_spec() {
 
 #[test]
 fn binning_errors_are_clear() {
-    let e = Geometry::from_xml_str("<Bins><Bin name=\"photon\"></Bin></Bins>", "pion", "f.xml").unwrap_err().to_string();
-    assert!(e.contains("f.xml") && e.contains("no <Bin name=\"pion\">"), "{e}");
-    let e = Geometry::from_xml_str("<Bins", "pion", "f.xml").unwrap_err().to_string();
+    let e = Geometry::from_xml_str("<Bins><Bin name=\"photon\"></Bin></Bins>", "pion", "f.xml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("f.xml") && e.contains("no <Bin name=\"pion\">"),
+        "{e}"
+    );
+    let e = Geometry::from_xml_str("<Bins", "pion", "f.xml")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not valid XML"));
     let xml = "<Bins><Bin name=\"electron\"><Layer id=\"0\" r_edges=\"0,2,1\" n_bin_alpha=\"1\"/></Bin></Bins>";
-    assert!(Geometry::from_xml_str(xml, "electron", "f.xml").unwrap_err().to_string().contains("not increasing"));
+    assert!(Geometry::from_xml_str(xml, "electron", "f.xml")
+        .unwrap_err()
+        .to_string()
+        .contains("not increasing"));
     // A binning file for another dataset is refused by voxel count.
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("b.xml");
@@ -76,9 +89,21 @@ fn tiny() -> Geometry {
     Geometry::from_layers(
         "test",
         vec![
-            Layer { id: 0, r_edges: vec![0.0, 1.0, 3.0], n_alpha: 2 },
-            Layer { id: 1, r_edges: vec![0.0], n_alpha: 1 },
-            Layer { id: 2, r_edges: vec![0.0, 2.0], n_alpha: 1 },
+            Layer {
+                id: 0,
+                r_edges: vec![0.0, 1.0, 3.0],
+                n_alpha: 2,
+            },
+            Layer {
+                id: 1,
+                r_edges: vec![0.0],
+                n_alpha: 1,
+            },
+            Layer {
+                id: 2,
+                r_edges: vec![0.0, 2.0],
+                n_alpha: 1,
+            },
         ],
     )
 }

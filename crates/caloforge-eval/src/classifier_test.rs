@@ -76,13 +76,23 @@ pub struct ClassifierResult {
     pub runs: Vec<ClassifierRun>,
 }
 
-fn build_inputs(mode: ClassifierMode, cfg: &EvalConfig, g: &Geometry, file: &ShowerFile, scan: &Scan) -> Result<Samples, CoreError> {
+fn build_inputs(
+    mode: ClassifierMode,
+    cfg: &EvalConfig,
+    g: &Geometry,
+    file: &ShowerFile,
+    scan: &Scan,
+) -> Result<Samples, CoreError> {
     let n = file.len();
     let v = g.n_voxels();
-    let layer_col: Vec<usize> = g.relevant_layers.iter().enumerate().fold(vec![0; g.layers.len()], |mut acc, (c, &l)| {
-        acc[l] = c;
-        acc
-    });
+    let layer_col: Vec<usize> =
+        g.relevant_layers
+            .iter()
+            .enumerate()
+            .fold(vec![0; g.layers.len()], |mut acc, (c, &l)| {
+                acc[l] = c;
+                acc
+            });
     let dim = match mode {
         ClassifierMode::Low => v + 1,
         ClassifierMode::LowNormed => v + 1 + g.relevant_layers.len(),
@@ -99,7 +109,11 @@ fn build_inputs(mode: ClassifierMode, cfg: &EvalConfig, g: &Geometry, file: &Sho
     } else {
         let rows = file.rows_per_window(cfg.window_bytes / rayon::current_num_threads().max(1));
         let parts = file.map_windows(rows, |start, mut data| {
-            let raw = if mode == ClassifierMode::LowNormed { Some(data.clone()) } else { None };
+            let raw = if mode == ClassifierMode::LowNormed {
+                Some(data.clone())
+            } else {
+                None
+            };
             apply_threshold(&mut data, cfg.dataset.min_energy());
             let mut x: Vec<f32> = Vec::with_capacity(data.len() / v * dim);
             for (k, row) in data.chunks(v).enumerate() {
@@ -114,7 +128,12 @@ fn build_inputs(mode: ClassifierMode, cfg: &EvalConfig, g: &Geometry, file: &Sho
                             let el = scan.features.e_layer[layer_col[g.voxel_layer[j]]][i];
                             x.push((a / (el + 1e-16)) as f32);
                         }
-                        x.extend(scan.features.e_layer.iter().map(|c| (c[i] + 1e-8).log10() as f32));
+                        x.extend(
+                            scan.features
+                                .e_layer
+                                .iter()
+                                .map(|c| (c[i] + 1e-8).log10() as f32),
+                        );
                     }
                 }
             }
@@ -124,7 +143,11 @@ fn build_inputs(mode: ClassifierMode, cfg: &EvalConfig, g: &Geometry, file: &Sho
             x.extend(p);
         }
     }
-    Ok(Samples { x, y: Vec::new(), dim })
+    Ok(Samples {
+        x,
+        y: Vec::new(),
+        dim,
+    })
 }
 
 /// Per-class split sizes: the official absolute numbers when the file is large enough,
@@ -142,7 +165,8 @@ pub fn split_sizes(n: usize, official: (usize, usize)) -> (usize, usize, usize) 
 
 fn take(src: &Samples, idx: &[usize], label: f32, dst: &mut Samples) {
     for &i in idx {
-        dst.x.extend_from_slice(&src.x[i * src.dim..(i + 1) * src.dim]);
+        dst.x
+            .extend_from_slice(&src.x[i * src.dim..(i + 1) * src.dim]);
         dst.y.push(label);
     }
 }
@@ -170,7 +194,10 @@ pub fn run_classifier_test(
     }
     let sizes = split_sizes(n, cfg.dataset.classifier_split());
     if sizes.0 == 0 || sizes.1 == 0 || sizes.2 == 0 {
-        return Err(CoreError::Invalid(format!("{} needs at least 5 showers per file, got {n}", mode.name())));
+        return Err(CoreError::Invalid(format!(
+            "{} needs at least 5 showers per file, got {n}",
+            mode.name()
+        )));
     }
     let mut runs = Vec::new();
     for rep in 0..cfg.cls_repeats.max(1) {
@@ -184,7 +211,20 @@ pub fn run_classifier_test(
         };
         let gi = split(gen_file.len());
         let ri = split(ref_file.len());
-        let mut parts = [Samples { dim, ..Default::default() }, Samples { dim, ..Default::default() }, Samples { dim, ..Default::default() }];
+        let mut parts = [
+            Samples {
+                dim,
+                ..Default::default()
+            },
+            Samples {
+                dim,
+                ..Default::default()
+            },
+            Samples {
+                dim,
+                ..Default::default()
+            },
+        ];
         let bounds = [0, sizes.0, sizes.0 + sizes.1, n];
         for (p, part) in parts.iter_mut().enumerate() {
             take(&gen, &gi[bounds[p]..bounds[p + 1]], 0.0, part);
@@ -194,11 +234,26 @@ pub fn run_classifier_test(
         let mut ccfg = cfg.classifier.clone();
         ccfg.seed = seed;
         let n_batches = train.len().div_ceil(ccfg.batch_size.max(1));
-        let pb = bar(cfg.progress, (ccfg.epochs * n_batches) as u64, &format!("{} run {}/{}", mode.name(), rep + 1, cfg.cls_repeats.max(1)));
-        let clf = train_classifier(&ccfg, &train, &test, |_, _| pb.inc(1), |r| {
-            pb.set_position((r.epoch * n_batches) as u64);
-            pb.set_message(format!("{} ep {} acc {:.3}", mode.name(), r.epoch, r.test_accuracy));
-        });
+        let pb = bar(
+            cfg.progress,
+            (ccfg.epochs * n_batches) as u64,
+            &format!("{} run {}/{}", mode.name(), rep + 1, cfg.cls_repeats.max(1)),
+        );
+        let clf = train_classifier(
+            &ccfg,
+            &train,
+            &test,
+            |_, _| pb.inc(1),
+            |r| {
+                pb.set_position((r.epoch * n_batches) as u64);
+                pb.set_message(format!(
+                    "{} ep {} acc {:.3}",
+                    mode.name(),
+                    r.epoch,
+                    r.test_accuracy
+                ));
+            },
+        );
         pb.finish_and_clear();
         let y_test: Vec<f64> = test.y.iter().map(|&v| v as f64).collect();
         let y_val: Vec<f64> = val.y.iter().map(|&v| v as f64).collect();
@@ -226,5 +281,14 @@ pub fn run_classifier_test(
     };
     let (auc_mean, auc_std) = stat(|r| r.auc);
     let (jsd_mean, jsd_std) = stat(|r| r.jsd);
-    Ok(ClassifierResult { mode, input_dim: dim, split_per_class: sizes, auc_mean, auc_std, jsd_mean, jsd_std, runs })
+    Ok(ClassifierResult {
+        mode,
+        input_dim: dim,
+        split_per_class: sizes,
+        auc_mean,
+        auc_std,
+        jsd_mean,
+        jsd_std,
+        runs,
+    })
 }

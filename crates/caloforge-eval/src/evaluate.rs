@@ -116,7 +116,13 @@ pub struct EvalConfig {
 
 impl EvalConfig {
     /// Defaults of the official evaluation for `dataset`.
-    pub fn new(dataset: DatasetKind, generated: PathBuf, reference: PathBuf, mode: Mode, out_dir: PathBuf) -> Self {
+    pub fn new(
+        dataset: DatasetKind,
+        generated: PathBuf,
+        reference: PathBuf,
+        mode: Mode,
+        out_dir: PathBuf,
+    ) -> Self {
         EvalConfig {
             dataset,
             generated,
@@ -231,13 +237,39 @@ pub const KEEP_VOXELS_MAX: usize = 400 << 20;
 
 /// Streams `file` once: thresholds each window, computes features, the mean shower and the
 /// maximum voxel, and fills `voxel_hist` with every voxel energy when given.
-pub fn scan(file: &ShowerFile, g: &Geometry, ds: DatasetKind, window_bytes: usize, label: &str, progress: bool, mut voxel_hist: Option<&mut Hist>) -> Result<Scan, CoreError> {
-    scan_keep(file, g, ds, window_bytes, label, progress, voxel_hist.as_deref_mut(), false)
+pub fn scan(
+    file: &ShowerFile,
+    g: &Geometry,
+    ds: DatasetKind,
+    window_bytes: usize,
+    label: &str,
+    progress: bool,
+    mut voxel_hist: Option<&mut Hist>,
+) -> Result<Scan, CoreError> {
+    scan_keep(
+        file,
+        g,
+        ds,
+        window_bytes,
+        label,
+        progress,
+        voxel_hist.as_deref_mut(),
+        false,
+    )
 }
 
 /// [`scan`], optionally keeping the voxel values above threshold (see [`Scan::kept_voxels`]).
 #[allow(clippy::too_many_arguments)]
-pub fn scan_keep(file: &ShowerFile, g: &Geometry, ds: DatasetKind, window_bytes: usize, label: &str, progress: bool, mut voxel_hist: Option<&mut Hist>, keep_voxels: bool) -> Result<Scan, CoreError> {
+pub fn scan_keep(
+    file: &ShowerFile,
+    g: &Geometry,
+    ds: DatasetKind,
+    window_bytes: usize,
+    label: &str,
+    progress: bool,
+    mut voxel_hist: Option<&mut Hist>,
+    keep_voxels: bool,
+) -> Result<Scan, CoreError> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let keep = keep_voxels && file.precision == caloforge_core::io::Precision::F32;
     let kept_count = AtomicUsize::new(0);
@@ -265,7 +297,11 @@ pub fn scan_keep(file: &ShowerFile, g: &Geometry, ds: DatasetKind, window_bytes:
             h
         });
         let kept: Vec<f32> = if keep && !overflow.load(Ordering::Relaxed) {
-            let k: Vec<f32> = data.iter().filter(|&&x| x >= min_e).map(|&x| x as f32).collect();
+            let k: Vec<f32> = data
+                .iter()
+                .filter(|&&x| x >= min_e)
+                .map(|&x| x as f32)
+                .collect();
             if kept_count.fetch_add(k.len(), Ordering::Relaxed) + k.len() > KEEP_VOXELS_MAX {
                 overflow.store(true, Ordering::Relaxed);
                 Vec::new()
@@ -283,7 +319,8 @@ pub fn scan_keep(file: &ShowerFile, g: &Geometry, ds: DatasetKind, window_bytes:
     let mut sum = vec![0.0f64; v];
     let mut max_voxel = 0.0f64;
     let keep_ok = keep && !overflow.load(std::sync::atomic::Ordering::Relaxed);
-    let mut kept_voxels = keep_ok.then(|| Vec::with_capacity(kept_count.load(std::sync::atomic::Ordering::Relaxed)));
+    let mut kept_voxels =
+        keep_ok.then(|| Vec::with_capacity(kept_count.load(std::sync::atomic::Ordering::Relaxed)));
     for (f, s, m, h, k) in parts {
         if let Some(kv) = kept_voxels.as_mut() {
             kv.extend(k);
@@ -298,11 +335,24 @@ pub fn scan_keep(file: &ShowerFile, g: &Geometry, ds: DatasetKind, window_bytes:
         }
     }
     let mean_shower = sum.iter().map(|s| s / n as f64).collect();
-    Ok(Scan { features, energies: file.energies.clone(), mean_shower, max_voxel, kept_voxels })
+    Ok(Scan {
+        features,
+        energies: file.energies.clone(),
+        mean_shower,
+        max_voxel,
+        kept_voxels,
+    })
 }
 
 /// Streams `file` a second time to histogram voxel energies only.
-fn voxel_pass(file: &ShowerFile, ds: DatasetKind, window_bytes: usize, label: &str, progress: bool, h: &mut Hist) -> Result<(), CoreError> {
+fn voxel_pass(
+    file: &ShowerFile,
+    ds: DatasetKind,
+    window_bytes: usize,
+    label: &str,
+    progress: bool,
+    h: &mut Hist,
+) -> Result<(), CoreError> {
     let threads = rayon::current_num_threads().max(1);
     let rows = file.rows_per_window(window_bytes / threads);
     let pb = bar(progress, file.len() as u64, label);
@@ -323,13 +373,22 @@ fn voxel_pass(file: &ShowerFile, ds: DatasetKind, window_bytes: usize, label: &s
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
-    (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt())
+    (
+        m,
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt(),
+    )
 }
 
 /// Summary statistics of one sample: response, longitudinal centre of gravity, ring fractions
 /// and occupancy.
 pub fn file_summary(path: &Path, s: &Scan, g: &Geometry) -> FileSummary {
-    let r: Vec<f64> = s.features.e_tot.iter().zip(&s.energies).map(|(a, b)| a / b).collect();
+    let r: Vec<f64> = s
+        .features
+        .e_tot
+        .iter()
+        .zip(&s.energies)
+        .map(|(a, b)| a / b)
+        .collect();
     let (m, sd) = mean_std(&r);
     let lo = s.energies.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = s.energies.iter().copied().fold(0.0, f64::max);
@@ -344,7 +403,11 @@ pub fn file_summary(path: &Path, s: &Scan, g: &Geometry) -> FileSummary {
         })
         .collect();
     let (cm, cs) = mean_std(&cog);
-    let n_r: Vec<usize> = g.relevant_layers.iter().map(|&l| g.layers[l].n_r()).collect();
+    let n_r: Vec<usize> = g
+        .relevant_layers
+        .iter()
+        .map(|&l| g.layers[l].n_r())
+        .collect();
     let mut ring_fractions = Vec::new();
     if n_r.windows(2).all(|w| w[0] == w[1]) && !n_r.is_empty() {
         ring_fractions = vec![0.0; n_r[0]];
@@ -415,20 +478,38 @@ fn write_atomic_text(path: &Path, text: &str) -> Result<(), CoreError> {
     let tmp = caloforge_core::io::temp_path(path);
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| CoreError::Write { file: path.display().to_string(), msg: e.to_string() })
+        .map_err(|e| CoreError::Write {
+            file: path.display().to_string(),
+            msg: e.to_string(),
+        })
 }
 
 /// The separation-power text file in evaluate.py's format.
 pub fn chi2_text(hists: &[HistResult]) -> String {
-    let mut s = String::from("List of chi2 of the plotted histograms, see eq. 15 of 2009.03796 for its definition.\n");
+    let mut s = String::from(
+        "List of chi2 of the plotted histograms, see eq. 15 of 2009.03796 for its definition.\n",
+    );
     for h in hists {
-        s.push_str(&format!("{}: \n{}\n\n", h.name, py_float_repr(h.separation_power)));
+        s.push_str(&format!(
+            "{}: \n{}\n\n",
+            h.name,
+            py_float_repr(h.separation_power)
+        ));
     }
     s
 }
 
 fn group_of(name: &str) -> String {
-    for p in ["E layer", "EC Eta layer", "EC Phi layer", "Width Eta layer", "Width Phi layer", "Sparsity layer", "EC r layer", "Width r layer"] {
+    for p in [
+        "E layer",
+        "EC Eta layer",
+        "EC Phi layer",
+        "Width Eta layer",
+        "Width Phi layer",
+        "Sparsity layer",
+        "EC r layer",
+        "Width r layer",
+    ] {
         if name.starts_with(p) {
             return p.to_string();
         }
@@ -453,7 +534,14 @@ pub fn separation_means(hists: &[HistResult]) -> Vec<(String, f64)> {
         .into_iter()
         .map(|(n, v)| {
             let f: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
-            (n, if f.is_empty() { f64::NAN } else { f.iter().sum::<f64>() / f.len() as f64 })
+            (
+                n,
+                if f.is_empty() {
+                    f64::NAN
+                } else {
+                    f.iter().sum::<f64>() / f.len() as f64
+                },
+            )
         })
         .collect()
 }
@@ -479,12 +567,32 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
         warnings.push(w);
     }
     let want_hist = cfg.mode.hist_chi() || cfg.mode.hist_p();
-    let mut rscan = scan_keep(&ref_file, &g, ds, cfg.window_bytes, "reference features", cfg.progress, None, want_hist)?;
+    let mut rscan = scan_keep(
+        &ref_file,
+        &g,
+        ds,
+        cfg.window_bytes,
+        "reference features",
+        cfg.progress,
+        None,
+        want_hist,
+    )?;
     let obs = observables(ds, &g, &rscan.features, rscan.max_voxel);
-    let voxel_obs = obs.iter().find(|o| o.quantity == Quantity::Voxel).expect("voxel observable");
+    let voxel_obs = obs
+        .iter()
+        .find(|o| o.quantity == Quantity::Voxel)
+        .expect("voxel observable");
     let mut gen_vox = Hist::new(voxel_obs.edges.clone());
     let do_vox = want_hist && gen_vox.valid();
-    let gscan = scan(&gen_file, &g, ds, cfg.window_bytes, "generated features", cfg.progress, if do_vox { Some(&mut gen_vox) } else { None })?;
+    let gscan = scan(
+        &gen_file,
+        &g,
+        ds,
+        cfg.window_bytes,
+        "generated features",
+        cfg.progress,
+        if do_vox { Some(&mut gen_vox) } else { None },
+    )?;
     let mut ref_vox = Hist::new(voxel_obs.edges.clone());
     if do_vox {
         match rscan.kept_voxels.take() {
@@ -499,27 +607,47 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
                         h.fill_all(c.iter().map(|&x| x as f64));
                         h
                     })
-                    .reduce(|| Hist::new(edges.clone()), |mut a, b| {
-                        a.merge(&b);
-                        a
-                    });
+                    .reduce(
+                        || Hist::new(edges.clone()),
+                        |mut a, b| {
+                            a.merge(&b);
+                            a
+                        },
+                    );
                 ref_vox.merge(&part);
             }
-            None => voxel_pass(&ref_file, ds, cfg.window_bytes, "reference voxels", cfg.progress, &mut ref_vox)?,
+            None => voxel_pass(
+                &ref_file,
+                ds,
+                cfg.window_bytes,
+                "reference voxels",
+                cfg.progress,
+                &mut ref_vox,
+            )?,
         }
     }
 
     // Both files were read and validated completely: only now is anything written.
-    std::fs::create_dir_all(&cfg.out_dir)
-        .map_err(|e| CoreError::Write { file: cfg.out_dir.display().to_string(), msg: e.to_string() })?;
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| CoreError::Write {
+        file: cfg.out_dir.display().to_string(),
+        msg: e.to_string(),
+    })?;
     let mut histograms = Vec::new();
     if want_hist {
         let pb = bar(cfg.progress, obs.len() as u64, "histograms");
         histograms = obs
             .par_iter()
             .map(|o| {
-                let (rh, gh) = if o.quantity == Quantity::Voxel { (ref_vox.clone(), gen_vox.clone()) } else { (hist_of(o, &rscan), hist_of(o, &gscan)) };
-                let sep = if rh.valid() { separation_power(&gh, &rh) } else { f64::NAN };
+                let (rh, gh) = if o.quantity == Quantity::Voxel {
+                    (ref_vox.clone(), gen_vox.clone())
+                } else {
+                    (hist_of(o, &rscan), hist_of(o, &gscan))
+                };
+                let sep = if rh.valid() {
+                    separation_power(&gh, &rh)
+                } else {
+                    f64::NAN
+                };
                 let mut png = None;
                 if cfg.mode.hist_p() && rh.valid() {
                     let path = cfg.out_dir.join(&o.file);
@@ -552,13 +680,22 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
             .collect();
         pb.finish_and_clear();
         if cfg.mode.hist_chi() {
-            write_atomic_text(&cfg.out_dir.join(format!("histogram_chi2_{}.txt", ds.name())), &chi2_text(&histograms))?;
+            write_atomic_text(
+                &cfg.out_dir
+                    .join(format!("histogram_chi2_{}.txt", ds.name())),
+                &chi2_text(&histograms),
+            )?;
         }
     }
 
     let mut average_pngs = Vec::new();
     if cfg.mode.avg() {
-        let vmax = rscan.mean_shower.iter().copied().fold(0.0, f64::max).max(1e-2 * 10.0);
+        let vmax = rscan
+            .mean_shower
+            .iter()
+            .copied()
+            .fold(0.0, f64::max)
+            .max(1e-2 * 10.0);
         let vmin = 1e-2f64.min(vmax / 1e4);
         let files: Vec<Option<String>> = g
             .relevant_layers
@@ -566,7 +703,16 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
             .map(|&l| {
                 let name = format!("Average_Layer_{l}_dataset_{}.png", ds.name());
                 let path = cfg.out_dir.join(&name);
-                match plots::layer_avg_png(&path, &g, l, &rscan.mean_shower, &gscan.mean_shower, vmin, vmax, ds.is_ds1()) {
+                match plots::layer_avg_png(
+                    &path,
+                    &g,
+                    l,
+                    &rscan.mean_shower,
+                    &gscan.mean_shower,
+                    vmin,
+                    vmax,
+                    ds.is_ds1(),
+                ) {
                     Ok(()) => Some(name),
                     Err(e) => {
                         eprintln!("warning: {e}");
@@ -585,7 +731,11 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
             "Final result of classifier test (AUC / JSD):\n{:.4} / {:.4}\n",
             r.auc_mean, r.jsd_mean
         );
-        write_atomic_text(&cfg.out_dir.join(format!("classifier_{}_{}.txt", cm.name(), ds.name())), &text)?;
+        write_atomic_text(
+            &cfg.out_dir
+                .join(format!("classifier_{}_{}.txt", cm.name(), ds.name())),
+            &text,
+        )?;
         classifiers.push(r);
     }
 
@@ -600,19 +750,32 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
             nalgebra::DMatrix::from_row_slice(s.energies.len(), d, &v)
         };
         let (rm, gm) = (to_mat(&rscan), to_mat(&gscan));
-        let pb = bar(cfg.progress, (cfg.fpd.num_points * cfg.fpd.num_batches) as u64, "FPD");
+        let pb = bar(
+            cfg.progress,
+            (cfg.fpd.num_points * cfg.fpd.num_batches) as u64,
+            "FPD",
+        );
         let f = fpd(&rm, &gm, &cfg.fpd, |d, _| pb.set_position(d as u64));
         pb.finish_and_clear();
         let pb = bar(cfg.progress, cfg.kpd.num_batches as u64, "KPD");
         let k = kpd(&rm, &gm, &cfg.kpd, |d, _| pb.set_position(d as u64));
         pb.finish_and_clear();
-        let f3 = ValueError { value: f.value * 1e3, error: f.error * 1e3 };
-        let k3 = ValueError { value: k.value * 1e3, error: k.error * 1e3 };
+        let f3 = ValueError {
+            value: f.value * 1e3,
+            error: f.error * 1e3,
+        };
+        let k3 = ValueError {
+            value: k.value * 1e3,
+            error: k.error * 1e3,
+        };
         let text = format!(
             "FPD (x10^3): {:.4} \u{b1} {:.4}\nKPD (x10^3): {:.4} \u{b1} {:.4}\n",
             f3.value, f3.error, k3.value, k3.error
         );
-        write_atomic_text(&cfg.out_dir.join(format!("fpd_kpd_{}.txt", ds.name())), &text)?;
+        write_atomic_text(
+            &cfg.out_dir.join(format!("fpd_kpd_{}.txt", ds.name())),
+            &text,
+        )?;
         fpd_v = Some(f3);
         kpd_v = Some(k3);
     }
@@ -633,8 +796,12 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalSummary, CoreError> {
         average_pngs,
         wall_seconds: t0.elapsed().as_secs_f64(),
     };
-    let json = serde_json::to_string_pretty(&summary).map_err(|e| CoreError::Invalid(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&summary).map_err(|e| CoreError::Invalid(e.to_string()))?;
     write_atomic_text(&cfg.out_dir.join("metrics.json"), &json)?;
-    write_atomic_text(&cfg.out_dir.join("report.html"), &report::html(&summary, &cfg.out_dir))?;
+    write_atomic_text(
+        &cfg.out_dir.join("report.html"),
+        &report::html(&summary, &cfg.out_dir),
+    )?;
     Ok(summary)
 }

@@ -35,7 +35,13 @@ pub struct FpdConfig {
 
 impl Default for FpdConfig {
     fn default() -> Self {
-        FpdConfig { min_samples: 10_000, max_samples: 50_000, num_batches: 20, num_points: 10, seed: 42 }
+        FpdConfig {
+            min_samples: 10_000,
+            max_samples: 50_000,
+            num_batches: 20,
+            num_points: 10,
+            seed: 42,
+        }
     }
 }
 
@@ -52,7 +58,11 @@ pub struct KpdConfig {
 
 impl Default for KpdConfig {
     fn default() -> Self {
-        KpdConfig { num_batches: 10, batch_size: 10_000, seed: 42 }
+        KpdConfig {
+            num_batches: 10,
+            batch_size: 10_000,
+            seed: 42,
+        }
     }
 }
 
@@ -94,12 +104,21 @@ fn sqrt_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
 /// Fréchet distance between N(μ1, Σ1) and N(μ2, Σ2):
 /// ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}). The trace of the matrix square root is computed
 /// from the eigenvalues of the symmetric Σ1^{1/2} Σ2 Σ1^{1/2}, which equal those of Σ1 Σ2.
-pub fn frechet_distance(mu1: &DVector<f64>, s1: &DMatrix<f64>, mu2: &DVector<f64>, s2: &DMatrix<f64>) -> f64 {
+pub fn frechet_distance(
+    mu1: &DVector<f64>,
+    s1: &DMatrix<f64>,
+    mu2: &DVector<f64>,
+    s2: &DMatrix<f64>,
+) -> f64 {
     let diff = mu1 - mu2;
     let r1 = sqrt_psd(s1);
     let mut m = &r1 * s2 * &r1;
     m = (&m + m.transpose()) * 0.5;
-    let tr_sqrt: f64 = SymmetricEigen::new(m).eigenvalues.iter().map(|v| v.max(0.0).sqrt()).sum();
+    let tr_sqrt: f64 = SymmetricEigen::new(m)
+        .eigenvalues
+        .iter()
+        .map(|v| v.max(0.0).sqrt())
+        .sum();
     diff.dot(&diff) + s1.trace() + s2.trace() - 2.0 * tr_sqrt
 }
 
@@ -116,7 +135,12 @@ pub fn nonneg_linear_fit(x: &[f64], y: &[f64]) -> (f64, f64, f64) {
     let my = y.iter().sum::<f64>() / n;
     let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
     let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
-    let (mut a, mut b) = if sxx > 0.0 { let b = sxy / sxx; (my - b * mx, b) } else { (my, 0.0) };
+    let (mut a, mut b) = if sxx > 0.0 {
+        let b = sxy / sxx;
+        (my - b * mx, b)
+    } else {
+        (my, 0.0)
+    };
     if b < 0.0 {
         b = 0.0;
         a = my.max(0.0);
@@ -137,10 +161,19 @@ pub fn nonneg_linear_fit(x: &[f64], y: &[f64]) -> (f64, f64, f64) {
 }
 
 /// FPD of generated vs real features (rows = samples); `progress(done, total)`.
-pub fn fpd(real: &DMatrix<f64>, gen: &DMatrix<f64>, cfg: &FpdConfig, mut progress: impl FnMut(usize, usize)) -> ValueError {
+pub fn fpd(
+    real: &DMatrix<f64>,
+    gen: &DMatrix<f64>,
+    cfg: &FpdConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> ValueError {
     let (x, y) = normalise(real, gen);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let inv = caloforge_core::geometry::linspace(1.0 / cfg.min_samples as f64, 1.0 / cfg.max_samples as f64, cfg.num_points);
+    let inv = caloforge_core::geometry::linspace(
+        1.0 / cfg.min_samples as f64,
+        1.0 / cfg.max_samples as f64,
+        cfg.num_points,
+    );
     let batches: Vec<usize> = inv.iter().map(|v| (1.0 / v) as i32 as usize).collect();
     let mut vals = Vec::new();
     let total = batches.len() * cfg.num_batches;
@@ -158,7 +191,10 @@ pub fn fpd(real: &DMatrix<f64>, gen: &DMatrix<f64>, cfg: &FpdConfig, mut progres
     }
     let xs: Vec<f64> = batches.iter().map(|&b| 1.0 / b as f64).collect();
     let (a, _, err) = nonneg_linear_fit(&xs, &vals);
-    ValueError { value: a, error: err }
+    ValueError {
+        value: a,
+        error: err,
+    }
 }
 
 /// Unbiased MMD² with the polynomial kernel k(x, y) = (x·y/d + 1)^4.
@@ -169,7 +205,8 @@ pub fn mmd_poly_unbiased(x: &DMatrix<f64>, y: &DMatrix<f64>) -> f64 {
     let kxx = k(x * x.transpose());
     let kyy = k(y * y.transpose());
     let kxy = k(x * y.transpose());
-    (kxx.sum() - kxx.trace()) / (m * (m - 1.0)) + (kyy.sum() - kyy.trace()) / (n * (n - 1.0)) - 2.0 * kxy.mean()
+    (kxx.sum() - kxx.trace()) / (m * (m - 1.0)) + (kyy.sum() - kyy.trace()) / (n * (n - 1.0))
+        - 2.0 * kxy.mean()
 }
 
 /// Percentile with linear interpolation (NumPy's default method).
@@ -183,7 +220,12 @@ pub fn percentile(v: &[f64], q: f64) -> f64 {
 }
 
 /// KPD of generated vs real features: median and half the 16.275–83.725 percentile range.
-pub fn kpd(real: &DMatrix<f64>, gen: &DMatrix<f64>, cfg: &KpdConfig, mut progress: impl FnMut(usize, usize)) -> ValueError {
+pub fn kpd(
+    real: &DMatrix<f64>,
+    gen: &DMatrix<f64>,
+    cfg: &KpdConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> ValueError {
     let (x, y) = normalise(real, gen);
     let mut vals = Vec::new();
     for i in 0..cfg.num_batches {

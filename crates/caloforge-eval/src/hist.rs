@@ -17,7 +17,10 @@ impl Hist {
     /// Empty histogram on `edges` (at least two, increasing).
     pub fn new(edges: Vec<f64>) -> Self {
         let n = edges.len().saturating_sub(1);
-        Hist { edges, counts: vec![0; n] }
+        Hist {
+            edges,
+            counts: vec![0; n],
+        }
     }
 
     /// Whether the edges form a usable binning (≥ 2 finite, strictly increasing values).
@@ -75,7 +78,11 @@ impl Hist {
 
     /// Probability per bin as the reference computes it: density × bin width.
     pub fn probabilities(&self) -> Vec<f64> {
-        self.density().iter().zip(self.edges.windows(2)).map(|(d, w)| d * (w[1] - w[0])).collect()
+        self.density()
+            .iter()
+            .zip(self.edges.windows(2))
+            .map(|(d, w)| d * (w[1] - w[0]))
+            .collect()
     }
 }
 

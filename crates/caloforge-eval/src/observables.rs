@@ -88,13 +88,36 @@ fn max_of(v: &[f64]) -> f64 {
 /// The observables of `ds`, in the order of the official text file, followed by the three
 /// extra ones. Log-binned edges use the reference features (`reference`) and the maximum voxel
 /// energy of the reference (`ref_max_voxel`).
-pub fn observables(ds: DatasetKind, g: &Geometry, reference: &Features, ref_max_voxel: f64) -> Vec<Observable> {
+pub fn observables(
+    ds: DatasetKind,
+    g: &Geometry,
+    reference: &Features,
+    ref_max_voxel: f64,
+) -> Vec<Observable> {
     let ds12 = !ds.is_ds1();
     let dsn = ds.name();
     let min_e = ds.min_energy();
     let mut out = Vec::new();
-    let mut push = |name: String, file: String, title: String, xlabel: &str, quantity, edges, log_x, log_y, extra| {
-        out.push(Observable { name, file, title, xlabel: xlabel.into(), quantity, edges, log_x, log_y, extra });
+    let mut push = |name: String,
+                    file: String,
+                    title: String,
+                    xlabel: &str,
+                    quantity,
+                    edges,
+                    log_x,
+                    log_y,
+                    extra| {
+        out.push(Observable {
+            name,
+            file,
+            title,
+            xlabel: xlabel.into(),
+            quantity,
+            edges,
+            log_x,
+            log_y,
+            extra,
+        });
     };
     push(
         "Etot / Einc".into(),
@@ -121,18 +144,62 @@ pub fn observables(ds: DatasetKind, g: &Geometry, reference: &Features, ref_max_
             false,
         );
     }
-    let ec_lim = |l: usize| if ds12 { 30.0 } else if l == 12 || l == 13 { 500.0 } else { 100.0 };
-    let w_lim = |l: usize| if ds12 { 30.0 } else if l == 12 || l == 13 { 400.0 } else { 100.0 };
+    let ec_lim = |l: usize| {
+        if ds12 {
+            30.0
+        } else if l == 12 || l == 13 {
+            500.0
+        } else {
+            100.0
+        }
+    };
+    let w_lim = |l: usize| {
+        if ds12 {
+            30.0
+        } else if l == 12 || l == 13 {
+            400.0
+        } else {
+            100.0
+        }
+    };
     type Ctor = fn(usize) -> Quantity;
     let groups: [(&str, &str, &str, Ctor, bool); 4] = [
-        ("EC Eta layer", "ECEta_layer", "Center of energy in x (eta) in layer", Quantity::EcX, true),
-        ("EC Phi layer", "ECPhi_layer", "Center of energy in y (phi) in layer", Quantity::EcY, true),
-        ("Width Eta layer", "WidthEta_layer", "Width in x (eta) in layer", Quantity::WX, false),
-        ("Width Phi layer", "WidthPhi_layer", "Width in y (phi) in layer", Quantity::WY, false),
+        (
+            "EC Eta layer",
+            "ECEta_layer",
+            "Center of energy in x (eta) in layer",
+            Quantity::EcX,
+            true,
+        ),
+        (
+            "EC Phi layer",
+            "ECPhi_layer",
+            "Center of energy in y (phi) in layer",
+            Quantity::EcY,
+            true,
+        ),
+        (
+            "Width Eta layer",
+            "WidthEta_layer",
+            "Width in x (eta) in layer",
+            Quantity::WX,
+            false,
+        ),
+        (
+            "Width Phi layer",
+            "WidthPhi_layer",
+            "Width in y (phi) in layer",
+            Quantity::WY,
+            false,
+        ),
     ];
     for (name, file, title, ctor, centred) in groups {
         for (c, &l) in g.alpha_layers.iter().enumerate() {
-            let edges = if centred { linspace(-ec_lim(l), ec_lim(l), 101) } else { linspace(0.0, w_lim(l), 101) };
+            let edges = if centred {
+                linspace(-ec_lim(l), ec_lim(l), 101)
+            } else {
+                linspace(0.0, w_lim(l), 101)
+            };
             push(
                 format!("{name} {l}"),
                 format!("{file}_{l}_dataset_{dsn}.png"),
@@ -147,10 +214,16 @@ pub fn observables(ds: DatasetKind, g: &Geometry, reference: &Features, ref_max_
         }
     }
     if ds.is_ds1() {
-        let targets: Vec<f64> = linspace(8.0, 23.0, 16).iter().map(|e| 2f64.powf(*e)).collect();
+        let targets: Vec<f64> = linspace(8.0, 23.0, 16)
+            .iter()
+            .map(|e| 2f64.powf(*e))
+            .collect();
         for i in 0..15 {
-            let edges =
-                if i > 3 && ds == DatasetKind::Photons1 { linspace(0.9, 1.1, 21) } else { linspace(0.4, 1.4, 21) };
+            let edges = if i > 3 && ds == DatasetKind::Photons1 {
+                linspace(0.9, 1.1, 21)
+            } else {
+                linspace(0.4, 1.4, 21)
+            };
             let e = targets[i];
             let name = caloforge_core::numeric::py_float_repr(e);
             push(
@@ -158,7 +231,10 @@ pub fn observables(ds: DatasetKind, g: &Geometry, reference: &Features, ref_max_
                 format!("Etot_Einc_dataset_{dsn}_E_{i}.png"),
                 format!("E_tot / E_inc at E_inc = {e} MeV"),
                 "E_tot / E_inc",
-                Quantity::EtotEincAt { lo: targets[i], hi: targets[i + 1] },
+                Quantity::EtotEincAt {
+                    lo: targets[i],
+                    hi: targets[i + 1],
+                },
                 edges,
                 false,
                 false,
@@ -192,7 +268,13 @@ pub fn observables(ds: DatasetKind, g: &Geometry, reference: &Features, ref_max_
     }
     let big = |l: usize| l == 12 || l == 13 || l == 14;
     for (c, &l) in g.relevant_layers.iter().enumerate() {
-        let hi = if ds12 { 42.0 } else if big(l) { 1500.0 } else { 500.0 };
+        let hi = if ds12 {
+            42.0
+        } else if big(l) {
+            1500.0
+        } else {
+            500.0
+        };
         push(
             format!("EC r layer {l}"),
             format!("ECr_layer_{l}_dataset_{dsn}.png"),
@@ -206,7 +288,13 @@ pub fn observables(ds: DatasetKind, g: &Geometry, reference: &Features, ref_max_
         );
     }
     for (c, &l) in g.relevant_layers.iter().enumerate() {
-        let hi = if ds12 { 20.0 } else if big(l) { 1500.0 } else { 500.0 };
+        let hi = if ds12 {
+            20.0
+        } else if big(l) {
+            1500.0
+        } else {
+            500.0
+        };
         push(
             format!("Width r layer {l}"),
             format!("Widthr_layer_{l}_dataset_{dsn}.png"),
@@ -229,7 +317,12 @@ mod tests {
     #[test]
     fn official_histogram_counts() {
         // 30 (1-photons), 40 (1-pions), 227 (ds2/3) in the default set (SPEC §5).
-        for (ds, want) in [(DatasetKind::Photons1, 30), (DatasetKind::Pions1, 40), (DatasetKind::Ds2, 227), (DatasetKind::Ds3, 227)] {
+        for (ds, want) in [
+            (DatasetKind::Photons1, 30),
+            (DatasetKind::Pions1, 40),
+            (DatasetKind::Ds2, 227),
+            (DatasetKind::Ds3, 227),
+        ] {
             let g = ds.geometry(None).unwrap();
             let mut f = Features::empty(&g);
             for c in f.e_layer.iter_mut() {
@@ -237,7 +330,10 @@ mod tests {
             }
             let obs = observables(ds, &g, &f, 1000.0);
             assert_eq!(obs.iter().filter(|o| !o.extra).count(), want, "{ds}");
-            assert_eq!(obs.iter().filter(|o| o.extra).count(), 3 * g.relevant_layers.len());
+            assert_eq!(
+                obs.iter().filter(|o| o.extra).count(),
+                3 * g.relevant_layers.len()
+            );
         }
     }
 
@@ -249,7 +345,10 @@ mod tests {
             c.push(100.0);
         }
         let obs = observables(DatasetKind::Photons1, &g, &f, 10.0);
-        let at: Vec<_> = obs.iter().filter(|o| matches!(o.quantity, Quantity::EtotEincAt { .. })).collect();
+        let at: Vec<_> = obs
+            .iter()
+            .filter(|o| matches!(o.quantity, Quantity::EtotEincAt { .. }))
+            .collect();
         assert_eq!(at.len(), 15);
         assert_eq!(at[0].name, "Etot / Einc at E = 256.0");
         assert_eq!(at[14].name, "Etot / Einc at E = 4194304.0");

@@ -9,9 +9,11 @@ pub fn bar(show: bool, len: u64, msg: &str) -> ProgressBar {
     }
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>22} [{bar:40.cyan/blue}] {pos}/{len} ({per_sec}, {elapsed} elapsed, ETA {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>22} [{bar:40.cyan/blue}] {pos}/{len} ({per_sec}, {elapsed} elapsed, ETA {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_message(msg.to_string());
     pb

@@ -23,7 +23,9 @@ fn base64(data: &[u8]) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn img(dir: &Path, file: &str) -> String {
@@ -84,7 +86,13 @@ pub fn html(s: &EvalSummary, dir: &Path) -> String {
         }
         h.push_str("</table><h3>Every histogram</h3><table><tr><th>histogram</th><th>separation power</th><th>in evaluate.py default set</th></tr>");
         for r in &s.histograms {
-            let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&r.name), py_float_repr(r.separation_power), if r.extra { "extra" } else { "yes" });
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.name),
+                py_float_repr(r.separation_power),
+                if r.extra { "extra" } else { "yes" }
+            );
         }
         h.push_str("</table><h2>Histograms</h2>");
         for r in &s.histograms {
@@ -107,7 +115,15 @@ pub fn html(s: &EvalSummary, dir: &Path) -> String {
 mod tests {
     #[test]
     fn base64_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(super::base64(i.as_bytes()), o);
         }
     }

@@ -69,7 +69,11 @@ pub fn pav(y: &[f64], w: &[f64]) -> Vec<f64> {
         weights.push(wi);
         lens.push(1);
         while means.len() > 1 && means[means.len() - 2] > means[means.len() - 1] {
-            let (m2, w2, l2) = (means.pop().unwrap(), weights.pop().unwrap(), lens.pop().unwrap());
+            let (m2, w2, l2) = (
+                means.pop().unwrap(),
+                weights.pop().unwrap(),
+                lens.pop().unwrap(),
+            );
             let k = means.len() - 1;
             let wt = weights[k] + w2;
             means[k] = (means[k] * weights[k] + m2 * w2) / wt;
@@ -186,9 +190,24 @@ mod tests {
         // y_min=1e-6, y_max=1-1e-6):
         // fit([0.1,0.2,0.2,0.4,0.6,0.8], [0,1,0,0,1,1]).predict([0,0.1,0.3,0.5,0.7,1])
         // -> [1e-06, 1e-06, 0.3333333333333333, 0.6666661666666667, 0.999999, 0.999999]
-        let iso = Isotonic::fit(&[0.1, 0.2, 0.2, 0.4, 0.6, 0.8], &[0.0, 1.0, 0.0, 0.0, 1.0, 1.0], 1e-6, 1.0 - 1e-6);
-        let got: Vec<f64> = [0.0, 0.1, 0.3, 0.5, 0.7, 1.0].iter().map(|&t| iso.predict(t)).collect();
-        let want = [1e-6, 1e-6, 1.0 / 3.0, 0.6666661666666667, 1.0 - 1e-6, 1.0 - 1e-6];
+        let iso = Isotonic::fit(
+            &[0.1, 0.2, 0.2, 0.4, 0.6, 0.8],
+            &[0.0, 1.0, 0.0, 0.0, 1.0, 1.0],
+            1e-6,
+            1.0 - 1e-6,
+        );
+        let got: Vec<f64> = [0.0, 0.1, 0.3, 0.5, 0.7, 1.0]
+            .iter()
+            .map(|&t| iso.predict(t))
+            .collect();
+        let want = [
+            1e-6,
+            1e-6,
+            1.0 / 3.0,
+            0.6666661666666667,
+            1.0 - 1e-6,
+            1.0 - 1e-6,
+        ];
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-12, "{got:?}");
         }

@@ -49,21 +49,40 @@ fn identical_samples_have_zero_separation_and_all_outputs_are_written() {
     let out = dir.path().join("ev");
     let s = evaluate(&cfg(r.clone(), r, Mode::All, out.clone())).unwrap();
     for h in &s.histograms {
-        assert!(h.separation_power == 0.0 || h.separation_power.is_nan(), "{}: {}", h.name, h.separation_power);
+        assert!(
+            h.separation_power == 0.0 || h.separation_power.is_nan(),
+            "{}: {}",
+            h.name,
+            h.separation_power
+        );
     }
     // 30 official histograms + 15 extras for 1-photons.
     assert_eq!(s.histograms.iter().filter(|h| !h.extra).count(), 30);
     assert_eq!(s.histograms.len(), 45);
-    for f in ["histogram_chi2_1-photons.txt", "classifier_cls-low_1-photons.txt", "fpd_kpd_1-photons.txt", "metrics.json", "report.html", "Etot_Einc_dataset_1-photons.png", "Average_Layer_1_dataset_1-photons.png"] {
+    for f in [
+        "histogram_chi2_1-photons.txt",
+        "classifier_cls-low_1-photons.txt",
+        "fpd_kpd_1-photons.txt",
+        "metrics.json",
+        "report.html",
+        "Etot_Einc_dataset_1-photons.png",
+        "Average_Layer_1_dataset_1-photons.png",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let cls = std::fs::read_to_string(out.join("classifier_cls-low_1-photons.txt")).unwrap();
-    assert!(cls.starts_with("Final result of classifier test (AUC / JSD):\n"), "{cls}");
+    assert!(
+        cls.starts_with("Final result of classifier test (AUC / JSD):\n"),
+        "{cls}"
+    );
     let fpd = s.fpd_x1e3.unwrap();
     assert!(fpd.value.abs() < 50.0, "{fpd:?}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(json["dataset"], "1-photons");
-    assert!(std::fs::read_to_string(out.join("report.html")).unwrap().contains("data:image/png;base64,"));
+    assert!(std::fs::read_to_string(out.join("report.html"))
+        .unwrap()
+        .contains("data:image/png;base64,"));
 }
 
 #[test]
@@ -74,12 +93,21 @@ fn a_miscalibrated_sample_is_separated() {
     let mut c = cfg(g, r, Mode::HistChi, dir.path().join("ev"));
     c.mode = Mode::HistChi;
     let s = evaluate(&c).unwrap();
-    let etot = s.histograms.iter().find(|h| h.name == "Etot / Einc").unwrap();
+    let etot = s
+        .histograms
+        .iter()
+        .find(|h| h.name == "Etot / Einc")
+        .unwrap();
     assert!(etot.separation_power > 0.5, "{}", etot.separation_power);
     // hist-chi writes no PNG.
     assert!(s.histograms.iter().all(|h| h.png.is_none()));
     // The classifier on voxels / E_inc sees the 20 % scale difference (a linear function).
-    let mut c2 = cfg(photons(dir.path(), "g2.h5", 400, 0.8, 2), photons(dir.path(), "r2.h5", 400, 1.0, 1), Mode::ClsLow, dir.path().join("ev2"));
+    let mut c2 = cfg(
+        photons(dir.path(), "g2.h5", 400, 0.8, 2),
+        photons(dir.path(), "r2.h5", 400, 1.0, 1),
+        Mode::ClsLow,
+        dir.path().join("ev2"),
+    );
     c2.classifier.epochs = 30;
     c2.classifier.hidden = 64;
     c2.classifier.batch_size = 40;
@@ -90,8 +118,20 @@ fn a_miscalibrated_sample_is_separated() {
 
 #[test]
 fn chi2_text_matches_evaluate_py_format() {
-    let h = |name: &str, v: f64| HistResult { name: name.into(), separation_power: v, extra: false, png: None, edges: vec![], reference_counts: vec![], generated_counts: vec![] };
-    let t = chi2_text(&[h("Etot / Einc", 0.012), h("E layer 0", 1.5e-5), h("Voxel distribution", f64::NAN)]);
+    let h = |name: &str, v: f64| HistResult {
+        name: name.into(),
+        separation_power: v,
+        extra: false,
+        png: None,
+        edges: vec![],
+        reference_counts: vec![],
+        generated_counts: vec![],
+    };
+    let t = chi2_text(&[
+        h("Etot / Einc", 0.012),
+        h("E layer 0", 1.5e-5),
+        h("Voxel distribution", f64::NAN),
+    ]);
     assert_eq!(
         t,
         "List of chi2 of the plotted histograms, see eq. 15 of 2009.03796 for its definition.\n\
@@ -114,6 +154,12 @@ fn wrong_dataset_is_a_clear_error() {
     let mut c = cfg(r.clone(), r.clone(), Mode::Hist, dir.path().join("ev"));
     c.dataset = DatasetKind::Ds2;
     let e = evaluate(&c).unwrap_err().to_string();
-    assert!(e.contains("r.h5") && e.contains("368 voxels per shower, the dataset needs 6480"), "{e}");
-    assert!(!dir.path().join("ev").exists(), "no output directory on bad input");
+    assert!(
+        e.contains("r.h5") && e.contains("368 voxels per shower, the dataset needs 6480"),
+        "{e}"
+    );
+    assert!(
+        !dir.path().join("ev").exists(),
+        "no output directory on bad input"
+    );
 }

@@ -125,7 +125,11 @@ fn predict_logits(model: &Mlp, s: &Samples, device: &Device, batch: usize) -> Ve
 
 fn accuracy_of_logits(logits: &[f64], y: &[f32]) -> f64 {
     // round(sigmoid(z)) with 0.5 -> 0  <=>  z > 0
-    let ok = logits.iter().zip(y).filter(|(&z, &t)| ((z > 0.0) as u8 as f32) == t).count();
+    let ok = logits
+        .iter()
+        .zip(y)
+        .filter(|(&z, &t)| ((z > 0.0) as u8 as f32) == t)
+        .count();
     ok as f64 / y.len().max(1) as f64
 }
 
@@ -155,7 +159,12 @@ pub fn train_classifier(
         for (b, chunk) in order.chunks(cfg.batch_size.max(1)).enumerate() {
             let (x, y) = batch_tensor(train, chunk, &device);
             let loss = bce_with_logits(model.forward(x), y);
-            loss_sum += loss.clone().into_data().iter::<f64>().next().unwrap_or(f64::NAN);
+            loss_sum += loss
+                .clone()
+                .into_data()
+                .iter::<f64>()
+                .next()
+                .unwrap_or(f64::NAN);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.lr, model, grads);
             on_batch(b + 1, n_batches);
@@ -163,7 +172,11 @@ pub fn train_classifier(
         let valid = model.valid();
         let logits = predict_logits(&valid, test, &valid_device(&device), cfg.batch_size);
         let acc = accuracy_of_logits(&logits, &test.y);
-        let report = EpochReport { epoch, train_loss: loss_sum / n_batches.max(1) as f64, test_accuracy: acc };
+        let report = EpochReport {
+            epoch,
+            train_loss: loss_sum / n_batches.max(1) as f64,
+            test_accuracy: acc,
+        };
         on_epoch(&report);
         history.push(report);
         if best.as_ref().is_none_or(|b| acc > b.2) {
@@ -175,7 +188,14 @@ pub fn train_classifier(
     }
     let (model, best_epoch, best_test_accuracy) = best.unwrap_or((model, 0, f64::NAN));
     let valid = model.valid();
-    TrainedClassifier { model: valid, device: valid_device(&device), dim: train.dim, best_epoch, best_test_accuracy, history }
+    TrainedClassifier {
+        model: valid,
+        device: valid_device(&device),
+        dim: train.dim,
+        best_epoch,
+        best_test_accuracy,
+        history,
+    }
 }
 
 fn valid_device(device: &Device) -> Device {
@@ -205,7 +225,10 @@ mod tests {
 
     fn gaussians(n: usize, shift: f32, seed: u64) -> Samples {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let mut s = Samples { dim: 2, ..Default::default() };
+        let mut s = Samples {
+            dim: 2,
+            ..Default::default()
+        };
         for i in 0..n {
             let label = (i % 2) as f32;
             let c = if label > 0.5 { shift } else { -shift };
@@ -221,7 +244,11 @@ mod tests {
         let device = Device::flex();
         let z = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 2.0, -3.0], [3, 1]), &device);
         let y = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0], [3, 1]), &device);
-        let got: f64 = bce_with_logits(z, y).into_data().iter::<f64>().next().unwrap();
+        let got: f64 = bce_with_logits(z, y)
+            .into_data()
+            .iter::<f64>()
+            .next()
+            .unwrap();
         let sp = |x: f64| (1.0 + x.exp()).ln();
         let want = (sp(-0.0) + sp(2.0) + sp(-3.0)) / 3.0;
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
@@ -229,7 +256,14 @@ mod tests {
 
     #[test]
     fn separable_data_is_learned_and_noise_is_not() {
-        let cfg = ClassifierConfig { hidden: 16, n_layer: 1, epochs: 20, batch_size: 50, lr: 1e-2, ..Default::default() };
+        let cfg = ClassifierConfig {
+            hidden: 16,
+            n_layer: 1,
+            epochs: 20,
+            batch_size: 50,
+            lr: 1e-2,
+            ..Default::default()
+        };
         let train = gaussians(400, 2.0, 1);
         let test = gaussians(200, 2.0, 2);
         let c = train_classifier(&cfg, &train, &test, |_, _| {}, |_| {});
@@ -244,4 +278,3 @@ mod tests {
         assert!(c.best_test_accuracy < 0.62, "{}", c.best_test_accuracy);
     }
 }
-

@@ -18,8 +18,15 @@ impl Mlp {
     /// `dims` = [input, hidden..., output].
     pub fn new(dims: &[usize], dropout: f64, slope: f64, device: &Device) -> Self {
         assert!(dims.len() >= 2, "an MLP needs an input and an output size");
-        let layers = dims.windows(2).map(|w| LinearConfig::new(w[0], w[1]).init(device)).collect();
-        Mlp { layers, dropout: DropoutConfig::new(dropout).init(), slope }
+        let layers = dims
+            .windows(2)
+            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+            .collect();
+        Mlp {
+            layers,
+            dropout: DropoutConfig::new(dropout).init(),
+            slope,
+        }
     }
 
     /// Forward pass on a (batch, input) tensor.

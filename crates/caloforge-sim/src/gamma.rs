@@ -96,8 +96,14 @@ mod tests {
     fn gamma_p_known_values() {
         // P(1, x) = 1 - e^-x; P(2, x) = 1 - (1 + x) e^-x.
         for x in [0.01, 0.5, 1.0, 3.0, 10.0, 40.0] {
-            assert!((gamma_p(1.0, x) - (1.0 - (-x as f64).exp())).abs() < 1e-13, "{x}");
-            assert!((gamma_p(2.0, x) - (1.0 - (1.0 + x) * (-x as f64).exp())).abs() < 1e-13, "{x}");
+            assert!(
+                (gamma_p(1.0, x) - (1.0 - (-x as f64).exp())).abs() < 1e-13,
+                "{x}"
+            );
+            assert!(
+                (gamma_p(2.0, x) - (1.0 - (1.0 + x) * (-x as f64).exp())).abs() < 1e-13,
+                "{x}"
+            );
         }
         // scipy.special.gammainc(3.7, 2.2) = 0.22976730879644322
         assert!((gamma_p(3.7, 2.2) - 0.229_767_308_796_443_22).abs() < 1e-12);

@@ -67,15 +67,23 @@ struct SimSummary {
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "showers".into());
-    let ext = out.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "h5".into());
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "showers".into());
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "h5".into());
     out.with_file_name(format!("{stem}{suffix}.{ext}"))
 }
 
 /// Writes `text` to `path` atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
     let tmp = caloforge_core::io::temp_path(path);
-    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// `caloforge simulate`.
@@ -100,14 +108,34 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
         }
         vec![e; n]
     } else {
-        if !(a.energy_min.is_finite() && a.energy_min > 0.0 && a.energy_max.is_finite() && a.energy_max >= a.energy_min) {
-            bail!("need 0 < --energy-min <= --energy-max (MeV), got {} and {}", a.energy_min, a.energy_max);
+        if !(a.energy_min.is_finite()
+            && a.energy_min > 0.0
+            && a.energy_max.is_finite()
+            && a.energy_max >= a.energy_min)
+        {
+            bail!(
+                "need 0 < --energy-min <= --energy-max (MeV), got {} and {}",
+                a.energy_min,
+                a.energy_max
+            );
         }
         log_uniform_energies(n, a.energy_min, a.energy_max, a.seed)
     };
-    let kinds: Vec<DatasetKind> = if a.both { vec![DatasetKind::Ds2, DatasetKind::Ds3] } else { vec![ds] };
-    let meshes = kinds.iter().map(|&k| Mesh::of(k)).collect::<std::result::Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
-    let outs: Vec<PathBuf> = if a.both { vec![sibling(&a.out, "_ds2"), sibling(&a.out, "_ds3")] } else { vec![a.out.clone()] };
+    let kinds: Vec<DatasetKind> = if a.both {
+        vec![DatasetKind::Ds2, DatasetKind::Ds3]
+    } else {
+        vec![ds]
+    };
+    let meshes = kinds
+        .iter()
+        .map(|&k| Mesh::of(k))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let outs: Vec<PathBuf> = if a.both {
+        vec![sibling(&a.out, "_ds2"), sibling(&a.out, "_ds3")]
+    } else {
+        vec![a.out.clone()]
+    };
     let mut writers = Vec::new();
     for (p, m) in outs.iter().zip(&meshes) {
         writers.push(ShowerWriter::create(p, m.n_voxels(), energies.len())?);
@@ -115,8 +143,10 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
     let params = match &a.params {
         None => SimParams::new(tune),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str::<SimParams>(&text).with_context(|| format!("{}: not a valid parameter set", p.display()))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str::<SimParams>(&text)
+                .with_context(|| format!("{}: not a valid parameter set", p.display()))?
         }
     };
     let sim = Simulator::new(params.clone(), meshes.clone());
@@ -139,7 +169,9 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
         w.finish()?;
     }
     let wall = t0.elapsed().as_secs_f64();
-    let (lo, hi) = energies.iter().fold((f64::INFINITY, 0.0f64), |(l, h), &e| (l.min(e), h.max(e)));
+    let (lo, hi) = energies
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(l, h), &e| (l.min(e), h.max(e)));
     let summary = SimSummary {
         caloforge_version: env!("CARGO_PKG_VERSION").into(),
         outputs: outs.iter().map(|p| p.display().to_string()).collect(),
@@ -156,7 +188,12 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
     let json_path = sibling(&a.out, "").with_extension("json");
     write_text(&json_path, &serde_json::to_string_pretty(&summary)?)?;
     for p in &outs {
-        eprintln!("wrote {} ({} showers, {:.1} showers/s)", p.display(), energies.len(), energies.len() as f64 / wall);
+        eprintln!(
+            "wrote {} ({} showers, {:.1} showers/s)",
+            p.display(),
+            energies.len(),
+            energies.len() as f64 / wall
+        );
     }
     Ok(())
 }
@@ -185,9 +222,17 @@ pub fn write_features(path: &Path, f: &Features) -> Result<()> {
         ("sparsity", cols(&f.sparsity)),
     ];
     caloforge_core::io::write_atomic(path, |b| {
-        b.create_dataset("E_tot").with_f64_data(&f.e_tot).with_shape(&[n]).with_chunks(&[n.clamp(1, MAX_CHUNK_ROWS)]).with_deflate(4);
+        b.create_dataset("E_tot")
+            .with_f64_data(&f.e_tot)
+            .with_shape(&[n])
+            .with_chunks(&[n.clamp(1, MAX_CHUNK_ROWS)])
+            .with_deflate(4);
         for (name, (data, k)) in &named {
-            b.create_dataset(name).with_f64_data(data).with_shape(&[n, *k]).with_chunks(&[n.clamp(1, 4096), (*k).max(1)]).with_deflate(4);
+            b.create_dataset(name)
+                .with_f64_data(data)
+                .with_shape(&[n, *k])
+                .with_chunks(&[n.clamp(1, 4096), (*k).max(1)])
+                .with_deflate(4);
         }
     })?;
     Ok(())
@@ -195,8 +240,14 @@ pub fn write_features(path: &Path, f: &Features) -> Result<()> {
 
 /// Prints the headline numbers of an evaluation.
 pub fn print_summary(s: &EvalSummary) {
-    println!("dataset {}: {} generated vs {} reference showers", s.dataset, s.generated.showers, s.reference.showers);
-    println!("  mean Etot/Einc: generated {:.4}, reference {:.4}", s.generated.mean_etot_einc, s.reference.mean_etot_einc);
+    println!(
+        "dataset {}: {} generated vs {} reference showers",
+        s.dataset, s.generated.showers, s.reference.showers
+    );
+    println!(
+        "  mean Etot/Einc: generated {:.4}, reference {:.4}",
+        s.generated.mean_etot_einc, s.reference.mean_etot_einc
+    );
     if let Some(h) = s.histograms.iter().find(|h| h.name == "Etot / Einc") {
         println!("  separation power Etot/Einc: {:.5}", h.separation_power);
     }
@@ -206,10 +257,21 @@ pub fn print_summary(s: &EvalSummary) {
         }
     }
     for c in &s.classifiers {
-        println!("  {} AUC {:.4} ± {:.4}, JSD {:.4} ± {:.4} ({} run(s))", c.mode.name(), c.auc_mean, c.auc_std, c.jsd_mean, c.jsd_std, c.runs.len());
+        println!(
+            "  {} AUC {:.4} ± {:.4}, JSD {:.4} ± {:.4} ({} run(s))",
+            c.mode.name(),
+            c.auc_mean,
+            c.auc_std,
+            c.jsd_mean,
+            c.jsd_std,
+            c.runs.len()
+        );
     }
     if let (Some(f), Some(k)) = (s.fpd_x1e3, s.kpd_x1e3) {
-        println!("  FPD x1e3 {:.3} ± {:.3}, KPD x1e3 {:.4} ± {:.4}", f.value, f.error, k.value, k.error);
+        println!(
+            "  FPD x1e3 {:.3} ± {:.3}, KPD x1e3 {:.4} ± {:.4}",
+            f.value, f.error, k.value, k.error
+        );
     }
 }
 
@@ -238,7 +300,10 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let reference = a.out.join("reference_ds2.h5");
     let generated = a.out.join("generated_ds2.h5");
-    eprintln!("[1/3] simulating {} reference showers (dataset 2, Geant4-tuned parameters)", a.n);
+    eprintln!(
+        "[1/3] simulating {} reference showers (dataset 2, Geant4-tuned parameters)",
+        a.n
+    );
     let base = SimulateArgs {
         dataset: "2".into(),
         n: Some(a.n),
@@ -253,11 +318,30 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
         params: None,
     };
     simulate(base.clone(), quiet)?;
-    eprintln!("[2/3] simulating {} 'generated' showers (stock GFlash parameters, same energies)", a.n);
-    simulate(SimulateArgs { n: None, seed: a.seed + 1, out: generated.clone(), energies_from: Some(reference.clone()), tune: "stock".into(), ..base }, quiet)?;
+    eprintln!(
+        "[2/3] simulating {} 'generated' showers (stock GFlash parameters, same energies)",
+        a.n
+    );
+    simulate(
+        SimulateArgs {
+            n: None,
+            seed: a.seed + 1,
+            out: generated.clone(),
+            energies_from: Some(reference.clone()),
+            tune: "stock".into(),
+            ..base
+        },
+        quiet,
+    )?;
     eprintln!("[3/3] evaluating (histograms, average showers, classifier, FPD/KPD)");
     let eval_dir = a.out.join("evaluation");
-    let mut cfg = EvalConfig::new(DatasetKind::Ds2, generated, reference, Mode::All, eval_dir.clone());
+    let mut cfg = EvalConfig::new(
+        DatasetKind::Ds2,
+        generated,
+        reference,
+        Mode::All,
+        eval_dir.clone(),
+    );
     cfg.progress = !quiet;
     cfg.seed = a.seed;
     cfg.classifier.seed = a.seed;
@@ -271,6 +355,9 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
     cfg.kpd.batch_size = 1000;
     let s = caloforge_eval::evaluate(&cfg)?;
     print_summary(&s);
-    println!("open {} for every plot and table", eval_dir.join("report.html").display());
+    println!(
+        "open {} for every plot and table",
+        eval_dir.join("report.html").display()
+    );
     Ok(())
 }

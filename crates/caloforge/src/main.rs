@@ -12,7 +12,11 @@ mod commands;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "caloforge", version, about = "Fast calorimeter shower generation and CaloChallenge evaluation, in Rust")]
+#[command(
+    name = "caloforge",
+    version,
+    about = "Fast calorimeter shower generation and CaloChallenge evaluation, in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -164,7 +168,11 @@ fn features(a: FeaturesArgs, quiet: bool) -> Result<()> {
     let scan = caloforge_eval::evaluate::scan(&file, &g, ds, 256 << 20, "features", !quiet, None)?;
     commands::write_features(&a.out, &scan.features)
         .with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("{} showers: features written to {}", file.len(), a.out.display());
+    eprintln!(
+        "{} showers: features written to {}",
+        file.len(),
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -174,7 +182,10 @@ fn run() -> Result<()> {
         if t == 0 {
             bail!("--threads must be > 0");
         }
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting up threads")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("setting up threads")?;
     }
     match cli.command {
         Command::Evaluate(a) => evaluate(a, cli.quiet),
