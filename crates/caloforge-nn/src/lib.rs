@@ -11,5 +11,6 @@ pub mod classifier;
 pub mod device;
 pub mod flow;
 pub mod mlp;
+pub mod schedule;
 
 pub use burn;

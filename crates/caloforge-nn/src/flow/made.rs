@@ -123,6 +123,7 @@ impl Made {
 }
 
 /// Replaces the value of a parameter (shape must match).
+#[cfg(test)]
 pub(crate) fn set_param<const D: usize>(p: &mut Param<Tensor<D>>, data: Vec<f32>, device: &Device) {
     let shape = p.val().dims();
     *p = Param::from_tensor(Tensor::<D>::from_data(TensorData::new(data, shape), device));

@@ -14,6 +14,7 @@
 pub mod fast;
 pub mod made;
 pub mod spline;
+pub mod train;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -222,6 +223,17 @@ impl Flow {
     pub fn log_prob(&self, x: Tensor<2>, ctx: Option<Tensor<2>>) -> Tensor<1> {
         let t = self.forward_trace(x, ctx);
         log_normal(t.z) + t.logdet
+    }
+
+    /// Replaces the network (e.g. after an optimizer step).
+    pub fn map_net(self, f: impl FnOnce(FlowNet) -> FlowNet) -> Self {
+        let Flow { net, cfg, perms, inv_perms } = self;
+        Flow { net: f(net), cfg, perms, inv_perms }
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> Device {
+        self.net.made[0].output.mask.device()
     }
 
     /// Trainable parameters.

@@ -1,0 +1,154 @@
+//! Learning-rate schedules with PyTorch's semantics (step = number of optimizer steps taken).
+
+/// A learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// A fixed learning rate.
+    Constant {
+        /// Learning rate.
+        lr: f64,
+    },
+    /// `torch.optim.lr_scheduler.OneCycleLR` with cosine annealing: from max_lr/div_factor up to
+    /// max_lr over pct_start of the steps, then down; with `three_phase` it returns to the
+    /// initial rate and then anneals to initial/final_div_factor (the final annihilation phase).
+    /// (PyTorch also cycles Adam's β1 between 0.85 and 0.95; caloforge keeps β1 fixed.)
+    OneCycle {
+        /// Peak learning rate.
+        max_lr: f64,
+        /// Total steps of the cycle (the rate stays at its final value afterwards).
+        total_steps: usize,
+        /// Fraction of steps spent increasing.
+        #[serde(default = "pct_default")]
+        pct_start: f64,
+        /// initial = max_lr / div_factor.
+        #[serde(default = "div_default")]
+        div_factor: f64,
+        /// final = initial / final_div_factor.
+        #[serde(default = "final_div_default")]
+        final_div_factor: f64,
+        /// Three phases (up, down to initial, annihilation) instead of two.
+        #[serde(default)]
+        three_phase: bool,
+    },
+    /// `CyclicLR` in mode "triangular2": triangles between base_lr and max_lr whose amplitude
+    /// halves every cycle.
+    Cyclic {
+        /// Lower rate.
+        base_lr: f64,
+        /// Upper rate of the first cycle.
+        max_lr: f64,
+        /// Steps of the rising half-cycle.
+        step_size_up: usize,
+    },
+    /// `MultiStepLR`: lr × gamma^(number of milestones reached).
+    MultiStep {
+        /// Initial rate.
+        lr: f64,
+        /// Steps at which the rate is multiplied by gamma.
+        milestones: Vec<usize>,
+        /// Factor.
+        gamma: f64,
+    },
+}
+
+fn pct_default() -> f64 {
+    0.3
+}
+fn div_default() -> f64 {
+    25.0
+}
+fn final_div_default() -> f64 {
+    1e4
+}
+
+fn cos_anneal(start: f64, end: f64, pct: f64) -> f64 {
+    end + (start - end) / 2.0 * ((std::f64::consts::PI * pct).cos() + 1.0)
+}
+
+impl LrSchedule {
+    /// Learning rate for optimizer step `step` (0-based).
+    pub fn lr(&self, step: usize) -> f64 {
+        match self {
+            LrSchedule::Constant { lr } => *lr,
+            LrSchedule::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor, three_phase } => {
+                let initial = max_lr / div_factor;
+                let min = initial / final_div_factor;
+                let total = *total_steps as f64;
+                let s = (step.min(total_steps.saturating_sub(1))) as f64;
+                let up_end = pct_start * total - 1.0;
+                let phases: Vec<(f64, f64, f64)> = if *three_phase {
+                    vec![(up_end, initial, *max_lr), (2.0 * pct_start * total - 2.0, *max_lr, initial), (total - 1.0, initial, min)]
+                } else {
+                    vec![(up_end, initial, *max_lr), (total - 1.0, *max_lr, min)]
+                };
+                let mut start_step = 0.0;
+                for (i, &(end_step, a, b)) in phases.iter().enumerate() {
+                    if s <= end_step || i == phases.len() - 1 {
+                        let pct = ((s - start_step) / (end_step - start_step)).clamp(0.0, 1.0);
+                        return cos_anneal(a, b, pct);
+                    }
+                    start_step = end_step;
+                }
+                min
+            }
+            LrSchedule::Cyclic { base_lr, max_lr, step_size_up } => {
+                let ss = (*step_size_up).max(1) as f64;
+                let s = step as f64;
+                let cycle = (1.0 + s / (2.0 * ss)).floor();
+                let x = (s / ss - 2.0 * cycle + 1.0).abs();
+                base_lr + (max_lr - base_lr) * (1.0 - x).max(0.0) / 2f64.powf(cycle - 1.0)
+            }
+            LrSchedule::MultiStep { lr, milestones, gamma } => lr * gamma.powi(milestones.iter().filter(|&&m| step >= m).count() as i32),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-12 * b.abs().max(1e-30)
+    }
+
+    #[test]
+    fn one_cycle_matches_pytorch_closed_form() {
+        let s = LrSchedule::OneCycle { max_lr: 1e-3, total_steps: 100, pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4, three_phase: false };
+        assert!(close(s.lr(0), 4e-5));
+        // Peak at step pct*total - 1 = 29.
+        assert!(close(s.lr(29), 1e-3));
+        // Half-way down the cosine: (max + min)/2 at step 29 + 35 = 64.
+        assert!(close(s.lr(64), (1e-3 + 4e-9) / 2.0));
+        assert!(close(s.lr(99), 4e-9));
+        assert!(close(s.lr(500), 4e-9));
+        // Three phases: back to initial at 2*30-2 = 58, then annihilation to initial/1e4.
+        let t = LrSchedule::OneCycle { max_lr: 1e-4, total_steps: 100, pct_start: 0.3, div_factor: 10.0, final_div_factor: 10.0, three_phase: true };
+        assert!(close(t.lr(29), 1e-4));
+        assert!(close(t.lr(58), 1e-5));
+        assert!(close(t.lr(99), 1e-6));
+        assert!(t.lr(70) < 1e-5 && t.lr(70) > 1e-6);
+    }
+
+    #[test]
+    fn cyclic_triangular2_halves_each_cycle() {
+        let s = LrSchedule::Cyclic { base_lr: 0.5e-4, max_lr: 2e-3, step_size_up: 10 };
+        assert!(close(s.lr(0), 0.5e-4));
+        assert!(close(s.lr(10), 2e-3));
+        assert!(close(s.lr(20), 0.5e-4));
+        assert!(close(s.lr(30), 0.5e-4 + (2e-3 - 0.5e-4) / 2.0));
+        assert!(close(s.lr(50), 0.5e-4 + (2e-3 - 0.5e-4) / 4.0));
+        assert!(close(s.lr(5), 0.5e-4 + (2e-3 - 0.5e-4) / 2.0));
+    }
+
+    #[test]
+    fn multistep_and_serde() {
+        let s = LrSchedule::MultiStep { lr: 1.0, milestones: vec![10, 20], gamma: 0.1 };
+        assert_eq!(s.lr(9), 1.0);
+        assert!(close(s.lr(10), 0.1));
+        assert!(close(s.lr(25), 0.01));
+        let txt = r#"{"type":"one_cycle","max_lr":0.001,"total_steps":50}"#;
+        let p: LrSchedule = serde_json::from_str(txt).unwrap();
+        assert!(matches!(p, LrSchedule::OneCycle { pct_start, div_factor, .. } if pct_start == 0.3 && div_factor == 25.0));
+    }
+}
