@@ -71,14 +71,25 @@ impl LrSchedule {
     pub fn lr(&self, step: usize) -> f64 {
         match self {
             LrSchedule::Constant { lr } => *lr,
-            LrSchedule::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor, three_phase } => {
+            LrSchedule::OneCycle {
+                max_lr,
+                total_steps,
+                pct_start,
+                div_factor,
+                final_div_factor,
+                three_phase,
+            } => {
                 let initial = max_lr / div_factor;
                 let min = initial / final_div_factor;
                 let total = *total_steps as f64;
                 let s = (step.min(total_steps.saturating_sub(1))) as f64;
                 let up_end = pct_start * total - 1.0;
                 let phases: Vec<(f64, f64, f64)> = if *three_phase {
-                    vec![(up_end, initial, *max_lr), (2.0 * pct_start * total - 2.0, *max_lr, initial), (total - 1.0, initial, min)]
+                    vec![
+                        (up_end, initial, *max_lr),
+                        (2.0 * pct_start * total - 2.0, *max_lr, initial),
+                        (total - 1.0, initial, min),
+                    ]
                 } else {
                     vec![(up_end, initial, *max_lr), (total - 1.0, *max_lr, min)]
                 };
@@ -92,14 +103,22 @@ impl LrSchedule {
                 }
                 min
             }
-            LrSchedule::Cyclic { base_lr, max_lr, step_size_up } => {
+            LrSchedule::Cyclic {
+                base_lr,
+                max_lr,
+                step_size_up,
+            } => {
                 let ss = (*step_size_up).max(1) as f64;
                 let s = step as f64;
                 let cycle = (1.0 + s / (2.0 * ss)).floor();
                 let x = (s / ss - 2.0 * cycle + 1.0).abs();
                 base_lr + (max_lr - base_lr) * (1.0 - x).max(0.0) / 2f64.powf(cycle - 1.0)
             }
-            LrSchedule::MultiStep { lr, milestones, gamma } => lr * gamma.powi(milestones.iter().filter(|&&m| step >= m).count() as i32),
+            LrSchedule::MultiStep {
+                lr,
+                milestones,
+                gamma,
+            } => lr * gamma.powi(milestones.iter().filter(|&&m| step >= m).count() as i32),
         }
     }
 }
@@ -114,7 +133,14 @@ mod tests {
 
     #[test]
     fn one_cycle_matches_pytorch_closed_form() {
-        let s = LrSchedule::OneCycle { max_lr: 1e-3, total_steps: 100, pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4, three_phase: false };
+        let s = LrSchedule::OneCycle {
+            max_lr: 1e-3,
+            total_steps: 100,
+            pct_start: 0.3,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+            three_phase: false,
+        };
         assert!(close(s.lr(0), 4e-5));
         // Peak at step pct*total - 1 = 29.
         assert!(close(s.lr(29), 1e-3));
@@ -123,7 +149,14 @@ mod tests {
         assert!(close(s.lr(99), 4e-9));
         assert!(close(s.lr(500), 4e-9));
         // Three phases: back to initial at 2*30-2 = 58, then annihilation to initial/1e4.
-        let t = LrSchedule::OneCycle { max_lr: 1e-4, total_steps: 100, pct_start: 0.3, div_factor: 10.0, final_div_factor: 10.0, three_phase: true };
+        let t = LrSchedule::OneCycle {
+            max_lr: 1e-4,
+            total_steps: 100,
+            pct_start: 0.3,
+            div_factor: 10.0,
+            final_div_factor: 10.0,
+            three_phase: true,
+        };
         assert!(close(t.lr(29), 1e-4));
         assert!(close(t.lr(58), 1e-5));
         assert!(close(t.lr(99), 1e-6));
@@ -132,7 +165,11 @@ mod tests {
 
     #[test]
     fn cyclic_triangular2_halves_each_cycle() {
-        let s = LrSchedule::Cyclic { base_lr: 0.5e-4, max_lr: 2e-3, step_size_up: 10 };
+        let s = LrSchedule::Cyclic {
+            base_lr: 0.5e-4,
+            max_lr: 2e-3,
+            step_size_up: 10,
+        };
         assert!(close(s.lr(0), 0.5e-4));
         assert!(close(s.lr(10), 2e-3));
         assert!(close(s.lr(20), 0.5e-4));
@@ -143,12 +180,18 @@ mod tests {
 
     #[test]
     fn multistep_and_serde() {
-        let s = LrSchedule::MultiStep { lr: 1.0, milestones: vec![10, 20], gamma: 0.1 };
+        let s = LrSchedule::MultiStep {
+            lr: 1.0,
+            milestones: vec![10, 20],
+            gamma: 0.1,
+        };
         assert_eq!(s.lr(9), 1.0);
         assert!(close(s.lr(10), 0.1));
         assert!(close(s.lr(25), 0.01));
         let txt = r#"{"type":"one_cycle","max_lr":0.001,"total_steps":50}"#;
         let p: LrSchedule = serde_json::from_str(txt).unwrap();
-        assert!(matches!(p, LrSchedule::OneCycle { pct_start, div_factor, .. } if pct_start == 0.3 && div_factor == 25.0));
+        assert!(
+            matches!(p, LrSchedule::OneCycle { pct_start, div_factor, .. } if pct_start == 0.3 && div_factor == 25.0)
+        );
     }
 }

@@ -76,9 +76,18 @@ impl FastMade {
             end[g] = deg.iter().filter(|&&x| x <= g).count();
         }
         // burn weights are [in, out]; transpose into rows, reorder rows and columns.
-        let take = |lin: &burn::nn::Linear, rows: &[usize], cols: Option<&[usize]>, n_in: usize, n_out: usize| -> (Vec<f32>, Vec<f32>) {
+        let take = |lin: &burn::nn::Linear,
+                    rows: &[usize],
+                    cols: Option<&[usize]>,
+                    n_in: usize,
+                    n_out: usize|
+         -> (Vec<f32>, Vec<f32>) {
             let w = tensor_vec(lin.weight.val());
-            let b = lin.bias.as_ref().map(|b| tensor_vec(b.val())).unwrap_or_else(|| vec![0.0; n_out]);
+            let b = lin
+                .bias
+                .as_ref()
+                .map(|b| tensor_vec(b.val()))
+                .unwrap_or_else(|| vec![0.0; n_out]);
             let mut out = Vec::with_capacity(rows.len() * n_in);
             for &r in rows {
                 for c in 0..n_in {
@@ -89,23 +98,51 @@ impl FastMade {
             (out, rows.iter().map(|&r| b[r]).collect())
         };
         let (w, b) = take(&m.input.linear, &order, None, d, h);
-        let input = Layer { w, b, n_in: d, prefix: order.iter().map(|&u| deg[u].min(d)).collect() };
+        let input = Layer {
+            w,
+            b,
+            n_in: d,
+            prefix: order.iter().map(|&u| deg[u].min(d)).collect(),
+        };
         let context = m.context.as_ref().map(|c| {
             let (w, b) = take(c, &order, None, shape.context, h);
-            Layer { w, b, n_in: shape.context, prefix: vec![shape.context; h] }
+            Layer {
+                w,
+                b,
+                n_in: shape.context,
+                prefix: vec![shape.context; h],
+            }
         });
         let hidden = m
             .hidden
             .iter()
             .map(|l| {
                 let (w, b) = take(&l.linear, &order, Some(&order), h, h);
-                Layer { w, b, n_in: h, prefix: order.iter().map(|&u| end[deg[u]]).collect() }
+                Layer {
+                    w,
+                    b,
+                    n_in: h,
+                    prefix: order.iter().map(|&u| end[deg[u]]).collect(),
+                }
             })
             .collect();
         let rows: Vec<usize> = (0..d * p).collect();
         let (w, b) = take(&m.output.linear, &rows, Some(&order), h, d * p);
-        let output = Layer { w, b, n_in: h, prefix: (0..d * p).map(|r| end[r / p]).collect() };
-        FastMade { d, p, end, input, context, hidden, output }
+        let output = Layer {
+            w,
+            b,
+            n_in: h,
+            prefix: (0..d * p).map(|r| end[r / p]).collect(),
+        };
+        FastMade {
+            d,
+            p,
+            end,
+            input,
+            context,
+            hidden,
+            output,
+        }
     }
 
     fn group(&self, g: usize) -> std::ops::Range<usize> {
@@ -139,7 +176,12 @@ impl FastFlow {
         let cfg = flow.cfg.clone();
         FastFlow {
             spline: cfg.spline(),
-            blocks: flow.net.made.iter().map(|m| FastMade::from_made(m, &cfg)).collect(),
+            blocks: flow
+                .net
+                .made
+                .iter()
+                .map(|m| FastMade::from_made(m, &cfg))
+                .collect(),
             perms: cfg.permutations(),
             cfg,
         }
@@ -193,7 +235,16 @@ impl FastFlow {
     /// One block. `one_pass`: the MADE reads `src` (θ = MADE(src)) and `dst_i = s^±(src_i)`;
     /// otherwise the MADE reads `dst` as it is produced (sequential). `forward`: apply s (else
     /// s⁻¹). Returns Σ log|dz/dx|.
-    fn block(&self, m: &FastMade, ctx: &[f32], src: &[f32], dst: &mut [f32], one_pass: bool, forward: bool, w: &mut Work) -> f64 {
+    fn block(
+        &self,
+        m: &FastMade,
+        ctx: &[f32],
+        src: &[f32],
+        dst: &mut [f32],
+        one_pass: bool,
+        forward: bool,
+        w: &mut Work,
+    ) -> f64 {
         Self::context_term(m, ctx, w);
         let mut ld = 0.0;
         if one_pass {
@@ -206,14 +257,25 @@ impl FastFlow {
                 Self::units(m, i, dst, w);
             }
             self.spline_of(m, i, w);
-            let (v, l) = if forward { w.spline.forward(src[i] as f64) } else { w.spline.inverse(src[i] as f64) };
+            let (v, l) = if forward {
+                w.spline.forward(src[i] as f64)
+            } else {
+                w.spline.inverse(src[i] as f64)
+            };
             dst[i] = v as f32;
             ld += l;
         }
         ld
     }
 
-    fn run_one(&self, inp: &[f32], ctx: &[f32], out: &mut [f32], sample: bool, w: &mut Work) -> f64 {
+    fn run_one(
+        &self,
+        inp: &[f32],
+        ctx: &[f32],
+        out: &mut [f32],
+        sample: bool,
+        w: &mut Work,
+    ) -> f64 {
         let n = self.blocks.len();
         let maf = self.cfg.kind == FlowKind::Maf;
         let mut ld = 0.0;
@@ -259,15 +321,24 @@ impl FastFlow {
         let mut out = vec![0.0f32; n * d];
         let mut ld = vec![0.0f64; n];
         let chunk = 8;
-        out.par_chunks_mut(chunk * d).zip(ld.par_chunks_mut(chunk)).enumerate().for_each_init(
-            || self.work(),
-            |w, (ci, (o, l))| {
-                for (j, (oj, lj)) in o.chunks_mut(d).zip(l.iter_mut()).enumerate() {
-                    let r = ci * chunk + j;
-                    *lj = self.run_one(&inp[r * d..(r + 1) * d], &ctx[r * c..(r + 1) * c], oj, sample, w);
-                }
-            },
-        );
+        out.par_chunks_mut(chunk * d)
+            .zip(ld.par_chunks_mut(chunk))
+            .enumerate()
+            .for_each_init(
+                || self.work(),
+                |w, (ci, (o, l))| {
+                    for (j, (oj, lj)) in o.chunks_mut(d).zip(l.iter_mut()).enumerate() {
+                        let r = ci * chunk + j;
+                        *lj = self.run_one(
+                            &inp[r * d..(r + 1) * d],
+                            &ctx[r * c..(r + 1) * c],
+                            oj,
+                            sample,
+                            w,
+                        );
+                    }
+                },
+            );
         (out, ld)
     }
 
@@ -282,7 +353,11 @@ impl FastFlow {
         let (z, ld) = self.run(x, ctx, false);
         let d = self.cfg.features;
         let c = 0.5 * (2.0 * std::f64::consts::PI).ln() * d as f64;
-        let lp = z.chunks(d).zip(&ld).map(|(zr, l)| l - c - 0.5 * zr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect();
+        let lp = z
+            .chunks(d)
+            .zip(&ld)
+            .map(|(zr, l)| l - c - 0.5 * zr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+            .collect();
         (z, lp)
     }
 }

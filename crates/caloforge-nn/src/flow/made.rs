@@ -6,7 +6,7 @@
 //! `k mod max(1, D−1) + min(1, D−1)`; hidden masks allow out ≥ in, the output mask out > in, so
 //! output i depends only on inputs < i.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -40,7 +40,9 @@ impl MadeShape {
     }
     /// Degrees of the outputs (each feature's degree repeated P times).
     pub fn output_degrees(&self) -> Vec<usize> {
-        (1..=self.features).flat_map(|i| std::iter::repeat_n(i, self.params_per_feature)).collect()
+        (1..=self.features)
+            .flat_map(|i| std::iter::repeat_n(i, self.params_per_feature))
+            .collect()
     }
 }
 
@@ -49,7 +51,11 @@ pub fn mask(in_deg: &[usize], out_deg: &[usize], strict: bool) -> Vec<f32> {
     let mut m = Vec::with_capacity(in_deg.len() * out_deg.len());
     for &di in in_deg {
         for &d_o in out_deg {
-            m.push(if (strict && d_o > di) || (!strict && d_o >= di) { 1.0 } else { 0.0 });
+            m.push(if (strict && d_o > di) || (!strict && d_o >= di) {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
     m
@@ -67,7 +73,10 @@ pub struct MaskedLinear {
 impl MaskedLinear {
     fn new(in_deg: &[usize], out_deg: &[usize], strict: bool, device: &Device) -> Self {
         let linear = LinearConfig::new(in_deg.len(), out_deg.len()).init(device);
-        let mask = Tensor::<2>::from_data(TensorData::new(mask(in_deg, out_deg, strict), [in_deg.len(), out_deg.len()]), device);
+        let mask = Tensor::<2>::from_data(
+            TensorData::new(mask(in_deg, out_deg, strict), [in_deg.len(), out_deg.len()]),
+            device,
+        );
         MaskedLinear { linear, mask }
     }
     /// x·(W∘M) + b.
@@ -102,8 +111,11 @@ impl Made {
         let dout = shape.output_degrees();
         Made {
             input: MaskedLinear::new(&din, &dh, false, device),
-            context: (shape.context > 0).then(|| LinearConfig::new(shape.context, shape.hidden).init(device)),
-            hidden: (0..shape.n_hidden).map(|_| MaskedLinear::new(&dh, &dh, false, device)).collect(),
+            context: (shape.context > 0)
+                .then(|| LinearConfig::new(shape.context, shape.hidden).init(device)),
+            hidden: (0..shape.n_hidden)
+                .map(|_| MaskedLinear::new(&dh, &dh, false, device))
+                .collect(),
             output: MaskedLinear::new(&dh, &dout, true, device),
         }
     }
@@ -124,9 +136,16 @@ impl Made {
 
 /// Replaces the value of a parameter (shape must match).
 #[cfg(test)]
-pub(crate) fn set_param<const D: usize>(p: &mut Param<Tensor<D>>, data: Vec<f32>, device: &Device) {
+pub(crate) fn set_param<const D: usize>(
+    p: &mut burn::module::Param<Tensor<D>>,
+    data: Vec<f32>,
+    device: &Device,
+) {
     let shape = p.val().dims();
-    *p = Param::from_tensor(Tensor::<D>::from_data(TensorData::new(data, shape), device));
+    *p = burn::module::Param::from_tensor(Tensor::<D>::from_data(
+        TensorData::new(data, shape),
+        device,
+    ));
 }
 
 #[cfg(test)]
@@ -136,24 +155,45 @@ mod tests {
 
     #[test]
     fn degrees_follow_nflows() {
-        let s = MadeShape { features: 4, context: 0, hidden: 7, n_hidden: 1, params_per_feature: 2 };
+        let s = MadeShape {
+            features: 4,
+            context: 0,
+            hidden: 7,
+            n_hidden: 1,
+            params_per_feature: 2,
+        };
         assert_eq!(s.hidden_degrees(), vec![1, 2, 3, 1, 2, 3, 1]);
         assert_eq!(s.output_degrees(), vec![1, 1, 2, 2, 3, 3, 4, 4]);
-        let one = MadeShape { features: 1, context: 0, hidden: 3, n_hidden: 1, params_per_feature: 2 };
+        let one = MadeShape {
+            features: 1,
+            context: 0,
+            hidden: 3,
+            n_hidden: 1,
+            params_per_feature: 2,
+        };
         assert_eq!(one.hidden_degrees(), vec![0, 0, 0]);
     }
 
     #[test]
     fn output_i_depends_only_on_inputs_before_i() {
         let dev = Device::flex();
-        let s = MadeShape { features: 5, context: 2, hidden: 16, n_hidden: 2, params_per_feature: 3 };
+        let s = MadeShape {
+            features: 5,
+            context: 2,
+            hidden: 16,
+            n_hidden: 2,
+            params_per_feature: 3,
+        };
         let made = Made::new(&s, &dev);
         let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let base: Vec<f32> = (0..5).map(|_| r.random_range(-1.0..1.0)).collect();
         let ctx = Tensor::<2>::from_data(TensorData::new(vec![0.3f32, -0.7], [1, 2]), &dev);
         let run = |x: &[f32]| -> Vec<f32> {
             let t = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [1, 5]), &dev);
-            made.forward(t, Some(ctx.clone())).into_data().iter::<f32>().collect()
+            made.forward(t, Some(ctx.clone()))
+                .into_data()
+                .iter::<f32>()
+                .collect()
         };
         let y0 = run(&base);
         for j in 0..5 {

@@ -92,10 +92,17 @@ impl FlowConfig {
             return Err("features, hidden and blocks must be positive".into());
         }
         if self.bins < 2 || self.bins > spline::MAX_BINS {
-            return Err(format!("bins must be in 2..={}, got {}", spline::MAX_BINS, self.bins));
+            return Err(format!(
+                "bins must be in 2..={}, got {}",
+                spline::MAX_BINS,
+                self.bins
+            ));
         }
         if !(self.tail_bound > 0.0 && self.tail_bound.is_finite()) {
-            return Err(format!("tail_bound must be positive, got {}", self.tail_bound));
+            return Err(format!(
+                "tail_bound must be positive, got {}",
+                self.tail_bound
+            ));
         }
         Ok(())
     }
@@ -133,14 +140,19 @@ pub struct Trace {
 }
 
 fn int_tensor(v: &[usize], device: &Device) -> Tensor<1, Int> {
-    Tensor::<1, Int>::from_data(TensorData::new(v.iter().map(|&i| i as i64).collect::<Vec<_>>(), [v.len()]), device)
+    Tensor::<1, Int>::from_data(
+        TensorData::new(v.iter().map(|&i| i as i64).collect::<Vec<_>>(), [v.len()]),
+        device,
+    )
 }
 
 impl Flow {
     /// A freshly initialised flow on `device`.
     pub fn new(cfg: FlowConfig, device: &Device) -> Self {
         let shape = cfg.made();
-        let net = FlowNet { made: (0..cfg.blocks).map(|_| Made::new(&shape, device)).collect() };
+        let net = FlowNet {
+            made: (0..cfg.blocks).map(|_| Made::new(&shape, device)).collect(),
+        };
         Self::with_net(net, cfg, device)
     }
 
@@ -167,7 +179,9 @@ impl Flow {
 
     fn params(&self, k: usize, side: Tensor<2>, ctx: &Option<Tensor<2>>) -> Tensor<3> {
         let [b, d] = side.dims();
-        self.net.made[k].forward(side, ctx.clone()).reshape([b, d, 3 * self.cfg.bins - 1])
+        self.net.made[k]
+            .forward(side, ctx.clone())
+            .reshape([b, d, 3 * self.cfg.bins - 1])
     }
 
     /// x → z in one pass (a MAF's density direction). Panics for an IAF (whose x → z needs D
@@ -191,7 +205,12 @@ impl Flow {
                 None => u,
             };
         }
-        Trace { x_side, params, z: s, logdet }
+        Trace {
+            x_side,
+            params,
+            z: s,
+            logdet,
+        }
     }
 
     /// z → x in one pass (an IAF's sampling direction). Returns the trace with the x-side
@@ -216,7 +235,12 @@ impl Flow {
             params[k] = Some(p);
             s = xk;
         }
-        Trace { x_side: x_side.into_iter().flatten().collect(), params: params.into_iter().flatten().collect(), z, logdet }
+        Trace {
+            x_side: x_side.into_iter().flatten().collect(),
+            params: params.into_iter().flatten().collect(),
+            z,
+            logdet,
+        }
     }
 
     /// log p(x | ctx) per sample (MAF only), [B].
@@ -227,8 +251,18 @@ impl Flow {
 
     /// Replaces the network (e.g. after an optimizer step).
     pub fn map_net(self, f: impl FnOnce(FlowNet) -> FlowNet) -> Self {
-        let Flow { net, cfg, perms, inv_perms } = self;
-        Flow { net: f(net), cfg, perms, inv_perms }
+        let Flow {
+            net,
+            cfg,
+            perms,
+            inv_perms,
+        } = self;
+        Flow {
+            net: f(net),
+            cfg,
+            perms,
+            inv_perms,
+        }
     }
 
     /// The device of the weights.

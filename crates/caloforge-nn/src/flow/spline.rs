@@ -31,7 +31,14 @@ impl SplineConfig {
     /// K bins on [−B, B] with nflows' minimum sizes (1e-6) and the widths/heights divided by
     /// √`hidden`.
     pub fn new(bins: usize, tail_bound: f64, hidden: usize) -> Self {
-        SplineConfig { bins, tail_bound, min_width: 1e-6, min_height: 1e-6, min_derivative: 1e-6, scale: (hidden as f64).sqrt() }
+        SplineConfig {
+            bins,
+            tail_bound,
+            min_width: 1e-6,
+            min_height: 1e-6,
+            min_derivative: 1e-6,
+            scale: (hidden as f64).sqrt(),
+        }
     }
     /// Parameters per feature, 3K − 1.
     pub fn n_params(&self) -> usize {
@@ -68,18 +75,33 @@ fn knots(u: Tensor<3>, min: f64, bound: f64, k: usize) -> (Tensor<3>, Tensor<3>)
 /// Applies the spline to `x` [B, D] with parameters `p` [B, D, 3K−1]. Returns the output and
 /// log|dy/dx| per element (of the forward map, also for `Direction::Inverse`, where it is
 /// log|dx/dy| = −log|dy/dx| at the solution), both [B, D].
-pub fn rqs_tensor(x: Tensor<2>, p: Tensor<3>, cfg: &SplineConfig, dir: Direction) -> (Tensor<2>, Tensor<2>) {
+pub fn rqs_tensor(
+    x: Tensor<2>,
+    p: Tensor<3>,
+    cfg: &SplineConfig,
+    dir: Direction,
+) -> (Tensor<2>, Tensor<2>) {
     let k = cfg.bins;
     let bound = cfg.tail_bound;
     let [b, d, _] = p.dims();
     let dev = p.device();
-    let inside = x.clone().greater_equal_elem(-bound).bool_and(x.clone().lower_equal_elem(bound));
+    let inside = x
+        .clone()
+        .greater_equal_elem(-bound)
+        .bool_and(x.clone().lower_equal_elem(bound));
     let xc = x.clone().clamp(-bound, bound);
     let uw = p.clone().narrow(2, 0, k) / cfg.scale;
     let uh = p.clone().narrow(2, k, k) / cfg.scale;
     let ud = p.narrow(2, 2 * k, k - 1);
     let c = cfg.boundary_derivative();
-    let ud = Tensor::cat(vec![Tensor::<3>::full([b, d, 1], c, &dev), ud, Tensor::<3>::full([b, d, 1], c, &dev)], 2);
+    let ud = Tensor::cat(
+        vec![
+            Tensor::<3>::full([b, d, 1], c, &dev),
+            ud,
+            Tensor::<3>::full([b, d, 1], c, &dev),
+        ],
+        2,
+    );
     let deriv = softplus(ud, 1.0) + cfg.min_derivative;
     let (cw, w) = knots(uw, cfg.min_width, bound, k);
     let (ch, h) = knots(uh, cfg.min_height, bound, k);
@@ -90,8 +112,15 @@ pub fn rqs_tensor(x: Tensor<2>, p: Tensor<3>, cfg: &SplineConfig, dir: Direction
         Direction::Inverse => ch.clone(),
     };
     let interior = search.narrow(2, 1, k - 1);
-    let idx: Tensor<3, Int> = x3.clone().expand([b, d, k - 1]).greater_equal(interior).int().sum_dim(2);
-    let g = |t: &Tensor<3>, i: &Tensor<3, Int>| -> Tensor<2> { t.clone().gather(2, i.clone()).squeeze_dim(2) };
+    let idx: Tensor<3, Int> = x3
+        .clone()
+        .expand([b, d, k - 1])
+        .greater_equal(interior)
+        .int()
+        .sum_dim(2);
+    let g = |t: &Tensor<3>, i: &Tensor<3, Int>| -> Tensor<2> {
+        t.clone().gather(2, i.clone()).squeeze_dim(2)
+    };
     let in_cw = g(&cw, &idx);
     let in_w = g(&w, &idx);
     let in_ch = g(&ch, &idx);
@@ -104,11 +133,14 @@ pub fn rqs_tensor(x: Tensor<2>, p: Tensor<3>, cfg: &SplineConfig, dir: Direction
         Direction::Forward => {
             let theta = (xc - in_cw) / in_w;
             let tom = theta.clone() * (theta.clone().neg() + 1.0);
-            let num = in_h * (in_delta.clone() * theta.clone().powf_scalar(2.0) + d0.clone() * tom.clone());
+            let num = in_h
+                * (in_delta.clone() * theta.clone().powf_scalar(2.0) + d0.clone() * tom.clone());
             let den = in_delta.clone() + sum_d * tom.clone();
             let y = in_ch + num / den.clone();
             let dnum = in_delta.clone().powf_scalar(2.0)
-                * (d1 * theta.clone().powf_scalar(2.0) + in_delta * tom * 2.0 + d0 * (theta.neg() + 1.0).powf_scalar(2.0));
+                * (d1 * theta.clone().powf_scalar(2.0)
+                    + in_delta * tom * 2.0
+                    + d0 * (theta.neg() + 1.0).powf_scalar(2.0));
             (y, dnum.log() - den.log() * 2.0)
         }
         Direction::Inverse => {
@@ -122,7 +154,9 @@ pub fn rqs_tensor(x: Tensor<2>, p: Tensor<3>, cfg: &SplineConfig, dir: Direction
             let tom = root.clone() * (root.clone().neg() + 1.0);
             let den = in_delta.clone() + sum_d * tom.clone();
             let dnum = in_delta.clone().powf_scalar(2.0)
-                * (d1 * root.clone().powf_scalar(2.0) + in_delta * tom * 2.0 + d0 * (root.neg() + 1.0).powf_scalar(2.0));
+                * (d1 * root.clone().powf_scalar(2.0)
+                    + in_delta * tom * 2.0
+                    + d0 * (root.neg() + 1.0).powf_scalar(2.0));
             (x_out, dnum.log() - den.log() * 2.0)
         }
     };
@@ -174,7 +208,12 @@ fn softplus_scalar(x: f64) -> f64 {
 impl Rqs {
     /// The spline of raw parameters `p` (length 3K−1).
     pub fn new(p: &[f64], cfg: &SplineConfig) -> Self {
-        let mut s = Rqs { cw: Vec::new(), ch: Vec::new(), d: Vec::new(), bound: cfg.tail_bound };
+        let mut s = Rqs {
+            cw: Vec::new(),
+            ch: Vec::new(),
+            d: Vec::new(),
+            bound: cfg.tail_bound,
+        };
         s.set(p.iter().copied(), cfg);
         s
     }
@@ -189,18 +228,37 @@ impl Rqs {
             n += 1;
         }
         debug_assert_eq!(n, 3 * k - 1);
-        knots_scalar(&raw[..k], cfg.min_width, cfg.tail_bound, cfg.scale, &mut self.cw);
-        knots_scalar(&raw[k..2 * k], cfg.min_height, cfg.tail_bound, cfg.scale, &mut self.ch);
+        knots_scalar(
+            &raw[..k],
+            cfg.min_width,
+            cfg.tail_bound,
+            cfg.scale,
+            &mut self.cw,
+        );
+        knots_scalar(
+            &raw[k..2 * k],
+            cfg.min_height,
+            cfg.tail_bound,
+            cfg.scale,
+            &mut self.ch,
+        );
         let c = softplus_scalar(cfg.boundary_derivative()) + cfg.min_derivative;
         self.d.clear();
         self.d.push(c);
-        self.d.extend(raw[2 * k..3 * k - 1].iter().map(|&v| softplus_scalar(v) + cfg.min_derivative));
+        self.d.extend(
+            raw[2 * k..3 * k - 1]
+                .iter()
+                .map(|&v| softplus_scalar(v) + cfg.min_derivative),
+        );
         self.d.push(c);
         self.bound = cfg.tail_bound;
     }
 
     fn bin(knots: &[f64], v: f64) -> usize {
-        knots[1..knots.len() - 1].iter().filter(|&&k| v >= k).count()
+        knots[1..knots.len() - 1]
+            .iter()
+            .filter(|&&k| v >= k)
+            .count()
     }
 
     /// y = s(x) and log|dy/dx|.
@@ -216,7 +274,9 @@ impl Rqs {
         let tom = theta * (1.0 - theta);
         let den = delta + (d0 + d1 - 2.0 * delta) * tom;
         let y = self.ch[i] + h * (delta * theta * theta + d0 * tom) / den;
-        let dnum = delta * delta * (d1 * theta * theta + 2.0 * delta * tom + d0 * (1.0 - theta) * (1.0 - theta));
+        let dnum = delta
+            * delta
+            * (d1 * theta * theta + 2.0 * delta * tom + d0 * (1.0 - theta) * (1.0 - theta));
         (y, dnum.ln() - 2.0 * den.ln())
     }
 
@@ -239,7 +299,9 @@ impl Rqs {
         let x = root * w + self.cw[i];
         let tom = root * (1.0 - root);
         let den = delta + sum_d * tom;
-        let dnum = delta * delta * (d1 * root * root + 2.0 * delta * tom + d0 * (1.0 - root) * (1.0 - root));
+        let dnum = delta
+            * delta
+            * (d1 * root * root + 2.0 * delta * tom + d0 * (1.0 - root) * (1.0 - root));
         (x, dnum.ln() - 2.0 * den.ln())
     }
 }
@@ -283,9 +345,20 @@ mod tests {
         let cfg = SplineConfig::new(5, 2.0, 9);
         let (n, d) = (7, 3);
         let p = random_params(n * d, cfg.n_params(), 2);
-        let xs: Vec<f64> = (0..n * d).map(|i| -2.5 + 5.0 * i as f64 / (n * d - 1) as f64).collect();
-        let pt = Tensor::<3>::from_data(TensorData::new(p.iter().map(|&v| v as f32).collect::<Vec<_>>(), [n, d, cfg.n_params()]), &dev);
-        let xt = Tensor::<2>::from_data(TensorData::new(xs.iter().map(|&v| v as f32).collect::<Vec<_>>(), [n, d]), &dev);
+        let xs: Vec<f64> = (0..n * d)
+            .map(|i| -2.5 + 5.0 * i as f64 / (n * d - 1) as f64)
+            .collect();
+        let pt = Tensor::<3>::from_data(
+            TensorData::new(
+                p.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                [n, d, cfg.n_params()],
+            ),
+            &dev,
+        );
+        let xt = Tensor::<2>::from_data(
+            TensorData::new(xs.iter().map(|&v| v as f32).collect::<Vec<_>>(), [n, d]),
+            &dev,
+        );
         for dir in [Direction::Forward, Direction::Inverse] {
             let (y, ld) = rqs_tensor(xt.clone(), pt.clone(), &cfg, dir);
             let y: Vec<f64> = y.into_data().iter::<f64>().collect();
@@ -297,7 +370,11 @@ mod tests {
                     Direction::Inverse => s.inverse(xs[i]),
                 };
                 assert!((y[i] - ys).abs() < 1e-4, "{dir:?} {i}: {} vs {ys}", y[i]);
-                assert!((ld[i] - lds).abs() < 1e-3, "{dir:?} {i}: {} vs {lds}", ld[i]);
+                assert!(
+                    (ld[i] - lds).abs() < 1e-3,
+                    "{dir:?} {i}: {} vs {lds}",
+                    ld[i]
+                );
             }
         }
     }

@@ -5,12 +5,24 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 fn cfg(kind: FlowKind, d: usize, c: usize) -> FlowConfig {
-    FlowConfig { features: d, context: c, hidden: 24, n_hidden: 1, blocks: 4, bins: 6, tail_bound: 3.0, kind, permutation_seed: 5 }
+    FlowConfig {
+        features: d,
+        context: c,
+        hidden: 24,
+        n_hidden: 1,
+        blocks: 4,
+        bins: 6,
+        tail_bound: 3.0,
+        kind,
+        permutation_seed: 5,
+    }
 }
 
 fn randn(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| scale * r.sample::<f32, _>(StandardNormal)).collect()
+    (0..n)
+        .map(|_| scale * r.sample::<f32, _>(StandardNormal))
+        .collect()
 }
 
 fn t2(v: &[f32], rows: usize, cols: usize, dev: &Device) -> Tensor<2> {
@@ -27,7 +39,11 @@ fn perturbed(mut flow: Flow, dev: &Device) -> Flow {
     for m in flow.net.made.iter_mut() {
         let b = m.output.linear.bias.as_mut().unwrap();
         let n = b.val().dims()[0];
-        made::set_param(b, (0..n).map(|_| r.random_range(-2.0f32..2.0)).collect(), dev);
+        made::set_param(
+            b,
+            (0..n).map(|_| r.random_range(-2.0f32..2.0)).collect(),
+            dev,
+        );
     }
     flow
 }
@@ -50,11 +66,20 @@ fn maf_density_pass_and_fast_sampler_invert_each_other() {
         assert!((z[i] - zf[i]).abs() < 1e-4, "{i}: {} vs {}", z[i], zf[i]);
     }
     for i in 0..n {
-        assert!((lp_burn[i] - lp_fast[i]).abs() < 1e-3, "{} vs {}", lp_burn[i], lp_fast[i]);
+        assert!(
+            (lp_burn[i] - lp_fast[i]).abs() < 1e-3,
+            "{} vs {}",
+            lp_burn[i],
+            lp_fast[i]
+        );
     }
     // Sampling (D sequential steps per block) inverts it.
     let (xb, ld) = fast.sample_from_base(&z, &ctx);
-    let worst = x.iter().zip(&xb).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = x
+        .iter()
+        .zip(&xb)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "max |x - f^-1(f(x))| = {worst}");
     let ld_burn = vals(tr.logdet);
     for i in 0..n {
@@ -84,7 +109,11 @@ fn iaf_sampling_pass_and_fast_density_invert_each_other() {
         assert!((ld[i] - ldf[i]).abs() < 1e-3);
     }
     let (zb, _) = fast.log_prob(&x, &ctx);
-    let worst = z.iter().zip(&zb).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = z
+        .iter()
+        .zip(&zb)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "max |z - f(f^-1(z))| = {worst}");
 }
 
@@ -113,9 +142,15 @@ fn log_det_matches_numerical_jacobian() {
                 }
             }
             let num = j.determinant().abs().ln();
-            let base: f64 = z.iter().map(|&v| -0.5 * (v as f64).powi(2) - 0.5 * (2.0 * std::f64::consts::PI).ln()).sum();
+            let base: f64 = z
+                .iter()
+                .map(|&v| -0.5 * (v as f64).powi(2) - 0.5 * (2.0 * std::f64::consts::PI).ln())
+                .sum();
             let logdet = lp[0] - base;
-            assert!((num - logdet).abs() < 2e-2, "{kind:?}: numerical {num} vs {logdet}");
+            assert!(
+                (num - logdet).abs() < 2e-2,
+                "{kind:?}: numerical {num} vs {logdet}"
+            );
         }
     }
 }
@@ -149,18 +184,40 @@ mod training {
             x.push(a);
             x.push(a * a / 2.0 - 0.5 + 0.5 * b);
         }
-        FlowData { x, ctx: vec![], d: 2, c: 0 }
+        FlowData {
+            x,
+            ctx: vec![],
+            d: 2,
+            c: 0,
+        }
     }
 
     fn small(kind: FlowKind) -> FlowConfig {
-        FlowConfig { features: 2, context: 0, hidden: 32, n_hidden: 1, blocks: 4, bins: 8, tail_bound: 5.0, kind, permutation_seed: 1 }
+        FlowConfig {
+            features: 2,
+            context: 0,
+            hidden: 32,
+            n_hidden: 1,
+            blocks: 4,
+            bins: 8,
+            tail_bound: 5.0,
+            kind,
+            permutation_seed: 1,
+        }
     }
 
     fn settings(epochs: usize, steps_per_epoch: usize, lr: f64) -> TrainSettings {
         TrainSettings {
             batch_size: 256,
             epochs,
-            schedule: LrSchedule::OneCycle { max_lr: lr, total_steps: epochs * steps_per_epoch, pct_start: 0.2, div_factor: 10.0, final_div_factor: 100.0, three_phase: false },
+            schedule: LrSchedule::OneCycle {
+                max_lr: lr,
+                total_steps: epochs * steps_per_epoch,
+                pct_start: 0.2,
+                div_factor: 10.0,
+                final_div_factor: 100.0,
+                three_phase: false,
+            },
             eval_every: 0,
             grad_clip: None,
         }
@@ -169,7 +226,16 @@ mod training {
     fn trained_teacher() -> (Flow, FlowData) {
         let dev = cpu_autodiff(Precision::F32, 1);
         let (train, val) = (banana(8192, 1), banana(4096, 2));
-        let (flow, report) = train_maf(Flow::new(small(FlowKind::Maf), &dev), &train, &val, &settings(40, 32, 1e-2), 0, 3, None, &mut |_| {});
+        let (flow, report) = train_maf(
+            Flow::new(small(FlowKind::Maf), &dev),
+            &train,
+            &val,
+            &settings(40, 32, 1e-2),
+            0,
+            3,
+            None,
+            &mut |_| {},
+        );
         assert!(report.best_val_loss.is_finite());
         (flow, val)
     }
@@ -201,8 +267,19 @@ mod training {
         assert!(err.contains("flow.safetensors"), "{err}");
         // Resuming continues from the saved weights: the first validation equals the saved one.
         let val = banana(2048, 3);
-        let (_, rep) = train_maf(loaded, &banana(1024, 4), &val, &settings(1, 4, 1e-4), 1280, 3, None, &mut |_| {});
-        assert!((rep.history[0].val_loss - mean_nll(&FastFlow::from_flow(&flow), &val)).abs() < 1e-9);
+        let (_, rep) = train_maf(
+            loaded,
+            &banana(1024, 4),
+            &val,
+            &settings(1, 4, 1e-4),
+            1280,
+            3,
+            None,
+            &mut |_| {},
+        );
+        assert!(
+            (rep.history[0].val_loss - mean_nll(&FastFlow::from_flow(&flow), &val)).abs() < 1e-9
+        );
         assert_eq!(rep.steps, 1284);
     }
 
@@ -212,16 +289,45 @@ mod training {
         let dev = teacher.device();
         let mut scfg = teacher.cfg.clone();
         scfg.kind = FlowKind::Iaf;
-        let terms = DistillLoss { x_pass: true, z_pass: true, per_made: true, beta: 0.5 };
+        let terms = DistillLoss {
+            x_pass: true,
+            z_pass: true,
+            per_made: true,
+            beta: 0.5,
+        };
         let train = banana(8192, 5);
-        let (student, rep) = distill(Flow::new(scfg, &dev), &teacher, terms, &train, &val, &settings(30, 32, 5e-3), 0, 4, None, &mut |_| {});
-        assert!(rep.best_val_loss < rep.history[0].val_loss / 20.0, "{:?}", rep.history);
+        let (student, rep) = distill(
+            Flow::new(scfg, &dev),
+            &teacher,
+            terms,
+            &train,
+            &val,
+            &settings(30, 32, 5e-3),
+            0,
+            4,
+            None,
+            &mut |_| {},
+        );
+        assert!(
+            rep.best_val_loss < rep.history[0].val_loss / 20.0,
+            "{:?}",
+            rep.history
+        );
         // Same base points: the student's samples are close to the teacher's.
         let z = randn(2 * 4000, 21, 1.0);
         let xt = FastFlow::from_flow(&teacher).sample_from_base(&z, &[]).0;
         let xs = FastFlow::from_flow(&student).sample_from_base(&z, &[]).0;
-        let rms = (xt.iter().zip(&xs).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / xt.len() as f64).sqrt();
-        eprintln!("student vs teacher rms {rms:.4}, val {:.2e} -> {:.2e}", rep.history[0].val_loss, rep.best_val_loss);
+        let rms = (xt
+            .iter()
+            .zip(&xs)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / xt.len() as f64)
+            .sqrt();
+        eprintln!(
+            "student vs teacher rms {rms:.4}, val {:.2e} -> {:.2e}",
+            rep.history[0].val_loss, rep.best_val_loss
+        );
         assert!(rms < 0.1, "rms difference {rms}");
         // And its samples have the right moments: E[x2] = 0, E[x1²] = 1.
         let m2: f64 = xs.chunks(2).map(|p| p[1] as f64).sum::<f64>() / 4000.0;

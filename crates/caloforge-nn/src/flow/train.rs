@@ -28,6 +28,51 @@ pub struct FlowData {
     pub c: usize,
 }
 
+/// A source of training mini-batches (allows fresh noise per batch).
+pub trait BatchSource: Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// Whether empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Features and context width.
+    fn dims(&self) -> (usize, usize);
+    /// Row-major x (|idx| × d) and context (|idx| × c) of samples `idx`.
+    fn batch(&self, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng) -> (Vec<f32>, Vec<f32>);
+}
+
+impl BatchSource for FlowData {
+    fn len(&self) -> usize {
+        FlowData::len(self)
+    }
+    fn dims(&self) -> (usize, usize) {
+        (self.d, self.c)
+    }
+    fn batch(&self, idx: &[usize], _: &mut rand_chacha::ChaCha8Rng) -> (Vec<f32>, Vec<f32>) {
+        let mut xb = Vec::with_capacity(idx.len() * self.d);
+        let mut cb = Vec::with_capacity(idx.len() * self.c);
+        for &i in idx {
+            xb.extend_from_slice(&self.x[i * self.d..(i + 1) * self.d]);
+            cb.extend_from_slice(&self.ctx[i * self.c..(i + 1) * self.c]);
+        }
+        (xb, cb)
+    }
+}
+
+fn batch_tensors(
+    src: &dyn BatchSource,
+    idx: &[usize],
+    rng: &mut rand_chacha::ChaCha8Rng,
+    device: &Device,
+) -> (Tensor<2>, Option<Tensor<2>>) {
+    let (d, c) = src.dims();
+    let (xb, cb) = src.batch(idx, rng);
+    let x = Tensor::<2>::from_data(TensorData::new(xb, [idx.len(), d]), device);
+    let ctx = (c > 0).then(|| Tensor::<2>::from_data(TensorData::new(cb, [idx.len(), c]), device));
+    (x, ctx)
+}
+
 impl FlowData {
     /// Number of samples.
     pub fn len(&self) -> usize {
@@ -40,17 +85,6 @@ impl FlowData {
     /// Whether empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-    fn batch(&self, idx: &[usize], device: &Device) -> (Tensor<2>, Option<Tensor<2>>) {
-        let mut xb = Vec::with_capacity(idx.len() * self.d);
-        let mut cb = Vec::with_capacity(idx.len() * self.c);
-        for &i in idx {
-            xb.extend_from_slice(&self.x[i * self.d..(i + 1) * self.d]);
-            cb.extend_from_slice(&self.ctx[i * self.c..(i + 1) * self.c]);
-        }
-        let x = Tensor::<2>::from_data(TensorData::new(xb, [idx.len(), self.d]), device);
-        let c = (self.c > 0).then(|| Tensor::<2>::from_data(TensorData::new(cb, [idx.len(), self.c]), device));
-        (x, c)
     }
 }
 
@@ -71,14 +105,22 @@ pub struct TrainSettings {
     pub grad_clip: Option<f64>,
 }
 
+/// Reads a JSON null (how serde_json writes NaN) back as NaN.
+fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// One validation point.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ValPoint {
     /// Optimizer steps done.
     pub step: usize,
-    /// Mean training loss since the previous point.
+    /// Mean training loss since the previous point (NaN/null before the first step).
+    #[serde(deserialize_with = "nan_from_null")]
     pub train_loss: f64,
     /// Validation loss.
+    #[serde(deserialize_with = "nan_from_null")]
     pub val_loss: f64,
 }
 
@@ -90,6 +132,7 @@ pub struct TrainReport {
     /// Epochs completed in this run.
     pub epochs: usize,
     /// Best validation loss.
+    #[serde(deserialize_with = "nan_from_null")]
     pub best_val_loss: f64,
     /// Step of the best validation loss.
     pub best_step: usize,
@@ -131,10 +174,16 @@ fn fit(
     let bs = s.batch_size.clamp(1, n_train.max(1));
     let steps_per_epoch = n_train.div_ceil(bs);
     let total = start_step + steps_per_epoch * s.epochs;
-    let eval_every = if s.eval_every == 0 { steps_per_epoch } else { s.eval_every };
+    let eval_every = if s.eval_every == 0 {
+        steps_per_epoch
+    } else {
+        s.eval_every
+    };
     let mut optim = AdamConfig::new().with_epsilon(1e-8);
     if let Some(c) = s.grad_clip {
-        optim = optim.with_grad_clipping(Some(burn::optim::grad_clipping::GradientClippingConfig::Norm(c as f32)));
+        optim = optim.with_grad_clipping(Some(
+            burn::optim::grad_clipping::GradientClippingConfig::Norm(c as f32),
+        ));
     }
     let mut optim = optim.init();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -142,8 +191,16 @@ fn fit(
     let mut order: Vec<usize> = (0..n_train).collect();
     let mut step = start_step;
     let mut best = (val_fn(&flow), step, flow.net.clone());
-    let mut history = vec![ValPoint { step, train_loss: f64::NAN, val_loss: best.0 }];
-    progress(Progress { step, total, val_loss: Some(best.0) });
+    let mut history = vec![ValPoint {
+        step,
+        train_loss: f64::NAN,
+        val_loss: best.0,
+    }];
+    progress(Progress {
+        step,
+        total,
+        val_loss: Some(best.0),
+    });
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
     let mut stopped = false;
     let mut epochs = 0;
@@ -151,7 +208,12 @@ fn fit(
         order.shuffle(&mut rng);
         for chunk in order.chunks(bs) {
             let loss = loss_fn(&flow, chunk, &mut rng);
-            let v: f64 = loss.clone().into_data().iter::<f64>().next().unwrap_or(f64::NAN);
+            let v: f64 = loss
+                .clone()
+                .into_data()
+                .iter::<f64>()
+                .next()
+                .unwrap_or(f64::NAN);
             loss_sum += v;
             loss_n += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &flow.net);
@@ -161,14 +223,26 @@ fn fit(
             let out_of_time = budget.is_some_and(|b| t0.elapsed() >= b);
             if step % eval_every == 0 || out_of_time {
                 let val = val_fn(&flow);
-                history.push(ValPoint { step, train_loss: loss_sum / loss_n.max(1) as f64, val_loss: val });
+                history.push(ValPoint {
+                    step,
+                    train_loss: loss_sum / loss_n.max(1) as f64,
+                    val_loss: val,
+                });
                 (loss_sum, loss_n) = (0.0, 0);
                 if val < best.0 || !best.0.is_finite() {
                     best = (val, step, flow.net.clone());
                 }
-                progress(Progress { step, total, val_loss: Some(val) });
+                progress(Progress {
+                    step,
+                    total,
+                    val_loss: Some(val),
+                });
             } else {
-                progress(Progress { step, total, val_loss: None });
+                progress(Progress {
+                    step,
+                    total,
+                    val_loss: None,
+                });
             }
             if out_of_time {
                 stopped = true;
@@ -179,12 +253,24 @@ fn fit(
     }
     if loss_n > 0 {
         let val = val_fn(&flow);
-        history.push(ValPoint { step, train_loss: loss_sum / loss_n as f64, val_loss: val });
+        history.push(ValPoint {
+            step,
+            train_loss: loss_sum / loss_n as f64,
+            val_loss: val,
+        });
         if val < best.0 {
             best = (val, step, flow.net.clone());
         }
     }
-    let report = TrainReport { steps: step, epochs, best_val_loss: best.0, best_step: best.1, history, stopped_at_budget: stopped, seconds: t0.elapsed().as_secs_f64() };
+    let report = TrainReport {
+        steps: step,
+        epochs,
+        best_val_loss: best.0,
+        best_step: best.1,
+        history,
+        stopped_at_budget: stopped,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
     let flow = flow.map_net(|_| best.2);
     (flow, report)
 }
@@ -203,7 +289,7 @@ pub fn mean_nll(flow: &FastFlow, data: &FlowData) -> f64 {
 #[allow(clippy::too_many_arguments)]
 pub fn train_maf(
     flow: Flow,
-    train: &FlowData,
+    train: &dyn BatchSource,
     val: &FlowData,
     s: &TrainSettings,
     start_step: usize,
@@ -213,12 +299,22 @@ pub fn train_maf(
 ) -> (Flow, TrainReport) {
     assert_eq!(flow.cfg.kind, FlowKind::Maf);
     let device = flow.device();
-    let mut loss = |f: &Flow, idx: &[usize], _: &mut rand_chacha::ChaCha8Rng| {
-        let (x, c) = train.batch(idx, &device);
+    let mut loss = |f: &Flow, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| {
+        let (x, c) = batch_tensors(train, idx, rng, &device);
         f.log_prob(x, c).mean().neg()
     };
     let mut val_fn = |f: &Flow| mean_nll(&FastFlow::from_flow(f), val);
-    fit(flow, train.len(), s, start_step, seed, budget, &mut loss, &mut val_fn, progress)
+    fit(
+        flow,
+        train.len(),
+        s,
+        start_step,
+        seed,
+        budget,
+        &mut loss,
+        &mut val_fn,
+        progress,
+    )
 }
 
 /// Which terms the distillation loss uses (iCaloFlow, after Ian Pang's "fully guided" student).
@@ -250,7 +346,7 @@ pub fn distill(
     student: Flow,
     teacher: &Flow,
     terms: DistillLoss,
-    train: &FlowData,
+    train: &dyn BatchSource,
     val: &FlowData,
     s: &TrainSettings,
     start_step: usize,
@@ -260,14 +356,25 @@ pub fn distill(
 ) -> (Flow, TrainReport) {
     assert_eq!(student.cfg.kind, FlowKind::Iaf);
     assert_eq!(teacher.cfg.kind, FlowKind::Maf);
-    assert_eq!((student.cfg.features, student.cfg.context, student.cfg.blocks), (teacher.cfg.features, teacher.cfg.context, teacher.cfg.blocks));
+    assert_eq!(
+        (
+            student.cfg.features,
+            student.cfg.context,
+            student.cfg.blocks
+        ),
+        (
+            teacher.cfg.features,
+            teacher.cfg.context,
+            teacher.cfg.blocks
+        )
+    );
     let device = student.device();
     let frozen = teacher.clone().map_net(|n| n.no_grad());
     let fast_teacher = FastFlow::from_flow(teacher);
     let (val_z, _) = fast_teacher.log_prob(&val.x, &val.ctx);
-    let d = train.d;
+    let d = train.dims().0;
     let mut loss = |f: &Flow, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| {
-        let (x, c) = train.batch(idx, &device);
+        let (x, c) = batch_tensors(train, idx, rng, &device);
         let mut total: Option<Tensor<1>> = None;
         let mut add = |t: Tensor<1>, w: f64| {
             let t = t * w;
@@ -292,27 +399,51 @@ pub fn distill(
         }
         if terms.z_pass {
             let n = idx.len();
-            let zs: Vec<f32> = (0..n * d).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+            let zs: Vec<f32> = (0..n * d)
+                .map(|_| rng.sample::<f32, _>(StandardNormal))
+                .collect();
             let z = Tensor::<2>::from_data(TensorData::new(zs, [n, d]), &device);
             let st = f.inverse_trace(z.clone(), c.clone());
             let tz = frozen.forward_trace(st.x_side[0].clone(), c);
-            add(mse(tz.z, z), if terms.x_pass { 1.0 - terms.beta } else { 1.0 });
+            add(
+                mse(tz.z, z),
+                if terms.x_pass { 1.0 - terms.beta } else { 1.0 },
+            );
         }
         total.expect("distillation needs the x-pass or the z-pass")
     };
     let mut val_fn = |f: &Flow| {
         let (xs, _) = FastFlow::from_flow(f).sample_from_base(&val_z, &val.ctx);
-        xs.iter().zip(&val.x).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / xs.len().max(1) as f64
+        xs.iter()
+            .zip(&val.x)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / xs.len().max(1) as f64
     };
-    fit(student, train.len(), s, start_step, seed, budget, &mut loss, &mut val_fn, progress)
+    fit(
+        student,
+        train.len(),
+        s,
+        start_step,
+        seed,
+        budget,
+        &mut loss,
+        &mut val_fn,
+        progress,
+    )
 }
 
 /// Saves the flow's weights as safetensors (its configuration in the metadata), atomically.
 pub fn save_flow(flow: &Flow, path: &Path) -> Result<(), String> {
     let cfg = serde_json::to_string(&flow.cfg).map_err(|e| e.to_string())?;
     let mut store = SafetensorsStore::from_bytes(None).metadata("caloforge_flow_config", cfg);
-    flow.net.valid().save_into(&mut store).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bytes = store.get_bytes().map_err(|e| format!("{}: {e}", path.display()))?;
+    flow.net
+        .valid()
+        .save_into(&mut store)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = store
+        .get_bytes()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
@@ -324,11 +455,17 @@ pub fn load_flow(path: &Path, cfg: &FlowConfig, device: &Device) -> Result<Flow,
     let mut flow = Flow::new(cfg.clone(), device);
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let mut net = flow.net.clone();
-    let res = net.load_from(&mut store).map_err(|e| format!("{}: not a checkpoint of this flow: {e}", path.display()))?;
+    let res = net
+        .load_from(&mut store)
+        .map_err(|e| format!("{}: not a checkpoint of this flow: {e}", path.display()))?;
     if !res.errors.is_empty() || !res.missing.is_empty() {
-        return Err(format!("{}: not a checkpoint of this flow ({} missing, {} errors)", path.display(), res.missing.len(), res.errors.len()));
+        return Err(format!(
+            "{}: not a checkpoint of this flow ({} missing, {} errors)",
+            path.display(),
+            res.missing.len(),
+            res.errors.len()
+        ));
     }
     flow = flow.map_net(|_| net);
     Ok(flow)
 }
-

@@ -1,0 +1,780 @@
+//! iCaloFlow: inductive normalizing flows for CaloChallenge datasets 2 and 3 (Buckley, Krause,
+//! Pang, Shih, "Inductive simulation of calorimeter showers with normalizing flows",
+//! Phys. Rev. D 109, 033006; reference code `claudius-krause/inductive-caloflow`).
+//!
+//! Three conditional flows generate a shower layer by layer:
+//! - Flow-1 p(E_0..E_44 | E_inc): 45 layer energies, x = logit(E_i / 65 GeV), context
+//!   log10(E_inc / MeV) − 4.5.
+//! - Flow-2 p(I_0 | E_0, E_inc): the normalised voxels of layer 0, x = logit(I_0 / ΣI_0),
+//!   context (log10 E_inc − 4.5, logit(E_0 / 65 GeV) / 4).
+//! - Flow-3 p(I_i | I_{i−1}, E_i, E_{i−1}, E_inc), i = 1..44: context (log10 E_inc − 4.5,
+//!   logit(E_i/65 GeV), logit(E_{i−1}/65 GeV), logit(normalised I_{i−1}), one-hot(i − 1) of 44):
+//!   1 + 2 + L + 44 inputs (191 for dataset 2, 947 for dataset 3).
+//!
+//! Preprocessing as the reference code: U(0, 5 keV) noise on every voxel and layer energy
+//! (fresh for every mini-batch), normalisation of each layer to sum 1, logit with α = 1e-6
+//! (logit(α + (1 − 2α)x)). Generation inverts it: voxels = clamp((σ(x) − α)/(1 − 2α), 0, 1) ×
+//! E_i (the layer energy from Flow-1, not renormalised), then the 15 keV cut; Flow-3 sees the
+//! generated previous layer with fresh noise, as in training. One deviation: a layer energy
+//! above 65 GeV (possible above ~700 GeV) is clamped to 65 GeV before the logit, where the
+//! reference code would produce NaN.
+//!
+//! Teachers are MAFs (8 MADE-RQS blocks); students are IAFs with the same blocks and
+//! permutations, distilled from the frozen teacher (x-pass, z-pass and per-MADE terms for Flow-2,
+//! x-pass for Flow-3). Flow-1 is never distilled: students reuse the teacher's.
+
+use crate::{
+    file_sha256, read_showers, unix_time, write_text, ModelError, Progress, Result, ShowerModel,
+    TrainOptions,
+};
+use caloforge_core::DatasetKind;
+use caloforge_nn::device::{cpu_autodiff, Precision};
+use caloforge_nn::flow::fast::FastFlow;
+use caloforge_nn::flow::train::{
+    distill, load_flow, save_flow, train_maf, BatchSource, DistillLoss, FlowData, TrainReport,
+    TrainSettings,
+};
+use caloforge_nn::flow::{Flow, FlowConfig, FlowKind};
+use caloforge_nn::schedule::LrSchedule;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use std::path::Path;
+use std::time::Duration;
+
+const LAYERS: usize = 45;
+
+/// Teacher (MAF) or student (IAF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// MAF teachers trained by maximum likelihood.
+    Teacher,
+    /// IAF students distilled from a teacher.
+    Student,
+}
+
+/// One flow's architecture and training.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stage {
+    /// MADE hidden width.
+    pub hidden: usize,
+    /// MADE hidden-to-hidden layers (nflows `num_blocks`).
+    pub n_hidden: usize,
+    /// MADE-RQS blocks.
+    pub blocks: usize,
+    /// Spline bins.
+    pub bins: usize,
+    /// Spline tail bound.
+    pub tail_bound: f64,
+    /// Optimisation (a OneCycle `total_steps` of 0 means epochs × steps per epoch).
+    pub train: TrainSettings,
+    /// Distillation terms (students).
+    #[serde(default)]
+    pub distill: Option<DistillLoss>,
+}
+
+/// The model configuration (what a preset holds).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ICaloFlowConfig {
+    /// Always "icaloflow".
+    pub model: String,
+    /// Dataset (2 or 3).
+    pub dataset: u8,
+    /// Teacher or student.
+    pub role: Role,
+    /// Upper end of the uniform noise added to voxels and layer energies (MeV).
+    pub noise_level: f64,
+    /// Voxels and layer energies below this are set to 0 after generation (MeV).
+    pub threshold: f64,
+    /// Layer-energy normalisation (MeV).
+    pub normalization: f64,
+    /// Logit offset α.
+    pub alpha: f64,
+    /// Fraction of the file's showers (the last ones) used for validation.
+    pub validation_fraction: f64,
+    /// At most this many validation samples per flow (a random subset, fixed noise).
+    pub max_validation_samples: usize,
+    /// Flow-1 (teachers only; students reuse the teacher's).
+    #[serde(default)]
+    pub flow1: Option<Stage>,
+    /// Flow-2.
+    pub flow2: Stage,
+    /// Flow-3.
+    pub flow3: Stage,
+}
+
+impl ICaloFlowConfig {
+    /// Parses and checks a preset.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let c: ICaloFlowConfig = toml::from_str(text)
+            .map_err(|e| ModelError::Config(format!("iCaloFlow configuration: {e}")))?;
+        c.validate()?;
+        Ok(c)
+    }
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(format!("iCaloFlow configuration: {m}")));
+        if self.model != "icaloflow" {
+            return bad(format!("model is {:?}, expected \"icaloflow\"", self.model));
+        }
+        if !(self.dataset == 2 || self.dataset == 3) {
+            return bad(format!(
+                "iCaloFlow models datasets 2 and 3, not {}",
+                self.dataset
+            ));
+        }
+        if self.role == Role::Teacher && self.flow1.is_none() {
+            return bad("a teacher needs [flow1]".into());
+        }
+        if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
+            return bad(format!(
+                "validation_fraction must be in (0, 1), got {}",
+                self.validation_fraction
+            ));
+        }
+        if !(self.normalization > 0.0
+            && self.alpha > 0.0
+            && self.alpha < 0.5
+            && self.noise_level >= 0.0)
+        {
+            return bad("need normalization > 0, 0 < alpha < 0.5, noise_level >= 0".into());
+        }
+        for (i, s) in [self.flow1.as_ref(), Some(&self.flow2), Some(&self.flow3)]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(s) = s {
+                if s.train.batch_size == 0 || s.hidden == 0 || s.blocks == 0 || s.bins < 2 {
+                    return bad(format!(
+                        "flow{}: batch_size, hidden, blocks must be > 0 and bins >= 2",
+                        i + 1
+                    ));
+                }
+                if self.role == Role::Student && i > 0 && s.distill.is_none() {
+                    return bad(format!(
+                        "flow{}: a student needs [flow{}.distill]",
+                        i + 1,
+                        i + 1
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+    /// The dataset kind.
+    pub fn kind(&self) -> DatasetKind {
+        if self.dataset == 2 {
+            DatasetKind::Ds2
+        } else {
+            DatasetKind::Ds3
+        }
+    }
+    /// Voxels per layer.
+    pub fn layer_size(&self) -> usize {
+        self.kind().n_voxels() / LAYERS
+    }
+    /// Features and context width of flow `k` (1, 2, 3).
+    pub fn dims(&self, k: usize) -> (usize, usize) {
+        let l = self.layer_size();
+        match k {
+            1 => (LAYERS, 1),
+            2 => (l, 2),
+            _ => (l, 3 + l + (LAYERS - 1)),
+        }
+    }
+    fn logit(&self, x: f64) -> f32 {
+        let y = self.alpha + (1.0 - 2.0 * self.alpha) * x;
+        (y / (1.0 - y)).ln() as f32
+    }
+    fn inverse_logit(&self, v: f32) -> f64 {
+        let s = 1.0 / (1.0 + (-(v as f64)).exp());
+        ((s - self.alpha) / (1.0 - 2.0 * self.alpha)).clamp(0.0, 1.0)
+    }
+    fn energy_feature(&self, e: f64) -> f32 {
+        self.logit((e / self.normalization).clamp(0.0, 1.0))
+    }
+    fn inc_feature(e_inc: f64) -> f32 {
+        (e_inc.log10() - 4.5) as f32
+    }
+}
+
+/// Per-flow record in the model card.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FlowCard {
+    /// Exact architecture (with permutation seed).
+    pub config: FlowConfig,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Training report.
+    pub report: TrainReport,
+}
+
+/// The model card written next to the weights.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ModelCard {
+    /// "icaloflow".
+    pub model: String,
+    /// Teacher or student.
+    pub role: Role,
+    /// Dataset.
+    pub dataset: u8,
+    /// caloforge version.
+    pub caloforge_version: String,
+    /// Training file.
+    pub data_file: String,
+    /// Its SHA-256.
+    pub data_sha256: String,
+    /// Training and validation showers.
+    pub n_train: usize,
+    /// Validation showers.
+    pub n_validation: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Teacher directory (students).
+    pub teacher: Option<String>,
+    /// Flows, by name ("flow1", "flow2", "flow3").
+    pub flows: std::collections::BTreeMap<String, FlowCard>,
+    /// Unix time of the last update.
+    pub updated_unix: u64,
+}
+
+/// A trained iCaloFlow.
+pub struct ICaloFlow {
+    /// Configuration.
+    pub cfg: ICaloFlowConfig,
+    /// Model card.
+    pub card: ModelCard,
+    flows: Vec<Flow>,
+    fast: Vec<FastFlow>,
+}
+
+/// Showers with their layer energies, and the indices used for one split.
+struct Showers {
+    e_inc: Vec<f64>,
+    vox: Vec<f32>,
+    layer_e: Vec<f64>,
+    l: usize,
+}
+
+impl Showers {
+    fn new(e_inc: Vec<f64>, vox: Vec<f32>, l: usize) -> Self {
+        let n = e_inc.len();
+        let mut layer_e = vec![0.0; n * LAYERS];
+        for (s, le) in layer_e.chunks_mut(LAYERS).enumerate() {
+            for (i, e) in le.iter_mut().enumerate() {
+                *e = vox[(s * LAYERS + i) * l..(s * LAYERS + i + 1) * l]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum();
+            }
+        }
+        Showers {
+            e_inc,
+            vox,
+            layer_e,
+            l,
+        }
+    }
+    fn layer(&self, s: usize, i: usize) -> &[f32] {
+        &self.vox[(s * LAYERS + i) * self.l..(s * LAYERS + i + 1) * self.l]
+    }
+}
+
+/// logit of a layer with fresh noise, normalised to sum 1.
+fn push_layer(cfg: &ICaloFlowConfig, layer: &[f32], rng: &mut ChaCha8Rng, out: &mut Vec<f32>) {
+    let start = out.len();
+    let mut sum = 0.0f64;
+    for &v in layer {
+        let n = v as f64 + cfg.noise_level * rng.random::<f64>();
+        sum += n;
+        out.push(n as f32);
+    }
+    let sum = if sum > 0.0 { sum } else { 1.0 };
+    for v in &mut out[start..] {
+        *v = cfg.logit(*v as f64 / sum);
+    }
+}
+
+/// Training samples of flow `stage` from showers `idx`.
+struct StageSource<'a> {
+    cfg: &'a ICaloFlowConfig,
+    s: &'a Showers,
+    idx: &'a [usize],
+    stage: usize,
+}
+
+impl StageSource<'_> {
+    fn row(&self, j: usize, rng: &mut ChaCha8Rng, x: &mut Vec<f32>, c: &mut Vec<f32>) {
+        let cfg = self.cfg;
+        let noisy = |e: f64, rng: &mut ChaCha8Rng| e + cfg.noise_level * rng.random::<f64>();
+        match self.stage {
+            1 => {
+                let s = self.idx[j];
+                for i in 0..LAYERS {
+                    let e = noisy(self.s.layer_e[s * LAYERS + i], rng);
+                    x.push(cfg.energy_feature(e));
+                }
+                c.push(ICaloFlowConfig::inc_feature(self.s.e_inc[s]));
+            }
+            2 => {
+                let s = self.idx[j];
+                push_layer(cfg, self.s.layer(s, 0), rng, x);
+                let e0 = noisy(self.s.layer_e[s * LAYERS], rng);
+                c.push(ICaloFlowConfig::inc_feature(self.s.e_inc[s]));
+                c.push(cfg.energy_feature(e0) / 4.0);
+            }
+            _ => {
+                let (s, i) = (self.idx[j / (LAYERS - 1)], j % (LAYERS - 1) + 1);
+                push_layer(cfg, self.s.layer(s, i), rng, x);
+                let e = noisy(self.s.layer_e[s * LAYERS + i], rng);
+                let ep = noisy(self.s.layer_e[s * LAYERS + i - 1], rng);
+                c.push(ICaloFlowConfig::inc_feature(self.s.e_inc[s]));
+                c.push(cfg.energy_feature(e));
+                c.push(cfg.energy_feature(ep));
+                push_layer(cfg, self.s.layer(s, i - 1), rng, c);
+                c.extend((1..LAYERS).map(|k| if k == i { 1.0 } else { 0.0 }));
+            }
+        }
+    }
+    /// A fixed-noise copy of (a random subset of at most `max` of) the samples.
+    fn materialise(&self, max: usize, seed: u64) -> FlowData {
+        let (d, c) = self.cfg.dims(self.stage);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        if order.len() > max {
+            use rand::seq::SliceRandom;
+            order.shuffle(&mut rng);
+            order.truncate(max);
+            order.sort_unstable();
+        }
+        let (x, ctx) = self.batch(&order, &mut rng);
+        FlowData { x, ctx, d, c }
+    }
+}
+
+impl BatchSource for StageSource<'_> {
+    fn len(&self) -> usize {
+        if self.stage == 3 {
+            self.idx.len() * (LAYERS - 1)
+        } else {
+            self.idx.len()
+        }
+    }
+    fn dims(&self) -> (usize, usize) {
+        self.cfg.dims(self.stage)
+    }
+    fn batch(&self, idx: &[usize], rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<f32>) {
+        let (d, c) = self.dims();
+        let (mut x, mut ctx) = (
+            Vec::with_capacity(idx.len() * d),
+            Vec::with_capacity(idx.len() * c),
+        );
+        for &j in idx {
+            self.row(j, rng, &mut x, &mut ctx);
+        }
+        (x, ctx)
+    }
+}
+
+fn settings_with_steps(s: &TrainSettings, n: usize) -> TrainSettings {
+    let mut s = s.clone();
+    if let LrSchedule::OneCycle { total_steps, .. } = &mut s.schedule {
+        if *total_steps == 0 {
+            *total_steps = (n.div_ceil(s.batch_size.max(1)) * s.epochs).max(1);
+        }
+    }
+    s
+}
+
+fn flow_path(dir: &Path, k: usize) -> std::path::PathBuf {
+    dir.join(format!("flow{k}.safetensors"))
+}
+
+impl ICaloFlow {
+    fn stage(&self, k: usize) -> Option<&Stage> {
+        match k {
+            1 => self.cfg.flow1.as_ref(),
+            2 => Some(&self.cfg.flow2),
+            _ => Some(&self.cfg.flow3),
+        }
+    }
+
+    fn write_meta(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
+        let toml = toml::to_string(&self.cfg).map_err(|e| ModelError::Config(e.to_string()))?;
+        write_text(&dir.join("config.toml"), &toml)?;
+        let card = serde_json::to_string_pretty(&self.card)
+            .map_err(|e| ModelError::Config(e.to_string()))?;
+        write_text(&dir.join("model_card.json"), &card)
+    }
+
+    /// Generates layer energies and voxels for showers `energies`, using per-shower RNG
+    /// streams `rngs` (advanced in a fixed order: Flow-1 z, Flow-2 z, then per layer noise and z).
+    fn sample_batch(&self, energies: &[f64], rngs: &mut [ChaCha8Rng]) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let l = cfg.layer_size();
+        let n = energies.len();
+        let normals = |rng: &mut ChaCha8Rng, k: usize, out: &mut Vec<f32>| {
+            out.extend((0..k).map(|_| rng.sample::<f32, _>(StandardNormal)))
+        };
+        // Flow-1.
+        let mut z = Vec::with_capacity(n * LAYERS);
+        for r in rngs.iter_mut() {
+            normals(r, LAYERS, &mut z);
+        }
+        let ctx: Vec<f32> = energies
+            .iter()
+            .map(|&e| ICaloFlowConfig::inc_feature(e))
+            .collect();
+        let (x1, _) = self.fast[0].sample_from_base(&z, &ctx);
+        let le: Vec<f64> = x1
+            .iter()
+            .map(|&v| {
+                let e = cfg.inverse_logit(v) * cfg.normalization;
+                if e < cfg.threshold {
+                    0.0
+                } else {
+                    e
+                }
+            })
+            .collect();
+        let mut out = vec![0.0f32; n * LAYERS * l];
+        let place = |out: &mut [f32], x: &[f32], i: usize| {
+            for s in 0..n {
+                let e = le[s * LAYERS + i];
+                for (v, &xv) in out[(s * LAYERS + i) * l..(s * LAYERS + i + 1) * l]
+                    .iter_mut()
+                    .zip(&x[s * l..(s + 1) * l])
+                {
+                    let e_v = cfg.inverse_logit(xv) * e;
+                    *v = if e_v < cfg.threshold { 0.0 } else { e_v as f32 };
+                }
+            }
+        };
+        // Flow-2.
+        let mut z = Vec::with_capacity(n * l);
+        for r in rngs.iter_mut() {
+            normals(r, l, &mut z);
+        }
+        let ctx: Vec<f32> = (0..n)
+            .flat_map(|s| {
+                [
+                    ICaloFlowConfig::inc_feature(energies[s]),
+                    cfg.energy_feature(le[s * LAYERS]) / 4.0,
+                ]
+            })
+            .collect();
+        let (x2, _) = self.fast[1].sample_from_base(&z, &ctx);
+        place(&mut out, &x2, 0);
+        // Flow-3, layer by layer.
+        let (_, c3) = cfg.dims(3);
+        for i in 1..LAYERS {
+            let mut ctx = Vec::with_capacity(n * c3);
+            let mut z = Vec::with_capacity(n * l);
+            for (s, r) in rngs.iter_mut().enumerate() {
+                ctx.push(ICaloFlowConfig::inc_feature(energies[s]));
+                ctx.push(cfg.energy_feature(le[s * LAYERS + i]));
+                ctx.push(cfg.energy_feature(le[s * LAYERS + i - 1]));
+                let prev = out[(s * LAYERS + i - 1) * l..(s * LAYERS + i) * l].to_vec();
+                push_layer(cfg, &prev, r, &mut ctx);
+                ctx.extend((1..LAYERS).map(|k| if k == i { 1.0 } else { 0.0 }));
+                normals(r, l, &mut z);
+            }
+            let (x3, _) = self.fast[2].sample_from_base(&z, &ctx);
+            place(&mut out, &x3, i);
+        }
+        out
+    }
+}
+
+/// The RNG stream of generated shower `k`.
+fn shower_rng(seed: u64, k: u64) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(k);
+    r
+}
+
+impl ShowerModel for ICaloFlow {
+    fn name(&self) -> &'static str {
+        "icaloflow"
+    }
+
+    fn dataset(&self) -> DatasetKind {
+        self.cfg.kind()
+    }
+
+    fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
+        let cfg = ICaloFlowConfig::from_toml(config)?;
+        let kind = cfg.kind();
+        let t0 = std::time::Instant::now();
+        let parts: Vec<usize> = if opts.parts.is_empty() {
+            vec![1, 2, 3]
+        } else {
+            opts.parts.clone()
+        };
+        if let Some(p) = parts.iter().find(|&&p| !(1..=3).contains(&p)) {
+            return Err(ModelError::Config(format!(
+                "iCaloFlow has flows 1, 2, 3; got {p}"
+            )));
+        }
+        let teacher = match (cfg.role, &opts.teacher) {
+            (Role::Student, Some(t)) => {
+                let t = ICaloFlow::load(t)?;
+                if t.cfg.role != Role::Teacher || t.cfg.dataset != cfg.dataset {
+                    return Err(ModelError::Config(format!(
+                        "the teacher must be a dataset-{} iCaloFlow teacher",
+                        cfg.dataset
+                    )));
+                }
+                Some(t)
+            }
+            (Role::Student, None) => {
+                return Err(ModelError::Config(
+                    "a student needs --teacher RUN (a trained teacher)".into(),
+                ))
+            }
+            (Role::Teacher, Some(_)) => {
+                return Err(ModelError::Config(
+                    "--teacher is only for student presets".into(),
+                ))
+            }
+            (Role::Teacher, None) => None,
+        };
+        std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
+        let (e_inc, vox) = read_showers(&opts.data, kind, opts.max_showers)?;
+        let n = e_inc.len();
+        let n_val = ((n as f64 * cfg.validation_fraction).round() as usize)
+            .clamp(1, n.saturating_sub(1).max(1));
+        if n < 2 {
+            return Err(ModelError::file(
+                &opts.data,
+                "need at least 2 showers (training and validation)",
+            ));
+        }
+        let showers = Showers::new(e_inc, vox, cfg.layer_size());
+        let train_idx: Vec<usize> = (0..n - n_val).collect();
+        let val_idx: Vec<usize> = (n - n_val..n).collect();
+        let device = cpu_autodiff(Precision::F32, opts.seed);
+        // Existing flows in the output directory (training a subset keeps the others).
+        let old_card: Option<ModelCard> = std::fs::read_to_string(opts.out.join("model_card.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let mut card = ModelCard {
+            model: "icaloflow".into(),
+            role: cfg.role,
+            dataset: cfg.dataset,
+            caloforge_version: env!("CARGO_PKG_VERSION").into(),
+            data_file: opts.data.display().to_string(),
+            data_sha256: file_sha256(&opts.data)?,
+            n_train: train_idx.len(),
+            n_validation: n_val,
+            seed: opts.seed,
+            teacher: opts.teacher.as_ref().map(|t| t.display().to_string()),
+            flows: old_card.map(|c| c.flows).unwrap_or_default(),
+            updated_unix: unix_time(),
+        };
+        let mut model = ICaloFlow {
+            cfg: cfg.clone(),
+            card: card.clone(),
+            flows: vec![],
+            fast: vec![],
+        };
+        if let Some(t) = &teacher {
+            // Students reuse the teacher's Flow-1.
+            save_flow(&t.flows[0], &flow_path(&opts.out, 1)).map_err(|e| ModelError::Config(e))?;
+            card.flows
+                .insert("flow1".into(), t.card.flows["flow1"].clone());
+        }
+        let to_train: Vec<usize> = parts
+            .iter()
+            .copied()
+            .filter(|&k| !(k == 1 && teacher.is_some()))
+            .collect();
+        let planned: Vec<f64> = to_train
+            .iter()
+            .map(|&k| {
+                let st = model.stage(k).expect("validated");
+                let src = StageSource {
+                    cfg: &cfg,
+                    s: &showers,
+                    idx: &train_idx,
+                    stage: k,
+                };
+                (src.len().div_ceil(st.train.batch_size) * st.train.epochs) as f64
+                    * if k == 1 { 0.2 } else { 1.0 }
+            })
+            .collect();
+        for (j, &k) in to_train.iter().enumerate() {
+            let st = model.stage(k).expect("validated").clone();
+            let (d, c) = cfg.dims(k);
+            let src = StageSource {
+                cfg: &cfg,
+                s: &showers,
+                idx: &train_idx,
+                stage: k,
+            };
+            let val = StageSource {
+                cfg: &cfg,
+                s: &showers,
+                idx: &val_idx,
+                stage: k,
+            }
+            .materialise(cfg.max_validation_samples, opts.seed ^ 0x5eed);
+            let settings = settings_with_steps(&st.train, src.len());
+            let budget = opts.max_minutes.map(|m| {
+                let left = (m * 60.0 - t0.elapsed().as_secs_f64()).max(0.0);
+                let share = planned[j] / planned[j..].iter().sum::<f64>().max(1e-9);
+                Duration::from_secs_f64(left * share)
+            });
+            let name = format!("flow{k}");
+            let seed = opts.seed.wrapping_add(k as u64);
+            let mut bar = |p: caloforge_nn::flow::train::Progress| {
+                if p.step == 0 || p.val_loss.is_some() || p.step % 5 == 0 {
+                    progress.set(p.step as u64, p.val_loss.map(|v| format!("val {v:.4}")));
+                }
+            };
+            let (flow, report) = match (&teacher, cfg.role) {
+                (None, _) => {
+                    let fc = FlowConfig {
+                        features: d,
+                        context: c,
+                        hidden: st.hidden,
+                        n_hidden: st.n_hidden,
+                        blocks: st.blocks,
+                        bins: st.bins,
+                        tail_bound: st.tail_bound,
+                        kind: FlowKind::Maf,
+                        permutation_seed: seed,
+                    };
+                    fc.validate().map_err(ModelError::Config)?;
+                    progress.start(
+                        &format!("train {name}"),
+                        (src.len().div_ceil(settings.batch_size) * settings.epochs) as u64,
+                    );
+                    train_maf(
+                        Flow::new(fc, &device),
+                        &src,
+                        &val,
+                        &settings,
+                        0,
+                        seed,
+                        budget,
+                        &mut bar,
+                    )
+                }
+                (Some(t), _) => {
+                    let tf = &t.flows[k - 1];
+                    let fc = FlowConfig {
+                        hidden: st.hidden,
+                        n_hidden: st.n_hidden,
+                        kind: FlowKind::Iaf,
+                        ..tf.cfg.clone()
+                    };
+                    let terms = st.distill.expect("validated");
+                    progress.start(
+                        &format!("distill {name}"),
+                        (src.len().div_ceil(settings.batch_size) * settings.epochs) as u64,
+                    );
+                    distill(
+                        Flow::new(fc, &device),
+                        tf,
+                        terms,
+                        &src,
+                        &val,
+                        &settings,
+                        0,
+                        seed,
+                        budget,
+                        &mut bar,
+                    )
+                }
+            };
+            progress.finish();
+            save_flow(&flow, &flow_path(&opts.out, k)).map_err(ModelError::Config)?;
+            card.flows.insert(
+                name,
+                FlowCard {
+                    config: flow.cfg.clone(),
+                    parameters: flow.num_params(),
+                    report,
+                },
+            );
+            card.updated_unix = unix_time();
+            model.card = card.clone();
+            model.write_meta(&opts.out)?;
+        }
+        model.card = card;
+        model.write_meta(&opts.out)?;
+        ICaloFlow::load(&opts.out)
+    }
+
+    fn sample(
+        &self,
+        energies: &[f64],
+        seed: u64,
+        batch: usize,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        if let Some(e) = energies.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
+            return Err(ModelError::Config(format!(
+                "incident energies must be positive, got {e}"
+            )));
+        }
+        let v = self.cfg.kind().n_voxels();
+        let mut out = Vec::with_capacity(energies.len() * v);
+        progress.start("generate", energies.len() as u64);
+        let b = batch.max(1);
+        for (ci, chunk) in energies.chunks(b).enumerate() {
+            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
+                .map(|j| shower_rng(seed, (ci * b + j) as u64))
+                .collect();
+            out.extend(self.sample_batch(chunk, &mut rngs));
+            progress.set(((ci * b) + chunk.len()) as u64, None);
+        }
+        progress.finish();
+        Ok(out)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
+        for (k, f) in self.flows.iter().enumerate() {
+            save_flow(f, &flow_path(dir, k + 1)).map_err(ModelError::Config)?;
+        }
+        self.write_meta(dir)
+    }
+
+    fn load(dir: &Path) -> Result<Self> {
+        let cp = dir.join("config.toml");
+        let text = std::fs::read_to_string(&cp)
+            .map_err(|e| ModelError::file(&cp, format!("not a model directory ({e})")))?;
+        let cfg = ICaloFlowConfig::from_toml(&text).map_err(|e| ModelError::file(&cp, e))?;
+        let mp = dir.join("model_card.json");
+        let card: ModelCard = std::fs::read_to_string(&mp)
+            .map_err(|e| ModelError::file(&mp, e))
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| ModelError::file(&mp, e)))?;
+        let device = caloforge_nn::burn::tensor::Device::flex();
+        let mut flows = Vec::new();
+        for k in 1..=3 {
+            let name = format!("flow{k}");
+            let fc = card.flows.get(&name).ok_or_else(|| {
+                ModelError::file(
+                    &mp,
+                    format!("{name} was not trained (train it with --flows {k})"),
+                )
+            })?;
+            flows.push(
+                load_flow(&flow_path(dir, k), &fc.config, &device).map_err(ModelError::Config)?,
+            );
+        }
+        let fast = flows.iter().map(FastFlow::from_flow).collect();
+        Ok(ICaloFlow {
+            cfg,
+            card,
+            flows,
+            fast,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
