@@ -590,21 +590,12 @@ impl ShowerModel for ICaloFlow {
             .copied()
             .filter(|&k| !(k == 1 && teacher.is_some()))
             .collect();
-        let planned: Vec<f64> = to_train
-            .iter()
-            .map(|&k| {
-                let st = model.stage(k).expect("validated");
-                let src = StageSource {
-                    cfg: &cfg,
-                    s: &showers,
-                    idx: &train_idx,
-                    stage: k,
-                };
-                (src.len().div_ceil(st.train.batch_size) * st.train.epochs) as f64
-                    * if k == 1 { 0.2 } else { 1.0 }
-            })
-            .collect();
-        for (j, &k) in to_train.iter().enumerate() {
+        // The flows are independent: train them concurrently (burn's CPU kernels use one core
+        // at these sizes), each with the whole remaining time budget.
+        let budget = opts
+            .max_minutes
+            .map(|m| Duration::from_secs_f64((m * 60.0 - t0.elapsed().as_secs_f64()).max(0.0)));
+        let train_one = |k: usize| -> Result<(Flow, TrainReport)> {
             let st = model.stage(k).expect("validated").clone();
             let (d, c) = cfg.dims(k);
             let src = StageSource {
@@ -621,20 +612,21 @@ impl ShowerModel for ICaloFlow {
             }
             .materialise(cfg.max_validation_samples, opts.seed ^ 0x5eed);
             let settings = settings_with_steps(&st.train, src.len());
-            let budget = opts.max_minutes.map(|m| {
-                let left = (m * 60.0 - t0.elapsed().as_secs_f64()).max(0.0);
-                let share = planned[j] / planned[j..].iter().sum::<f64>().max(1e-9);
-                Duration::from_secs_f64(left * share)
-            });
             let name = format!("flow{k}");
             let seed = opts.seed.wrapping_add(k as u64);
+            let steps = (src.len().div_ceil(settings.batch_size) * settings.epochs) as u64;
             let mut bar = |p: caloforge_nn::flow::train::Progress| {
                 if p.step == 0 || p.val_loss.is_some() || p.step % 5 == 0 {
-                    progress.set(p.step as u64, p.val_loss.map(|v| format!("val {v:.4}")));
+                    progress.set(
+                        &name,
+                        p.step as u64,
+                        p.val_loss
+                            .map(|v| format!("{name} step {}: validation loss {v:.4}", p.step)),
+                    );
                 }
             };
-            let (flow, report) = match (&teacher, cfg.role) {
-                (None, _) => {
+            let out = match &teacher {
+                None => {
                     let fc = FlowConfig {
                         features: d,
                         context: c,
@@ -647,10 +639,7 @@ impl ShowerModel for ICaloFlow {
                         permutation_seed: seed,
                     };
                     fc.validate().map_err(ModelError::Config)?;
-                    progress.start(
-                        &format!("train {name}"),
-                        (src.len().div_ceil(settings.batch_size) * settings.epochs) as u64,
-                    );
+                    progress.start(&name, &format!("train {name}"), steps);
                     train_maf(
                         Flow::new(fc, &device),
                         &src,
@@ -662,7 +651,7 @@ impl ShowerModel for ICaloFlow {
                         &mut bar,
                     )
                 }
-                (Some(t), _) => {
+                Some(t) => {
                     let tf = &t.flows[k - 1];
                     let fc = FlowConfig {
                         hidden: st.hidden,
@@ -671,10 +660,7 @@ impl ShowerModel for ICaloFlow {
                         ..tf.cfg.clone()
                     };
                     let terms = st.distill.expect("validated");
-                    progress.start(
-                        &format!("distill {name}"),
-                        (src.len().div_ceil(settings.batch_size) * settings.epochs) as u64,
-                    );
+                    progress.start(&name, &format!("distill {name}"), steps);
                     distill(
                         Flow::new(fc, &device),
                         tf,
@@ -689,20 +675,39 @@ impl ShowerModel for ICaloFlow {
                     )
                 }
             };
-            progress.finish();
+            progress.finish(&name);
+            Ok(out)
+        };
+        let results: Vec<(usize, Result<(Flow, TrainReport)>)> = std::thread::scope(|sc| {
+            let handles: Vec<_> = to_train
+                .iter()
+                .map(|&k| (k, sc.spawn(move || train_one(k))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(k, h)| {
+                    (
+                        k,
+                        h.join().unwrap_or_else(|_| {
+                            Err(ModelError::Config(format!("training flow{k} panicked")))
+                        }),
+                    )
+                })
+                .collect()
+        });
+        for (k, r) in results {
+            let (flow, report) = r?;
             save_flow(&flow, &flow_path(&opts.out, k)).map_err(ModelError::Config)?;
             card.flows.insert(
-                name,
+                format!("flow{k}"),
                 FlowCard {
                     config: flow.cfg.clone(),
                     parameters: flow.num_params(),
                     report,
                 },
             );
-            card.updated_unix = unix_time();
-            model.card = card.clone();
-            model.write_meta(&opts.out)?;
         }
+        card.updated_unix = unix_time();
         model.card = card;
         model.write_meta(&opts.out)?;
         ICaloFlow::load(&opts.out)
@@ -722,16 +727,16 @@ impl ShowerModel for ICaloFlow {
         }
         let v = self.cfg.kind().n_voxels();
         let mut out = Vec::with_capacity(energies.len() * v);
-        progress.start("generate", energies.len() as u64);
+        progress.start("generate", "generate", energies.len() as u64);
         let b = batch.max(1);
         for (ci, chunk) in energies.chunks(b).enumerate() {
             let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
                 .map(|j| shower_rng(seed, (ci * b + j) as u64))
                 .collect();
             out.extend(self.sample_batch(chunk, &mut rngs));
-            progress.set(((ci * b) + chunk.len()) as u64, None);
+            progress.set("generate", ((ci * b) + chunk.len()) as u64, None);
         }
-        progress.finish();
+        progress.finish("generate");
         Ok(out)
     }
 

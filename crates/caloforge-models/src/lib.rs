@@ -69,21 +69,21 @@ pub struct TrainOptions {
 
 /// Progress reporting hooks (the CLI draws bars with them).
 pub trait Progress: Sync {
-    /// A new phase with `total` units of work.
-    fn start(&self, name: &str, total: u64);
-    /// Sets the position in the current phase and an optional message.
-    fn set(&self, pos: u64, msg: Option<String>);
-    /// Ends the phase.
-    fn finish(&self);
+    /// A new task `key` (several may run at once) with `total` units of work.
+    fn start(&self, key: &str, label: &str, total: u64);
+    /// Sets the position of task `key`; `msg` is printed above the bars.
+    fn set(&self, key: &str, pos: u64, msg: Option<String>);
+    /// Ends task `key`.
+    fn finish(&self, key: &str);
 }
 
 /// No progress output.
 pub struct NoProgress;
 
 impl Progress for NoProgress {
-    fn start(&self, _: &str, _: u64) {}
-    fn set(&self, _: u64, _: Option<String>) {}
-    fn finish(&self) {}
+    fn start(&self, _: &str, _: &str, _: u64) {}
+    fn set(&self, _: &str, _: u64, _: Option<String>) {}
+    fn finish(&self, _: &str) {}
 }
 
 /// The interface every model implements.

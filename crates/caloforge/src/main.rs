@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod commands;
+mod models;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,6 +37,12 @@ enum Command {
     Features(FeaturesArgs),
     /// Simulate showers of the dataset-2/3 detector with the built-in parametric simulator.
     Simulate(commands::SimulateArgs),
+    /// Train a model from a preset (e.g. icaloflow-ds2) on a shower file.
+    Train(models::TrainArgs),
+    /// Generate showers with a trained model.
+    Generate(models::GenerateArgs),
+    /// Time generation of a trained model at several batch sizes (ms per shower).
+    Bench(models::BenchArgs),
     /// Run the demo: simulate a reference and a "generated" sample, then evaluate.
     Demo(commands::DemoArgs),
 }
@@ -192,6 +199,9 @@ fn run() -> Result<()> {
         Command::Features(a) => features(a, cli.quiet),
         Command::Simulate(a) => commands::simulate(a, cli.quiet),
         Command::Demo(a) => commands::demo(a, cli.quiet),
+        Command::Train(a) => models::train(a, cli.quiet),
+        Command::Generate(a) => models::generate(a, cli.quiet),
+        Command::Bench(a) => models::bench(a, cli.quiet),
     }
 }
 

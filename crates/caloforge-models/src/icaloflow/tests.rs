@@ -65,8 +65,9 @@ fn tiny(role: &str) -> String {
     .unwrap();
     base.replace("hidden = 64", "hidden = 16")
         .replace("blocks = 4", "blocks = 2")
+        .replace("epochs = 40", "epochs = 2")
         .replace("epochs = 20", "epochs = 2")
-        .replace("epochs = 10", "epochs = 2")
+        .replace("epochs = 2\n", "epochs = 1\n")
         .replace("batch_size = 512", "batch_size = 256")
 }
 

@@ -1,0 +1,310 @@
+//! `caloforge train`, `generate` and `bench`: the model commands.
+
+use anyhow::{bail, Context, Result};
+use caloforge_core::io::{check_writable, ShowerFile, ShowerWriter};
+use caloforge_models::icaloflow::ICaloFlow;
+use caloforge_models::{model_kind, preset_text, Progress, ShowerModel, TrainOptions};
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Progress bars for the model library (one per concurrent task).
+pub struct Bars {
+    quiet: bool,
+    multi: indicatif::MultiProgress,
+    bars: Mutex<std::collections::HashMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    pub fn new(quiet: bool) -> Self {
+        Bars {
+            quiet,
+            multi: indicatif::MultiProgress::new(),
+            bars: Mutex::new(Default::default()),
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, key: &str, label: &str, total: u64) {
+        let pb = self
+            .multi
+            .add(caloforge_eval::progress::bar(!self.quiet, total, label));
+        if let Ok(mut g) = self.bars.lock() {
+            g.insert(key.to_string(), pb);
+        }
+    }
+    fn set(&self, key: &str, pos: u64, msg: Option<String>) {
+        if let Ok(g) = self.bars.lock() {
+            if let Some(pb) = g.get(key) {
+                pb.set_position(pos);
+            }
+        }
+        if let (Some(m), false) = (msg, self.quiet) {
+            let _ = self.multi.println(m);
+        }
+    }
+    fn finish(&self, key: &str) {
+        if let Ok(mut g) = self.bars.lock() {
+            if let Some(pb) = g.remove(key) {
+                pb.finish_and_clear();
+            }
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Preset name (e.g. icaloflow-ds2, icaloflow-ds2-student, icaloflow-small) or a TOML file.
+    #[arg(long)]
+    preset: String,
+    /// Training showers (CaloChallenge HDF5).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output model directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Sub-networks to train, comma-separated (iCaloFlow: flows 1,2,3; default all).
+    #[arg(long, value_delimiter = ',')]
+    flows: Vec<usize>,
+    /// Trained teacher directory (student presets).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Wall-clock budget in minutes; training stops cleanly with the best weights.
+    #[arg(long)]
+    max_minutes: Option<f64>,
+    /// Use at most this many showers of the file.
+    #[arg(long)]
+    max_showers: Option<usize>,
+    /// Seed of initialisation, shuffling and noise.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
+    let text = preset_text(&a.preset)?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("preset {}", a.preset))?;
+    let kind = table.get("model").and_then(|m| m.as_str()).unwrap_or("");
+    if let Some(m) = a.max_minutes {
+        if !(m > 0.0) {
+            bail!("--max-minutes must be > 0");
+        }
+    }
+    let opts = TrainOptions {
+        data: a.data.clone(),
+        out: a.out.clone(),
+        seed: a.seed,
+        max_minutes: a.max_minutes,
+        parts: a.flows.clone(),
+        teacher: a.teacher.clone(),
+        max_showers: a.max_showers,
+        quiet,
+    };
+    // Fail before training when the output cannot be written.
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    check_writable(&a.out.join("model_card.json"))?;
+    let t0 = Instant::now();
+    let bars = Bars::new(quiet);
+    match kind {
+        "icaloflow" => {
+            let m = ICaloFlow::train(&text, &opts, &bars)?;
+            for (name, f) in &m.card.flows {
+                eprintln!(
+                    "{name}: {} parameters, {} steps, best validation loss {:.4} at step {}{}",
+                    f.parameters,
+                    f.report.steps,
+                    f.report.best_val_loss,
+                    f.report.best_step,
+                    if f.report.stopped_at_budget {
+                        " (stopped at the time budget)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        other => bail!("preset {}: unknown model {other:?}", a.preset),
+    }
+    let summary = serde_json::json!({
+        "caloforge_version": env!("CARGO_PKG_VERSION"),
+        "preset": a.preset,
+        "data": a.data.display().to_string(),
+        "out": a.out.display().to_string(),
+        "seed": a.seed,
+        "wall_seconds": t0.elapsed().as_secs_f64(),
+    });
+    caloforge_models::write_text(
+        &a.out.join("train_summary.json"),
+        &serde_json::to_string_pretty(&summary)?,
+    )?;
+    eprintln!(
+        "model written to {} ({:.1} s)",
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A loaded model of any kind.
+pub enum AnyModel {
+    ICaloFlow(Box<ICaloFlow>),
+}
+
+impl AnyModel {
+    pub fn load(dir: &Path) -> Result<Self> {
+        match model_kind(dir)?.as_str() {
+            "icaloflow" => Ok(AnyModel::ICaloFlow(Box::new(ICaloFlow::load(dir)?))),
+            other => bail!("{}: unknown model {other:?}", dir.display()),
+        }
+    }
+    pub fn n_voxels(&self) -> usize {
+        match self {
+            AnyModel::ICaloFlow(m) => m.dataset().n_voxels(),
+        }
+    }
+    pub fn sample(&self, e: &[f64], seed: u64, batch: usize, p: &dyn Progress) -> Result<Vec<f32>> {
+        Ok(match self {
+            AnyModel::ICaloFlow(m) => m.sample(e, seed, batch, p)?,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Trained model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Reuse the incident energies of this file, in order.
+    #[arg(long)]
+    energies_from: Option<PathBuf>,
+    /// Number of showers (incident energies log-uniform in [--energy-min, --energy-max]).
+    #[arg(long, short = 'n')]
+    n: Option<usize>,
+    /// Lowest incident energy (MeV).
+    #[arg(long, default_value_t = 1e3)]
+    energy_min: f64,
+    /// Highest incident energy (MeV).
+    #[arg(long, default_value_t = 1e6)]
+    energy_max: f64,
+    /// Output HDF5 file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Showers per generation batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Seed: shower k uses RNG stream k.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn energies(
+    from: &Option<PathBuf>,
+    n: Option<usize>,
+    lo: f64,
+    hi: f64,
+    seed: u64,
+) -> Result<Vec<f64>> {
+    match (from, n) {
+        (Some(_), Some(_)) => bail!("give either --energies-from or --n, not both"),
+        (Some(p), None) => Ok(ShowerFile::open(p, None)?.energies),
+        (None, Some(0)) => bail!("--n must be > 0"),
+        (None, Some(n)) => {
+            if !(lo.is_finite() && lo > 0.0 && hi.is_finite() && hi >= lo) {
+                bail!("need 0 < --energy-min <= --energy-max (MeV), got {lo} and {hi}");
+            }
+            Ok(caloforge_sim::log_uniform_energies(n, lo, hi, seed))
+        }
+        (None, None) => bail!("give --energies-from REF.h5 or --n N"),
+    }
+}
+
+pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be > 0");
+    }
+    let model = AnyModel::load(&a.model)?;
+    let e = energies(&a.energies_from, a.n, a.energy_min, a.energy_max, a.seed)?;
+    check_writable(&a.out)?;
+    let t0 = Instant::now();
+    let showers = model.sample(&e, a.seed, a.batch, &Bars::new(quiet))?;
+    let gen_s = t0.elapsed().as_secs_f64();
+    let mut w = ShowerWriter::create(&a.out, model.n_voxels(), e.len())?;
+    w.append(&e, &showers)?;
+    w.finish()?;
+    let summary = serde_json::json!({
+        "caloforge_version": env!("CARGO_PKG_VERSION"),
+        "model": a.model.display().to_string(),
+        "out": a.out.display().to_string(),
+        "n": e.len(),
+        "seed": a.seed,
+        "batch": a.batch,
+        "threads": rayon::current_num_threads(),
+        "generation_seconds": gen_s,
+        "ms_per_shower": gen_s * 1e3 / e.len() as f64,
+        "wall_seconds": t0.elapsed().as_secs_f64(),
+    });
+    caloforge_models::write_text(
+        &a.out.with_extension("json"),
+        &serde_json::to_string_pretty(&summary)?,
+    )?;
+    eprintln!(
+        "wrote {} ({} showers, {:.3} ms per shower)",
+        a.out.display(),
+        e.len(),
+        gen_s * 1e3 / e.len() as f64
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Trained model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Batch sizes to time.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    batch: Vec<usize>,
+    /// Minimum seconds of generation per batch size (at least one batch is always run).
+    #[arg(long, default_value_t = 3.0)]
+    min_seconds: f64,
+    /// Write the table as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
+    let model = AnyModel::load(&a.model)?;
+    if a.batch.iter().any(|&b| b == 0) {
+        bail!("batch sizes must be > 0");
+    }
+    let threads = rayon::current_num_threads();
+    println!("model {} ({} threads)", a.model.display(), threads);
+    println!("{:>8} {:>10} {:>14}", "batch", "showers", "ms / shower");
+    let mut rows = Vec::new();
+    for &b in &a.batch {
+        // Warm-up batch (allocations, caches), then timed batches.
+        let e = caloforge_sim::log_uniform_energies(b, 1e3, 1e6, a.seed);
+        model.sample(&e, a.seed, b, &caloforge_models::NoProgress)?;
+        let (mut n, t0) = (0usize, Instant::now());
+        let mut k = 0u64;
+        while n == 0 || t0.elapsed().as_secs_f64() < a.min_seconds {
+            let e = caloforge_sim::log_uniform_energies(b, 1e3, 1e6, a.seed + 1 + k);
+            model.sample(&e, a.seed + k, b, &caloforge_models::NoProgress)?;
+            n += b;
+            k += 1;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
+        println!("{b:>8} {n:>10} {ms:>14.3}");
+        rows.push(serde_json::json!({"batch": b, "showers": n, "ms_per_shower": ms}));
+    }
+    if let Some(out) = &a.out {
+        let j = serde_json::json!({"model": a.model.display().to_string(), "threads": threads, "rows": rows});
+        caloforge_models::write_text(out, &serde_json::to_string_pretty(&j)?)?;
+    }
+    Ok(())
+}
