@@ -487,6 +487,71 @@ impl ICaloFlow {
     }
 }
 
+impl ICaloFlow {
+    /// A model with freshly initialised (untrained) weights: for timing the architecture of a
+    /// preset without training it. A student preset gets the dataset's teacher Flow-1.
+    pub fn untrained(cfg: &ICaloFlowConfig, seed: u64) -> Result<Self> {
+        let device = cpu_autodiff(Precision::F32, seed);
+        let teacher_flow1 = Stage {
+            hidden: 256,
+            n_hidden: 1,
+            blocks: 8,
+            bins: 8,
+            tail_bound: 14.0,
+            train: cfg.flow2.train.clone(),
+            distill: None,
+        };
+        let mut flows = Vec::new();
+        for k in 1..=3 {
+            let st = match k {
+                1 => cfg.flow1.clone().unwrap_or(teacher_flow1.clone()),
+                2 => cfg.flow2.clone(),
+                _ => cfg.flow3.clone(),
+            };
+            let (d, c) = cfg.dims(k);
+            let kind = if k > 1 && cfg.role == Role::Student {
+                FlowKind::Iaf
+            } else {
+                FlowKind::Maf
+            };
+            let fc = FlowConfig {
+                features: d,
+                context: c,
+                hidden: st.hidden,
+                n_hidden: st.n_hidden,
+                blocks: st.blocks,
+                bins: st.bins,
+                tail_bound: st.tail_bound,
+                kind,
+                permutation_seed: seed + k as u64,
+            };
+            fc.validate().map_err(ModelError::Config)?;
+            flows.push(Flow::new(fc, &device));
+        }
+        let card = ModelCard {
+            model: "icaloflow".into(),
+            role: cfg.role,
+            dataset: cfg.dataset,
+            caloforge_version: env!("CARGO_PKG_VERSION").into(),
+            data_file: String::new(),
+            data_sha256: String::new(),
+            n_train: 0,
+            n_validation: 0,
+            seed,
+            teacher: None,
+            flows: Default::default(),
+            updated_unix: unix_time(),
+        };
+        let fast = flows.iter().map(FastFlow::from_flow).collect();
+        Ok(ICaloFlow {
+            cfg: cfg.clone(),
+            card,
+            flows,
+            fast,
+        })
+    }
+}
+
 /// The RNG stream of generated shower `k`.
 fn shower_rng(seed: u64, k: u64) -> ChaCha8Rng {
     let mut r = ChaCha8Rng::seed_from_u64(seed);

@@ -42,7 +42,12 @@ impl Progress for Bars {
             }
         }
         if let (Some(m), false) = (msg, self.quiet) {
-            let _ = self.multi.println(m);
+            use std::io::IsTerminal;
+            if std::io::stderr().is_terminal() {
+                let _ = self.multi.println(m);
+            } else {
+                eprintln!("{m}");
+            }
         }
     }
     fn finish(&self, key: &str) {
@@ -261,8 +266,11 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Trained model directory.
+    #[arg(long, conflicts_with = "preset", required_unless_present = "preset")]
+    model: Option<PathBuf>,
+    /// Time a preset's architecture with untrained (random) weights instead of a trained model.
     #[arg(long)]
-    model: PathBuf,
+    preset: Option<String>,
     /// Batch sizes to time.
     #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
     batch: Vec<usize>,
@@ -278,12 +286,23 @@ pub struct BenchArgs {
 }
 
 pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
-    let model = AnyModel::load(&a.model)?;
+    let (model, what) = match (&a.model, &a.preset) {
+        (Some(m), _) => (AnyModel::load(m)?, m.display().to_string()),
+        (None, Some(p)) => {
+            let text = preset_text(p)?;
+            let cfg = caloforge_models::icaloflow::ICaloFlowConfig::from_toml(&text)?;
+            (
+                AnyModel::ICaloFlow(Box::new(ICaloFlow::untrained(&cfg, a.seed)?)),
+                format!("preset {p} (untrained weights)"),
+            )
+        }
+        (None, None) => bail!("give --model RUN or --preset NAME"),
+    };
     if a.batch.iter().any(|&b| b == 0) {
         bail!("batch sizes must be > 0");
     }
     let threads = rayon::current_num_threads();
-    println!("model {} ({} threads)", a.model.display(), threads);
+    println!("{what} ({threads} threads)");
     println!("{:>8} {:>10} {:>14}", "batch", "showers", "ms / shower");
     let mut rows = Vec::new();
     for &b in &a.batch {
@@ -303,7 +322,7 @@ pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
         rows.push(serde_json::json!({"batch": b, "showers": n, "ms_per_shower": ms}));
     }
     if let Some(out) = &a.out {
-        let j = serde_json::json!({"model": a.model.display().to_string(), "threads": threads, "rows": rows});
+        let j = serde_json::json!({"model": what, "threads": threads, "rows": rows});
         caloforge_models::write_text(out, &serde_json::to_string_pretty(&j)?)?;
     }
     Ok(())

@@ -227,3 +227,217 @@ fn evaluate_and_features_errors() {
     let t = std::fs::read_to_string(p("ev/histogram_chi2_2.txt")).unwrap();
     assert!(t.contains("Etot / Einc: \n0.0\n\n"), "{t}");
 }
+
+/// The small preset shrunk to seconds of training.
+fn tiny_preset(dir: &Path, student: bool) -> String {
+    let name = if student {
+        "icaloflow-small-student.toml"
+    } else {
+        "icaloflow-small.toml"
+    };
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../caloforge-models/presets")
+            .join(name),
+    )
+    .unwrap();
+    let text = text
+        .replace("hidden = 64", "hidden = 16")
+        .replace("blocks = 4", "blocks = 2")
+        .replace("epochs = 40", "epochs = 1")
+        .replace("epochs = 20", "epochs = 1")
+        .replace("epochs = 2\n", "epochs = 1\n");
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn train_generate_bench_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    assert!(caloforge(&[
+        "simulate",
+        "-d",
+        "2",
+        "-n",
+        "120",
+        "--seed",
+        "4",
+        "--out",
+        &d("train.h5")
+    ])
+    .status
+    .success());
+    let teacher = tiny_preset(dir.path(), false);
+    let o = caloforge(&[
+        "train",
+        "--preset",
+        &teacher,
+        "--data",
+        &d("train.h5"),
+        "--out",
+        &d("run"),
+        "--seed",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    for f in [
+        "config.toml",
+        "model_card.json",
+        "train_summary.json",
+        "flow1.safetensors",
+        "flow2.safetensors",
+        "flow3.safetensors",
+    ] {
+        assert!(dir.path().join("run").join(f).exists(), "{f}");
+    }
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("run/model_card.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(card["data_sha256"].as_str().unwrap().len(), 64);
+    // Generation: same seed, different batch and threads -> identical file contents.
+    let g = |out: &str, batch: &str, threads: &str| {
+        let o = caloforge(&[
+            "--threads",
+            threads,
+            "generate",
+            "--model",
+            &d("run"),
+            "--energies-from",
+            &d("train.h5"),
+            "--out",
+            out,
+            "--batch",
+            batch,
+            "--seed",
+            "5",
+        ]);
+        assert!(o.status.success(), "{}", err_text(&o));
+    };
+    g(&d("a.h5"), "7", "1");
+    g(&d("b.h5"), "50", "2");
+    let read = |p: &str| {
+        caloforge_core::ShowerFile::open(Path::new(p), Some(6480))
+            .unwrap()
+            .read_rows(0, 120)
+            .unwrap()
+    };
+    let (a, b) = (read(&d("a.h5")), read(&d("b.h5")));
+    assert_eq!(a.len(), 120 * 6480);
+    assert_eq!(a, b);
+    assert!(dir.path().join("a.json").exists());
+    // The generated file is a valid evaluate input.
+    let o = caloforge(&[
+        "evaluate",
+        "-d",
+        "2",
+        "-i",
+        &d("a.h5"),
+        "-r",
+        &d("train.h5"),
+        "-m",
+        "hist-chi",
+        "--out",
+        &d("ev"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    // Student.
+    let student = tiny_preset(dir.path(), true);
+    let o = caloforge(&[
+        "train",
+        "--preset",
+        &student,
+        "--teacher",
+        &d("run"),
+        "--data",
+        &d("train.h5"),
+        "--out",
+        &d("stud"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let o = caloforge(&[
+        "bench",
+        "--model",
+        &d("stud"),
+        "--batch",
+        "1,4",
+        "--min-seconds",
+        "0",
+        "--out",
+        &d("bench.json"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let bench: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bench.json")).unwrap())
+            .unwrap();
+    assert_eq!(bench["rows"].as_array().unwrap().len(), 2);
+
+    // Errors: one message naming the problem, non-zero exit, nothing written.
+    failed_with(
+        &caloforge(&[
+            "train",
+            "--preset",
+            "nope",
+            "--data",
+            &d("train.h5"),
+            "--out",
+            &d("x"),
+        ]),
+        "unknown preset",
+    );
+    failed_with(
+        &caloforge(&[
+            "train",
+            "--preset",
+            &student,
+            "--data",
+            &d("train.h5"),
+            "--out",
+            &d("x2"),
+        ]),
+        "--teacher",
+    );
+    failed_with(
+        &caloforge(&[
+            "train",
+            "--preset",
+            &teacher,
+            "--data",
+            &d("missing.h5"),
+            "--out",
+            &d("x3"),
+        ]),
+        "missing.h5",
+    );
+    failed_with(
+        &caloforge(&[
+            "generate",
+            "--model",
+            &d("nomodel"),
+            "--n",
+            "3",
+            "--out",
+            &d("c.h5"),
+        ]),
+        "nomodel",
+    );
+    failed_with(
+        &caloforge(&[
+            "generate",
+            "--model",
+            &d("run"),
+            "--n",
+            "0",
+            "--out",
+            &d("c.h5"),
+        ]),
+        "--n must be > 0",
+    );
+    failed_with(
+        &caloforge(&["generate", "--model", &d("run"), "--out", &d("c.h5")]),
+        "--energies-from",
+    );
+    assert!(!dir.path().join("c.h5").exists());
+}
