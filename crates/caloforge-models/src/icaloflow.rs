@@ -624,13 +624,38 @@ impl ShowerModel for ICaloFlow {
         let old_card: Option<ModelCard> = std::fs::read_to_string(opts.out.join("model_card.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
+        let old_flows = old_card
+            .as_ref()
+            .map(|c| c.flows.clone())
+            .unwrap_or_default();
+        let data_sha256 = file_sha256(&opts.data)?;
+        if opts.resume {
+            match &old_card {
+                None => {
+                    return Err(ModelError::file(
+                        &opts.out.join("model_card.json"),
+                        "--resume needs a model directory with a model card",
+                    ))
+                }
+                Some(c) if c.data_sha256 != data_sha256 => {
+                    return Err(ModelError::file(
+                        &opts.data,
+                        format!(
+                            "--resume: not the file {} was trained on (SHA-256 differs)",
+                            opts.out.display()
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
         let mut card = ModelCard {
             model: "icaloflow".into(),
             role: cfg.role,
             dataset: cfg.dataset,
             caloforge_version: env!("CARGO_PKG_VERSION").into(),
             data_file: opts.data.display().to_string(),
-            data_sha256: file_sha256(&opts.data)?,
+            data_sha256,
             n_train: train_idx.len(),
             n_validation: n_val,
             seed: opts.seed,
@@ -676,9 +701,20 @@ impl ShowerModel for ICaloFlow {
                 stage: k,
             }
             .materialise(cfg.max_validation_samples, opts.seed ^ 0x5eed);
-            let settings = settings_with_steps(&st.train, src.len());
+            let mut settings = settings_with_steps(&st.train, src.len());
             let name = format!("flow{k}");
             let seed = opts.seed.wrapping_add(k as u64);
+            // --resume: continue from the saved weights, step count and schedule position.
+            let resumed = match (opts.resume, old_flows.get(&name)) {
+                (true, Some(fcard)) => {
+                    let f = load_flow(&flow_path(&opts.out, k), &fcard.config, &device)
+                        .map_err(ModelError::Config)?;
+                    settings.epochs = settings.epochs.saturating_sub(fcard.report.epochs);
+                    Some((f, fcard.report.steps))
+                }
+                _ => None,
+            };
+            let start_step = resumed.as_ref().map_or(0, |r| r.1);
             let steps = (src.len().div_ceil(settings.batch_size) * settings.epochs) as u64;
             let mut bar = |p: caloforge_nn::flow::train::Progress| {
                 if p.step == 0 || p.val_loss.is_some() || p.step % 5 == 0 {
@@ -705,15 +741,12 @@ impl ShowerModel for ICaloFlow {
                     };
                     fc.validate().map_err(ModelError::Config)?;
                     progress.start(&name, &format!("train {name}"), steps);
+                    let flow = match resumed {
+                        Some((f, _)) => f,
+                        None => Flow::new(fc, &device),
+                    };
                     train_maf(
-                        Flow::new(fc, &device),
-                        &src,
-                        &val,
-                        &settings,
-                        0,
-                        seed,
-                        budget,
-                        &mut bar,
+                        flow, &src, &val, &settings, start_step, seed, budget, &mut bar,
                     )
                 }
                 Some(t) => {
@@ -726,17 +759,12 @@ impl ShowerModel for ICaloFlow {
                     };
                     let terms = st.distill.expect("validated");
                     progress.start(&name, &format!("distill {name}"), steps);
+                    let flow = match resumed {
+                        Some((f, _)) => f,
+                        None => Flow::new(fc, &device),
+                    };
                     distill(
-                        Flow::new(fc, &device),
-                        tf,
-                        terms,
-                        &src,
-                        &val,
-                        &settings,
-                        0,
-                        seed,
-                        budget,
-                        &mut bar,
+                        flow, tf, terms, &src, &val, &settings, start_step, seed, budget, &mut bar,
                     )
                 }
             };

@@ -65,6 +65,8 @@ pub struct TrainOptions {
     pub max_showers: Option<usize>,
     /// Hide progress bars.
     pub quiet: bool,
+    /// Continue the flows already in `out` (same data file) from their saved weights and step.
+    pub resume: bool,
 }
 
 /// Progress reporting hooks (the CLI draws bars with them).

@@ -85,6 +85,9 @@ pub struct TrainArgs {
     /// Seed of initialisation, shuffling and noise.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Continue training the flows saved in --out (same data) from their weights and step.
+    #[arg(long)]
+    resume: bool,
 }
 
 pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
@@ -106,6 +109,7 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
         teacher: a.teacher.clone(),
         max_showers: a.max_showers,
         quiet,
+        resume: a.resume,
     };
     // Fail before training when the output cannot be written.
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

@@ -297,6 +297,36 @@ fn train_generate_bench_end_to_end() {
     )
     .unwrap();
     assert_eq!(card["data_sha256"].as_str().unwrap().len(), 64);
+    // --resume of Flow-3 on the same data continues its step count; the other flows stay.
+    let steps3 = card["flows"]["flow3"]["report"]["steps"].as_u64().unwrap();
+    let more = teacher.replace(".toml", "-more.toml");
+    let more_text = std::fs::read_to_string(&teacher).unwrap().replace(
+        "batch_size = 512\nepochs = 1",
+        "batch_size = 512\nepochs = 2",
+    );
+    std::fs::write(&more, more_text).unwrap();
+    let o = caloforge(&[
+        "train",
+        "--preset",
+        &more,
+        "--data",
+        &d("train.h5"),
+        "--out",
+        &d("run"),
+        "--flows",
+        "3",
+        "--resume",
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let card2: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("run/model_card.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        card2["flows"]["flow3"]["report"]["steps"].as_u64().unwrap(),
+        2 * steps3
+    );
+    assert_eq!(card2["flows"]["flow1"], card["flows"]["flow1"]);
     // Generation: same seed, different batch and threads -> identical file contents.
     let g = |out: &str, batch: &str, threads: &str| {
         let o = caloforge(&[
