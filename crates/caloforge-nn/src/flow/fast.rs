@@ -151,11 +151,15 @@ impl FastMade {
     }
 }
 
-/// Per-sample scratch space.
+/// Scratch space for a chunk of up to `cap` samples (sample-major buffers).
 struct Work {
+    cap: usize,
+    /// Hidden activations per layer, cap × H.
     h: Vec<Vec<f32>>,
+    /// Context term, cap × H.
     ctx: Vec<f32>,
     theta: Vec<f64>,
+    /// Block input and output, cap × D.
     a: Vec<f32>,
     b: Vec<f32>,
     spline: Rqs,
@@ -169,6 +173,10 @@ pub struct FastFlow {
     blocks: Vec<FastMade>,
     perms: Vec<Vec<usize>>,
 }
+
+/// Samples per chunk: a weight row is applied to every sample of the chunk while it is in
+/// cache, so weights are streamed once per chunk rather than once per sample.
+const CHUNK: usize = 32;
 
 impl FastFlow {
     /// Copies the weights of `flow`.
@@ -187,130 +195,156 @@ impl FastFlow {
         }
     }
 
-    fn work(&self) -> Work {
+    fn work(&self, cap: usize) -> Work {
         let h = self.cfg.hidden;
+        let d = self.cfg.features;
         Work {
-            h: vec![vec![0.0; h]; self.cfg.n_hidden + 1],
-            ctx: vec![0.0; h],
+            cap,
+            h: vec![vec![0.0; cap * h]; self.cfg.n_hidden + 1],
+            ctx: vec![0.0; cap * h],
             theta: vec![0.0; 3 * self.cfg.bins - 1],
-            a: vec![0.0; self.cfg.features],
-            b: vec![0.0; self.cfg.features],
+            a: vec![0.0; cap * d],
+            b: vec![0.0; cap * d],
             spline: Rqs::new(&vec![0.0; 3 * self.cfg.bins - 1], &self.spline),
         }
     }
 
-    fn context_term(m: &FastMade, ctx: &[f32], w: &mut Work) {
+    fn context_term(&self, m: &FastMade, ctx: &[f32], n: usize, w: &mut Work) {
+        let (h, c) = (self.cfg.hidden, self.cfg.context);
         match &m.context {
-            Some(c) => {
-                for (r, v) in w.ctx.iter_mut().enumerate() {
-                    *v = c.row(r, ctx).max(0.0);
+            Some(layer) => {
+                for r in 0..h {
+                    for b in 0..n {
+                        w.ctx[b * h + r] = layer.row(r, &ctx[b * c..(b + 1) * c]).max(0.0);
+                    }
                 }
             }
-            None => w.ctx.iter_mut().for_each(|v| *v = 0.0),
+            None => w.ctx[..n * h].iter_mut().for_each(|v| *v = 0.0),
         }
     }
 
-    /// Computes hidden units of degree group g (all layers) from MADE input `inp`.
-    fn units(m: &FastMade, g: usize, inp: &[f32], w: &mut Work) {
+    /// Computes the hidden units of degree group g (all layers) for n samples whose MADE input
+    /// is `inp` (n × D).
+    fn units(&self, m: &FastMade, g: usize, inp: &[f32], n: usize, w: &mut Work) {
+        let (h, d) = (self.cfg.hidden, self.cfg.features);
         let range = m.group(g);
+        if range.is_empty() {
+            return;
+        }
         for u in range.clone() {
-            w.h[0][u] = (m.input.row(u, inp) + w.ctx[u]).max(0.0);
+            for b in 0..n {
+                w.h[0][b * h + u] =
+                    (m.input.row(u, &inp[b * d..(b + 1) * d]) + w.ctx[b * h + u]).max(0.0);
+            }
         }
         for (l, layer) in m.hidden.iter().enumerate() {
             let (prev, cur) = w.h.split_at_mut(l + 1);
             for u in range.clone() {
-                cur[0][u] = layer.row(u, &prev[l]).max(0.0);
+                for b in 0..n {
+                    cur[0][b * h + u] = layer.row(u, &prev[l][b * h..(b + 1) * h]).max(0.0);
+                }
             }
         }
     }
 
-    fn spline_of(&self, m: &FastMade, i: usize, w: &mut Work) {
-        let last = &w.h[m.hidden.len()];
-        for k in 0..m.p {
-            w.theta[k] = m.output.row(i * m.p + k, last) as f64;
-        }
-        w.spline.set(w.theta.iter().copied(), &self.spline);
-    }
-
-    /// One block. `one_pass`: the MADE reads `src` (θ = MADE(src)) and `dst_i = s^±(src_i)`;
-    /// otherwise the MADE reads `dst` as it is produced (sequential). `forward`: apply s (else
-    /// s⁻¹). Returns Σ log|dz/dx|.
+    /// One block for n samples. `one_pass`: the MADE reads `src` (θ = MADE(src)) and
+    /// `dst_i = s^±(src_i)`; otherwise the MADE reads `dst` as it is produced (sequential).
+    /// `forward`: apply s (else s⁻¹). Adds Σ log|dz/dx| to `ld`.
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         m: &FastMade,
         ctx: &[f32],
         src: &[f32],
         dst: &mut [f32],
+        n: usize,
         one_pass: bool,
         forward: bool,
+        ld: &mut [f64],
         w: &mut Work,
-    ) -> f64 {
-        Self::context_term(m, ctx, w);
-        let mut ld = 0.0;
+    ) {
+        let (h, d) = (self.cfg.hidden, self.cfg.features);
+        self.context_term(m, ctx, n, w);
         if one_pass {
             for g in 0..=m.d {
-                Self::units(m, g, src, w);
+                self.units(m, g, src, n, w);
             }
         }
+        let last = m.hidden.len();
         for i in 0..m.d {
             if !one_pass {
-                Self::units(m, i, dst, w);
+                self.units(m, i, dst, n, w);
             }
-            self.spline_of(m, i, w);
-            let (v, l) = if forward {
-                w.spline.forward(src[i] as f64)
-            } else {
-                w.spline.inverse(src[i] as f64)
-            };
-            dst[i] = v as f32;
-            ld += l;
+            for b in 0..n {
+                let hl = &w.h[last][b * h..(b + 1) * h];
+                for k in 0..m.p {
+                    w.theta[k] = m.output.row(i * m.p + k, hl) as f64;
+                }
+                w.spline.set(w.theta.iter().copied(), &self.spline);
+                let x = src[b * d + i] as f64;
+                let (v, l) = if forward {
+                    w.spline.forward(x)
+                } else {
+                    w.spline.inverse(x)
+                };
+                dst[b * d + i] = v as f32;
+                ld[b] += l;
+            }
         }
-        ld
     }
 
-    fn run_one(
+    /// Runs n ≤ cap samples through all blocks (`sample`: z → x, else x → z).
+    fn run_chunk(
         &self,
         inp: &[f32],
         ctx: &[f32],
         out: &mut [f32],
+        ld: &mut [f64],
+        n: usize,
         sample: bool,
         w: &mut Work,
-    ) -> f64 {
-        let n = self.blocks.len();
+    ) {
+        let d = self.cfg.features;
+        let nb = self.blocks.len();
         let maf = self.cfg.kind == FlowKind::Maf;
-        let mut ld = 0.0;
         let mut s = std::mem::take(&mut w.a);
         let mut t = std::mem::take(&mut w.b);
-        s.copy_from_slice(inp);
+        s[..n * d].copy_from_slice(inp);
+        ld.iter_mut().for_each(|v| *v = 0.0);
+        let permute = |p: &[usize], from: &[f32], to: &mut [f32], inverse: bool| {
+            for b in 0..n {
+                let (f, t) = (&from[b * d..(b + 1) * d], &mut to[b * d..(b + 1) * d]);
+                for (j, &pj) in p.iter().enumerate() {
+                    if inverse {
+                        t[pj] = f[j];
+                    } else {
+                        t[j] = f[pj];
+                    }
+                }
+            }
+        };
         if sample {
             // z -> x, blocks in reverse; undo the permutation after block k first.
-            for k in (0..n).rev() {
+            for k in (0..nb).rev() {
                 if let Some(p) = self.perms.get(k) {
-                    for (j, &pj) in p.iter().enumerate() {
-                        t[pj] = s[j];
-                    }
+                    permute(p, &s, &mut t, true);
                     std::mem::swap(&mut s, &mut t);
                 }
-                ld += self.block(&self.blocks[k], ctx, &s, &mut t, !maf, false, w);
+                self.block(&self.blocks[k], ctx, &s, &mut t, n, !maf, false, ld, w);
                 std::mem::swap(&mut s, &mut t);
             }
         } else {
-            for k in 0..n {
-                ld += self.block(&self.blocks[k], ctx, &s, &mut t, maf, true, w);
+            for k in 0..nb {
+                self.block(&self.blocks[k], ctx, &s, &mut t, n, maf, true, ld, w);
                 match self.perms.get(k) {
-                    Some(p) => {
-                        for (j, &pj) in p.iter().enumerate() {
-                            s[j] = t[pj];
-                        }
-                    }
+                    Some(p) => permute(p, &t, &mut s, false),
                     None => std::mem::swap(&mut s, &mut t),
                 }
             }
         }
-        out.copy_from_slice(&s);
+        out.copy_from_slice(&s[..n * d]);
         w.a = s;
         w.b = t;
-        ld
     }
 
     fn run(&self, inp: &[f32], ctx: &[f32], sample: bool) -> (Vec<f32>, Vec<f64>) {
@@ -320,23 +354,28 @@ impl FastFlow {
         assert_eq!(ctx.len(), n * c, "context is not {n} × {c}");
         let mut out = vec![0.0f32; n * d];
         let mut ld = vec![0.0f64; n];
-        let chunk = 8;
+        // Enough chunks to keep every thread busy, at most CHUNK samples each. Each sample's
+        // arithmetic is the same whatever chunk it lands in.
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = n.div_ceil(threads).clamp(1, CHUNK);
         out.par_chunks_mut(chunk * d)
             .zip(ld.par_chunks_mut(chunk))
             .enumerate()
             .for_each_init(
-                || self.work(),
+                || self.work(chunk),
                 |w, (ci, (o, l))| {
-                    for (j, (oj, lj)) in o.chunks_mut(d).zip(l.iter_mut()).enumerate() {
-                        let r = ci * chunk + j;
-                        *lj = self.run_one(
-                            &inp[r * d..(r + 1) * d],
-                            &ctx[r * c..(r + 1) * c],
-                            oj,
-                            sample,
-                            w,
-                        );
-                    }
+                    let m = l.len();
+                    let r = ci * chunk;
+                    debug_assert!(m <= w.cap);
+                    self.run_chunk(
+                        &inp[r * d..(r + m) * d],
+                        &ctx[r * c..(r + m) * c],
+                        o,
+                        l,
+                        m,
+                        sample,
+                        w,
+                    );
                 },
             );
         (out, ld)
