@@ -9,6 +9,7 @@
 
 pub mod classifier;
 pub mod device;
+pub mod diffusion;
 pub mod flow;
 pub mod mlp;
 pub mod schedule;
