@@ -8,6 +8,7 @@
 //! * [`device`]: device selection (CPU `flex`, autodiff) and dtype configuration.
 
 pub mod classifier;
+pub mod conv;
 pub mod device;
 pub mod diffusion;
 pub mod flow;
