@@ -13,7 +13,10 @@ pub fn circular_pad(x: Tensor<5>, dim: usize, p: usize) -> Tensor<5> {
         return x;
     }
     let n = x.dims()[dim];
-    assert!(p <= n, "circular padding {p} exceeds the size {n} of dimension {dim}");
+    assert!(
+        p <= n,
+        "circular padding {p} exceeds the size {n} of dimension {dim}"
+    );
     let lo = x.clone().narrow(dim, n - p, p);
     let hi = x.clone().narrow(dim, 0, p);
     Tensor::cat(vec![lo, x, hi], dim)
@@ -30,12 +33,22 @@ pub struct CylindricalConv3d {
 
 impl CylindricalConv3d {
     /// `kernel`, `stride` and `padding` are (z, α, r); α is padded circularly.
-    pub fn new(c_in: usize, c_out: usize, kernel: [usize; 3], stride: [usize; 3], padding: [usize; 3], device: &Device) -> Self {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        kernel: [usize; 3],
+        stride: [usize; 3],
+        padding: [usize; 3],
+        device: &Device,
+    ) -> Self {
         let conv = Conv3dConfig::new([c_in, c_out], kernel)
             .with_stride(stride)
             .with_padding(PaddingConfig3d::Explicit(padding[0], 0, padding[2]))
             .init(device);
-        CylindricalConv3d { conv, pad_alpha: padding[1] }
+        CylindricalConv3d {
+            conv,
+            pad_alpha: padding[1],
+        }
     }
 
     /// [B, C_in, Z, A, R] → [B, C_out, Z', A', R'].
@@ -58,7 +71,15 @@ mod tests {
 
     /// out[b,o,z,a,r] by explicit loops with circular α and zero z/r padding, stride 1.
     #[allow(clippy::too_many_arguments)]
-    fn naive(x: &[f32], w: &[f32], bias: &[f32], s: [usize; 5], co: usize, k: [usize; 3], p: [usize; 3]) -> Vec<f32> {
+    fn naive(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        s: [usize; 5],
+        co: usize,
+        k: [usize; 3],
+        p: [usize; 3],
+    ) -> Vec<f32> {
         let [nb, ci, nz, na, nr] = s;
         let oz = nz + 2 * p[0] - k[0] + 1;
         let oa = na + 2 * p[1] - k[1] + 1;
@@ -76,12 +97,22 @@ mod tests {
                                         for dr in 0..k[2] {
                                             let zz = z as isize + dz as isize - p[0] as isize;
                                             let rr = r as isize + dr as isize - p[2] as isize;
-                                            if zz < 0 || zz >= nz as isize || rr < 0 || rr >= nr as isize {
+                                            if zz < 0
+                                                || zz >= nz as isize
+                                                || rr < 0
+                                                || rr >= nr as isize
+                                            {
                                                 continue;
                                             }
-                                            let aa = (a as isize + da as isize - p[1] as isize).rem_euclid(na as isize) as usize;
-                                            let xi = (((b * ci + c) * nz + zz as usize) * na + aa) * nr + rr as usize;
-                                            let wi = (((o * ci + c) * k[0] + dz) * k[1] + da) * k[2] + dr;
+                                            let aa = (a as isize + da as isize - p[1] as isize)
+                                                .rem_euclid(na as isize)
+                                                as usize;
+                                            let xi = (((b * ci + c) * nz + zz as usize) * na + aa)
+                                                * nr
+                                                + rr as usize;
+                                            let wi = (((o * ci + c) * k[0] + dz) * k[1] + da)
+                                                * k[2]
+                                                + dr;
                                             acc += x[xi] as f64 * w[wi] as f64;
                                         }
                                     }
@@ -96,10 +127,24 @@ mod tests {
         out
     }
 
-    fn conv_with(w: Vec<f32>, bias: Vec<f32>, ci: usize, co: usize, k: [usize; 3], p: [usize; 3], dev: &Device) -> CylindricalConv3d {
+    fn conv_with(
+        w: Vec<f32>,
+        bias: Vec<f32>,
+        ci: usize,
+        co: usize,
+        k: [usize; 3],
+        p: [usize; 3],
+        dev: &Device,
+    ) -> CylindricalConv3d {
         let mut c = CylindricalConv3d::new(ci, co, k, [1, 1, 1], p, dev);
-        c.conv.weight = Param::from_tensor(Tensor::<5>::from_data(TensorData::new(w, [co, ci, k[0], k[1], k[2]]), dev));
-        c.conv.bias = Some(Param::from_tensor(Tensor::<1>::from_data(TensorData::new(bias, [co]), dev)));
+        c.conv.weight = Param::from_tensor(Tensor::<5>::from_data(
+            TensorData::new(w, [co, ci, k[0], k[1], k[2]]),
+            dev,
+        ));
+        c.conv.bias = Some(Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(bias, [co]),
+            dev,
+        )));
         c
     }
 
@@ -110,7 +155,14 @@ mod tests {
         let mut x = vec![0.0f32; nz * na * nr];
         x[(na - 1) * nr + 2] = 1.0; // z = 0, α = n − 1, r = 2
         let c = conv_with(vec![1.0; 27], vec![0.0], 1, 1, [3, 3, 3], [1, 1, 1], &dev);
-        let y: Vec<f32> = c.forward(Tensor::<5>::from_data(TensorData::new(x, [1, 1, nz, na, nr]), &dev)).into_data().iter::<f32>().collect();
+        let y: Vec<f32> = c
+            .forward(Tensor::<5>::from_data(
+                TensorData::new(x, [1, 1, nz, na, nr]),
+                &dev,
+            ))
+            .into_data()
+            .iter::<f32>()
+            .collect();
         assert_eq!(y.len(), nz * na * nr);
         assert_eq!(y[2], 1.0, "α = 0 sees α = n − 1");
         assert_eq!(y[(na - 2) * nr + 2], 1.0);
@@ -139,13 +191,23 @@ mod tests {
         let mt = Tensor::<5>::from_data(TensorData::new(m.clone(), y.dims()), &dev);
         let grads = (y * mt).sum().backward();
         let gx: Vec<f32> = xt.grad(&grads).unwrap().into_data().iter::<f32>().collect();
-        let f = |xv: &[f32]| naive(xv, &w, &bias, s, co, k, p).iter().zip(&m).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+        let f = |xv: &[f32]| {
+            naive(xv, &w, &bias, s, co, k, p)
+                .iter()
+                .zip(&m)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum::<f64>()
+        };
         for i in (0..nx).step_by(7) {
             let (mut xp, mut xm) = (x.clone(), x.clone());
             xp[i] += 1e-2;
             xm[i] -= 1e-2;
             let num = (f(&xp) - f(&xm)) / 2e-2;
-            assert!((num - gx[i] as f64).abs() < 1e-3, "x[{i}]: numeric {num} vs autodiff {}", gx[i]);
+            assert!(
+                (num - gx[i] as f64).abs() < 1e-3,
+                "x[{i}]: numeric {num} vs autodiff {}",
+                gx[i]
+            );
         }
     }
 }

@@ -37,7 +37,11 @@ pub enum ScheduleKind {
 impl ScheduleKind {
     /// CaloDiffusion's cosine schedule.
     pub fn cosine() -> Self {
-        ScheduleKind::Cosine { s: 0.008, min_beta: 1e-4, max_beta: 0.9999 }
+        ScheduleKind::Cosine {
+            s: 0.008,
+            min_beta: 1e-4,
+            max_beta: 0.9999,
+        }
     }
 }
 
@@ -57,15 +61,32 @@ impl NoiseSchedule {
     pub fn new(kind: ScheduleKind, steps: usize) -> Self {
         assert!(steps > 0, "a schedule needs at least one step");
         let betas: Vec<f64> = match kind {
-            ScheduleKind::Cosine { s, min_beta, max_beta } => {
-                let f = |t: f64| (((t / steps as f64) + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
-                (0..steps).map(|t| (1.0 - f(t as f64 + 1.0) / f(t as f64)).clamp(min_beta, max_beta)).collect()
+            ScheduleKind::Cosine {
+                s,
+                min_beta,
+                max_beta,
+            } => {
+                let f = |t: f64| {
+                    (((t / steps as f64) + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2)
+                        .cos()
+                        .powi(2)
+                };
+                (0..steps)
+                    .map(|t| (1.0 - f(t as f64 + 1.0) / f(t as f64)).clamp(min_beta, max_beta))
+                    .collect()
             }
-            ScheduleKind::Linear { beta_start, beta_end } => {
+            ScheduleKind::Linear {
+                beta_start,
+                beta_end,
+            } => {
                 if steps == 1 {
                     vec![beta_start]
                 } else {
-                    (0..steps).map(|t| beta_start + (beta_end - beta_start) * t as f64 / (steps - 1) as f64).collect()
+                    (0..steps)
+                        .map(|t| {
+                            beta_start + (beta_end - beta_start) * t as f64 / (steps - 1) as f64
+                        })
+                        .collect()
                 }
             }
         };
@@ -76,7 +97,11 @@ impl NoiseSchedule {
             acc *= a;
             alpha_bar.push(acc);
         }
-        NoiseSchedule { betas, alphas, alpha_bar }
+        NoiseSchedule {
+            betas,
+            alphas,
+            alpha_bar,
+        }
     }
 
     /// Number of steps T.
@@ -97,7 +122,10 @@ impl NoiseSchedule {
     /// x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε.
     pub fn q_sample(&self, x0: &[f32], eps: &[f32], t: usize) -> Vec<f32> {
         let (a, b) = (self.alpha_bar[t].sqrt(), (1.0 - self.alpha_bar[t]).sqrt());
-        x0.iter().zip(eps).map(|(&x, &e)| (a * x as f64 + b * e as f64) as f32).collect()
+        x0.iter()
+            .zip(eps)
+            .map(|(&x, &e)| (a * x as f64 + b * e as f64) as f32)
+            .collect()
     }
 
     /// Posterior variance β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) (0 at t = 0).
@@ -121,7 +149,13 @@ fn normals(rngs: &mut [ChaCha8Rng], d: usize, out: &mut [f32]) {
 /// Ancestral DDPM sampling of `rngs.len()` samples of dimension `d`: x_T ~ N(0, 1), then for
 /// t = T − 1 − skip down to 0: x ← (x − β_t ε̂/√(1 − ᾱ_t))/√α_t + √β̃_t z (no noise at t = 0).
 /// `skip` drops the noisiest steps (CaloDiffusion: 2).
-pub fn ddpm_sample(sched: &NoiseSchedule, d: usize, skip: usize, rngs: &mut [ChaCha8Rng], eps: &mut dyn FnMut(&[f32], usize) -> Vec<f32>) -> Vec<f32> {
+pub fn ddpm_sample(
+    sched: &NoiseSchedule,
+    d: usize,
+    skip: usize,
+    rngs: &mut [ChaCha8Rng],
+    eps: &mut dyn FnMut(&[f32], usize) -> Vec<f32>,
+) -> Vec<f32> {
     let n = rngs.len();
     let mut x = vec![0.0f32; n * d];
     normals(rngs, d, &mut x);
@@ -145,18 +179,37 @@ pub fn ddpm_sample(sched: &NoiseSchedule, d: usize, skip: usize, rngs: &mut [Cha
 
 /// Deterministic DDIM sampling (η = 0) with `steps` network calls on timesteps evenly spaced
 /// over [0, T − 1 − skip]: x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'}) ε̂, x̂_0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t.
-pub fn ddim_sample(sched: &NoiseSchedule, d: usize, steps: usize, skip: usize, rngs: &mut [ChaCha8Rng], eps: &mut dyn FnMut(&[f32], usize) -> Vec<f32>) -> Vec<f32> {
+pub fn ddim_sample(
+    sched: &NoiseSchedule,
+    d: usize,
+    steps: usize,
+    skip: usize,
+    rngs: &mut [ChaCha8Rng],
+    eps: &mut dyn FnMut(&[f32], usize) -> Vec<f32>,
+) -> Vec<f32> {
     let n = rngs.len();
     let mut x = vec![0.0f32; n * d];
     normals(rngs, d, &mut x);
     let top = sched.len().saturating_sub(skip + 1);
     let k = steps.clamp(1, top + 1);
-    let mut ts: Vec<usize> = (0..k).map(|i| if k == 1 { top } else { (top as f64 * i as f64 / (k - 1) as f64).round() as usize }).collect();
+    let mut ts: Vec<usize> = (0..k)
+        .map(|i| {
+            if k == 1 {
+                top
+            } else {
+                (top as f64 * i as f64 / (k - 1) as f64).round() as usize
+            }
+        })
+        .collect();
     ts.dedup();
     for (j, &t) in ts.iter().enumerate().rev() {
         let e = eps(&x, t);
         let ab = sched.alpha_bar[t];
-        let ab_next = if j == 0 { 1.0 } else { sched.alpha_bar[ts[j - 1]] };
+        let ab_next = if j == 0 {
+            1.0
+        } else {
+            sched.alpha_bar[ts[j - 1]]
+        };
         for i in 0..n * d {
             let x0 = (x[i] as f64 - (1.0 - ab).sqrt() * e[i] as f64) / ab.sqrt();
             x[i] = (ab_next.sqrt() * x0 + (1.0 - ab_next).sqrt() * e[i] as f64) as f32;
@@ -183,15 +236,28 @@ mod tests {
     #[test]
     fn cosine_schedule_matches_closed_form() {
         let s = NoiseSchedule::new(ScheduleKind::cosine(), 400);
-        let f = |t: f64| ((t / 400.0 + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+        let f = |t: f64| {
+            ((t / 400.0 + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                .cos()
+                .powi(2)
+        };
         // Unclipped steps: ᾱ_t = f(t + 1)/f(0).
         for t in [0usize, 10, 100, 200, 300] {
-            assert!((s.alpha_bar[t] - f(t as f64 + 1.0) / f(0.0)).abs() < 1e-9, "t = {t}");
+            assert!(
+                (s.alpha_bar[t] - f(t as f64 + 1.0) / f(0.0)).abs() < 1e-9,
+                "t = {t}"
+            );
         }
         assert!(s.betas.iter().all(|&b| (1e-4..=0.9999).contains(&b)));
         assert_eq!(s.betas[399], 0.9999, "last beta is clipped");
         assert!(s.alpha_bar.windows(2).all(|w| w[1] < w[0]));
-        let l = NoiseSchedule::new(ScheduleKind::Linear { beta_start: 1e-4, beta_end: 0.02 }, 5);
+        let l = NoiseSchedule::new(
+            ScheduleKind::Linear {
+                beta_start: 1e-4,
+                beta_end: 0.02,
+            },
+            5,
+        );
         assert!((l.betas[2] - (1e-4 + 0.02) / 2.0).abs() < 1e-15);
         assert!((l.alpha_bar[1] - (1.0 - 1e-4) * (1.0 - l.betas[1])).abs() < 1e-15);
     }
@@ -208,23 +274,38 @@ mod tests {
             let xt = s.q_sample(&x0, &eps, t);
             let m = xt.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
             let v = xt.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n as f64;
-            assert!((m - 2.0 * s.alpha_bar[t].sqrt()).abs() < 0.01, "t {t}: mean {m}");
+            assert!(
+                (m - 2.0 * s.alpha_bar[t].sqrt()).abs() < 0.01,
+                "t {t}: mean {m}"
+            );
             assert!((v - (1.0 - s.alpha_bar[t])).abs() < 0.01, "t {t}: var {v}");
         }
     }
 
     /// Exact ε for data N(mu, sd²): E[ε | x_t] = √(1−ᾱ)(x_t − √ᾱ μ)/(ᾱ sd² + 1 − ᾱ).
-    fn exact_eps(s: &NoiseSchedule, mu: f64, sd: f64) -> impl FnMut(&[f32], usize) -> Vec<f32> + '_ {
+    fn exact_eps(
+        s: &NoiseSchedule,
+        mu: f64,
+        sd: f64,
+    ) -> impl FnMut(&[f32], usize) -> Vec<f32> + '_ {
         move |x: &[f32], t: usize| {
             let ab = s.alpha_bar[t];
-            x.iter().map(|&v| ((1.0 - ab).sqrt() * (v as f64 - ab.sqrt() * mu) / (ab * sd * sd + 1.0 - ab)) as f32).collect()
+            x.iter()
+                .map(|&v| {
+                    ((1.0 - ab).sqrt() * (v as f64 - ab.sqrt() * mu) / (ab * sd * sd + 1.0 - ab))
+                        as f32
+                })
+                .collect()
         }
     }
 
     fn moments(x: &[f32]) -> (f64, f64) {
         let n = x.len() as f64;
         let m = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-        (m, (x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n).sqrt())
+        (
+            m,
+            (x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n).sqrt(),
+        )
     }
 
     #[test]
@@ -234,15 +315,24 @@ mod tests {
         let n = 20_000;
         let x = ddpm_sample(&s, 1, 0, &mut rngs(n, 1), &mut exact_eps(&s, mu, sd));
         let (m, v) = moments(&x);
-        assert!((m - mu).abs() < 0.02 && (v - sd).abs() < 0.02, "DDPM: {m} {v}");
+        assert!(
+            (m - mu).abs() < 0.02 && (v - sd).abs() < 0.02,
+            "DDPM: {m} {v}"
+        );
         // Skipping the two noisiest steps (CaloDiffusion) changes nothing visible.
         let x = ddpm_sample(&s, 1, 2, &mut rngs(n, 2), &mut exact_eps(&s, mu, sd));
         let (m, v) = moments(&x);
-        assert!((m - mu).abs() < 0.02 && (v - sd).abs() < 0.02, "DDPM skip 2: {m} {v}");
+        assert!(
+            (m - mu).abs() < 0.02 && (v - sd).abs() < 0.02,
+            "DDPM skip 2: {m} {v}"
+        );
         // DDIM with 50 deterministic steps.
         let x = ddim_sample(&s, 1, 50, 0, &mut rngs(n, 3), &mut exact_eps(&s, mu, sd));
         let (m, v) = moments(&x);
-        assert!((m - mu).abs() < 0.02 && (v - sd).abs() < 0.03, "DDIM: {m} {v}");
+        assert!(
+            (m - mu).abs() < 0.02 && (v - sd).abs() < 0.03,
+            "DDIM: {m} {v}"
+        );
         // The same streams give the same samples whatever the batch split.
         let a = ddpm_sample(&s, 1, 2, &mut rngs(4, 9), &mut exact_eps(&s, mu, sd));
         let b = ddpm_sample(&s, 1, 2, &mut rngs(2, 9), &mut exact_eps(&s, mu, sd));

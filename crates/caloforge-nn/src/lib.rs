@@ -14,5 +14,6 @@ pub mod diffusion;
 pub mod flow;
 pub mod mlp;
 pub mod schedule;
+pub mod unet;
 
 pub use burn;
