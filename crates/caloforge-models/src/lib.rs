@@ -2,12 +2,15 @@
 //!
 //! - [`icaloflow`]: iCaloFlow (Buckley, Krause, Pang, Shih, Phys. Rev. D 109, 033006): inductive
 //!   normalizing flows for datasets 2 and 3, MAF teachers and IAF students.
+//! - [`calodiffusion`]: CaloDiffusion (Amram & Pedro): data transforms so far (the diffusion
+//!   engine and U-Net are in `caloforge_nn::{diffusion, unet}`).
 //!
 //! Every model implements [`ShowerModel`]; a trained model is a directory with safetensors
 //! weights, the TOML configuration (`config.toml`) and a model card (`model_card.json`). Presets
 //! (the papers' settings and small ones for tests and the demo) are TOML files embedded from
 //! `presets/`, named after the paper.
 
+pub mod calodiffusion;
 pub mod icaloflow;
 
 use caloforge_core::DatasetKind;
