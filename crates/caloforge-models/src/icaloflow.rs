@@ -31,7 +31,7 @@ use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
 use caloforge_nn::flow::fast::FastFlow;
 use caloforge_nn::flow::train::{
-    distill, load_flow, save_flow, train_maf, BatchSource, DistillLoss, FlowData, TrainReport,
+    distill, load_flow, save_flow, train_maf, BatchSource, DistillLoss, FlowData, Run, TrainReport,
     TrainSettings,
 };
 use caloforge_nn::flow::{Flow, FlowConfig, FlowKind};
@@ -72,6 +72,23 @@ pub struct Stage {
     /// Distillation terms (students).
     #[serde(default)]
     pub distill: Option<DistillLoss>,
+}
+
+impl Stage {
+    /// The flow architecture of this stage for `d` features and `c` context inputs.
+    fn flow_config(&self, d: usize, c: usize, kind: FlowKind, permutation_seed: u64) -> FlowConfig {
+        FlowConfig {
+            features: d,
+            context: c,
+            hidden: self.hidden,
+            n_hidden: self.n_hidden,
+            blocks: self.blocks,
+            bins: self.bins,
+            tail_bound: self.tail_bound,
+            kind,
+            permutation_seed,
+        }
+    }
 }
 
 /// The model configuration (what a preset holds).
@@ -514,17 +531,7 @@ impl ICaloFlow {
             } else {
                 FlowKind::Maf
             };
-            let fc = FlowConfig {
-                features: d,
-                context: c,
-                hidden: st.hidden,
-                n_hidden: st.n_hidden,
-                blocks: st.blocks,
-                bins: st.bins,
-                tail_bound: st.tail_bound,
-                kind,
-                permutation_seed: seed + k as u64,
-            };
+            let fc = st.flow_config(d, c, kind, seed + k as u64);
             fc.validate().map_err(ModelError::Config)?;
             flows.push(Flow::new(fc, &device));
         }
@@ -715,6 +722,14 @@ impl ShowerModel for ICaloFlow {
                 _ => None,
             };
             let start_step = resumed.as_ref().map_or(0, |r| r.1);
+            let run = Run {
+                train: &src,
+                val: &val,
+                settings: &settings,
+                start_step,
+                seed,
+                budget,
+            };
             let steps = (src.len().div_ceil(settings.batch_size) * settings.epochs) as u64;
             let mut bar = |p: caloforge_nn::flow::train::Progress| {
                 if p.step == 0 || p.val_loss.is_some() || p.step % 5 == 0 {
@@ -728,26 +743,14 @@ impl ShowerModel for ICaloFlow {
             };
             let out = match &teacher {
                 None => {
-                    let fc = FlowConfig {
-                        features: d,
-                        context: c,
-                        hidden: st.hidden,
-                        n_hidden: st.n_hidden,
-                        blocks: st.blocks,
-                        bins: st.bins,
-                        tail_bound: st.tail_bound,
-                        kind: FlowKind::Maf,
-                        permutation_seed: seed,
-                    };
+                    let fc = st.flow_config(d, c, FlowKind::Maf, seed);
                     fc.validate().map_err(ModelError::Config)?;
                     progress.start(&name, &format!("train {name}"), steps);
                     let flow = match resumed {
                         Some((f, _)) => f,
                         None => Flow::new(fc, &device),
                     };
-                    train_maf(
-                        flow, &src, &val, &settings, start_step, seed, budget, &mut bar,
-                    )
+                    train_maf(flow, run, &mut bar)
                 }
                 Some(t) => {
                     let tf = &t.flows[k - 1];
@@ -763,9 +766,7 @@ impl ShowerModel for ICaloFlow {
                         Some((f, _)) => f,
                         None => Flow::new(fc, &device),
                     };
-                    distill(
-                        flow, tf, terms, &src, &val, &settings, start_step, seed, budget, &mut bar,
-                    )
+                    distill(flow, tf, terms, run, &mut bar)
                 }
             };
             progress.finish(&name);

@@ -261,23 +261,34 @@ impl Rqs {
             .count()
     }
 
+    /// Bin i's width, height, slope and knot derivatives.
+    fn bin_shape(&self, i: usize) -> (f64, f64, f64, f64, f64) {
+        let (w, h) = (self.cw[i + 1] - self.cw[i], self.ch[i + 1] - self.ch[i]);
+        (w, h, h / w, self.d[i], self.d[i + 1])
+    }
+
+    /// log|dy/dx| at relative position θ of a bin with slope δ and knot derivatives d0, d1.
+    fn log_derivative(delta: f64, d0: f64, d1: f64, theta: f64) -> f64 {
+        let tom = theta * (1.0 - theta);
+        let den = delta + (d0 + d1 - 2.0 * delta) * tom;
+        let dnum = delta
+            * delta
+            * (d1 * theta * theta + 2.0 * delta * tom + d0 * (1.0 - theta) * (1.0 - theta));
+        dnum.ln() - 2.0 * den.ln()
+    }
+
     /// y = s(x) and log|dy/dx|.
     pub fn forward(&self, x: f64) -> (f64, f64) {
         if !(x >= -self.bound && x <= self.bound) {
             return (x, 0.0);
         }
         let i = Self::bin(&self.cw, x);
-        let (w, h) = (self.cw[i + 1] - self.cw[i], self.ch[i + 1] - self.ch[i]);
-        let delta = h / w;
-        let (d0, d1) = (self.d[i], self.d[i + 1]);
+        let (w, h, delta, d0, d1) = self.bin_shape(i);
         let theta = (x - self.cw[i]) / w;
         let tom = theta * (1.0 - theta);
         let den = delta + (d0 + d1 - 2.0 * delta) * tom;
         let y = self.ch[i] + h * (delta * theta * theta + d0 * tom) / den;
-        let dnum = delta
-            * delta
-            * (d1 * theta * theta + 2.0 * delta * tom + d0 * (1.0 - theta) * (1.0 - theta));
-        (y, dnum.ln() - 2.0 * den.ln())
+        (y, Self::log_derivative(delta, d0, d1, theta))
     }
 
     /// x = s⁻¹(y) and log|dy/dx| at x.
@@ -286,9 +297,7 @@ impl Rqs {
             return (y, 0.0);
         }
         let i = Self::bin(&self.ch, y);
-        let (w, h) = (self.cw[i + 1] - self.cw[i], self.ch[i + 1] - self.ch[i]);
-        let delta = h / w;
-        let (d0, d1) = (self.d[i], self.d[i + 1]);
+        let (w, h, delta, d0, d1) = self.bin_shape(i);
         let sum_d = d0 + d1 - 2.0 * delta;
         let dy = y - self.ch[i];
         let a = h * (delta - d0) + dy * sum_d;
@@ -296,13 +305,10 @@ impl Rqs {
         let c = -delta * dy;
         let disc = (b * b - 4.0 * a * c).max(0.0);
         let root = 2.0 * c / (-b - disc.sqrt());
-        let x = root * w + self.cw[i];
-        let tom = root * (1.0 - root);
-        let den = delta + sum_d * tom;
-        let dnum = delta
-            * delta
-            * (d1 * root * root + 2.0 * delta * tom + d0 * (1.0 - root) * (1.0 - root));
-        (x, dnum.ln() - 2.0 * den.ln())
+        (
+            root * w + self.cw[i],
+            Self::log_derivative(delta, d0, d1, root),
+        )
     }
 }
 

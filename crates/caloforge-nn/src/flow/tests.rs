@@ -228,12 +228,14 @@ mod training {
         let (train, val) = (banana(8192, 1), banana(4096, 2));
         let (flow, report) = train_maf(
             Flow::new(small(FlowKind::Maf), &dev),
-            &train,
-            &val,
-            &settings(40, 32, 1e-2),
-            0,
-            3,
-            None,
+            Run {
+                train: &train,
+                val: &val,
+                settings: &settings(40, 32, 1e-2),
+                start_step: 0,
+                seed: 3,
+                budget: None,
+            },
             &mut |_| {},
         );
         assert!(report.best_val_loss.is_finite());
@@ -269,12 +271,14 @@ mod training {
         let val = banana(2048, 3);
         let (_, rep) = train_maf(
             loaded,
-            &banana(1024, 4),
-            &val,
-            &settings(1, 4, 1e-4),
-            1280,
-            3,
-            None,
+            Run {
+                train: &banana(1024, 4),
+                val: &val,
+                settings: &settings(1, 4, 1e-4),
+                start_step: 1280,
+                seed: 3,
+                budget: None,
+            },
             &mut |_| {},
         );
         assert!(
@@ -300,12 +304,14 @@ mod training {
             Flow::new(scfg, &dev),
             &teacher,
             terms,
-            &train,
-            &val,
-            &settings(30, 32, 5e-3),
-            0,
-            4,
-            None,
+            Run {
+                train: &train,
+                val: &val,
+                settings: &settings(30, 32, 5e-3),
+                start_step: 0,
+                seed: 4,
+                budget: None,
+            },
             &mut |_| {},
         );
         assert!(

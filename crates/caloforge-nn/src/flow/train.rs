@@ -285,18 +285,34 @@ pub fn mean_nll(flow: &FastFlow, data: &FlowData) -> f64 {
     -lp.iter().sum::<f64>() / lp.len() as f64
 }
 
+/// What to train on and how: data, validation set, settings, the step to start from (a
+/// resumed run continues its schedule), the seed and an optional wall-clock budget.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    /// Training mini-batches.
+    pub train: &'a dyn BatchSource,
+    /// Validation samples (fixed).
+    pub val: &'a FlowData,
+    /// Optimisation settings.
+    pub settings: &'a TrainSettings,
+    /// Optimizer steps already done.
+    pub start_step: usize,
+    /// Seed of shuffling and noise.
+    pub seed: u64,
+    /// Wall-clock budget.
+    pub budget: Option<std::time::Duration>,
+}
+
 /// Maximum-likelihood training of a MAF. Returns the flow with the best validation NLL.
-#[allow(clippy::too_many_arguments)]
-pub fn train_maf(
-    flow: Flow,
-    train: &dyn BatchSource,
-    val: &FlowData,
-    s: &TrainSettings,
-    start_step: usize,
-    seed: u64,
-    budget: Option<std::time::Duration>,
-    progress: &mut dyn FnMut(Progress),
-) -> (Flow, TrainReport) {
+pub fn train_maf(flow: Flow, run: Run, progress: &mut dyn FnMut(Progress)) -> (Flow, TrainReport) {
+    let Run {
+        train,
+        val,
+        settings: s,
+        start_step,
+        seed,
+        budget,
+    } = run;
     assert_eq!(flow.cfg.kind, FlowKind::Maf);
     let device = flow.device();
     let mut loss = |f: &Flow, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| {
@@ -341,19 +357,21 @@ fn mse3(a: Tensor<3>, b: Tensor<3>) -> Tensor<1> {
 /// Trains the IAF `student` to reproduce the frozen MAF `teacher` (same features, context,
 /// blocks and permutations). Validation loss: mean squared error of the student's x for the
 /// teacher's z of the validation data (the x-pass, fast engines).
-#[allow(clippy::too_many_arguments)]
 pub fn distill(
     student: Flow,
     teacher: &Flow,
     terms: DistillLoss,
-    train: &dyn BatchSource,
-    val: &FlowData,
-    s: &TrainSettings,
-    start_step: usize,
-    seed: u64,
-    budget: Option<std::time::Duration>,
+    run: Run,
     progress: &mut dyn FnMut(Progress),
 ) -> (Flow, TrainReport) {
+    let Run {
+        train,
+        val,
+        settings: s,
+        start_step,
+        seed,
+        budget,
+    } = run;
     assert_eq!(student.cfg.kind, FlowKind::Iaf);
     assert_eq!(teacher.cfg.kind, FlowKind::Maf);
     assert_eq!(
