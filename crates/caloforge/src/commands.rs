@@ -280,9 +280,16 @@ pub struct DemoArgs {
     /// Output directory.
     #[arg(long, default_value = "demo-out")]
     out: PathBuf,
-    /// Showers per sample.
+    /// Showers in the reference and generated samples.
     #[arg(long, default_value_t = 2000)]
     n: usize,
+    /// Training showers for the model.
+    #[arg(long, default_value_t = 10000)]
+    n_train: usize,
+    /// Training budget of the iCaloFlow model in minutes (0: no model; the "generated" sample is
+    /// then the simulator with its stock GFlash parameters).
+    #[arg(long, default_value_t = 4.0)]
+    train_minutes: f64,
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -291,19 +298,21 @@ pub struct DemoArgs {
     cls_epochs: usize,
 }
 
-/// `caloforge demo`: simulate a reference (Geant4-tuned) and a "generated" sample (stock GFlash
-/// parameters) with the same energies, then run the whole evaluation.
+/// `caloforge demo`: simulate training and reference showers (dataset 2, Geant4-tuned
+/// simulator), train a small iCaloFlow for a few minutes, generate showers with the reference's
+/// energies, and run the whole evaluation of generated against reference.
 pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
-    if a.n < 10 {
-        bail!("--n must be >= 10 for the demo");
+    use caloforge_models::ShowerModel;
+    if a.n < 10 || a.n_train < 10 {
+        bail!("--n and --n-train must be >= 10 for the demo");
+    }
+    if !(a.train_minutes >= 0.0 && a.train_minutes.is_finite()) {
+        bail!("--train-minutes must be >= 0");
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let train = a.out.join("train_ds2.h5");
     let reference = a.out.join("reference_ds2.h5");
     let generated = a.out.join("generated_ds2.h5");
-    eprintln!(
-        "[1/3] simulating {} reference showers (dataset 2, Geant4-tuned parameters)",
-        a.n
-    );
     let base = SimulateArgs {
         dataset: "2".into(),
         n: Some(a.n),
@@ -317,23 +326,67 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
         tune: "geant4".into(),
         params: None,
     };
-    simulate(base.clone(), quiet)?;
     eprintln!(
-        "[2/3] simulating {} 'generated' showers (stock GFlash parameters, same energies)",
+        "[1/4] simulating {} reference showers (dataset 2, Geant4-tuned simulator)",
         a.n
     );
-    simulate(
-        SimulateArgs {
-            n: None,
-            seed: a.seed + 1,
-            out: generated.clone(),
-            energies_from: Some(reference.clone()),
-            tune: "stock".into(),
-            ..base
-        },
-        quiet,
-    )?;
-    eprintln!("[3/3] evaluating (histograms, average showers, classifier, FPD/KPD)");
+    simulate(base.clone(), quiet)?;
+    if a.train_minutes > 0.0 {
+        eprintln!("[2/4] simulating {} training showers", a.n_train);
+        simulate(
+            SimulateArgs {
+                n: Some(a.n_train),
+                seed: a.seed + 1,
+                out: train.clone(),
+                ..base.clone()
+            },
+            quiet,
+        )?;
+        eprintln!(
+            "[3/4] training iCaloFlow (preset icaloflow-small) for at most {} minutes",
+            a.train_minutes
+        );
+        let model_dir = a.out.join("icaloflow");
+        let opts = caloforge_models::TrainOptions {
+            data: train,
+            out: model_dir.clone(),
+            seed: a.seed,
+            max_minutes: Some(a.train_minutes),
+            quiet,
+            ..Default::default()
+        };
+        let bars = crate::models::Bars::new(quiet);
+        let model = caloforge_models::icaloflow::ICaloFlow::train(
+            &caloforge_models::preset_text("icaloflow-small")?,
+            &opts,
+            &bars,
+        )?;
+        let energies = caloforge_core::ShowerFile::open(&reference, Some(6480))?.energies;
+        let t0 = std::time::Instant::now();
+        let showers = model.sample(&energies, a.seed + 2, 1000, &bars)?;
+        eprintln!(
+            "      generated {} showers in {:.2} s",
+            energies.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        let mut w = caloforge_core::io::ShowerWriter::create(&generated, 6480, energies.len())?;
+        w.append(&energies, &showers)?;
+        w.finish()?;
+    } else {
+        eprintln!("[2-3/4] no model (--train-minutes 0): 'generated' = the simulator with stock GFlash parameters");
+        simulate(
+            SimulateArgs {
+                n: None,
+                seed: a.seed + 1,
+                out: generated.clone(),
+                energies_from: Some(reference.clone()),
+                tune: "stock".into(),
+                ..base
+            },
+            quiet,
+        )?;
+    }
+    eprintln!("[4/4] evaluating generated vs reference (histograms, average showers, classifier, FPD/KPD)");
     let eval_dir = a.out.join("evaluation");
     let mut cfg = EvalConfig::new(
         DatasetKind::Ds2,
