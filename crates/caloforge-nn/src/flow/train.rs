@@ -158,18 +158,21 @@ pub struct Progress {
 /// Loss of a mini-batch for a model being trained.
 type BatchLoss<'a> = dyn FnMut(&Flow, &[usize], &mut rand_chacha::ChaCha8Rng) -> Tensor<1> + 'a;
 
-#[allow(clippy::too_many_arguments)]
 fn fit(
     mut flow: Flow,
-    n_train: usize,
-    s: &TrainSettings,
-    start_step: usize,
-    seed: u64,
-    budget: Option<std::time::Duration>,
+    run: Run,
     loss_fn: &mut BatchLoss,
     val_fn: &mut dyn FnMut(&Flow) -> f64,
     progress: &mut dyn FnMut(Progress),
 ) -> (Flow, TrainReport) {
+    let Run {
+        settings: s,
+        start_step,
+        seed,
+        budget,
+        ..
+    } = run;
+    let n_train = run.train.len();
     let t0 = Instant::now();
     let bs = s.batch_size.clamp(1, n_train.max(1));
     let steps_per_epoch = n_train.div_ceil(bs);
@@ -305,14 +308,7 @@ pub struct Run<'a> {
 
 /// Maximum-likelihood training of a MAF. Returns the flow with the best validation NLL.
 pub fn train_maf(flow: Flow, run: Run, progress: &mut dyn FnMut(Progress)) -> (Flow, TrainReport) {
-    let Run {
-        train,
-        val,
-        settings: s,
-        start_step,
-        seed,
-        budget,
-    } = run;
+    let (train, val) = (run.train, run.val);
     assert_eq!(flow.cfg.kind, FlowKind::Maf);
     let device = flow.device();
     let mut loss = |f: &Flow, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| {
@@ -320,17 +316,7 @@ pub fn train_maf(flow: Flow, run: Run, progress: &mut dyn FnMut(Progress)) -> (F
         f.log_prob(x, c).mean().neg()
     };
     let mut val_fn = |f: &Flow| mean_nll(&FastFlow::from_flow(f), val);
-    fit(
-        flow,
-        train.len(),
-        s,
-        start_step,
-        seed,
-        budget,
-        &mut loss,
-        &mut val_fn,
-        progress,
-    )
+    fit(flow, run, &mut loss, &mut val_fn, progress)
 }
 
 /// Which terms the distillation loss uses (iCaloFlow, after Ian Pang's "fully guided" student).
@@ -364,14 +350,7 @@ pub fn distill(
     run: Run,
     progress: &mut dyn FnMut(Progress),
 ) -> (Flow, TrainReport) {
-    let Run {
-        train,
-        val,
-        settings: s,
-        start_step,
-        seed,
-        budget,
-    } = run;
+    let (train, val) = (run.train, run.val);
     assert_eq!(student.cfg.kind, FlowKind::Iaf);
     assert_eq!(teacher.cfg.kind, FlowKind::Maf);
     assert_eq!(
@@ -438,17 +417,7 @@ pub fn distill(
             .sum::<f64>()
             / xs.len().max(1) as f64
     };
-    fit(
-        student,
-        train.len(),
-        s,
-        start_step,
-        seed,
-        budget,
-        &mut loss,
-        &mut val_fn,
-        progress,
-    )
+    fit(student, run, &mut loss, &mut val_fn, progress)
 }
 
 /// Saves the flow's weights as safetensors (its configuration in the metadata), atomically.
