@@ -12,7 +12,513 @@
 //! - the inverse, with the 15.1 keV cut, and the reference code's optional data-dependent
 //!   "always-empty voxel" mask (voxels empty in every shower of a reference file stay zero).
 //!
-//! The model itself (training, sampling, presets, CLI) is not wired yet.
+//! [`CaloDiffusion`] trains the ε-predicting U-Net (MSE on ε, t uniform, Adam) and samples with
+//! the ancestral DDPM sampler (skipping the noisiest steps) or DDIM. Dataset 2/3 only so far
+//! (GLaM for dataset 1 and the EDM-weighted objective are not written yet).
+
+use crate::{
+    read_showers, unix_time, write_text, ModelError, Progress, Result, ShowerModel, TrainOptions,
+};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{Device, Tensor, TensorData};
+use caloforge_core::DatasetKind;
+use caloforge_nn::burn;
+use caloforge_nn::device::{cpu_autodiff, Precision};
+use caloforge_nn::diffusion::{ddim_sample, ddpm_sample, NoiseSchedule, ScheduleKind};
+use caloforge_nn::unet::{UNet, UNetConfig};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use std::path::Path;
+use std::time::Instant;
+
+/// Which sampler generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampler {
+    /// Ancestral DDPM (the paper's).
+    Ddpm,
+    /// Deterministic DDIM.
+    Ddim,
+}
+
+/// The model configuration (what a preset holds).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CaloDiffusionConfig {
+    /// Always "calodiffusion".
+    pub model: String,
+    /// Dataset (2 or 3).
+    pub dataset: u8,
+    /// Diffusion steps of training (the schedule).
+    pub steps: usize,
+    /// Noise schedule.
+    pub schedule: ScheduleKind,
+    /// U-Net channels: initial width, then one per level.
+    pub layer_sizes: Vec<usize>,
+    /// GroupNorm groups.
+    pub groups: usize,
+    /// Attention after every block.
+    pub block_attention: bool,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Epochs.
+    pub epochs: usize,
+    /// Fraction of showers held out for validation.
+    pub validation_fraction: f64,
+    /// Default sampler.
+    pub sampler: Sampler,
+    /// Default number of sampling steps (DDIM; DDPM uses `steps`).
+    pub sample_steps: usize,
+    /// Noisiest DDPM steps skipped when sampling (the paper: 2).
+    pub skip: usize,
+    /// Data transform.
+    pub transform: Transform,
+}
+
+impl CaloDiffusionConfig {
+    /// Parses and checks a preset.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let c: CaloDiffusionConfig = toml::from_str(text)
+            .map_err(|e| ModelError::Config(format!("CaloDiffusion configuration: {e}")))?;
+        if c.model != "calodiffusion" || !(c.dataset == 2 || c.dataset == 3) {
+            return Err(ModelError::Config(
+                "CaloDiffusion configuration: model must be \"calodiffusion\", dataset 2 or 3"
+                    .into(),
+            ));
+        }
+        if c.steps < 2
+            || c.batch_size == 0
+            || c.layer_sizes.len() < 2
+            || !(c.validation_fraction > 0.0 && c.validation_fraction < 1.0)
+        {
+            return Err(ModelError::Config("CaloDiffusion configuration: need steps >= 2, batch_size > 0, two layer sizes, 0 < validation_fraction < 1".into()));
+        }
+        Ok(c)
+    }
+    fn kind(&self) -> DatasetKind {
+        if self.dataset == 2 {
+            DatasetKind::Ds2
+        } else {
+            DatasetKind::Ds3
+        }
+    }
+    fn shape(&self) -> [usize; 3] {
+        let g = self.kind();
+        let (na, nr) = if g == DatasetKind::Ds2 {
+            (16, 9)
+        } else {
+            (50, 18)
+        };
+        [45, na, nr]
+    }
+    fn unet(&self) -> UNetConfig {
+        UNetConfig {
+            in_channels: 3,
+            layer_sizes: self.layer_sizes.clone(),
+            groups: self.groups,
+            block_attention: self.block_attention,
+            mid_attention: true,
+            shape: self.shape(),
+        }
+    }
+}
+
+/// Training record in the model card.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DiffusionCard {
+    /// "calodiffusion".
+    pub model: String,
+    /// Training file and its SHA-256.
+    pub data_file: String,
+    /// SHA-256 of the training file.
+    pub data_sha256: String,
+    /// Training / validation showers.
+    pub n_train: usize,
+    /// Validation showers.
+    pub n_validation: usize,
+    /// Parameters.
+    pub parameters: usize,
+    /// Epochs run.
+    pub epochs: usize,
+    /// Mean training loss per epoch.
+    pub train_loss: Vec<f64>,
+    /// Validation loss per epoch (fixed t and noise).
+    pub val_loss: Vec<f64>,
+    /// Whether the time budget stopped training.
+    pub stopped_at_budget: bool,
+    /// Seconds.
+    pub seconds: f64,
+    /// Unix time.
+    pub updated_unix: u64,
+}
+
+/// A trained CaloDiffusion.
+pub struct CaloDiffusion {
+    /// Configuration.
+    pub cfg: CaloDiffusionConfig,
+    /// Model card.
+    pub card: DiffusionCard,
+    net: UNet,
+    device: Device,
+}
+
+/// Network input for one batch: channel 0 the (noisy) shower, channels 1-2 the location images.
+fn net_input(x: &[f32], loc: &[f32], n: usize, shape: [usize; 3], device: &Device) -> Tensor<5> {
+    let v = shape.iter().product::<usize>();
+    let mut buf = Vec::with_capacity(n * 3 * v);
+    for b in 0..n {
+        buf.extend_from_slice(&x[b * v..(b + 1) * v]);
+        buf.extend_from_slice(loc);
+    }
+    Tensor::<5>::from_data(
+        TensorData::new(buf, [n, 3, shape[0], shape[1], shape[2]]),
+        device,
+    )
+}
+
+fn column(v: Vec<f32>, device: &Device) -> Tensor<2> {
+    let n = v.len();
+    Tensor::<2>::from_data(TensorData::new(v, [n, 1]), device)
+}
+
+impl CaloDiffusion {
+    #[allow(clippy::too_many_arguments)]
+    fn loss(
+        cfg: &CaloDiffusionConfig,
+        net: &UNet,
+        sched: &NoiseSchedule,
+        x0: &[f32],
+        e: &[f32],
+        t: &[usize],
+        eps: &[f32],
+        loc: &[f32],
+        device: &Device,
+    ) -> Tensor<1> {
+        let v = x0.len() / e.len();
+        let n = e.len();
+        let mut xt = Vec::with_capacity(x0.len());
+        for b in 0..n {
+            xt.extend(sched.q_sample(&x0[b * v..(b + 1) * v], &eps[b * v..(b + 1) * v], t[b]));
+        }
+        let sig: Vec<f32> = t.iter().map(|&ti| sched.sigma(ti) as f32).collect();
+        let pred = net.forward(
+            net_input(&xt, loc, n, cfg.shape(), device),
+            column(sig, device),
+            column(e.to_vec(), device),
+        );
+        let target = Tensor::<5>::from_data(TensorData::new(eps.to_vec(), pred.dims()), device);
+        (pred - target).powf_scalar(2.0).mean()
+    }
+
+    /// Samples with `sampler` and `steps` (DDIM steps; DDPM always runs the schedule).
+    pub fn sample_with(
+        &self,
+        energies: &[f64],
+        seed: u64,
+        batch: usize,
+        sampler: Sampler,
+        steps: usize,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        let net = self.net.valid();
+        let dev = self.device.clone().inner();
+        let sched = NoiseSchedule::new(self.cfg.schedule, self.cfg.steps);
+        let shape = self.cfg.shape();
+        let v: usize = shape.iter().product();
+        let loc = location_channels(shape);
+        let tr = self.cfg.transform;
+        let mut out = Vec::with_capacity(energies.len() * v);
+        progress.start("generate", "generate", energies.len() as u64);
+        for (ci, chunk) in energies.chunks(batch.max(1)).enumerate() {
+            let n = chunk.len();
+            let mut rngs: Vec<ChaCha8Rng> = (0..n)
+                .map(|j| {
+                    let mut r = ChaCha8Rng::seed_from_u64(seed);
+                    r.set_stream((ci * batch.max(1) + j) as u64);
+                    r
+                })
+                .collect();
+            let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
+            let mut eps = |x: &[f32], t: usize| -> Vec<f32> {
+                let sig = vec![sched.sigma(t) as f32; n];
+                net.forward(
+                    net_input(x, &loc, n, shape, &dev),
+                    column(sig, &dev),
+                    column(e.clone(), &dev),
+                )
+                .into_data()
+                .iter::<f32>()
+                .collect()
+            };
+            let x = match sampler {
+                Sampler::Ddpm => ddpm_sample(&sched, v, self.cfg.skip, &mut rngs, &mut eps),
+                Sampler::Ddim => ddim_sample(&sched, v, steps, self.cfg.skip, &mut rngs, &mut eps),
+            };
+            for (b, &ei) in chunk.iter().enumerate() {
+                out.extend(x[b * v..(b + 1) * v].iter().map(|&u| tr.inverse(u, ei)));
+            }
+            progress.set("generate", (ci * batch.max(1) + n) as u64, None);
+        }
+        progress.finish("generate");
+        Ok(out)
+    }
+}
+
+impl CaloDiffusion {
+    /// A model with freshly initialised weights (for timing a preset's architecture).
+    pub fn untrained(cfg: &CaloDiffusionConfig, seed: u64) -> Result<Self> {
+        let device = cpu_autodiff(Precision::F32, seed);
+        let net = UNet::new(&cfg.unet(), &device).map_err(ModelError::Config)?;
+        let card = DiffusionCard {
+            model: "calodiffusion".into(),
+            data_file: String::new(),
+            data_sha256: String::new(),
+            n_train: 0,
+            n_validation: 0,
+            parameters: net.num_params(),
+            epochs: 0,
+            train_loss: vec![],
+            val_loss: vec![],
+            stopped_at_budget: false,
+            seconds: 0.0,
+            updated_unix: unix_time(),
+        };
+        Ok(CaloDiffusion {
+            cfg: cfg.clone(),
+            card,
+            net,
+            device,
+        })
+    }
+}
+
+impl ShowerModel for CaloDiffusion {
+    fn name(&self) -> &'static str {
+        "calodiffusion"
+    }
+    fn dataset(&self) -> DatasetKind {
+        self.cfg.kind()
+    }
+
+    fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
+        let cfg = CaloDiffusionConfig::from_toml(config)?;
+        let t0 = Instant::now();
+        std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
+        let (e_inc, vox) = read_showers(&opts.data, cfg.kind(), opts.max_showers)?;
+        let n = e_inc.len();
+        if n < 2 {
+            return Err(ModelError::file(&opts.data, "need at least 2 showers"));
+        }
+        let v = cfg.kind().n_voxels();
+        let tr = cfg.transform;
+        let x: Vec<f32> = vox
+            .chunks(v)
+            .zip(&e_inc)
+            .flat_map(|(row, &e)| row.iter().map(move |&u| tr.forward(u as f64, e)))
+            .collect();
+        let e: Vec<f32> = e_inc.iter().map(|&x| tr.energy(x)).collect();
+        let n_val = ((n as f64 * cfg.validation_fraction).round() as usize).clamp(1, n - 1);
+        let n_train = n - n_val;
+        let device = cpu_autodiff(Precision::F32, opts.seed);
+        let mut net = UNet::new(&cfg.unet(), &device).map_err(ModelError::Config)?;
+        let mut model = CaloDiffusion {
+            card: DiffusionCard {
+                model: "calodiffusion".into(),
+                data_file: opts.data.display().to_string(),
+                data_sha256: crate::file_sha256(&opts.data)?,
+                n_train,
+                n_validation: n_val,
+                parameters: net.num_params(),
+                epochs: 0,
+                train_loss: vec![],
+                val_loss: vec![],
+                stopped_at_budget: false,
+                seconds: 0.0,
+                updated_unix: unix_time(),
+            },
+            cfg: cfg.clone(),
+            net: net.clone(),
+            device: device.clone(),
+        };
+        let sched = NoiseSchedule::new(cfg.schedule, cfg.steps);
+        let loc = location_channels(cfg.shape());
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+        // Fixed validation draws.
+        let val_t: Vec<usize> = (0..n_val).map(|_| rng.random_range(0..cfg.steps)).collect();
+        let val_eps: Vec<f32> = (0..n_val * v).map(|_| rng.sample(StandardNormal)).collect();
+        let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+        let mut order: Vec<usize> = (0..n_train).collect();
+        let budget = opts
+            .max_minutes
+            .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
+        progress.start(
+            "train",
+            "train calodiffusion",
+            (n_train.div_ceil(cfg.batch_size) * cfg.epochs) as u64,
+        );
+        let mut step = 0u64;
+        let mut best: Option<(f64, UNet)> = None;
+        'epochs: for _ in 0..cfg.epochs {
+            order.shuffle(&mut rng);
+            let mut sum = 0.0;
+            let mut cnt = 0;
+            for idx in order.chunks(cfg.batch_size) {
+                let mut xb = Vec::with_capacity(idx.len() * v);
+                let mut eb = Vec::with_capacity(idx.len());
+                for &i in idx {
+                    xb.extend_from_slice(&x[i * v..(i + 1) * v]);
+                    eb.push(e[i]);
+                }
+                let t: Vec<usize> = idx.iter().map(|_| rng.random_range(0..cfg.steps)).collect();
+                let eps: Vec<f32> = (0..idx.len() * v)
+                    .map(|_| rng.sample(StandardNormal))
+                    .collect();
+                let loss = Self::loss(&cfg, &net, &sched, &xb, &eb, &t, &eps, &loc, &device);
+                sum += loss
+                    .clone()
+                    .into_data()
+                    .iter::<f64>()
+                    .next()
+                    .unwrap_or(f64::NAN);
+                cnt += 1;
+                let grads = GradientsParams::from_grads(loss.backward(), &net);
+                net = optim.step(cfg.lr, net, grads);
+                step += 1;
+                progress.set("train", step, None);
+                if budget.is_some_and(|b| t0.elapsed() >= b) {
+                    model.card.stopped_at_budget = true;
+                    model.card.train_loss.push(sum / cnt as f64);
+                    break 'epochs;
+                }
+            }
+            model.card.train_loss.push(sum / cnt.max(1) as f64);
+            // Validation loss with fixed t and noise.
+            let valid = net.valid();
+            let vdev = device.clone().inner();
+            let mut vs = 0.0;
+            for (j, chunk) in (n_train..n)
+                .collect::<Vec<_>>()
+                .chunks(cfg.batch_size)
+                .enumerate()
+            {
+                let xs: Vec<f32> = chunk
+                    .iter()
+                    .flat_map(|&i| x[i * v..(i + 1) * v].to_vec())
+                    .collect();
+                let es: Vec<f32> = chunk.iter().map(|&i| e[i]).collect();
+                let off = j * cfg.batch_size;
+                let l = Self::loss(
+                    &cfg,
+                    &valid,
+                    &sched,
+                    &xs,
+                    &es,
+                    &val_t[off..off + chunk.len()],
+                    &val_eps[off * v..(off + chunk.len()) * v],
+                    &loc,
+                    &vdev,
+                );
+                vs += l.into_data().iter::<f64>().next().unwrap_or(f64::NAN) * chunk.len() as f64;
+            }
+            let vl = vs / n_val as f64;
+            model.card.val_loss.push(vl);
+            model.card.epochs += 1;
+            progress.set(
+                "train",
+                step,
+                Some(format!(
+                    "epoch {}: validation loss {vl:.4}",
+                    model.card.epochs
+                )),
+            );
+            if best.as_ref().is_none_or(|b| vl < b.0) {
+                best = Some((vl, net.clone()));
+            }
+        }
+        progress.finish("train");
+        model.net = match best {
+            Some((_, b)) => b,
+            None => net,
+        };
+        model.card.seconds = t0.elapsed().as_secs_f64();
+        model.card.updated_unix = unix_time();
+        model.save(&opts.out)?;
+        Ok(model)
+    }
+
+    fn sample(
+        &self,
+        energies: &[f64],
+        seed: u64,
+        batch: usize,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        self.sample_with(
+            energies,
+            seed,
+            batch,
+            self.cfg.sampler,
+            self.cfg.sample_steps,
+            progress,
+        )
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
+        let mut store = SafetensorsStore::from_bytes(None);
+        self.net
+            .valid()
+            .save_into(&mut store)
+            .map_err(|e| ModelError::file(dir, e))?;
+        let bytes = store.get_bytes().map_err(|e| ModelError::file(dir, e))?;
+        let p = dir.join("unet.safetensors");
+        let tmp = caloforge_core::io::temp_path(&p);
+        std::fs::write(&tmp, bytes).map_err(|e| ModelError::file(&tmp, e))?;
+        std::fs::rename(&tmp, &p).map_err(|e| ModelError::file(&p, e))?;
+        write_text(
+            &dir.join("config.toml"),
+            &toml::to_string(&self.cfg).map_err(|e| ModelError::Config(e.to_string()))?,
+        )?;
+        write_text(
+            &dir.join("model_card.json"),
+            &serde_json::to_string_pretty(&self.card)
+                .map_err(|e| ModelError::Config(e.to_string()))?,
+        )
+    }
+
+    fn load(dir: &Path) -> Result<Self> {
+        let cp = dir.join("config.toml");
+        let cfg = CaloDiffusionConfig::from_toml(
+            &std::fs::read_to_string(&cp).map_err(|e| ModelError::file(&cp, e))?,
+        )?;
+        let mp = dir.join("model_card.json");
+        let card: DiffusionCard = serde_json::from_str(
+            &std::fs::read_to_string(&mp).map_err(|e| ModelError::file(&mp, e))?,
+        )
+        .map_err(|e| ModelError::file(&mp, e))?;
+        let device = Device::flex();
+        let mut net = UNet::new(&cfg.unet(), &device).map_err(ModelError::Config)?;
+        let wp = dir.join("unet.safetensors");
+        let bytes = std::fs::read(&wp).map_err(|e| ModelError::file(&wp, e))?;
+        let res = net
+            .load_from(&mut SafetensorsStore::from_bytes(Some(bytes)))
+            .map_err(|e| ModelError::file(&wp, e))?;
+        if !res.errors.is_empty() || !res.missing.is_empty() {
+            return Err(ModelError::file(&wp, "not a checkpoint of this U-Net"));
+        }
+        Ok(CaloDiffusion {
+            cfg,
+            card,
+            net,
+            device,
+        })
+    }
+}
 
 /// Per-dataset transform constants.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -137,5 +643,79 @@ mod tests {
         assert_eq!(c[n + 2], 0.5);
         let m = empty_voxel_mask(&[0.0, 1.0, 0.0, 0.0, 0.0, 2.0], 3);
         assert_eq!(m, vec![true, false, false]);
+    }
+}
+
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+    use crate::{preset_text, NoProgress};
+    use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
+
+    #[test]
+    fn presets_parse() {
+        let c = CaloDiffusionConfig::from_toml(&preset_text("calodiffusion-ds2").unwrap()).unwrap();
+        assert_eq!(
+            (c.steps, c.skip, c.layer_sizes.clone()),
+            (400, 2, vec![16, 16, 16, 32])
+        );
+        assert!(
+            CaloDiffusionConfig::from_toml(&preset_text("calodiffusion-small").unwrap()).is_ok()
+        );
+        let bad = preset_text("calodiffusion-small")
+            .unwrap()
+            .replace("dataset = 2", "dataset = 1");
+        assert!(CaloDiffusionConfig::from_toml(&bad).is_err());
+    }
+
+    #[test]
+    fn trains_samples_deterministically_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("train.h5");
+        let sim = Simulator::new(
+            SimParams::new(Tune::Geant4),
+            vec![Mesh::of(DatasetKind::Ds2).unwrap()],
+        );
+        let e = log_uniform_energies(12, 1e3, 1e5, 1);
+        let vox = sim.simulate(&e, 2, 0, &|_| {});
+        caloforge_core::io::write_showers(&data, &e, &vox[0], 6480).unwrap();
+        let text = preset_text("calodiffusion-small")
+            .unwrap()
+            .replace("layer_sizes = [8, 8, 16]", "layer_sizes = [4, 4, 8]")
+            .replace("groups = 4", "groups = 2")
+            .replace("epochs = 5", "epochs = 2")
+            .replace("batch_size = 32", "batch_size = 4")
+            .replace("steps = 400", "steps = 20");
+        let opts = TrainOptions {
+            data,
+            out: dir.path().join("run"),
+            seed: 3,
+            ..Default::default()
+        };
+        let m = CaloDiffusion::train(&text, &opts, &NoProgress).unwrap();
+        assert_eq!(m.card.epochs, 2);
+        assert!(m.card.val_loss.iter().all(|v| v.is_finite()));
+        let energies = [2e3, 4e4];
+        let a = m
+            .sample_with(&energies, 5, 2, Sampler::Ddim, 4, &NoProgress)
+            .unwrap();
+        assert_eq!(a.len(), 2 * 6480);
+        assert!(a.iter().all(|&v| v == 0.0 || v >= 0.0151));
+        assert_eq!(
+            m.sample_with(&energies, 5, 1, Sampler::Ddim, 4, &NoProgress)
+                .unwrap(),
+            a
+        );
+        let loaded = CaloDiffusion::load(&opts.out).unwrap();
+        assert_eq!(
+            loaded
+                .sample_with(&energies, 5, 2, Sampler::Ddim, 4, &NoProgress)
+                .unwrap(),
+            a
+        );
+        let d = m
+            .sample_with(&energies[..1], 6, 1, Sampler::Ddpm, 0, &NoProgress)
+            .unwrap();
+        assert_eq!(d.len(), 6480);
     }
 }

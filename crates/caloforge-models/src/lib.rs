@@ -140,6 +140,14 @@ pub const PRESETS: &[(&str, &str)] = &[
         "icaloflow-small-student",
         include_str!("../presets/icaloflow-small-student.toml"),
     ),
+    (
+        "calodiffusion-ds2",
+        include_str!("../presets/calodiffusion-ds2.toml"),
+    ),
+    (
+        "calodiffusion-small",
+        include_str!("../presets/calodiffusion-small.toml"),
+    ),
 ];
 
 /// The text of a preset, or of a TOML file when `name` is a path to one.

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use caloforge_core::io::{check_writable, ShowerFile, ShowerWriter};
+use caloforge_models::calodiffusion::{CaloDiffusion, CaloDiffusionConfig, Sampler};
 use caloforge_models::icaloflow::ICaloFlow;
 use caloforge_models::{model_kind, preset_text, Progress, ShowerModel, TrainOptions};
 use indicatif::ProgressBar;
@@ -134,6 +135,20 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
                 );
             }
         }
+        "calodiffusion" => {
+            let m = CaloDiffusion::train(&text, &opts, &bars)?;
+            eprintln!(
+                "calodiffusion: {} parameters, {} epochs, validation loss {:?}{}",
+                m.card.parameters,
+                m.card.epochs,
+                m.card.val_loss.last(),
+                if m.card.stopped_at_budget {
+                    " (stopped at the time budget)"
+                } else {
+                    ""
+                }
+            );
+        }
         other => bail!("preset {}: unknown model {other:?}", a.preset),
     }
     let summary = serde_json::json!({
@@ -159,23 +174,49 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
 /// A loaded model of any kind.
 pub enum AnyModel {
     ICaloFlow(Box<ICaloFlow>),
+    CaloDiffusion(Box<CaloDiffusion>),
 }
 
 impl AnyModel {
     pub fn load(dir: &Path) -> Result<Self> {
         match model_kind(dir)?.as_str() {
             "icaloflow" => Ok(AnyModel::ICaloFlow(Box::new(ICaloFlow::load(dir)?))),
+            "calodiffusion" => Ok(AnyModel::CaloDiffusion(Box::new(CaloDiffusion::load(dir)?))),
             other => bail!("{}: unknown model {other:?}", dir.display()),
         }
     }
     pub fn n_voxels(&self) -> usize {
         match self {
             AnyModel::ICaloFlow(m) => m.dataset().n_voxels(),
+            AnyModel::CaloDiffusion(m) => m.dataset().n_voxels(),
         }
     }
-    pub fn sample(&self, e: &[f64], seed: u64, batch: usize, p: &dyn Progress) -> Result<Vec<f32>> {
+    /// Generates; `sampler`/`steps` override a diffusion model's defaults.
+    pub fn sample(
+        &self,
+        e: &[f64],
+        seed: u64,
+        batch: usize,
+        sampler: Option<&str>,
+        steps: Option<usize>,
+        p: &dyn Progress,
+    ) -> Result<Vec<f32>> {
         Ok(match self {
-            AnyModel::ICaloFlow(m) => m.sample(e, seed, batch, p)?,
+            AnyModel::ICaloFlow(m) => {
+                if sampler.is_some() || steps.is_some() {
+                    bail!("--sampler and --steps are for diffusion models");
+                }
+                m.sample(e, seed, batch, p)?
+            }
+            AnyModel::CaloDiffusion(m) => {
+                let s = match sampler {
+                    None => m.cfg.sampler,
+                    Some("ddpm") => Sampler::Ddpm,
+                    Some("ddim") => Sampler::Ddim,
+                    Some(o) => bail!("unknown sampler {o:?}: expected ddpm or ddim"),
+                };
+                m.sample_with(e, seed, batch, s, steps.unwrap_or(m.cfg.sample_steps), p)?
+            }
         })
     }
 }
@@ -206,6 +247,12 @@ pub struct GenerateArgs {
     /// Seed: shower k uses RNG stream k.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Diffusion models: ddpm or ddim (default: the model's).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Diffusion models: DDIM steps (default: the model's).
+    #[arg(long)]
+    steps: Option<usize>,
 }
 
 pub fn energies(
@@ -237,7 +284,14 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
     let e = energies(&a.energies_from, a.n, a.energy_min, a.energy_max, a.seed)?;
     check_writable(&a.out)?;
     let t0 = Instant::now();
-    let showers = model.sample(&e, a.seed, a.batch, &Bars::new(quiet))?;
+    let showers = model.sample(
+        &e,
+        a.seed,
+        a.batch,
+        a.sampler.as_deref(),
+        a.steps,
+        &Bars::new(quiet),
+    )?;
     let gen_s = t0.elapsed().as_secs_f64();
     let mut w = ShowerWriter::create(&a.out, model.n_voxels(), e.len())?;
     w.append(&e, &showers)?;
@@ -294,11 +348,23 @@ pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
         (Some(m), _) => (AnyModel::load(m)?, m.display().to_string()),
         (None, Some(p)) => {
             let text = preset_text(p)?;
-            let cfg = caloforge_models::icaloflow::ICaloFlowConfig::from_toml(&text)?;
-            (
-                AnyModel::ICaloFlow(Box::new(ICaloFlow::untrained(&cfg, a.seed)?)),
-                format!("preset {p} (untrained weights)"),
-            )
+            let kind = toml::from_str::<toml::Table>(&text)?
+                .get("model")
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_string();
+            let m = match kind.as_str() {
+                "icaloflow" => AnyModel::ICaloFlow(Box::new(ICaloFlow::untrained(
+                    &caloforge_models::icaloflow::ICaloFlowConfig::from_toml(&text)?,
+                    a.seed,
+                )?)),
+                "calodiffusion" => AnyModel::CaloDiffusion(Box::new(CaloDiffusion::untrained(
+                    &CaloDiffusionConfig::from_toml(&text)?,
+                    a.seed,
+                )?)),
+                o => bail!("preset {p}: unknown model {o:?}"),
+            };
+            (m, format!("preset {p} (untrained weights)"))
         }
         (None, None) => bail!("give --model RUN or --preset NAME"),
     };
@@ -312,12 +378,12 @@ pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
     for &b in &a.batch {
         // Warm-up batch (allocations, caches), then timed batches.
         let e = caloforge_sim::log_uniform_energies(b, 1e3, 1e6, a.seed);
-        model.sample(&e, a.seed, b, &caloforge_models::NoProgress)?;
+        model.sample(&e, a.seed, b, None, None, &caloforge_models::NoProgress)?;
         let (mut n, t0) = (0usize, Instant::now());
         let mut k = 0u64;
         while n == 0 || t0.elapsed().as_secs_f64() < a.min_seconds {
             let e = caloforge_sim::log_uniform_energies(b, 1e3, 1e6, a.seed + 1 + k);
-            model.sample(&e, a.seed + k, b, &caloforge_models::NoProgress)?;
+            model.sample(&e, a.seed + k, b, None, None, &caloforge_models::NoProgress)?;
             n += b;
             k += 1;
         }

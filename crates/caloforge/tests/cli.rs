@@ -471,3 +471,73 @@ fn train_generate_bench_end_to_end() {
     );
     assert!(!dir.path().join("c.h5").exists());
 }
+
+#[test]
+fn calodiffusion_trains_and_generates_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    assert!(caloforge(&[
+        "simulate",
+        "-d",
+        "2",
+        "-n",
+        "12",
+        "--seed",
+        "4",
+        "--out",
+        &d("train.h5")
+    ])
+    .status
+    .success());
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../caloforge-models/presets/calodiffusion-small.toml"),
+    )
+    .unwrap()
+    .replace("layer_sizes = [8, 8, 16]", "layer_sizes = [4, 4, 8]")
+    .replace("groups = 4", "groups = 2")
+    .replace("epochs = 5", "epochs = 1")
+    .replace("batch_size = 32", "batch_size = 6")
+    .replace("steps = 400", "steps = 10");
+    std::fs::write(d("cd.toml"), text).unwrap();
+    let o = caloforge(&[
+        "train",
+        "--preset",
+        &d("cd.toml"),
+        "--data",
+        &d("train.h5"),
+        "--out",
+        &d("run"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let o = caloforge(&[
+        "generate",
+        "--model",
+        &d("run"),
+        "--n",
+        "2",
+        "--out",
+        &d("g.h5"),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    assert!(dir.path().join("g.h5").exists());
+    failed_with(
+        &caloforge(&[
+            "generate",
+            "--model",
+            &d("run"),
+            "--n",
+            "2",
+            "--out",
+            &d("h.h5"),
+            "--sampler",
+            "euler",
+        ]),
+        "unknown sampler",
+    );
+    assert!(!dir.path().join("h.h5").exists());
+}

@@ -4,7 +4,7 @@ use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
 
 #[test]
 fn every_preset_parses_and_dims_match_the_paper() {
-    for (name, text) in PRESETS {
+    for (name, text) in PRESETS.iter().filter(|(n, _)| n.starts_with("icaloflow")) {
         let c = ICaloFlowConfig::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(c.model, "icaloflow");
     }
