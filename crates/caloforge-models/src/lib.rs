@@ -2,8 +2,8 @@
 //!
 //! - [`icaloflow`]: iCaloFlow (Buckley, Krause, Pang, Shih, Phys. Rev. D 109, 033006): inductive
 //!   normalizing flows for datasets 2 and 3, MAF teachers and IAF students.
-//! - [`calodiffusion`]: CaloDiffusion (Amram & Pedro): data transforms so far (the diffusion
-//!   engine and U-Net are in `caloforge_nn::{diffusion, unet}`).
+//! - [`calodiffusion`]: CaloDiffusion (Amram & Pedro): DDPM with a cylindrical U-Net (engine
+//!   and network in `caloforge_nn::{diffusion, unet}`).
 //!
 //! Every model implements [`ShowerModel`]; a trained model is a directory with safetensors
 //! weights, the TOML configuration (`config.toml`) and a model card (`model_card.json`). Presets
