@@ -157,6 +157,26 @@ pub struct DiffusionCard {
     pub updated_unix: u64,
 }
 
+impl DiffusionCard {
+    /// An empty card for a network of `parameters` parameters.
+    fn new(parameters: usize) -> Self {
+        DiffusionCard {
+            model: "calodiffusion".into(),
+            data_file: String::new(),
+            data_sha256: String::new(),
+            n_train: 0,
+            n_validation: 0,
+            parameters,
+            epochs: 0,
+            train_loss: vec![],
+            val_loss: vec![],
+            stopped_at_budget: false,
+            seconds: 0.0,
+            updated_unix: unix_time(),
+        }
+    }
+}
+
 /// A trained CaloDiffusion.
 pub struct CaloDiffusion {
     /// Configuration.
@@ -274,20 +294,7 @@ impl CaloDiffusion {
     pub fn untrained(cfg: &CaloDiffusionConfig, seed: u64) -> Result<Self> {
         let device = cpu_autodiff(Precision::F32, seed);
         let net = UNet::new(&cfg.unet(), &device).map_err(ModelError::Config)?;
-        let card = DiffusionCard {
-            model: "calodiffusion".into(),
-            data_file: String::new(),
-            data_sha256: String::new(),
-            n_train: 0,
-            n_validation: 0,
-            parameters: net.num_params(),
-            epochs: 0,
-            train_loss: vec![],
-            val_loss: vec![],
-            stopped_at_budget: false,
-            seconds: 0.0,
-            updated_unix: unix_time(),
-        };
+        let card = DiffusionCard::new(net.num_params());
         Ok(CaloDiffusion {
             cfg: cfg.clone(),
             card,
@@ -328,18 +335,11 @@ impl ShowerModel for CaloDiffusion {
         let mut net = UNet::new(&cfg.unet(), &device).map_err(ModelError::Config)?;
         let mut model = CaloDiffusion {
             card: DiffusionCard {
-                model: "calodiffusion".into(),
                 data_file: opts.data.display().to_string(),
                 data_sha256: crate::file_sha256(&opts.data)?,
                 n_train,
                 n_validation: n_val,
-                parameters: net.num_params(),
-                epochs: 0,
-                train_loss: vec![],
-                val_loss: vec![],
-                stopped_at_budget: false,
-                seconds: 0.0,
-                updated_unix: unix_time(),
+                ..DiffusionCard::new(net.num_params())
             },
             cfg: cfg.clone(),
             net: net.clone(),
