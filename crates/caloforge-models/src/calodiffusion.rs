@@ -257,11 +257,7 @@ impl CaloDiffusion {
         for (ci, chunk) in energies.chunks(batch.max(1)).enumerate() {
             let n = chunk.len();
             let mut rngs: Vec<ChaCha8Rng> = (0..n)
-                .map(|j| {
-                    let mut r = ChaCha8Rng::seed_from_u64(seed);
-                    r.set_stream((ci * batch.max(1) + j) as u64);
-                    r
-                })
+                .map(|j| crate::shower_rng(seed, (ci * batch.max(1) + j) as u64))
                 .collect();
             let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
             let mut eps = |x: &[f32], t: usize| -> Vec<f32> {

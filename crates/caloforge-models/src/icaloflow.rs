@@ -24,8 +24,8 @@
 //! x-pass for Flow-3). Flow-1 is never distilled: students reuse the teacher's.
 
 use crate::{
-    file_sha256, read_showers, unix_time, write_text, ModelError, Progress, Result, ShowerModel,
-    TrainOptions,
+    file_sha256, read_showers, shower_rng, unix_time, write_text, ModelError, Progress, Result,
+    ShowerModel, TrainOptions,
 };
 use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
@@ -492,8 +492,12 @@ impl ICaloFlow {
                 ctx.push(ICaloFlowConfig::inc_feature(energies[s]));
                 ctx.push(cfg.energy_feature(le[s * LAYERS + i]));
                 ctx.push(cfg.energy_feature(le[s * LAYERS + i - 1]));
-                let prev = out[(s * LAYERS + i - 1) * l..(s * LAYERS + i) * l].to_vec();
-                push_layer(cfg, &prev, r, &mut ctx);
+                push_layer(
+                    cfg,
+                    &out[(s * LAYERS + i - 1) * l..(s * LAYERS + i) * l],
+                    r,
+                    &mut ctx,
+                );
                 ctx.extend((1..LAYERS).map(|k| if k == i { 1.0 } else { 0.0 }));
                 normals(r, l, &mut z);
             }
@@ -557,13 +561,6 @@ impl ICaloFlow {
             fast,
         })
     }
-}
-
-/// The RNG stream of generated shower `k`.
-fn shower_rng(seed: u64, k: u64) -> ChaCha8Rng {
-    let mut r = ChaCha8Rng::seed_from_u64(seed);
-    r.set_stream(k);
-    r
 }
 
 impl ShowerModel for ICaloFlow {

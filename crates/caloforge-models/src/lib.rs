@@ -221,6 +221,15 @@ pub fn read_showers(
     Ok((f.energies[..n].to_vec(), out))
 }
 
+/// The RNG stream of generated shower `k` under `seed`: every model draws shower k's noise from
+/// it, so output does not depend on batch size or threads.
+pub fn shower_rng(seed: u64, k: u64) -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(k);
+    r
+}
+
 /// Seconds since the Unix epoch (for model cards).
 pub fn unix_time() -> u64 {
     std::time::SystemTime::now()

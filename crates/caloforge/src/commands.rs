@@ -369,9 +369,7 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
             energies.len(),
             t0.elapsed().as_secs_f64()
         );
-        let mut w = caloforge_core::io::ShowerWriter::create(&generated, 6480, energies.len())?;
-        w.append(&energies, &showers)?;
-        w.finish()?;
+        caloforge_core::io::write_showers(&generated, &energies, &showers, 6480)?;
     } else {
         eprintln!("[2-3/4] no model (--train-minutes 0): 'generated' = the simulator with stock GFlash parameters");
         simulate(

@@ -1,7 +1,7 @@
 //! `caloforge train`, `generate` and `bench`: the model commands.
 
 use anyhow::{bail, Context, Result};
-use caloforge_core::io::{check_writable, ShowerFile, ShowerWriter};
+use caloforge_core::io::{check_writable, ShowerFile};
 use caloforge_models::calodiffusion::{CaloDiffusion, CaloDiffusionConfig, Sampler};
 use caloforge_models::icaloflow::ICaloFlow;
 use caloforge_models::{model_kind, preset_text, Progress, ShowerModel, TrainOptions};
@@ -293,9 +293,7 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
         &Bars::new(quiet),
     )?;
     let gen_s = t0.elapsed().as_secs_f64();
-    let mut w = ShowerWriter::create(&a.out, model.n_voxels(), e.len())?;
-    w.append(&e, &showers)?;
-    w.finish()?;
+    caloforge_core::io::write_showers(&a.out, &e, &showers, model.n_voxels())?;
     let summary = serde_json::json!({
         "caloforge_version": env!("CARGO_PKG_VERSION"),
         "model": a.model.display().to_string(),
