@@ -25,7 +25,7 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
 use caloforge_core::DatasetKind;
 use caloforge_nn::burn;
-use caloforge_nn::device::{cpu_autodiff, Precision};
+use caloforge_nn::device::{compute_device, inference_device, Precision};
 use caloforge_nn::diffusion::{ddim_sample, ddpm_sample, NoiseSchedule, ScheduleKind};
 use caloforge_nn::unet::{UNet, UNetConfig};
 use rand::seq::SliceRandom;
@@ -45,6 +45,52 @@ pub enum Sampler {
     Ddim,
 }
 
+/// What the network is trained to predict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// ε-prediction with plain MSE (the paper for datasets 1 and 2).
+    #[default]
+    NoisePred,
+    /// The EDM-style preconditioned x₀-prediction of the reference code's `hybrid_weight`
+    /// (the paper for dataset 3): with σ² = 1 − ᾱ_t, x̂₀ = c_skip x_t + c_out F(x_t),
+    /// c_skip = 1/(σ² + 1), c_out = σ/√(σ² + 1), loss Σ_b w_b |x̂₀ − x₀|² / (Σ_b w_b · voxels),
+    /// w = 1 + 1/σ². (The reference divides by the mean weight instead of the sum, i.e. its
+    /// loss is this one times the batch size, which Adam does not see.)
+    HybridWeight,
+}
+
+impl Objective {
+    /// The ε estimate of a network output `out` at noisy `x` with ᾱ_t = `alpha_bar`: the
+    /// output itself, or for the x₀ objective ε̂ = (x_t − √ᾱ x̂₀)/σ with
+    /// x̂₀ = c_skip x_t + c_out F (the reference p_sample).
+    pub fn to_eps(self, x: &[f32], out: Vec<f32>, alpha_bar: f64) -> Vec<f32> {
+        match self {
+            Objective::NoisePred => out,
+            Objective::HybridWeight => {
+                let (c_skip, c_out, _) = Self::coefficients(1.0 - alpha_bar);
+                let (a, sd) = (alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt());
+                x.iter()
+                    .zip(&out)
+                    .map(|(&xi, &fi)| {
+                        let x0 = c_skip * xi as f64 + c_out * fi as f64;
+                        ((xi as f64 - a * x0) / sd) as f32
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// (c_skip, c_out, w) at σ² = 1 − ᾱ.
+    fn coefficients(sigma2: f64) -> (f64, f64, f64) {
+        (
+            1.0 / (sigma2 + 1.0),
+            (sigma2 / (sigma2 + 1.0)).sqrt(),
+            1.0 + 1.0 / sigma2,
+        )
+    }
+}
+
 /// The model configuration (what a preset holds).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CaloDiffusionConfig {
@@ -56,6 +102,9 @@ pub struct CaloDiffusionConfig {
     pub steps: usize,
     /// Noise schedule.
     pub schedule: ScheduleKind,
+    /// Training objective (default: ε-prediction).
+    #[serde(default)]
+    pub objective: Objective,
     /// U-Net channels: initial width, then one per level.
     pub layer_sizes: Vec<usize>,
     /// GroupNorm groups.
@@ -231,11 +280,34 @@ impl CaloDiffusion {
             column(sig, device),
             column(e.to_vec(), device),
         );
-        let target = Tensor::<5>::from_data(TensorData::new(eps.to_vec(), pred.dims()), device);
-        (pred - target).powf_scalar(2.0).mean()
+        let dims = pred.dims();
+        match cfg.objective {
+            Objective::NoisePred => {
+                let target = Tensor::<5>::from_data(TensorData::new(eps.to_vec(), dims), device);
+                (pred - target).powf_scalar(2.0).mean()
+            }
+            Objective::HybridWeight => {
+                let per = |f: &dyn Fn((f64, f64, f64)) -> f64| -> Tensor<5> {
+                    let v: Vec<f32> = t
+                        .iter()
+                        .map(|&ti| f(Objective::coefficients(1.0 - sched.alpha_bar[ti])) as f32)
+                        .collect();
+                    Tensor::<5>::from_data(TensorData::new(v, [n, 1, 1, 1, 1]), device)
+                };
+                let (c_skip, c_out, w) = (per(&|c| c.0), per(&|c| c.1), per(&|c| c.2));
+                let x_t = Tensor::<5>::from_data(TensorData::new(xt, dims), device);
+                let x0 = Tensor::<5>::from_data(TensorData::new(x0.to_vec(), dims), device);
+                let x0_hat = c_skip * x_t + c_out * pred;
+                let w_sum = w.clone().sum();
+                ((x0_hat - x0).powf_scalar(2.0) * w).sum() / w_sum.mul_scalar(v as f64)
+            }
+        }
     }
 
-    /// Samples with `sampler` and `steps` (DDIM steps; DDPM always runs the schedule).
+    /// Samples with `sampler` and `steps`. DDPM with N steps runs the cosine schedule rebuilt
+    /// with N steps (as the reference code, whose network sees σ_t rather than t, so a model
+    /// trained with 400 steps samples with 50-400); DDIM takes N evenly spaced steps of the
+    /// training schedule. Both skip the `skip` noisiest steps.
     pub fn sample_with(
         &self,
         energies: &[f64],
@@ -245,9 +317,22 @@ impl CaloDiffusion {
         steps: usize,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
+        if steps <= self.cfg.skip {
+            return Err(ModelError::Config(format!(
+                "{steps} sampling steps: need more than the {} skipped",
+                self.cfg.skip
+            )));
+        }
         let net = self.net.valid();
         let dev = self.device.clone().inner();
-        let sched = NoiseSchedule::new(self.cfg.schedule, self.cfg.steps);
+        let sched = NoiseSchedule::new(
+            self.cfg.schedule,
+            if sampler == Sampler::Ddpm {
+                steps
+            } else {
+                self.cfg.steps
+            },
+        );
         let shape = self.cfg.shape();
         let v: usize = shape.iter().product();
         let loc = location_channels(shape);
@@ -260,16 +345,19 @@ impl CaloDiffusion {
                 .map(|j| crate::shower_rng(seed, (ci * batch.max(1) + j) as u64))
                 .collect();
             let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
+            let objective = self.cfg.objective;
             let mut eps = |x: &[f32], t: usize| -> Vec<f32> {
                 let sig = vec![sched.sigma(t) as f32; n];
-                net.forward(
-                    net_input(x, &loc, n, shape, &dev),
-                    column(sig, &dev),
-                    column(e.clone(), &dev),
-                )
-                .into_data()
-                .iter::<f32>()
-                .collect()
+                let out: Vec<f32> = net
+                    .forward(
+                        net_input(x, &loc, n, shape, &dev),
+                        column(sig, &dev),
+                        column(e.clone(), &dev),
+                    )
+                    .into_data()
+                    .iter::<f32>()
+                    .collect();
+                objective.to_eps(x, out, sched.alpha_bar[t])
             };
             let x = match sampler {
                 Sampler::Ddpm => ddpm_sample(&sched, v, self.cfg.skip, &mut rngs, &mut eps),
@@ -288,7 +376,7 @@ impl CaloDiffusion {
 impl CaloDiffusion {
     /// A model with freshly initialised weights (for timing a preset's architecture).
     pub fn untrained(cfg: &CaloDiffusionConfig, seed: u64) -> Result<Self> {
-        let device = cpu_autodiff(Precision::F32, seed);
+        let device = compute_device(Precision::F32, seed);
         let net = UNet::new(&cfg.unet(), &device).map_err(ModelError::Config)?;
         let card = DiffusionCard::new(net.num_params());
         Ok(CaloDiffusion {
@@ -327,7 +415,7 @@ impl ShowerModel for CaloDiffusion {
         let e: Vec<f32> = e_inc.iter().map(|&x| tr.energy(x)).collect();
         let n_val = ((n as f64 * cfg.validation_fraction).round() as usize).clamp(1, n - 1);
         let n_train = n - n_val;
-        let device = cpu_autodiff(Precision::F32, opts.seed);
+        let device = compute_device(Precision::F32, opts.seed);
         let mut net = UNet::new(&cfg.unet(), &device).map_err(ModelError::Config)?;
         let mut model = CaloDiffusion {
             card: DiffusionCard {
@@ -497,7 +585,7 @@ impl ShowerModel for CaloDiffusion {
             &std::fs::read_to_string(&mp).map_err(|e| ModelError::file(&mp, e))?,
         )
         .map_err(|e| ModelError::file(&mp, e))?;
-        let device = Device::flex();
+        let device = inference_device();
         let mut net = UNet::new(&cfg.unet(), &device).map_err(ModelError::Config)?;
         let wp = dir.join("unet.safetensors");
         let bytes = std::fs::read(&wp).map_err(|e| ModelError::file(&wp, e))?;
@@ -546,6 +634,15 @@ impl Transform {
             e_min: 1e3,
             e_max: 1e6,
             cut_mev: 0.0151,
+        }
+    }
+
+    /// The reference code's dataset-3 constants (consts.py: logit mean −13.4753, std 1.1070).
+    pub fn ds3() -> Self {
+        Transform {
+            logit_mean: -13.4753,
+            logit_std: 1.1070,
+            ..Self::ds2()
         }
     }
 
@@ -631,6 +728,27 @@ mod tests {
     }
 
     #[test]
+    fn hybrid_objective_recovers_eps_from_an_exact_x0_predictor() {
+        // If F makes x̂₀ = c_skip x_t + c_out F exactly x₀, the sampler's ε̂ is the true ε.
+        let sched = NoiseSchedule::new(ScheduleKind::cosine(), 400);
+        for t in [0usize, 10, 200, 399] {
+            let ab = sched.alpha_bar[t];
+            let (x0, eps) = ([0.3f32, -1.2, 2.0], [1.1f32, -0.4, 0.05]);
+            let xt = sched.q_sample(&x0, &eps, t);
+            let (c_skip, c_out, w) = Objective::coefficients(1.0 - ab);
+            assert!((w - (1.0 + 1.0 / (1.0 - ab))).abs() < 1e-9 * w);
+            let f: Vec<f32> = (0..3)
+                .map(|i| ((x0[i] as f64 - c_skip * xt[i] as f64) / c_out) as f32)
+                .collect();
+            let got = Objective::HybridWeight.to_eps(&xt, f, ab);
+            for i in 0..3 {
+                assert!((got[i] - eps[i]).abs() < 2e-3, "t {t}: {got:?} vs {eps:?}");
+            }
+            assert_eq!(Objective::NoisePred.to_eps(&xt, eps.to_vec(), ab), eps);
+        }
+    }
+
+    #[test]
     fn location_channels_and_mask() {
         let c = location_channels([3, 2, 5]);
         let n = 30;
@@ -658,6 +776,13 @@ mod model_tests {
         assert!(
             CaloDiffusionConfig::from_toml(&preset_text("calodiffusion-small").unwrap()).is_ok()
         );
+        let c3 =
+            CaloDiffusionConfig::from_toml(&preset_text("calodiffusion-ds3").unwrap()).unwrap();
+        assert_eq!(
+            (c3.objective, c3.skip, c3.shape(), c3.transform),
+            (Objective::HybridWeight, 0, [45, 50, 18], Transform::ds3())
+        );
+        UNet::new(&c3.unet(), &Device::flex()).unwrap();
         let bad = preset_text("calodiffusion-small")
             .unwrap()
             .replace("dataset = 2", "dataset = 1");
@@ -666,6 +791,15 @@ mod model_tests {
 
     #[test]
     fn trains_samples_deterministically_and_round_trips() {
+        train_and_sample("");
+    }
+
+    #[test]
+    fn trains_with_the_weighted_x0_objective() {
+        train_and_sample("objective = \"hybrid_weight\"\n");
+    }
+
+    fn train_and_sample(extra: &str) {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("train.h5");
         let sim = Simulator::new(
@@ -681,7 +815,7 @@ mod model_tests {
             .replace("groups = 4", "groups = 2")
             .replace("epochs = 5", "epochs = 2")
             .replace("batch_size = 32", "batch_size = 4")
-            .replace("steps = 400", "steps = 20");
+            .replace("steps = 400", &format!("{extra}steps = 20"));
         let opts = TrainOptions {
             data,
             out: dir.path().join("run"),
@@ -710,7 +844,7 @@ mod model_tests {
             a
         );
         let d = m
-            .sample_with(&energies[..1], 6, 1, Sampler::Ddpm, 0, &NoProgress)
+            .sample_with(&energies[..1], 6, 1, Sampler::Ddpm, 20, &NoProgress)
             .unwrap();
         assert_eq!(d.len(), 6480);
     }

@@ -11,6 +11,8 @@
 //! `presets/`, named after the paper.
 
 pub mod calodiffusion;
+/// Device (backend) selection, re-exported for the CLI.
+pub use caloforge_nn::device;
 pub mod icaloflow;
 
 use caloforge_core::DatasetKind;
@@ -143,6 +145,10 @@ pub const PRESETS: &[(&str, &str)] = &[
     (
         "calodiffusion-ds2",
         include_str!("../presets/calodiffusion-ds2.toml"),
+    ),
+    (
+        "calodiffusion-ds3",
+        include_str!("../presets/calodiffusion-ds3.toml"),
     ),
     (
         "calodiffusion-small",

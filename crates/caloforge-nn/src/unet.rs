@@ -289,7 +289,10 @@ impl UNet {
                 let base = |n: usize, k: usize| (n - 1) * 2 + k - 2;
                 let pz = to[0] as isize - base(from[0], 3) as isize;
                 let pr = to[2] as isize - base(from[2], 4) as isize;
-                if !(0..2).contains(&pz) || !(0..2).contains(&pr) || to[1] != 2 * from[1] {
+                // The circular transposed conv gives 2·α; odd α sizes (dataset 3: 25) take an
+                // output padding of 1.
+                let pa = to[1] as isize - 2 * from[1] as isize;
+                if ![pz, pa, pr].iter().all(|p| (0..2).contains(p)) {
                     return Err(format!("cannot up-sample {from:?} to {to:?}"));
                 }
                 up_convs.push(CylindricalConvTranspose3d::new(
@@ -298,7 +301,7 @@ impl UNet {
                     [3, 4, 4],
                     [2, 2, 2],
                     [1, 1, 1],
-                    [pz as usize, 0, pr as usize],
+                    [pz as usize, pa as usize, pr as usize],
                     device,
                 ));
             }
@@ -395,6 +398,25 @@ mod tests {
         let grads = y.powf_scalar(2.0).mean().backward();
         let g = burn::optim::GradientsParams::from_grads(grads, &net);
         assert!(!g.is_empty());
+    }
+
+    #[test]
+    fn unet_keeps_the_dataset_3_shape() {
+        // α = 50 → 25 → 12 and back: the odd level needs an α output padding.
+        let dev = Device::flex();
+        let cfg = UNetConfig {
+            in_channels: 3,
+            layer_sizes: vec![2, 2, 2, 4],
+            groups: 2,
+            block_attention: false,
+            mid_attention: true,
+            shape: [45, 50, 18],
+        };
+        let net = UNet::new(&cfg, &dev).unwrap();
+        let x = Tensor::<5>::random([1, 3, 45, 50, 18], Distribution::Normal(0.0, 1.0), &dev);
+        let t = Tensor::<2>::ones([1, 1], &dev);
+        let y = net.forward(x, t.clone(), t);
+        assert_eq!(y.dims(), [1, 1, 45, 50, 18]);
     }
 
     #[test]

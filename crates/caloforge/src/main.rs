@@ -27,6 +27,10 @@ struct Cli {
     /// Hide progress bars.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Where CaloDiffusion trains and generates: cpu, or gpu (Vulkan; needs a build with
+    /// `--features gpu`). The flows and the evaluation classifier always run on the CPU.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +198,9 @@ fn run() -> Result<()> {
             .build_global()
             .context("setting up threads")?;
     }
+    let backend =
+        caloforge_models::device::parse_backend(&cli.device).map_err(anyhow::Error::msg)?;
+    caloforge_models::device::set_backend(backend).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Evaluate(a) => evaluate(a, cli.quiet),
         Command::Features(a) => features(a, cli.quiet),

@@ -339,6 +339,16 @@ pub struct BenchArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Diffusion models: sampler (ddpm or ddim; default: the model's).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Diffusion models: sampling step counts to time (default: the model's).
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<usize>,
+    /// Skip the untimed warm-up batch (for slow CPU cases; keep it on a GPU, where the first
+    /// batch of a shape compiles and tunes kernels).
+    #[arg(long)]
+    no_warmup: bool,
 }
 
 pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
@@ -370,27 +380,58 @@ pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
         bail!("batch sizes must be > 0");
     }
     let threads = rayon::current_num_threads();
-    println!("{what} ({threads} threads)");
-    println!("{:>8} {:>10} {:>14}", "batch", "showers", "ms / shower");
+    let device = format!("{:?}", caloforge_models::device::backend()).to_lowercase();
+    println!("{what} ({threads} threads, device {device})");
+    println!(
+        "{:>8} {:>8} {:>10} {:>14}",
+        "steps", "batch", "showers", "ms / shower"
+    );
+    let step_list: Vec<Option<usize>> = if a.steps.is_empty() {
+        vec![None]
+    } else {
+        a.steps.iter().map(|&s| Some(s)).collect()
+    };
     let mut rows = Vec::new();
-    for &b in &a.batch {
-        // Warm-up batch (allocations, caches), then timed batches.
-        let e = caloforge_sim::log_uniform_energies(b, 1e3, 1e6, a.seed);
-        model.sample(&e, a.seed, b, None, None, &caloforge_models::NoProgress)?;
-        let (mut n, t0) = (0usize, Instant::now());
-        let mut k = 0u64;
-        while n == 0 || t0.elapsed().as_secs_f64() < a.min_seconds {
-            let e = caloforge_sim::log_uniform_energies(b, 1e3, 1e6, a.seed + 1 + k);
-            model.sample(&e, a.seed + k, b, None, None, &caloforge_models::NoProgress)?;
-            n += b;
-            k += 1;
+    for steps in step_list {
+        for &b in &a.batch {
+            let run = |k: u64| -> Result<()> {
+                let e = caloforge_sim::log_uniform_energies(
+                    b,
+                    1e3,
+                    1e6,
+                    a.seed.wrapping_add(1).wrapping_add(k),
+                );
+                model.sample(
+                    &e,
+                    a.seed.wrapping_add(k),
+                    b,
+                    a.sampler.as_deref(),
+                    steps,
+                    &caloforge_models::NoProgress,
+                )?;
+                Ok(())
+            };
+            // Warm-up batch (allocations, caches, GPU kernel compilation), then timed batches.
+            if !a.no_warmup {
+                run(u64::MAX / 2)?;
+            }
+            let (mut n, t0) = (0usize, Instant::now());
+            let mut k = 0u64;
+            while n == 0 || t0.elapsed().as_secs_f64() < a.min_seconds {
+                run(k)?;
+                n += b;
+                k += 1;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
+            let st = steps.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+            println!("{st:>8} {b:>8} {n:>10} {ms:>14.3}");
+            rows.push(
+                serde_json::json!({"steps": steps, "batch": b, "showers": n, "ms_per_shower": ms}),
+            );
         }
-        let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
-        println!("{b:>8} {n:>10} {ms:>14.3}");
-        rows.push(serde_json::json!({"batch": b, "showers": n, "ms_per_shower": ms}));
     }
     if let Some(out) = &a.out {
-        let j = serde_json::json!({"model": what, "threads": threads, "rows": rows});
+        let j = serde_json::json!({"model": what, "threads": threads, "device": device, "sampler": a.sampler, "rows": rows});
         caloforge_models::write_text(out, &serde_json::to_string_pretty(&j)?)?;
     }
     Ok(())
