@@ -25,8 +25,9 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
 use caloforge_core::DatasetKind;
 use caloforge_nn::burn;
-use caloforge_nn::device::{compute_device, inference_device, Precision};
+use caloforge_nn::device::{backend, compute_device, inference_device, Backend, Precision};
 use caloforge_nn::diffusion::{ddim_sample, ddpm_sample, NoiseSchedule, ScheduleKind};
+use caloforge_nn::unet::fast::FastUNet;
 use caloforge_nn::unet::{UNet, UNetConfig};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -236,16 +237,24 @@ pub struct CaloDiffusion {
     device: Device,
 }
 
-/// Network input for one batch: channel 0 the (noisy) shower, channels 1-2 the location images.
-fn net_input(x: &[f32], loc: &[f32], n: usize, shape: [usize; 3], device: &Device) -> Tensor<5> {
-    let v = shape.iter().product::<usize>();
+/// Network input for one batch, `[n][3][z][α][r]`: channel 0 the (noisy) shower, channels 1-2
+/// the location images.
+fn input_buffer(x: &[f32], loc: &[f32], n: usize) -> Vec<f32> {
+    let v = x.len() / n.max(1);
     let mut buf = Vec::with_capacity(n * 3 * v);
     for b in 0..n {
         buf.extend_from_slice(&x[b * v..(b + 1) * v]);
         buf.extend_from_slice(loc);
     }
+    buf
+}
+
+fn net_input(x: &[f32], loc: &[f32], n: usize, shape: [usize; 3], device: &Device) -> Tensor<5> {
     Tensor::<5>::from_data(
-        TensorData::new(buf, [n, 3, shape[0], shape[1], shape[2]]),
+        TensorData::new(
+            input_buffer(x, loc, n),
+            [n, 3, shape[0], shape[1], shape[2]],
+        ),
         device,
     )
 }
@@ -325,6 +334,8 @@ impl CaloDiffusion {
         }
         let net = self.net.valid();
         let dev = self.device.clone().inner();
+        // On the CPU, the plain-Rust engine on the same weights (tested equal to burn's forward).
+        let fast = (backend() == Backend::Cpu).then(|| FastUNet::new(&net));
         let sched = NoiseSchedule::new(
             self.cfg.schedule,
             if sampler == Sampler::Ddpm {
@@ -348,15 +359,18 @@ impl CaloDiffusion {
             let objective = self.cfg.objective;
             let mut eps = |x: &[f32], t: usize| -> Vec<f32> {
                 let sig = vec![sched.sigma(t) as f32; n];
-                let out: Vec<f32> = net
-                    .forward(
-                        net_input(x, &loc, n, shape, &dev),
-                        column(sig, &dev),
-                        column(e.clone(), &dev),
-                    )
-                    .into_data()
-                    .iter::<f32>()
-                    .collect();
+                let out: Vec<f32> = match &fast {
+                    Some(f) => f.forward(&input_buffer(x, &loc, n), shape, &sig, &e),
+                    None => net
+                        .forward(
+                            net_input(x, &loc, n, shape, &dev),
+                            column(sig, &dev),
+                            column(e.clone(), &dev),
+                        )
+                        .into_data()
+                        .iter::<f32>()
+                        .collect(),
+                };
                 objective.to_eps(x, out, sched.alpha_bar[t])
             };
             let x = match sampler {

@@ -11,6 +11,8 @@
 //! up path with skip concatenation and transposed convs whose output padding restores each
 //! level's shape; a final ResNet block and a 1×1×1 conv.
 
+pub mod fast;
+
 use crate::conv::{circular_pad, CylindricalConv3d};
 use burn::module::Module;
 use burn::nn::conv::{ConvTranspose3d, ConvTranspose3dConfig};
@@ -53,8 +55,8 @@ impl CylindricalConvTranspose3d {
 /// conv 3×3×3 → GroupNorm → SiLU.
 #[derive(Module, Debug)]
 pub struct ConvBlock {
-    conv: CylindricalConv3d,
-    norm: GroupNorm,
+    pub(crate) conv: CylindricalConv3d,
+    pub(crate) norm: GroupNorm,
 }
 
 impl ConvBlock {
@@ -72,10 +74,10 @@ impl ConvBlock {
 /// ResNet block: block1(x) + Linear(SiLU(cond)) → block2 → + (1×1 conv of) x.
 #[derive(Module, Debug)]
 pub struct ResnetBlock {
-    block1: ConvBlock,
-    block2: ConvBlock,
-    cond: Option<Linear>,
-    res_conv: Option<CylindricalConv3d>,
+    pub(crate) block1: ConvBlock,
+    pub(crate) block2: ConvBlock,
+    pub(crate) cond: Option<Linear>,
+    pub(crate) res_conv: Option<CylindricalConv3d>,
 }
 
 impl ResnetBlock {
@@ -110,12 +112,12 @@ impl ResnetBlock {
 /// 1×1×1 conv and GroupNorm(1).
 #[derive(Module, Debug)]
 pub struct LinearAttention {
-    prenorm: GroupNorm,
-    to_qkv: CylindricalConv3d,
-    to_out: CylindricalConv3d,
-    out_norm: GroupNorm,
-    heads: usize,
-    dim_head: usize,
+    pub(crate) prenorm: GroupNorm,
+    pub(crate) to_qkv: CylindricalConv3d,
+    pub(crate) to_out: CylindricalConv3d,
+    pub(crate) out_norm: GroupNorm,
+    pub(crate) heads: usize,
+    pub(crate) dim_head: usize,
 }
 
 impl LinearAttention {
@@ -160,9 +162,9 @@ impl LinearAttention {
 /// Small MLP embedding of a scalar: Linear(1,32)–GELU–Linear(32,64)–GELU–Linear(64,64).
 #[derive(Module, Debug)]
 pub struct ScalarEmbedding {
-    l1: Linear,
-    l2: Linear,
-    l3: Linear,
+    pub(crate) l1: Linear,
+    pub(crate) l2: Linear,
+    pub(crate) l3: Linear,
 }
 
 impl ScalarEmbedding {
@@ -197,27 +199,27 @@ pub struct UNetConfig {
 }
 
 #[derive(Module, Debug)]
-struct Level {
-    res1: ResnetBlock,
-    res2: ResnetBlock,
-    attn: Option<LinearAttention>,
+pub(crate) struct Level {
+    pub(crate) res1: ResnetBlock,
+    pub(crate) res2: ResnetBlock,
+    pub(crate) attn: Option<LinearAttention>,
 }
 
 /// The conditional U-Net.
 #[derive(Module, Debug)]
 pub struct UNet {
-    time_emb: ScalarEmbedding,
-    energy_emb: ScalarEmbedding,
-    init_conv: CylindricalConv3d,
-    downs: Vec<Level>,
-    down_convs: Vec<CylindricalConv3d>,
-    mid1: ResnetBlock,
-    mid_attn: Option<LinearAttention>,
-    mid2: ResnetBlock,
-    ups: Vec<Level>,
-    up_convs: Vec<CylindricalConvTranspose3d>,
-    final_res: ResnetBlock,
-    final_conv: CylindricalConv3d,
+    pub(crate) time_emb: ScalarEmbedding,
+    pub(crate) energy_emb: ScalarEmbedding,
+    pub(crate) init_conv: CylindricalConv3d,
+    pub(crate) downs: Vec<Level>,
+    pub(crate) down_convs: Vec<CylindricalConv3d>,
+    pub(crate) mid1: ResnetBlock,
+    pub(crate) mid_attn: Option<LinearAttention>,
+    pub(crate) mid2: ResnetBlock,
+    pub(crate) ups: Vec<Level>,
+    pub(crate) up_convs: Vec<CylindricalConvTranspose3d>,
+    pub(crate) final_res: ResnetBlock,
+    pub(crate) final_conv: CylindricalConv3d,
 }
 
 const COND: usize = 128;
