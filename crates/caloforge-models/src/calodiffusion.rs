@@ -197,7 +197,11 @@ pub struct DiffusionCard {
     pub epochs: usize,
     /// Mean training loss per epoch.
     pub train_loss: Vec<f64>,
-    /// Validation loss per epoch (fixed t and noise).
+    /// Optimizer steps.
+    #[serde(default)]
+    pub steps: u64,
+    /// Validation loss per epoch (fixed t and noise; the last one after a partial epoch when
+    /// the time budget stopped training).
     pub val_loss: Vec<f64>,
     /// Whether the time budget stopped training.
     pub stopped_at_budget: bool,
@@ -218,6 +222,7 @@ impl DiffusionCard {
             n_validation: 0,
             parameters,
             epochs: 0,
+            steps: 0,
             train_loss: vec![],
             val_loss: vec![],
             stopped_at_budget: false,
@@ -461,7 +466,7 @@ impl ShowerModel for CaloDiffusion {
         );
         let mut step = 0u64;
         let mut best: Option<(f64, UNet)> = None;
-        'epochs: for _ in 0..cfg.epochs {
+        for _ in 0..cfg.epochs {
             order.shuffle(&mut rng);
             let mut sum = 0.0;
             let mut cnt = 0;
@@ -490,11 +495,11 @@ impl ShowerModel for CaloDiffusion {
                 progress.set("train", step, None);
                 if budget.is_some_and(|b| t0.elapsed() >= b) {
                     model.card.stopped_at_budget = true;
-                    model.card.train_loss.push(sum / cnt as f64);
-                    break 'epochs;
+                    break;
                 }
             }
             model.card.train_loss.push(sum / cnt.max(1) as f64);
+            model.card.steps = step;
             // Validation loss with fixed t and noise.
             let valid = net.valid();
             let vdev = device.clone().inner();
@@ -525,7 +530,9 @@ impl ShowerModel for CaloDiffusion {
             }
             let vl = vs / n_val as f64;
             model.card.val_loss.push(vl);
-            model.card.epochs += 1;
+            if !model.card.stopped_at_budget {
+                model.card.epochs += 1;
+            }
             progress.set(
                 "train",
                 step,
@@ -536,6 +543,9 @@ impl ShowerModel for CaloDiffusion {
             );
             if best.as_ref().is_none_or(|b| vl < b.0) {
                 best = Some((vl, net.clone()));
+            }
+            if model.card.stopped_at_budget {
+                break;
             }
         }
         progress.finish("train");

@@ -138,10 +138,12 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
         "calodiffusion" => {
             let m = CaloDiffusion::train(&text, &opts, &bars)?;
             eprintln!(
-                "calodiffusion: {} parameters, {} epochs, validation loss {:?}{}",
+                "calodiffusion: {} parameters, {} steps ({} full epochs, {:.2} s per step), validation loss {:?}{}",
                 m.card.parameters,
+                m.card.steps,
                 m.card.epochs,
-                m.card.val_loss.last(),
+                m.card.seconds / m.card.steps.max(1) as f64,
+                m.card.val_loss,
                 if m.card.stopped_at_budget {
                     " (stopped at the time budget)"
                 } else {
@@ -250,7 +252,8 @@ pub struct GenerateArgs {
     /// Diffusion models: ddpm or ddim (default: the model's).
     #[arg(long)]
     sampler: Option<String>,
-    /// Diffusion models: DDIM steps (default: the model's).
+    /// Diffusion models: sampling steps (DDPM: the schedule rebuilt with N steps, as the paper's
+    /// 50-400 step study; DDIM: N evenly spaced steps of the training schedule).
     #[arg(long)]
     steps: Option<usize>,
 }
