@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod error;
 pub mod features;
 pub mod geometry;
+pub mod glam;
 pub mod io;
 pub mod numeric;
 

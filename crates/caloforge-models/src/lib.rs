@@ -143,6 +143,14 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../presets/icaloflow-small-student.toml"),
     ),
     (
+        "calodiffusion-ds1-photons",
+        include_str!("../presets/calodiffusion-ds1-photons.toml"),
+    ),
+    (
+        "calodiffusion-ds1-pions",
+        include_str!("../presets/calodiffusion-ds1-pions.toml"),
+    ),
+    (
         "calodiffusion-ds2",
         include_str!("../presets/calodiffusion-ds2.toml"),
     ),

@@ -12,6 +12,7 @@ pub mod conv;
 pub mod device;
 pub mod diffusion;
 pub mod flow;
+pub mod glam;
 pub mod mlp;
 pub mod schedule;
 pub mod unet;
