@@ -96,6 +96,33 @@ fn simd() -> bool {
     }
 }
 
+/// burn's conv weight `[cout][cin][taps]` (or, `transposed`, `[cin][cout][taps]`) as
+/// `[taps][cin][cout]`, the layout the kernels read.
+fn tap_major(wt: Tensor<5>, transposed: bool) -> Vec<f32> {
+    let [d0, d1, kz, ka, kr] = wt.dims();
+    let (cin, cout) = if transposed { (d0, d1) } else { (d1, d0) };
+    let taps = kz * ka * kr;
+    let w0 = vals(wt);
+    let mut w = vec![0.0f32; taps * cin * cout];
+    for co in 0..cout {
+        for ci in 0..cin {
+            let src = if transposed {
+                ci * cout + co
+            } else {
+                co * cin + ci
+            };
+            for t in 0..taps {
+                w[(t * cin + ci) * cout + co] = w0[src * taps + t];
+            }
+        }
+    }
+    w
+}
+
+fn bias_or_zero(b: Option<&burn::module::Param<Tensor<1>>>, n: usize) -> Vec<f32> {
+    b.map(|b| vals(b.val())).unwrap_or_else(|| vec![0.0; n])
+}
+
 /// A convolution with circular α padding and zero z/r padding, weights `[kz][kα][kr][cin][cout]`.
 #[derive(Debug, Clone)]
 struct Conv {
@@ -110,24 +137,9 @@ struct Conv {
 
 impl Conv {
     fn from_cyl(c: &CylindricalConv3d) -> Self {
-        let wt = c.conv.weight.val();
-        let [cout, cin, kz, ka, kr] = wt.dims();
-        let w0 = vals(wt);
-        let taps = kz * ka * kr;
-        let mut w = vec![0.0f32; taps * cin * cout];
-        for co in 0..cout {
-            for ci in 0..cin {
-                for t in 0..taps {
-                    w[(t * cin + ci) * cout + co] = w0[(co * cin + ci) * taps + t];
-                }
-            }
-        }
-        let b = c
-            .conv
-            .bias
-            .as_ref()
-            .map(|b| vals(b.val()))
-            .unwrap_or_else(|| vec![0.0; cout]);
+        let [cout, cin, kz, ka, kr] = c.conv.weight.val().dims();
+        let w = tap_major(c.conv.weight.val(), false);
+        let b = bias_or_zero(c.conv.bias.as_ref(), cout);
         let (pz, pr) = match c.conv.padding {
             PaddingConfig3d::Explicit(z, _, r) => (z, r),
             _ => (0, 0),
@@ -352,24 +364,9 @@ struct ConvT {
 
 impl ConvT {
     fn from_cyl(c: &CylindricalConvTranspose3d) -> Self {
-        let wt = c.conv.weight.val();
-        let [cin, cout, kz, ka, kr] = wt.dims();
-        let w0 = vals(wt);
-        let taps = kz * ka * kr;
-        let mut w = vec![0.0f32; taps * cin * cout];
-        for ci in 0..cin {
-            for co in 0..cout {
-                for t in 0..taps {
-                    w[(t * cin + ci) * cout + co] = w0[(ci * cout + co) * taps + t];
-                }
-            }
-        }
-        let b = c
-            .conv
-            .bias
-            .as_ref()
-            .map(|b| vals(b.val()))
-            .unwrap_or_else(|| vec![0.0; cout]);
+        let [cin, cout, kz, ka, kr] = c.conv.weight.val().dims();
+        let w = tap_major(c.conv.weight.val(), true);
+        let b = bias_or_zero(c.conv.bias.as_ref(), cout);
         ConvT {
             cin,
             cout,
@@ -479,11 +476,7 @@ impl Gn {
                 .as_ref()
                 .map(|p| vals(p.val()))
                 .unwrap_or_else(|| vec![1.0; c]),
-            beta: g
-                .beta
-                .as_ref()
-                .map(|p| vals(p.val()))
-                .unwrap_or_else(|| vec![0.0; c]),
+            beta: bias_or_zero(g.beta.as_ref(), c),
             eps: g.epsilon,
         }
     }
