@@ -34,7 +34,10 @@ impl Buf {
         let mut v = POOL
             .with(|p| {
                 let mut p = p.borrow_mut();
-                let i = p.iter().position(|b| b.capacity() >= len)?;
+                // Best fit: the smallest buffer that holds `len`.
+                let i = (0..p.len())
+                    .filter(|&i| p[i].capacity() >= len)
+                    .min_by_key(|&i| p[i].capacity())?;
                 Some(p.swap_remove(i))
             })
             .unwrap_or_else(|| Vec::with_capacity(len));
