@@ -138,7 +138,7 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
         "calodiffusion" => {
             let m = CaloDiffusion::train(&text, &opts, &bars)?;
             eprintln!(
-                "calodiffusion: {} parameters, {} steps ({} full epochs, {:.2} s per step), validation loss {:?}{}",
+                "calodiffusion: {} parameters, {} steps ({} full epochs, {:.2} s per step overall), validation loss {:?}{}",
                 m.card.parameters,
                 m.card.steps,
                 m.card.epochs,
