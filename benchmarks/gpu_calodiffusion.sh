@@ -6,7 +6,9 @@
 # usage: benchmarks/gpu_calodiffusion.sh CALOFORGE_BINARY OUT_DIR [TRAIN_MINUTES] [N_GEN]
 #   CALOFORGE_BINARY built with `cargo build --release --features gpu`.
 # Stages can be skipped with SKIP_BENCH=1, SKIP_TRAIN=1; STEPS="50 100" picks the sampling step
-# counts; MODEL=DIR generates with that model instead of training one.
+# counts; MODEL=DIR generates with that model instead of training one; BATCH (default 100) is
+# the generation batch. The Vulkan loader must be installed (libvulkan1); the run of the README
+# table carried Debian's .deb and unpacked it first.
 set -u
 B=$1
 OUT=$2

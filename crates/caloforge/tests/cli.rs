@@ -540,4 +540,30 @@ fn calodiffusion_trains_and_generates_from_the_cli() {
         "unknown sampler",
     );
     assert!(!dir.path().join("h.h5").exists());
+    // Too few DDPM steps for the skip, an unknown device, and (in a build without the `gpu`
+    // feature, or on a machine without a Vulkan GPU) the GPU: one error, no output.
+    let gen = |extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "--model",
+            &*d("run"),
+            "--n",
+            "2",
+            "--out",
+            &*d("h.h5"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        caloforge(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    failed_with(&gen(&["--sampler", "ddpm", "--steps", "2"]), "skipped");
+    failed_with(&gen(&["--device", "tpu"]), "unknown device");
+    let o = gen(&["--device", "gpu"]);
+    if !o.status.success() {
+        let e = err_text(&o);
+        assert!(e.contains("GPU"), "{e}");
+    }
+    assert!(!dir.path().join("h.h5").exists() || o.status.success());
 }
