@@ -99,6 +99,27 @@ fn simd() -> bool {
     }
 }
 
+/// `fn $name(&self, args) -> R` that runs `$imp`, compiled a second time for AVX2/FMA (as
+/// `$avx`, so that its plain loops vectorise for them) and chosen at run time.
+macro_rules! simd_method {
+    ($name:ident, $avx:ident, $imp:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if simd() {
+                // SAFETY: AVX2/FMA present; the body is the same code, vectorised for them.
+                return unsafe { self.$avx($($arg),*) };
+            }
+            self.$imp($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx(&self, $($arg: $ty),*) $(-> $ret)? {
+            self.$imp($($arg),*)
+        }
+    };
+}
+
 /// burn's conv weight `[cout][cin][taps]` (or, `transposed`, `[cin][cout][taps]`) as
 /// `[taps][cin][cout]`, the layout the kernels read.
 fn tap_major(wt: Tensor<5>, transposed: bool) -> Vec<f32> {
@@ -382,20 +403,7 @@ impl ConvT {
         }
     }
 
-    fn forward(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
-        #[cfg(target_arch = "x86_64")]
-        if simd() {
-            // SAFETY: AVX2/FMA present; the body is the same code, vectorised for them.
-            return unsafe { self.forward_avx2(x, d) };
-        }
-        self.forward_impl(x, d)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
-        self.forward_impl(x, d)
-    }
+    simd_method!(forward, forward_avx2, forward_impl, (x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]));
 
     #[inline(always)]
     fn forward_impl(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
@@ -484,21 +492,8 @@ impl Gn {
         }
     }
 
-    /// Normalises channels-last `x` in place, then SiLU if `act`.
-    fn apply(&self, x: &mut [f32], act: bool) {
-        #[cfg(target_arch = "x86_64")]
-        if simd() {
-            // SAFETY: AVX2/FMA present; the body is the same code, vectorised for them.
-            return unsafe { self.apply_avx2(x, act) };
-        }
-        self.apply_impl(x, act)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn apply_avx2(&self, x: &mut [f32], act: bool) {
-        self.apply_impl(x, act)
-    }
+    // Normalises channels-last `x` in place, then SiLU if `act`.
+    simd_method!(apply, apply_avx2, apply_impl, (x: &mut [f32], act: bool));
 
     #[inline(always)]
     fn apply_impl(&self, x: &mut [f32], act: bool) {
@@ -818,20 +813,7 @@ impl Attn {
         }
     }
 
-    fn forward(&self, x: &[f32], d: [usize; 3]) -> Buf {
-        #[cfg(target_arch = "x86_64")]
-        if simd() {
-            // SAFETY: AVX2/FMA present; the body is the same code, vectorised for them.
-            return unsafe { self.forward_avx2(x, d) };
-        }
-        self.forward_impl(x, d)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(&self, x: &[f32], d: [usize; 3]) -> Buf {
-        self.forward_impl(x, d)
-    }
+    simd_method!(forward, forward_avx2, forward_impl, (x: &[f32], d: [usize; 3]) -> Buf);
 
     #[inline(always)]
     fn forward_impl(&self, x: &[f32], d: [usize; 3]) -> Buf {
