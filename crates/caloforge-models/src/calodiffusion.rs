@@ -1,20 +1,23 @@
 //! CaloDiffusion (Amram & Pedro, "Denoising diffusion models with geometry adaptation for high
-//! fidelity calorimeter simulation"; reference code `OzAmram/CaloDiffusion`): a DDPM whose
-//! ε-predictor is a conditional U-Net with cylindrical convolutions (`caloforge_nn::unet`),
+//! fidelity calorimeter simulation"; reference code `OzAmram/CaloDiffusionPaper`): a DDPM whose
+//! denoiser is a conditional U-Net with cylindrical convolutions (`caloforge_nn::unet`),
 //! sampled with `caloforge_nn::diffusion`.
 //!
-//! This module holds, so far, the data transforms of the reference code:
-//! - voxels (MeV) → `x / (2·E_inc)` → logit with α = 1e-6 (an empty voxel maps to logit(α)) →
-//!   standardised with per-dataset constants (dataset 2: mean −12.8564, std 1.9123);
-//! - E_inc → `log10(E_inc / E_min) / log10(E_max / E_min)` with E_min = 1 GeV, E_max = 1 TeV;
-//! - location channels: the layer index and the radial index of every voxel, each scaled to
-//!   [0, 1], concatenated to the noisy shower as extra input channels;
-//! - the inverse, with the 15.1 keV cut, and the reference code's optional data-dependent
+//! The data transforms of the reference code:
+//! - voxels (MeV) → `x / (max_dep·E_inc)` → logit with α = 1e-6 (an empty voxel maps to
+//!   logit(α)) → standardised with per-dataset constants (dataset 2: mean −12.8564, std 1.9123;
+//!   dataset 3: −13.4753, 1.1070; dataset 1 on its original voxels: see [`Transform::ds1`]);
+//! - E_inc → `log10(E_inc / E_min) / log10(E_max / E_min)`;
+//! - location channels: the layer index and the radial index of every voxel (and for dataset 1
+//!   the angular index), each scaled to [0, 1], concatenated to the noisy shower;
+//! - the inverse, with the energy cut, and the reference code's optional data-dependent
 //!   "always-empty voxel" mask (voxels empty in every shower of a reference file stay zero).
 //!
-//! [`CaloDiffusion`] trains the ε-predicting U-Net (MSE on ε, t uniform, Adam) and samples with
-//! the ancestral DDPM sampler (skipping the noisiest steps) or DDIM. Dataset 2/3 only so far
-//! (GLaM for dataset 1 and the EDM-weighted objective are not written yet).
+//! [`CaloDiffusion`] trains the denoiser (ε-prediction with MSE, or the EDM-style weighted
+//! x₀ objective, [`Objective`]; t uniform, Adam, validation with fixed draws, best epoch kept)
+//! and samples with the ancestral DDPM sampler (N steps, skipping the noisiest) or DDIM.
+//! Dataset 1 runs through GLaM ([`Denoiser`]): learnable per-layer maps onto a regular grid
+//! around the U-Net. On the CPU, sampling uses the plain-Rust engine `unet::fast`.
 
 use crate::{
     read_showers, unix_time, write_text, ModelError, Progress, Result, ShowerModel, TrainOptions,
