@@ -385,9 +385,9 @@ impl CaloDiffusion {
         steps: usize,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
-        if steps <= self.cfg.skip {
+        if steps == 0 || (sampler == Sampler::Ddpm && steps <= self.cfg.skip) {
             return Err(ModelError::Config(format!(
-                "{steps} sampling steps: need more than the {} skipped",
+                "{steps} sampling steps: need at least one, and for DDPM more than the {} skipped",
                 self.cfg.skip
             )));
         }
