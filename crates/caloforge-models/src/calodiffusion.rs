@@ -31,7 +31,7 @@ use caloforge_core::DatasetKind;
 use caloforge_nn::burn;
 use caloforge_nn::device::{backend, compute_device, inference_device, Backend, Precision};
 use caloforge_nn::diffusion::{ddim_sample, ddpm_sample, NoiseSchedule, ScheduleKind};
-use caloforge_nn::glam::{FastGlam, GlamNet};
+use caloforge_nn::glam::GlamNet;
 use caloforge_nn::unet::fast::FastUNet;
 use caloforge_nn::unet::{UNet, UNetConfig};
 use rand::seq::SliceRandom;
@@ -299,14 +299,6 @@ pub struct CaloDiffusion {
     device: Device,
 }
 
-/// The fast engine's input for one shower: the (grid) shower, then the location images.
-fn input_buffer(x: &[f32], loc: &[f32]) -> Vec<f32> {
-    let mut buf = Vec::with_capacity(x.len() + loc.len());
-    buf.extend_from_slice(x);
-    buf.extend_from_slice(loc);
-    buf
-}
-
 fn loc_tensor(loc: &[f32], shape: [usize; 3], device: &Device) -> Tensor<5> {
     let c = loc.len() / shape.iter().product::<usize>();
     Tensor::<5>::from_data(
@@ -335,7 +327,7 @@ impl CaloDiffusion {
         e: &[f32],
         t: &[usize],
         eps: &[f32],
-        loc: &[f32],
+        loc: &Tensor<5>,
         device: &Device,
     ) -> Tensor<1> {
         let v = x0.len() / e.len();
@@ -345,9 +337,10 @@ impl CaloDiffusion {
             xt.extend(sched.q_sample(&x0[b * v..(b + 1) * v], &eps[b * v..(b + 1) * v], t[b]));
         }
         let sig: Vec<f32> = t.iter().map(|&ti| sched.sigma(ti) as f32).collect();
+        let x_t = rows(xt, n, device);
         let pred = net.forward(
-            rows(xt.clone(), n, device),
-            loc_tensor(loc, cfg.shape(), device),
+            x_t.clone(),
+            loc.clone(),
             column(sig, device),
             column(e.to_vec(), device),
         );
@@ -364,7 +357,7 @@ impl CaloDiffusion {
                     column(v, device)
                 };
                 let (c_skip, c_out, w) = (per(&|c| c.0), per(&|c| c.1), per(&|c| c.2));
-                let x0_hat = c_skip * rows(xt, n, device) + c_out * pred;
+                let x0_hat = c_skip * x_t + c_out * pred;
                 let w_sum = w.clone().sum();
                 ((x0_hat - rows(x0.to_vec(), n, device)).powf_scalar(2.0) * w).sum()
                     / w_sum.mul_scalar(v as f64)
@@ -397,7 +390,10 @@ impl CaloDiffusion {
         let fast = (backend() == Backend::Cpu).then(|| {
             (
                 FastUNet::new(&net.unet),
-                net.glam.as_ref().map(FastGlam::new),
+                net.glam
+                    .as_ref()
+                    .zip(self.cfg.glam())
+                    .map(|(g, t)| g.learned(&t)),
             )
         });
         let sched = NoiseSchedule::new(
@@ -428,11 +424,13 @@ impl CaloDiffusion {
                 let out: Vec<f32> = match &fast {
                     Some((f, g)) => {
                         let mut buf = Vec::with_capacity(n * (vg + loc.len()));
+                        // Per shower: the (grid) shower, then the location images.
                         for xs in x.chunks(v) {
                             match g {
-                                Some(g) => buf.extend(input_buffer(&g.encode(xs), &loc)),
-                                None => buf.extend(input_buffer(xs, &loc)),
+                                Some(g) => buf.extend(g.encode(xs)),
+                                None => buf.extend_from_slice(xs),
                             }
+                            buf.extend_from_slice(&loc);
                         }
                         let o = f.forward(&buf, shape, &sig, &e);
                         match g {
@@ -524,7 +522,9 @@ impl ShowerModel for CaloDiffusion {
             device: device.clone(),
         };
         let sched = NoiseSchedule::new(cfg.schedule, cfg.steps);
-        let loc = location_channels(cfg.shape(), cfg.phi_channel());
+        let shape = cfg.shape();
+        let loc = location_channels(shape, cfg.phi_channel());
+        let loc_t = loc_tensor(&loc, shape, &device);
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         // Fixed validation draws.
         let val_t: Vec<usize> = (0..n_val).map(|_| rng.random_range(0..cfg.steps)).collect();
@@ -556,7 +556,7 @@ impl ShowerModel for CaloDiffusion {
                 let eps: Vec<f32> = (0..idx.len() * v)
                     .map(|_| rng.sample(StandardNormal))
                     .collect();
-                let loss = Self::loss(&cfg, &net, &sched, &xb, &eb, &t, &eps, &loc, &device);
+                let loss = Self::loss(&cfg, &net, &sched, &xb, &eb, &t, &eps, &loc_t, &device);
                 sum += loss
                     .clone()
                     .into_data()
@@ -578,6 +578,7 @@ impl ShowerModel for CaloDiffusion {
             // Validation loss with fixed t and noise.
             let valid = net.valid();
             let vdev = device.clone().inner();
+            let vloc = loc_tensor(&loc, shape, &vdev);
             let mut vs = 0.0;
             for (j, chunk) in (n_train..n)
                 .collect::<Vec<_>>()
@@ -598,7 +599,7 @@ impl ShowerModel for CaloDiffusion {
                     &es,
                     &val_t[off..off + chunk.len()],
                     &val_eps[off * v..(off + chunk.len()) * v],
-                    &loc,
+                    &vloc,
                     &vdev,
                 );
                 vs += l.into_data().iter::<f64>().next().unwrap_or(f64::NAN) * chunk.len() as f64;
@@ -951,9 +952,16 @@ mod model_tests {
         let m = train_and_sample(&text, DatasetKind::Pions1);
         assert!(m.net.glam.is_some());
         // The learnable maps trained with the rest: no longer the geometric initialisation.
-        let init = GlamNet::new(&m.cfg.glam().unwrap(), &Device::flex());
-        let moved = FastGlam::new(m.net.glam.as_ref().unwrap()).encode(&vec![1.0; 533])
-            != FastGlam::new(&init).encode(&vec![1.0; 533]);
+        let geo = m.cfg.glam().unwrap();
+        let init = GlamNet::new(&geo, &Device::flex()).learned(&geo);
+        let moved = m
+            .net
+            .glam
+            .as_ref()
+            .unwrap()
+            .learned(&geo)
+            .encode(&vec![1.0; 533])
+            != init.encode(&vec![1.0; 533]);
         assert!(moved);
     }
 

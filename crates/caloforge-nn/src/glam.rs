@@ -5,7 +5,8 @@
 //! angular bin are spread evenly over the grid's α bins on the way in and summed on the way out.
 //!
 //! Tensors: showers `[B, V]` in the original voxel order ↔ grids `[B, 1, layers, α, r]`.
-//! [`FastGlam`] applies the same maps to plain slices (CPU generation).
+//! [`GlamNet::learned`] gives the trained maps back in the plain form of
+//! `caloforge_core::glam::Glam`, whose `encode`/`decode` apply them to slices (CPU generation).
 
 use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
@@ -59,6 +60,24 @@ impl GlamNet {
         }
     }
 
+    /// The current (learned) maps in the plain form of `template` (the geometric maps they were
+    /// initialised from), for `Glam::encode`/`decode` on slices (CPU generation).
+    pub fn learned(&self, template: &Glam) -> Glam {
+        let nr = self.grid_r;
+        let mut g = template.clone();
+        for (l, m) in g.maps.iter_mut().enumerate() {
+            let we: Vec<f32> = self.enc[l].weight.val().into_data().iter::<f32>().collect();
+            let wd: Vec<f32> = self.dec[l].weight.val().into_data().iter::<f32>().collect();
+            for i in 0..nr {
+                for j in 0..m.n_r {
+                    m.w[i * m.n_r + j] = we[j * nr + i] as f64;
+                    m.w_pinv[j * nr + i] = wd[i * m.n_r + j] as f64;
+                }
+            }
+        }
+        g
+    }
+
     /// `[B, V]` → `[B, 1, layers, α, r]`.
     pub fn encode(&self, x: Tensor<2>) -> Tensor<5> {
         let b = x.dims()[0];
@@ -99,80 +118,6 @@ impl GlamNet {
     }
 }
 
-/// The maps of a [`GlamNet`] on plain slices, for CPU generation.
-#[derive(Debug, Clone)]
-pub struct FastGlam {
-    enc: Vec<Vec<f32>>,
-    dec: Vec<Vec<f32>>,
-    offsets: Vec<usize>,
-    n_alpha: Vec<usize>,
-    n_r: Vec<usize>,
-    grid_alpha: usize,
-    grid_r: usize,
-    n_voxels: usize,
-}
-
-impl FastGlam {
-    /// Copies the weights of `g`.
-    pub fn new(g: &GlamNet) -> Self {
-        let v = |l: &Linear| -> Vec<f32> { l.weight.val().into_data().iter::<f32>().collect() };
-        FastGlam {
-            enc: g.enc.iter().map(v).collect(),
-            dec: g.dec.iter().map(v).collect(),
-            offsets: g.offsets.clone(),
-            n_alpha: g.n_alpha.clone(),
-            n_r: g.n_r.clone(),
-            grid_alpha: g.grid_alpha,
-            grid_r: g.grid_r,
-            n_voxels: g.n_alpha.iter().zip(&g.n_r).map(|(a, r)| a * r).sum(),
-        }
-    }
-
-    /// One shower `[V]` → grid `[layers][α][r]`.
-    pub fn encode(&self, x: &[f32]) -> Vec<f32> {
-        let (na, nr) = (self.grid_alpha, self.grid_r);
-        let mut out = vec![0.0f32; self.enc.len() * na * nr];
-        for l in 0..self.enc.len() {
-            let (a, r) = (self.n_alpha[l], self.n_r[l]);
-            for ga in 0..na {
-                let (src, share) = if a == 1 {
-                    (0, 1.0 / na as f32)
-                } else {
-                    (ga, 1.0)
-                };
-                let xl = &x[self.offsets[l] + src * r..][..r];
-                let o = &mut out[(l * na + ga) * nr..][..nr];
-                for (j, &xv) in xl.iter().enumerate() {
-                    for (ov, &w) in o.iter_mut().zip(&self.enc[l][j * nr..(j + 1) * nr]) {
-                        *ov += xv * w * share;
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Grid `[layers][α][r]` → one shower `[V]`.
-    pub fn decode(&self, y: &[f32]) -> Vec<f32> {
-        let (na, nr) = (self.grid_alpha, self.grid_r);
-        let mut out = vec![0.0f32; self.n_voxels];
-        for l in 0..self.dec.len() {
-            let (a, r) = (self.n_alpha[l], self.n_r[l]);
-            for ga in 0..na {
-                let dst = if a == 1 { 0 } else { ga };
-                let yl = &y[(l * na + ga) * nr..][..nr];
-                let o = &mut out[self.offsets[l] + dst * r..][..r];
-                for (i, &yv) in yl.iter().enumerate() {
-                    for (ov, &w) in o.iter_mut().zip(&self.dec[l][i * r..(i + 1) * r]) {
-                        *ov += yv * w;
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,8 +150,8 @@ mod tests {
             for (p, q) in back.iter().zip(&x) {
                 assert!((p - q).abs() < 1e-3 * q.abs().max(1.0), "{p} vs {q}");
             }
-            // The plain-slice copy agrees.
-            let fast = FastGlam::new(&net);
+            // The plain-slice form agrees.
+            let fast = net.learned(&g);
             let fe = fast.encode(&x[..v]);
             for (p, q) in fe.iter().zip(&grid[..per]) {
                 assert!((p - q).abs() < 1e-4 * q.abs().max(1.0));
