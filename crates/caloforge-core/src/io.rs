@@ -256,19 +256,21 @@ impl ShowerFile {
 /// Writes `path` atomically: `build` fills a [`FileBuilder`], which is written to a temporary
 /// file in the same directory and renamed over `path` only on success.
 pub fn write_atomic(path: &Path, build: impl FnOnce(&mut FileBuilder)) -> Result<()> {
-    let tmp = temp_path(path);
+    let tmp = TempFile::new(path);
     let mut b = FileBuilder::new();
     build(&mut b);
-    let res = b
-        .write(&tmp)
-        .map_err(|e| CoreError::write(path.display(), e.to_string()))
-        .and_then(|_| {
-            std::fs::rename(&tmp, path).map_err(|e| CoreError::write(path.display(), e.to_string()))
-        });
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    b.write(tmp.path())
+        .map_err(|e| CoreError::write(path.display(), e.to_string()))?;
+    tmp.persist()
+}
+
+/// Writes `bytes` to `path` atomically (temporary sibling, then rename): a reader never sees a
+/// partial file, and an interrupted write leaves the old file in place. The one atomic-write
+/// helper of the workspace (text, JSON, weights, checkpoints).
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = TempFile::new(path);
+    std::fs::write(tmp.path(), bytes).map_err(|e| CoreError::write(path.display(), e.to_string()))?;
+    tmp.persist()
 }
 
 /// The temporary sibling path used for an atomic write of `path`.
@@ -277,7 +279,63 @@ pub fn temp_path(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp{}-{k}", std::process::id()))
+}
+
+/// Temporary files being written (removed by [`remove_temp_files`] when the process is
+/// interrupted).
+static TEMP_FILES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A temporary sibling of a target file: registered for clean-up on interruption, removed when
+/// dropped unless [`persist`](Self::persist) renamed it over the target.
+pub struct TempFile {
+    tmp: PathBuf,
+    target: PathBuf,
+}
+
+impl TempFile {
+    /// A fresh temporary path next to `target`.
+    pub fn new(target: &Path) -> Self {
+        let tmp = temp_path(target);
+        if let Ok(mut g) = TEMP_FILES.lock() {
+            g.push(tmp.clone());
+        }
+        TempFile {
+            tmp,
+            target: target.to_path_buf(),
+        }
+    }
+    /// The temporary path to write.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+    /// Renames the temporary file over the target.
+    pub fn persist(self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.target)
+            .map_err(|e| CoreError::write(self.target.display(), e.to_string()))
+        // Drop unregisters (and removes the temporary if the rename failed).
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
+        if let Ok(mut g) = TEMP_FILES.lock() {
+            g.retain(|p| p != &self.tmp);
+        }
+    }
+}
+
+/// Removes every temporary file still being written (called by the CLI's signal handler before
+/// it exits on Ctrl-C/SIGTERM).
+pub fn remove_temp_files() {
+    if let Ok(g) = TEMP_FILES.lock() {
+        for p in g.iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// Checks that the directory of `path` exists and is writable, before long work starts.
@@ -301,6 +359,94 @@ pub fn check_writable(path: &Path) -> Result<()> {
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// Largest incident energy any command accepts (MeV): 10 TeV, ten times the CaloChallenge range.
+pub const MAX_INCIDENT_MEV: f64 = 1e7;
+/// Smallest incident energy any command accepts (MeV).
+pub const MIN_INCIDENT_MEV: f64 = 1.0;
+
+/// Checks an incident-energy range in MeV: finite, lo <= hi, within
+/// [`MIN_INCIDENT_MEV`, `MAX_INCIDENT_MEV`] (an eV or GeV slip gives a clear error instead of
+/// hours of work).
+pub fn check_energy_range(lo: f64, hi: f64) -> Result<()> {
+    if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && hi >= lo) {
+        return Err(CoreError::Invalid(format!(
+            "need 0 < --energy-min <= --energy-max (MeV), got {lo} and {hi}"
+        )));
+    }
+    for e in [lo, hi] {
+        if !(MIN_INCIDENT_MEV..=MAX_INCIDENT_MEV).contains(&e) {
+            return Err(CoreError::Invalid(format!(
+                "incident energy {e} MeV is outside {MIN_INCIDENT_MEV} MeV to {MAX_INCIDENT_MEV:e} MeV (10 TeV); energies are in MeV (1 GeV = 1000)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same existing file (same device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Checks an output file path before any work: its directory exists and is writable; whatever
+/// is already at the path is a regular file (a symbolic link, FIFO, device node or directory
+/// is refused rather than replaced); and it is none of `inputs` (which it would destroy).
+pub fn check_output(path: &Path, inputs: &[&Path]) -> Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        let ft = m.file_type();
+        let what = if ft.is_symlink() {
+            Some("a symbolic link")
+        } else if ft.is_dir() {
+            Some("a directory")
+        } else if !ft.is_file() {
+            Some("not a regular file (FIFO, socket or device)")
+        } else {
+            None
+        };
+        if let Some(w) = what {
+            return Err(CoreError::write(
+                path.display(),
+                format!("the path is {w}; refusing to replace it (choose another output path)"),
+            ));
+        }
+    }
+    for i in inputs {
+        if same_file(path, i) {
+            return Err(CoreError::write(
+                path.display(),
+                format!("this is the input file {}; writing it would destroy the input", i.display()),
+            ));
+        }
+    }
+    check_writable(path)
+}
+
+/// The JSON summary written beside output file `out`: `out` with `.json` appended
+/// (`gen.h5` → `gen.h5.json`), so that it never equals the output. Refused when something that
+/// is not a caloforge summary is already there, or when it is one of `inputs`.
+pub fn summary_path(out: &Path, inputs: &[&Path]) -> Result<PathBuf> {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".json");
+    let p = out.with_file_name(name);
+    check_output(&p, inputs)?;
+    if p.exists() {
+        let ours = std::fs::read_to_string(&p)
+            .map(|t| t.trim_start().starts_with('{') && t.contains("\"caloforge_version\""))
+            .unwrap_or(false);
+        if !ours {
+            return Err(CoreError::write(
+                p.display(),
+                "the summary of the output would go here, but this file is not a caloforge summary; refusing to replace it",
+            ));
+        }
+    }
+    Ok(p)
 }
 
 /// Largest chunk extent written along the row axis. libhdf5 (h5py) refuses chunk dimensions of
@@ -330,6 +476,21 @@ impl ShowerWriter {
     /// Starts a file of showers with `n_voxels` voxels; `expected_rows` reserves memory.
     pub fn create(path: &Path, n_voxels: usize, expected_rows: usize) -> Result<Self> {
         check_writable(path)?;
+        // The showers stay in memory until `finish` and are then encoded: refuse a file that
+        // cannot fit instead of aborting on allocation hours later.
+        let need = (expected_rows as f64) * (n_voxels as f64) * 4.0 * 2.0;
+        if let Some(avail) = available_memory_bytes() {
+            if need > avail as f64 {
+                return Err(CoreError::write(
+                    path.display(),
+                    format!(
+                        "{expected_rows} showers of {n_voxels} voxels need about {:.1} GB of memory to write (the HDF5 writer holds a file's showers until it is written), and {:.1} GB are available: split the run into several files",
+                        need / 1e9,
+                        avail as f64 / 1e9
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             target: path.to_path_buf(),
             n_voxels,
@@ -380,6 +541,14 @@ impl ShowerWriter {
         })?;
         Ok(n)
     }
+}
+
+/// Memory available to this process (bytes): /proc/meminfo's MemAvailable, where it exists.
+pub fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Writes a whole set of showers at once (see [`ShowerWriter`]).

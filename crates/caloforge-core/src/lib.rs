@@ -12,6 +12,7 @@ pub mod geometry;
 pub mod glam;
 pub mod io;
 pub mod numeric;
+pub mod rng;
 
 pub use dataset::DatasetKind;
 pub use error::{CoreError, Result};

@@ -475,13 +475,7 @@ pub fn einc_warning(gen: &[f64], reference: &[f64]) -> Option<String> {
 }
 
 fn write_atomic_text(path: &Path, text: &str) -> Result<(), CoreError> {
-    let tmp = caloforge_core::io::temp_path(path);
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| CoreError::Write {
-            file: path.display().to_string(),
-            msg: e.to_string(),
-        })
+    caloforge_core::io::write_bytes_atomic(path, text.as_bytes())
 }
 
 /// The separation-power text file in evaluate.py's format.

@@ -20,11 +20,13 @@
 //! around the U-Net. On the CPU, sampling uses the plain-Rust engine `unet::fast`.
 
 use crate::{
-    read_showers, unix_time, write_text, ModelError, Progress, Result, ShowerModel, TrainOptions,
+    read_showers, unix_time, write_text, Generator, ModelError, ModelKind, ModelOption, Preset,
+    Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
 };
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::SafetensorsStore;
+use caloforge_nn::schedule::LrSchedule;
+use caloforge_nn::train::{fit, Task, TrainSettings};
 use burn::tensor::{Device, Tensor, TensorData};
 use caloforge_core::glam::Glam;
 use caloforge_core::DatasetKind;
@@ -34,7 +36,6 @@ use caloforge_nn::diffusion::{ddim_sample, ddpm_sample, NoiseSchedule, ScheduleK
 use caloforge_nn::glam::GlamNet;
 use caloforge_nn::unet::fast::FastUNet;
 use caloforge_nn::unet::{UNet, UNetConfig};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -99,14 +100,13 @@ impl Objective {
 
 /// The model configuration (what a preset holds).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CaloDiffusionConfig {
     /// Always "calodiffusion".
     pub model: String,
-    /// Dataset: 1 (with `particle`), 2 or 3.
-    pub dataset: u8,
-    /// Dataset 1: "photons" or "pions".
-    #[serde(default)]
-    pub particle: String,
+    /// Dataset: "1-photons", "1-pions", 2 or 3.
+    #[serde(with = "crate::dataset_key")]
+    pub dataset: DatasetKind,
     /// Diffusion steps of training (the schedule).
     pub steps: usize,
     /// Noise schedule.
@@ -143,14 +143,21 @@ impl CaloDiffusionConfig {
     pub fn from_toml(text: &str) -> Result<Self> {
         let c: CaloDiffusionConfig = toml::from_str(text)
             .map_err(|e| ModelError::Config(format!("CaloDiffusion configuration: {e}")))?;
-        let ds1_ok = c.dataset == 1 && (c.particle == "photons" || c.particle == "pions");
-        if c.model != "calodiffusion" || !(ds1_ok || c.dataset == 2 || c.dataset == 3) {
+        if c.model != "calodiffusion" {
             return Err(ModelError::Config(
-                "CaloDiffusion configuration: model must be \"calodiffusion\", dataset 1 (particle = \"photons\" or \"pions\"), 2 or 3"
-                    .into(),
+                "CaloDiffusion configuration: model must be \"calodiffusion\"".into(),
+            ));
+        }
+        LrSchedule::Constant { lr: c.lr }
+            .validate()
+            .map_err(|m| ModelError::Config(format!("CaloDiffusion configuration: {m}")))?;
+        if c.sample_steps == 0 || c.groups == 0 || c.layer_sizes.iter().any(|&l| l == 0 || l % c.groups != 0) {
+            return Err(ModelError::Config(
+                "CaloDiffusion configuration: need sample_steps > 0, groups > 0 and layer_sizes divisible by groups".into(),
             ));
         }
         if c.steps < 2
+            || c.steps > 100_000
             || c.batch_size == 0
             || c.layer_sizes.len() < 2
             || !(c.validation_fraction > 0.0 && c.validation_fraction < 1.0)
@@ -160,12 +167,7 @@ impl CaloDiffusionConfig {
         Ok(c)
     }
     fn kind(&self) -> DatasetKind {
-        match (self.dataset, self.particle.as_str()) {
-            (1, "pions") => DatasetKind::Pions1,
-            (1, _) => DatasetKind::Photons1,
-            (2, _) => DatasetKind::Ds2,
-            _ => DatasetKind::Ds3,
-        }
+        self.dataset
     }
     /// The GLaM maps of dataset 1 (None for the regular datasets 2 and 3).
     fn glam(&self) -> Option<Glam> {
@@ -228,6 +230,12 @@ pub struct DiffusionCard {
     pub val_loss: Vec<f64>,
     /// Whether the time budget stopped training.
     pub stopped_at_budget: bool,
+    /// Whether a stop request (Ctrl-C/SIGTERM) ended training.
+    #[serde(default)]
+    pub interrupted: bool,
+    /// Incident-energy range of the training showers (MeV).
+    #[serde(default)]
+    pub energy_range: Option<(f64, f64)>,
     /// Seconds.
     pub seconds: f64,
     /// Unix time.
@@ -249,6 +257,8 @@ impl DiffusionCard {
             train_loss: vec![],
             val_loss: vec![],
             stopped_at_budget: false,
+            interrupted: false,
+            energy_range: None,
             seconds: 0.0,
             updated_unix: unix_time(),
         }
@@ -297,7 +307,12 @@ pub struct CaloDiffusion {
     pub card: DiffusionCard,
     net: Denoiser,
     device: Device,
+    /// The CPU sampling engine, built once on first use.
+    fast: std::sync::OnceLock<FastNet>,
 }
+
+/// The plain-Rust U-Net and, for dataset 1, the learned GLaM maps.
+type FastNet = (FastUNet, Option<Glam>);
 
 fn loc_tensor(loc: &[f32], shape: [usize; 3], device: &Device) -> Tensor<5> {
     let c = loc.len() / shape.iter().product::<usize>();
@@ -369,10 +384,12 @@ impl CaloDiffusion {
     /// with N steps (as the reference code, whose network sees σ_t rather than t, so a model
     /// trained with 400 steps samples with 50-400); DDIM takes N evenly spaced steps of the
     /// training schedule. Both skip the `skip` noisiest steps.
+    #[allow(clippy::too_many_arguments)]
     pub fn sample_with(
         &self,
         energies: &[f64],
         seed: u64,
+        first: u64,
         batch: usize,
         sampler: Sampler,
         steps: usize,
@@ -388,13 +405,15 @@ impl CaloDiffusion {
         let dev = self.device.clone().inner();
         // On the CPU, the plain-Rust engine on the same weights (tested equal to burn's forward).
         let fast = (backend() == Backend::Cpu).then(|| {
-            (
-                FastUNet::new(&net.unet),
-                net.glam
-                    .as_ref()
-                    .zip(self.cfg.glam())
-                    .map(|(g, t)| g.learned(&t)),
-            )
+            self.fast.get_or_init(|| {
+                (
+                    FastUNet::new(&net.unet),
+                    net.glam
+                        .as_ref()
+                        .zip(self.cfg.glam())
+                        .map(|(g, t)| g.learned(&t)),
+                )
+            })
         });
         let sched = NoiseSchedule::new(
             self.cfg.schedule,
@@ -415,7 +434,7 @@ impl CaloDiffusion {
         for (ci, chunk) in energies.chunks(batch.max(1)).enumerate() {
             let n = chunk.len();
             let mut rngs: Vec<ChaCha8Rng> = (0..n)
-                .map(|j| crate::shower_rng(seed, (ci * batch.max(1) + j) as u64))
+                .map(|j| crate::shower_rng(seed, first + (ci * batch.max(1) + j) as u64))
                 .collect();
             let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
             let objective = self.cfg.objective;
@@ -476,19 +495,189 @@ impl CaloDiffusion {
             card,
             net,
             device,
+            fast: std::sync::OnceLock::new(),
         })
     }
 }
 
-impl ShowerModel for CaloDiffusion {
+/// The CaloDiffusion family in the registry.
+pub struct CaloDiffusionKind;
+
+/// CaloDiffusion's embedded presets.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "calodiffusion-ds1-photons",
+        text: include_str!("../presets/calodiffusion-ds1-photons.toml"),
+    },
+    Preset {
+        name: "calodiffusion-ds1-pions",
+        text: include_str!("../presets/calodiffusion-ds1-pions.toml"),
+    },
+    Preset {
+        name: "calodiffusion-ds2",
+        text: include_str!("../presets/calodiffusion-ds2.toml"),
+    },
+    Preset {
+        name: "calodiffusion-ds3",
+        text: include_str!("../presets/calodiffusion-ds3.toml"),
+    },
+    Preset {
+        name: "calodiffusion-small",
+        text: include_str!("../presets/calodiffusion-small.toml"),
+    },
+    Preset {
+        name: "calodiffusion-tiny",
+        text: include_str!("../presets/calodiffusion-tiny.toml"),
+    },
+    Preset {
+        name: "calodiffusion-tiny-ds3",
+        text: include_str!("../presets/calodiffusion-tiny-ds3.toml"),
+    },
+    Preset {
+        name: "calodiffusion-tiny-ds1-photons",
+        text: include_str!("../presets/calodiffusion-tiny-ds1-photons.toml"),
+    },
+];
+
+impl ModelKind for CaloDiffusionKind {
     fn name(&self) -> &'static str {
         "calodiffusion"
     }
-    fn dataset(&self) -> DatasetKind {
-        self.cfg.kind()
+    fn paper(&self) -> &'static str {
+        "Amram & Pedro, arXiv 2308.03876 (DDPM, cylindrical U-Net, GLaM)"
     }
+    fn presets(&self) -> &'static [Preset] {
+        PRESETS
+    }
+    fn options(&self) -> &'static [ModelOption] {
+        &[ModelOption::Sampler, ModelOption::Steps]
+    }
+    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
+        let c = CaloDiffusionConfig::from_toml(config)?;
+        Ok((c.kind(), crate::to_toml(&c)?))
+    }
+    fn train(
+        &self,
+        config: &str,
+        opts: &TrainOptions,
+        progress: &dyn Progress,
+    ) -> Result<TrainOutcome> {
+        let m = CaloDiffusion::train(config, opts, progress)?;
+        let c = &m.card;
+        Ok(TrainOutcome {
+            lines: vec![format!(
+                "calodiffusion: {} parameters, {} steps ({} full epochs, {:.2} s per step overall), best validation loss {:.4}{}",
+                c.parameters,
+                c.steps,
+                c.epochs,
+                c.seconds / c.steps.max(1) as f64,
+                c.val_loss.iter().copied().fold(f64::INFINITY, f64::min),
+                if c.interrupted {
+                    " (interrupted: checkpoint written, continue with --resume)"
+                } else if c.stopped_at_budget {
+                    " (stopped at the time budget)"
+                } else {
+                    ""
+                }
+            )],
+            complete: true,
+            interrupted: c.interrupted,
+        })
+    }
+    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
+        Ok(Box::new(CaloDiffusion::load(dir)?))
+    }
+    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
+        Ok(Box::new(CaloDiffusion::untrained(
+            &CaloDiffusionConfig::from_toml(config)?,
+            seed,
+        )?))
+    }
+}
 
-    fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
+/// The denoising objective on the training file, as a task of the one training loop.
+struct DiffusionTask<'a> {
+    cfg: &'a CaloDiffusionConfig,
+    sched: NoiseSchedule,
+    x: &'a [f32],
+    e: &'a [f32],
+    n_train: usize,
+    loc: Vec<f32>,
+    loc_t: Tensor<5>,
+    device: Device,
+    val_t: Vec<usize>,
+    val_eps: Vec<f32>,
+}
+
+impl Task<Denoiser> for DiffusionTask<'_> {
+    fn n_train(&self) -> usize {
+        self.n_train
+    }
+    fn loss(&mut self, net: &Denoiser, idx: &[usize], rng: &mut ChaCha8Rng) -> Tensor<1> {
+        let v = self.cfg.kind().n_voxels();
+        let mut xb = Vec::with_capacity(idx.len() * v);
+        let mut eb = Vec::with_capacity(idx.len());
+        for &i in idx {
+            xb.extend_from_slice(&self.x[i * v..(i + 1) * v]);
+            eb.push(self.e[i]);
+        }
+        let t: Vec<usize> = idx
+            .iter()
+            .map(|_| rng.random_range(0..self.cfg.steps))
+            .collect();
+        let eps: Vec<f32> = (0..idx.len() * v)
+            .map(|_| rng.sample(StandardNormal))
+            .collect();
+        CaloDiffusion::loss(
+            self.cfg,
+            net,
+            &self.sched,
+            &xb,
+            &eb,
+            &t,
+            &eps,
+            &self.loc_t,
+            &self.device,
+        )
+    }
+    /// Validation loss with fixed t and noise.
+    fn validate(&mut self, net: &Denoiser) -> f64 {
+        let (cfg, v) = (self.cfg, self.cfg.kind().n_voxels());
+        let n = self.e.len();
+        let n_val = n - self.n_train;
+        let valid = net.valid();
+        let vdev = self.device.clone().inner();
+        let vloc = loc_tensor(&self.loc, cfg.shape(), &vdev);
+        let mut vs = 0.0;
+        let val_rows: Vec<usize> = (self.n_train..n).collect();
+        for (j, chunk) in val_rows.chunks(cfg.batch_size).enumerate() {
+            let xs: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&i| self.x[i * v..(i + 1) * v].to_vec())
+                .collect();
+            let es: Vec<f32> = chunk.iter().map(|&i| self.e[i]).collect();
+            let off = j * cfg.batch_size;
+            let l = CaloDiffusion::loss(
+                cfg,
+                &valid,
+                &self.sched,
+                &xs,
+                &es,
+                &self.val_t[off..off + chunk.len()],
+                &self.val_eps[off * v..(off + chunk.len()) * v],
+                &vloc,
+                &vdev,
+            );
+            vs += l.into_data().iter::<f64>().next().unwrap_or(f64::NAN) * chunk.len() as f64;
+        }
+        vs / n_val as f64
+    }
+}
+
+impl CaloDiffusion {
+    /// Trains a denoiser from a configuration into `opts.out` through the one training loop
+    /// (checkpoint `checkpoints/denoiser.ckpt`).
+    pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
         let cfg = CaloDiffusionConfig::from_toml(config)?;
         let t0 = Instant::now();
         std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
@@ -504,202 +693,163 @@ impl ShowerModel for CaloDiffusion {
             .zip(&e_inc)
             .flat_map(|(row, &e)| row.iter().map(move |&u| tr.forward(u as f64, e)))
             .collect();
+        drop(vox);
         let e: Vec<f32> = e_inc.iter().map(|&x| tr.energy(x)).collect();
         let n_val = ((n as f64 * cfg.validation_fraction).round() as usize).clamp(1, n - 1);
         let n_train = n - n_val;
         let device = compute_device(Precision::F32, opts.seed);
-        let mut net = Denoiser::new(&cfg, &device)?;
-        let mut model = CaloDiffusion {
-            card: DiffusionCard {
-                data_file: opts.data.display().to_string(),
-                data_sha256: crate::file_sha256(&opts.data)?,
-                n_train,
-                n_validation: n_val,
-                ..DiffusionCard::new(net.num_params())
-            },
-            cfg: cfg.clone(),
-            net: net.clone(),
-            device: device.clone(),
+        let net = Denoiser::new(&cfg, &device)?;
+        let mut card = DiffusionCard {
+            data_file: opts.data.display().to_string(),
+            data_sha256: crate::file_sha256(&opts.data)?,
+            n_train,
+            n_validation: n_val,
+            energy_range: Some(crate::energy_range(&e_inc)),
+            ..DiffusionCard::new(net.num_params())
         };
-        let sched = NoiseSchedule::new(cfg.schedule, cfg.steps);
         let shape = cfg.shape();
         let loc = location_channels(shape, cfg.phi_channel());
         let loc_t = loc_tensor(&loc, shape, &device);
-        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         // Fixed validation draws.
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         let val_t: Vec<usize> = (0..n_val).map(|_| rng.random_range(0..cfg.steps)).collect();
         let val_eps: Vec<f32> = (0..n_val * v).map(|_| rng.sample(StandardNormal)).collect();
-        let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
-        let mut order: Vec<usize> = (0..n_train).collect();
-        let budget = opts
+        let mut task = DiffusionTask {
+            cfg: &cfg,
+            sched: NoiseSchedule::new(cfg.schedule, cfg.steps),
+            x: &x,
+            e: &e,
+            n_train,
+            loc,
+            loc_t,
+            device: device.clone(),
+            val_t,
+            val_eps,
+        };
+        let settings = TrainSettings {
+            batch_size: cfg.batch_size,
+            epochs: cfg.epochs,
+            schedule: LrSchedule::Constant { lr: cfg.lr },
+            eval_every: 0,
+            grad_clip: None,
+        };
+        let deadline = opts
             .max_minutes
-            .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
+            .map(|m| t0 + std::time::Duration::from_secs_f64(m * 60.0));
+        let control = opts.control(opts.seed, deadline, "denoiser.ckpt");
         progress.start(
             "train",
             "train calodiffusion",
             (n_train.div_ceil(cfg.batch_size) * cfg.epochs) as u64,
         );
-        let mut step = 0u64;
-        let mut best: Option<(f64, Denoiser)> = None;
-        for _ in 0..cfg.epochs {
-            order.shuffle(&mut rng);
-            let mut sum = 0.0;
-            let mut cnt = 0;
-            for idx in order.chunks(cfg.batch_size) {
-                let mut xb = Vec::with_capacity(idx.len() * v);
-                let mut eb = Vec::with_capacity(idx.len());
-                for &i in idx {
-                    xb.extend_from_slice(&x[i * v..(i + 1) * v]);
-                    eb.push(e[i]);
-                }
-                let t: Vec<usize> = idx.iter().map(|_| rng.random_range(0..cfg.steps)).collect();
-                let eps: Vec<f32> = (0..idx.len() * v)
-                    .map(|_| rng.sample(StandardNormal))
-                    .collect();
-                let loss = Self::loss(&cfg, &net, &sched, &xb, &eb, &t, &eps, &loc_t, &device);
-                sum += loss
-                    .clone()
-                    .into_data()
-                    .iter::<f64>()
-                    .next()
-                    .unwrap_or(f64::NAN);
-                cnt += 1;
-                let grads = GradientsParams::from_grads(loss.backward(), &net);
-                net = optim.step(cfg.lr, net, grads);
-                step += 1;
-                progress.set("train", step, None);
-                if budget.is_some_and(|b| t0.elapsed() >= b) {
-                    model.card.stopped_at_budget = true;
-                    break;
-                }
-            }
-            model.card.train_loss.push(sum / cnt.max(1) as f64);
-            model.card.steps = step;
-            // Validation loss with fixed t and noise.
-            let valid = net.valid();
-            let vdev = device.clone().inner();
-            let vloc = loc_tensor(&loc, shape, &vdev);
-            let mut vs = 0.0;
-            for (j, chunk) in (n_train..n)
-                .collect::<Vec<_>>()
-                .chunks(cfg.batch_size)
-                .enumerate()
-            {
-                let xs: Vec<f32> = chunk
-                    .iter()
-                    .flat_map(|&i| x[i * v..(i + 1) * v].to_vec())
-                    .collect();
-                let es: Vec<f32> = chunk.iter().map(|&i| e[i]).collect();
-                let off = j * cfg.batch_size;
-                let l = Self::loss(
-                    &cfg,
-                    &valid,
-                    &sched,
-                    &xs,
-                    &es,
-                    &val_t[off..off + chunk.len()],
-                    &val_eps[off * v..(off + chunk.len()) * v],
-                    &vloc,
-                    &vdev,
-                );
-                vs += l.into_data().iter::<f64>().next().unwrap_or(f64::NAN) * chunk.len() as f64;
-            }
-            let vl = vs / n_val as f64;
-            model.card.val_loss.push(vl);
-            if !model.card.stopped_at_budget {
-                model.card.epochs += 1;
-            }
+        let fitted = fit(net, &mut task, &settings, &control, &mut |p| {
             progress.set(
                 "train",
-                step,
-                Some(format!(
-                    "epoch {}: validation loss {vl:.4}",
-                    model.card.epochs
-                )),
-            );
-            if best.as_ref().is_none_or(|b| vl < b.0) {
-                best = Some((vl, net.clone()));
-            }
-            if model.card.stopped_at_budget {
-                break;
-            }
-        }
+                p.step as u64,
+                p.val_loss
+                    .map(|v| format!("step {}: validation loss {v:.4}", p.step)),
+            )
+        })?;
         progress.finish("train");
-        model.net = match best {
-            Some((_, b)) => b,
-            None => net,
+        let r = &fitted.report;
+        card.epochs = r.epochs;
+        card.steps = r.steps as u64;
+        card.train_loss = r.history.iter().skip(1).map(|p| p.train_loss).collect();
+        card.val_loss = r.history.iter().skip(1).map(|p| p.val_loss).collect();
+        card.stopped_at_budget = r.stopped_at_budget;
+        card.interrupted = r.interrupted;
+        card.seconds = r.seconds;
+        card.updated_unix = unix_time();
+        let model = CaloDiffusion {
+            card,
+            cfg,
+            net: fitted.best,
+            device,
+            fast: std::sync::OnceLock::new(),
         };
-        model.card.seconds = t0.elapsed().as_secs_f64();
-        model.card.updated_unix = unix_time();
         model.save(&opts.out)?;
         Ok(model)
+    }
+}
+
+impl Generator for CaloDiffusion {
+    fn kind(&self) -> &'static dyn ModelKind {
+        &CaloDiffusionKind
+    }
+    fn dataset(&self) -> DatasetKind {
+        self.cfg.kind()
+    }
+    fn trained_energy_range(&self) -> Option<(f64, f64)> {
+        self.card.energy_range
     }
 
     fn sample(
         &self,
         energies: &[f64],
         seed: u64,
+        first: u64,
         batch: usize,
+        opts: &SampleOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
+        let sampler = match opts.sampler.as_deref() {
+            None => self.cfg.sampler,
+            Some("ddpm") => Sampler::Ddpm,
+            Some("ddim") => Sampler::Ddim,
+            Some(o) => {
+                return Err(ModelError::Config(format!(
+                    "--sampler: unknown sampler {o:?}: expected ddpm or ddim"
+                )))
+            }
+        };
         self.sample_with(
             energies,
             seed,
+            first,
             batch,
-            self.cfg.sampler,
-            self.cfg.sample_steps,
+            sampler,
+            opts.steps.unwrap_or(self.cfg.sample_steps),
             progress,
         )
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
-        let mut store = SafetensorsStore::from_bytes(None);
-        self.net
-            .valid()
-            .save_into(&mut store)
-            .map_err(|e| ModelError::file(dir, e))?;
-        let bytes = store.get_bytes().map_err(|e| ModelError::file(dir, e))?;
-        let p = dir.join("unet.safetensors");
-        let tmp = caloforge_core::io::temp_path(&p);
-        std::fs::write(&tmp, bytes).map_err(|e| ModelError::file(&tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| ModelError::file(&p, e))?;
-        write_text(
-            &dir.join("config.toml"),
-            &toml::to_string(&self.cfg).map_err(|e| ModelError::Config(e.to_string()))?,
+        caloforge_nn::weights::save(
+            &self.net.valid(),
+            SafetensorsStore::from_bytes(None),
+            &dir.join("unet.safetensors"),
         )?;
+        write_text(&dir.join("config.toml"), &crate::to_toml(&self.cfg)?)?;
         write_text(
             &dir.join("model_card.json"),
             &serde_json::to_string_pretty(&self.card)
                 .map_err(|e| ModelError::Config(e.to_string()))?,
         )
     }
+}
 
-    fn load(dir: &Path) -> Result<Self> {
+impl CaloDiffusion {
+    /// Reads a model directory.
+    pub fn load(dir: &Path) -> Result<Self> {
         let cp = dir.join("config.toml");
         let cfg = CaloDiffusionConfig::from_toml(
             &std::fs::read_to_string(&cp).map_err(|e| ModelError::file(&cp, e))?,
-        )?;
-        let mp = dir.join("model_card.json");
-        let card: DiffusionCard = serde_json::from_str(
-            &std::fs::read_to_string(&mp).map_err(|e| ModelError::file(&mp, e))?,
         )
-        .map_err(|e| ModelError::file(&mp, e))?;
+        .map_err(|e| ModelError::file(&cp, e))?;
+        let card: DiffusionCard = crate::read_card(&dir.join("model_card.json"))?;
         let device = inference_device();
-        let mut net = Denoiser::new(&cfg, &device)?;
-        let wp = dir.join("unet.safetensors");
-        let bytes = std::fs::read(&wp).map_err(|e| ModelError::file(&wp, e))?;
-        let res = net
-            .load_from(&mut SafetensorsStore::from_bytes(Some(bytes)))
-            .map_err(|e| ModelError::file(&wp, e))?;
-        if !res.errors.is_empty() || !res.missing.is_empty() {
-            return Err(ModelError::file(&wp, "not a checkpoint of this U-Net"));
-        }
+        let net = caloforge_nn::weights::load(
+            Denoiser::new(&cfg, &device)?,
+            &dir.join("unet.safetensors"),
+            "this U-Net (config.toml)",
+        )?;
         Ok(CaloDiffusion {
             cfg,
             card,
             net,
             device,
+            fast: std::sync::OnceLock::new(),
         })
     }
 }
@@ -919,7 +1069,8 @@ mod model_tests {
         let bad = preset_text("calodiffusion-small")
             .unwrap()
             .replace("dataset = 2", "dataset = 1");
-        assert!(CaloDiffusionConfig::from_toml(&bad).is_err());
+        let e = CaloDiffusionConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("1-photons"), "{e}");
     }
 
     #[test]
@@ -1008,28 +1159,37 @@ mod model_tests {
         };
         let m = CaloDiffusion::train(text, &opts, &NoProgress).unwrap();
         assert!(m.card.epochs >= 1);
+        // Shower k depends on (seed, k) only: the second of a pair equals the first of a run
+        // that starts at index 1.
+        let pair = m
+            .sample_with(&[2e3, 4e4], 5, 0, 2, Sampler::Ddim, 4, &NoProgress)
+            .unwrap();
+        let second = m
+            .sample_with(&[4e4], 5, 1, 1, Sampler::Ddim, 4, &NoProgress)
+            .unwrap();
+        assert_eq!(&pair[nv..], &second[..]);
         assert!(m.card.val_loss.iter().all(|v| v.is_finite()));
         let energies = [2e3, 4e4];
         let a = m
-            .sample_with(&energies, 5, 2, Sampler::Ddim, 4, &NoProgress)
+            .sample_with(&energies, 5, 0, 2, Sampler::Ddim, 4, &NoProgress)
             .unwrap();
         assert_eq!(a.len(), 2 * nv);
         let cut = m.cfg.transform.cut_mev as f32;
         assert!(a.iter().all(|&v| v == 0.0 || v >= cut));
         assert_eq!(
-            m.sample_with(&energies, 5, 1, Sampler::Ddim, 4, &NoProgress)
+            m.sample_with(&energies, 5, 0, 1, Sampler::Ddim, 4, &NoProgress)
                 .unwrap(),
             a
         );
         let loaded = CaloDiffusion::load(&opts.out).unwrap();
         assert_eq!(
             loaded
-                .sample_with(&energies, 5, 2, Sampler::Ddim, 4, &NoProgress)
+                .sample_with(&energies, 5, 0, 2, Sampler::Ddim, 4, &NoProgress)
                 .unwrap(),
             a
         );
         let d = m
-            .sample_with(&energies[..1], 6, 1, Sampler::Ddpm, 20, &NoProgress)
+            .sample_with(&energies[..1], 6, 0, 1, Sampler::Ddpm, 20, &NoProgress)
             .unwrap();
         assert_eq!(d.len(), nv);
         m

@@ -24,8 +24,8 @@
 //! x-pass for Flow-3). Flow-1 is never distilled: students reuse the teacher's.
 
 use crate::{
-    file_sha256, read_showers, shower_rng, unix_time, write_text, ModelError, Progress, Result,
-    ShowerModel, TrainOptions,
+    file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError,
+    ModelKind, ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
 };
 use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
@@ -56,6 +56,7 @@ pub enum Role {
 
 /// One flow's architecture and training.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Stage {
     /// MADE hidden width.
     pub hidden: usize,
@@ -93,11 +94,13 @@ impl Stage {
 
 /// The model configuration (what a preset holds).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ICaloFlowConfig {
     /// Always "icaloflow".
     pub model: String,
     /// Dataset (2 or 3).
-    pub dataset: u8,
+    #[serde(with = "crate::dataset_key")]
+    pub dataset: DatasetKind,
     /// Teacher or student.
     pub role: Role,
     /// Upper end of the uniform noise added to voxels and layer energies (MeV).
@@ -134,9 +137,9 @@ impl ICaloFlowConfig {
         if self.model != "icaloflow" {
             return bad(format!("model is {:?}, expected \"icaloflow\"", self.model));
         }
-        if !(self.dataset == 2 || self.dataset == 3) {
+        if !matches!(self.dataset, DatasetKind::Ds2 | DatasetKind::Ds3) {
             return bad(format!(
-                "iCaloFlow models datasets 2 and 3, not {}",
+                "dataset: iCaloFlow models datasets 2 and 3, not {}",
                 self.dataset
             ));
         }
@@ -161,6 +164,11 @@ impl ICaloFlowConfig {
             .enumerate()
         {
             if let Some(s) = s {
+                s.train
+                    .validate(&format!("iCaloFlow configuration: flow{}.train", i + 1))?;
+                if !(s.tail_bound.is_finite() && s.tail_bound > 0.0) {
+                    return bad(format!("flow{}: tail_bound must be > 0", i + 1));
+                }
                 if s.train.batch_size == 0 || s.hidden == 0 || s.blocks == 0 || s.bins < 2 {
                     return bad(format!(
                         "flow{}: batch_size, hidden, blocks must be > 0 and bins >= 2",
@@ -180,11 +188,7 @@ impl ICaloFlowConfig {
     }
     /// The dataset kind.
     pub fn kind(&self) -> DatasetKind {
-        if self.dataset == 2 {
-            DatasetKind::Ds2
-        } else {
-            DatasetKind::Ds3
-        }
+        self.dataset
     }
     /// Voxels per layer.
     pub fn layer_size(&self) -> usize {
@@ -234,7 +238,8 @@ pub struct ModelCard {
     /// Teacher or student.
     pub role: Role,
     /// Dataset.
-    pub dataset: u8,
+    #[serde(with = "crate::dataset_key")]
+    pub dataset: DatasetKind,
     /// caloforge version.
     pub caloforge_version: String,
     /// Training file.
@@ -249,6 +254,9 @@ pub struct ModelCard {
     pub seed: u64,
     /// Teacher directory (students).
     pub teacher: Option<String>,
+    /// Incident-energy range of the training showers (MeV).
+    #[serde(default)]
+    pub energy_range: Option<(f64, f64)>,
     /// Flows, by name ("flow1", "flow2", "flow3").
     pub flows: std::collections::BTreeMap<String, FlowCard>,
     /// Unix time of the last update.
@@ -408,14 +416,6 @@ fn flow_path(dir: &Path, k: usize) -> std::path::PathBuf {
 }
 
 impl ICaloFlow {
-    fn stage(&self, k: usize) -> Option<&Stage> {
-        match k {
-            1 => self.cfg.flow1.as_ref(),
-            2 => Some(&self.cfg.flow2),
-            _ => Some(&self.cfg.flow3),
-        }
-    }
-
     fn write_meta(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
         let toml = toml::to_string(&self.cfg).map_err(|e| ModelError::Config(e.to_string()))?;
@@ -550,6 +550,7 @@ impl ICaloFlow {
             n_validation: 0,
             seed,
             teacher: None,
+            energy_range: None,
             flows: Default::default(),
             updated_unix: unix_time(),
         };
@@ -563,16 +564,86 @@ impl ICaloFlow {
     }
 }
 
-impl ShowerModel for ICaloFlow {
+/// The iCaloFlow family in the registry.
+pub struct ICaloFlowKind;
+
+/// iCaloFlow's embedded presets.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "icaloflow-ds2",
+        text: include_str!("../presets/icaloflow-ds2.toml"),
+    },
+    Preset {
+        name: "icaloflow-ds3",
+        text: include_str!("../presets/icaloflow-ds3.toml"),
+    },
+    Preset {
+        name: "icaloflow-ds2-student",
+        text: include_str!("../presets/icaloflow-ds2-student.toml"),
+    },
+    Preset {
+        name: "icaloflow-ds3-student",
+        text: include_str!("../presets/icaloflow-ds3-student.toml"),
+    },
+    Preset {
+        name: "icaloflow-small",
+        text: include_str!("../presets/icaloflow-small.toml"),
+    },
+    Preset {
+        name: "icaloflow-small-student",
+        text: include_str!("../presets/icaloflow-small-student.toml"),
+    },
+    Preset {
+        name: "icaloflow-tiny",
+        text: include_str!("../presets/icaloflow-tiny.toml"),
+    },
+    Preset {
+        name: "icaloflow-tiny-student",
+        text: include_str!("../presets/icaloflow-tiny-student.toml"),
+    },
+];
+
+impl ModelKind for ICaloFlowKind {
     fn name(&self) -> &'static str {
         "icaloflow"
     }
-
-    fn dataset(&self) -> DatasetKind {
-        self.cfg.kind()
+    fn paper(&self) -> &'static str {
+        "Buckley, Krause, Pang, Shih, Phys. Rev. D 109, 033006 (inductive flows)"
     }
+    fn presets(&self) -> &'static [Preset] {
+        PRESETS
+    }
+    fn options(&self) -> &'static [ModelOption] {
+        &[ModelOption::Parts, ModelOption::Teacher]
+    }
+    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
+        let c = ICaloFlowConfig::from_toml(config)?;
+        Ok((c.kind(), crate::to_toml(&c)?))
+    }
+    fn train(
+        &self,
+        config: &str,
+        opts: &TrainOptions,
+        progress: &dyn Progress,
+    ) -> Result<TrainOutcome> {
+        ICaloFlow::train(config, opts, progress)
+    }
+    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
+        Ok(Box::new(ICaloFlow::load(dir)?))
+    }
+    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
+        Ok(Box::new(ICaloFlow::untrained(
+            &ICaloFlowConfig::from_toml(config)?,
+            seed,
+        )?))
+    }
+}
 
-    fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
+impl ICaloFlow {
+    /// Trains the flows of `opts.parts` (all by default) into `opts.out`; the other flows of the
+    /// directory are kept. Each flow trains through the one training loop with its own
+    /// checkpoint (`checkpoints/flowK.ckpt`).
+    pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<TrainOutcome> {
         let cfg = ICaloFlowConfig::from_toml(config)?;
         let kind = cfg.kind();
         let t0 = std::time::Instant::now();
@@ -583,7 +654,7 @@ impl ShowerModel for ICaloFlow {
         };
         if let Some(p) = parts.iter().find(|&&p| !(1..=3).contains(&p)) {
             return Err(ModelError::Config(format!(
-                "iCaloFlow has flows 1, 2, 3; got {p}"
+                "--flows: iCaloFlow has flows 1, 2, 3; got {p}"
             )));
         }
         let teacher = match (cfg.role, &opts.teacher) {
@@ -591,7 +662,7 @@ impl ShowerModel for ICaloFlow {
                 let t = ICaloFlow::load(t)?;
                 if t.cfg.role != Role::Teacher || t.cfg.dataset != cfg.dataset {
                     return Err(ModelError::Config(format!(
-                        "the teacher must be a dataset-{} iCaloFlow teacher",
+                        "--teacher: the teacher must be a dataset-{} iCaloFlow teacher",
                         cfg.dataset
                     )));
                 }
@@ -612,45 +683,42 @@ impl ShowerModel for ICaloFlow {
         std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
         let (e_inc, vox) = read_showers(&opts.data, kind, opts.max_showers)?;
         let n = e_inc.len();
-        let n_val = ((n as f64 * cfg.validation_fraction).round() as usize)
-            .clamp(1, n.saturating_sub(1).max(1));
         if n < 2 {
             return Err(ModelError::file(
                 &opts.data,
                 "need at least 2 showers (training and validation)",
             ));
         }
+        let n_val = ((n as f64 * cfg.validation_fraction).round() as usize).clamp(1, n - 1);
+        let energy_range = crate::energy_range(&e_inc);
         let showers = Showers::new(e_inc, vox, cfg.layer_size());
         let train_idx: Vec<usize> = (0..n - n_val).collect();
         let val_idx: Vec<usize> = (n - n_val..n).collect();
         let device = cpu_autodiff(Precision::F32, opts.seed);
-        // Existing flows in the output directory (training a subset keeps the others).
-        let old_card: Option<ModelCard> = std::fs::read_to_string(opts.out.join("model_card.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
-        let old_flows = old_card
-            .as_ref()
-            .map(|c| c.flows.clone())
-            .unwrap_or_default();
+        // Flows already in the output directory (training a subset keeps the others).
+        let mp = opts.out.join("model_card.json");
+        let old_card: Option<ModelCard> = match std::fs::read_to_string(&mp) {
+            Ok(t) => Some(serde_json::from_str(&t).map_err(|e| ModelError::file(&mp, e))?),
+            Err(_) => None,
+        };
         let data_sha256 = file_sha256(&opts.data)?;
-        if opts.resume {
-            match &old_card {
-                None => {
+        if let Some(c) = &old_card {
+            if (opts.resume || !opts.force) && c.data_sha256 != data_sha256 {
+                return Err(ModelError::file(
+                    &opts.data,
+                    format!(
+                        "not the file the flows in {} were trained on (SHA-256 differs); train into a new directory or pass --force",
+                        opts.out.display()
+                    ),
+                ));
+            }
+            if !opts.resume && !opts.force {
+                if let Some(k) = parts.iter().find(|k| c.flows.contains_key(&format!("flow{k}"))) {
                     return Err(ModelError::file(
-                        &opts.out.join("model_card.json"),
-                        "--resume needs a model directory with a model card",
-                    ))
+                        &mp,
+                        format!("flow{k} is already trained: --resume continues it, --force replaces it"),
+                    ));
                 }
-                Some(c) if c.data_sha256 != data_sha256 => {
-                    return Err(ModelError::file(
-                        &opts.data,
-                        format!(
-                            "--resume: not the file {} was trained on (SHA-256 differs)",
-                            opts.out.display()
-                        ),
-                    ))
-                }
-                _ => {}
             }
         }
         let mut card = ModelCard {
@@ -664,18 +732,13 @@ impl ShowerModel for ICaloFlow {
             n_validation: n_val,
             seed: opts.seed,
             teacher: opts.teacher.as_ref().map(|t| t.display().to_string()),
+            energy_range: Some(energy_range),
             flows: old_card.map(|c| c.flows).unwrap_or_default(),
             updated_unix: unix_time(),
         };
-        let mut model = ICaloFlow {
-            cfg: cfg.clone(),
-            card: card.clone(),
-            flows: vec![],
-            fast: vec![],
-        };
         if let Some(t) = &teacher {
             // Students reuse the teacher's Flow-1.
-            save_flow(&t.flows[0], &flow_path(&opts.out, 1)).map_err(|e| ModelError::Config(e))?;
+            save_flow(&t.flows[0], &flow_path(&opts.out, 1))?;
             card.flows
                 .insert("flow1".into(), t.card.flows["flow1"].clone());
         }
@@ -686,12 +749,43 @@ impl ShowerModel for ICaloFlow {
             .collect();
         // The flows are independent: train them concurrently (burn's CPU kernels use one core
         // at these sizes), each with the whole remaining time budget.
-        let budget = opts
+        let deadline = opts
             .max_minutes
-            .map(|m| Duration::from_secs_f64((m * 60.0 - t0.elapsed().as_secs_f64()).max(0.0)));
-        let train_one = |k: usize| -> Result<(Flow, TrainReport)> {
-            let st = model.stage(k).expect("validated").clone();
+            .map(|m| t0 + Duration::from_secs_f64(m * 60.0));
+        let stage_of = |k: usize| match k {
+            1 => cfg.flow1.clone(),
+            2 => Some(cfg.flow2.clone()),
+            _ => Some(cfg.flow3.clone()),
+        };
+        // Initial weights are drawn here, one flow after the other, from the device's seeded
+        // RNG: drawn inside the concurrent threads they would depend on thread timing.
+        let mut initial = std::collections::BTreeMap::new();
+        for &k in &to_train {
+            let st = stage_of(k).ok_or_else(|| {
+                ModelError::Config(format!("flow{k}: this preset has no [flow{k}]"))
+            })?;
             let (d, c) = cfg.dims(k);
+            let fc = match &teacher {
+                None => st.flow_config(d, c, FlowKind::Maf, opts.seed.wrapping_add(k as u64)),
+                Some(t) => FlowConfig {
+                    hidden: st.hidden,
+                    n_hidden: st.n_hidden,
+                    kind: FlowKind::Iaf,
+                    ..t.flows[k - 1].cfg.clone()
+                },
+            };
+            fc.validate().map_err(ModelError::Config)?;
+            let flow = Flow::new(fc, &device);
+            caloforge_nn::weights::initialize(&flow.net);
+            initial.insert(k, std::sync::Mutex::new(Some(flow)));
+        }
+        let train_one = |k: usize| -> Result<(Flow, TrainReport)> {
+            let st = stage_of(k).expect("checked above");
+            let flow0 = initial[&k]
+                .lock()
+                .ok()
+                .and_then(|mut g| g.take())
+                .expect("one initial flow per part");
             let src = StageSource {
                 cfg: &cfg,
                 s: &showers,
@@ -705,27 +799,15 @@ impl ShowerModel for ICaloFlow {
                 stage: k,
             }
             .materialise(cfg.max_validation_samples, opts.seed ^ 0x5eed);
-            let mut settings = settings_with_steps(&st.train, src.len());
+            let settings = settings_with_steps(&st.train, src.len());
             let name = format!("flow{k}");
             let seed = opts.seed.wrapping_add(k as u64);
-            // --resume: continue from the saved weights, step count and schedule position.
-            let resumed = match (opts.resume, old_flows.get(&name)) {
-                (true, Some(fcard)) => {
-                    let f = load_flow(&flow_path(&opts.out, k), &fcard.config, &device)
-                        .map_err(ModelError::Config)?;
-                    settings.epochs = settings.epochs.saturating_sub(fcard.report.epochs);
-                    Some((f, fcard.report.steps))
-                }
-                _ => None,
-            };
-            let start_step = resumed.as_ref().map_or(0, |r| r.1);
+            let control = opts.control(seed, deadline, &format!("{name}.ckpt"));
             let run = Run {
                 train: &src,
                 val: &val,
                 settings: &settings,
-                start_step,
-                seed,
-                budget,
+                control: &control,
             };
             let steps = (src.len().div_ceil(settings.batch_size) * settings.epochs) as u64;
             let mut bar = |p: caloforge_nn::flow::train::Progress| {
@@ -740,30 +822,16 @@ impl ShowerModel for ICaloFlow {
             };
             let out = match &teacher {
                 None => {
-                    let fc = st.flow_config(d, c, FlowKind::Maf, seed);
-                    fc.validate().map_err(ModelError::Config)?;
                     progress.start(&name, &format!("train {name}"), steps);
-                    let flow = match resumed {
-                        Some((f, _)) => f,
-                        None => Flow::new(fc, &device),
-                    };
-                    train_maf(flow, run, &mut bar)
+                    train_maf(flow0, run, &mut bar)?
                 }
                 Some(t) => {
                     let tf = &t.flows[k - 1];
-                    let fc = FlowConfig {
-                        hidden: st.hidden,
-                        n_hidden: st.n_hidden,
-                        kind: FlowKind::Iaf,
-                        ..tf.cfg.clone()
-                    };
-                    let terms = st.distill.expect("validated");
+                    let terms = st.distill.ok_or_else(|| {
+                        ModelError::Config(format!("flow{k}: a student needs [flow{k}.distill]"))
+                    })?;
                     progress.start(&name, &format!("distill {name}"), steps);
-                    let flow = match resumed {
-                        Some((f, _)) => f,
-                        None => Flow::new(fc, &device),
-                    };
-                    distill(flow, tf, terms, run, &mut bar)
+                    distill(flow0, tf, terms, run, &mut bar)?
                 }
             };
             progress.finish(&name);
@@ -786,9 +854,19 @@ impl ShowerModel for ICaloFlow {
                 })
                 .collect()
         });
+        let mut outcome = TrainOutcome::default();
         for (k, r) in results {
             let (flow, report) = r?;
-            save_flow(&flow, &flow_path(&opts.out, k)).map_err(ModelError::Config)?;
+            save_flow(&flow, &flow_path(&opts.out, k))?;
+            outcome.interrupted |= report.interrupted;
+            outcome.lines.push(format!(
+                "flow{k}: {} parameters, {} steps, best validation loss {:.4} at step {}{}",
+                flow.num_params(),
+                report.steps,
+                report.best_val_loss,
+                report.best_step,
+                crate::stop_note(&report)
+            ));
             card.flows.insert(
                 format!("flow{k}"),
                 FlowCard {
@@ -799,15 +877,71 @@ impl ShowerModel for ICaloFlow {
             );
         }
         card.updated_unix = unix_time();
-        model.card = card;
+        outcome.complete = (1..=3).all(|k| card.flows.contains_key(&format!("flow{k}")));
+        let model = ICaloFlow {
+            cfg,
+            card,
+            flows: vec![],
+            fast: vec![],
+        };
         model.write_meta(&opts.out)?;
-        ICaloFlow::load(&opts.out)
+        if !outcome.complete {
+            let missing: Vec<String> = (1..=3)
+                .filter(|k| !model.card.flows.contains_key(&format!("flow{k}")))
+                .map(|k| k.to_string())
+                .collect();
+            outcome.lines.push(format!(
+                "flows {} are not trained yet (--flows {}); generation needs all three",
+                missing.join(", "),
+                missing.join(",")
+            ));
+        }
+        Ok(outcome)
+    }
+}
+
+impl Generator for ICaloFlow {
+    fn kind(&self) -> &'static dyn ModelKind {
+        &ICaloFlowKind
+    }
+
+    fn dataset(&self) -> DatasetKind {
+        self.cfg.kind()
+    }
+
+    fn trained_energy_range(&self) -> Option<(f64, f64)> {
+        self.card.energy_range
     }
 
     fn sample(
         &self,
         energies: &[f64],
         seed: u64,
+        first: u64,
+        batch: usize,
+        _opts: &SampleOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        self.sample_showers(energies, seed, first, batch, progress)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
+        for (k, f) in self.flows.iter().enumerate() {
+            save_flow(f, &flow_path(dir, k + 1))?;
+        }
+        self.write_meta(dir)
+    }
+}
+
+impl ICaloFlow {
+    /// Generates showers `first..first + energies.len()` of seed `seed` (see
+    /// [`Generator::sample`]).
+    pub fn sample_showers(
+        &self,
+        energies: &[f64],
+        seed: u64,
+        first: u64,
         batch: usize,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
@@ -822,7 +956,7 @@ impl ShowerModel for ICaloFlow {
         let b = batch.max(1);
         for (ci, chunk) in energies.chunks(b).enumerate() {
             let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
-                .map(|j| shower_rng(seed, (ci * b + j) as u64))
+                .map(|j| shower_rng(seed, first + (ci * b + j) as u64))
                 .collect();
             out.extend(self.sample_batch(chunk, &mut rngs));
             progress.set("generate", ((ci * b) + chunk.len()) as u64, None);
@@ -831,23 +965,14 @@ impl ShowerModel for ICaloFlow {
         Ok(out)
     }
 
-    fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
-        for (k, f) in self.flows.iter().enumerate() {
-            save_flow(f, &flow_path(dir, k + 1)).map_err(ModelError::Config)?;
-        }
-        self.write_meta(dir)
-    }
-
-    fn load(dir: &Path) -> Result<Self> {
+    /// Reads a model directory (all three flows must be trained).
+    pub fn load(dir: &Path) -> Result<Self> {
         let cp = dir.join("config.toml");
         let text = std::fs::read_to_string(&cp)
             .map_err(|e| ModelError::file(&cp, format!("not a model directory ({e})")))?;
         let cfg = ICaloFlowConfig::from_toml(&text).map_err(|e| ModelError::file(&cp, e))?;
         let mp = dir.join("model_card.json");
-        let card: ModelCard = std::fs::read_to_string(&mp)
-            .map_err(|e| ModelError::file(&mp, e))
-            .and_then(|t| serde_json::from_str(&t).map_err(|e| ModelError::file(&mp, e)))?;
+        let card: ModelCard = crate::read_card(&mp)?;
         let device = caloforge_nn::burn::tensor::Device::flex();
         let mut flows = Vec::new();
         for k in 1..=3 {
@@ -858,9 +983,7 @@ impl ShowerModel for ICaloFlow {
                     format!("{name} was not trained (train it with --flows {k})"),
                 )
             })?;
-            flows.push(
-                load_flow(&flow_path(dir, k), &fc.config, &device).map_err(ModelError::Config)?,
-            );
+            flows.push(load_flow(&flow_path(dir, k), &fc.config, &device)?);
         }
         let fast = flows.iter().map(FastFlow::from_flow).collect();
         Ok(ICaloFlow {

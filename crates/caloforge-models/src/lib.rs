@@ -5,15 +5,18 @@
 //! - [`calodiffusion`]: CaloDiffusion (Amram & Pedro): DDPM with a cylindrical U-Net (engine
 //!   and network in `caloforge_nn::{diffusion, unet}`).
 //!
-//! Every model implements [`ShowerModel`]; a trained model is a directory with safetensors
-//! weights, the TOML configuration (`config.toml`) and a model card (`model_card.json`). Presets
-//! (the papers' settings and small ones for tests and the demo) are TOML files embedded from
-//! `presets/`, named after the paper.
+//! Every model family is a [`ModelKind`] in the [`registry`]; a trained model is a
+//! [`Generator`] and, on disk, a directory with safetensors weights, the TOML configuration
+//! (`config.toml`) and a model card (`model_card.json`). Presets (the papers' settings and small
+//! ones for tests and the demo) are TOML files embedded from `presets/`, named after the paper.
 
 pub mod calodiffusion;
 /// Device (backend) selection, re-exported for the CLI.
 pub use caloforge_nn::device;
 pub mod icaloflow;
+pub mod registry;
+
+pub use registry::{Generator, ModelKind, ModelOption, Preset, SampleOptions, TrainOutcome};
 
 use caloforge_core::DatasetKind;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,9 @@ pub enum ModelError {
     /// Error from the data layer.
     #[error(transparent)]
     Core(#[from] caloforge_core::CoreError),
+    /// Error from the network layer (weights, checkpoints, training).
+    #[error(transparent)]
+    Nn(#[from] caloforge_nn::train::NnError),
 }
 
 impl ModelError {
@@ -70,8 +76,72 @@ pub struct TrainOptions {
     pub max_showers: Option<usize>,
     /// Hide progress bars.
     pub quiet: bool,
-    /// Continue the flows already in `out` (same data file) from their saved weights and step.
+    /// Continue the interrupted run in `out` from its last checkpoint (same data and
+    /// configuration; only `epochs` may grow).
     pub resume: bool,
+    /// Replace a trained model already in `out`.
+    pub force: bool,
+    /// Seconds between periodic checkpoints (default 60; 0: after every optimizer step).
+    pub checkpoint_seconds: Option<f64>,
+}
+
+impl TrainOptions {
+    /// The training-loop control of one part: `seed`, the deadline, and its checkpoint
+    /// `out/checkpoints/<file>` (every `checkpoint_seconds`, default 60 s; resumed with
+    /// `--resume`).
+    pub fn control(
+        &self,
+        seed: u64,
+        deadline: Option<std::time::Instant>,
+        file: &str,
+    ) -> caloforge_nn::train::Control {
+        caloforge_nn::train::Control {
+            seed,
+            deadline,
+            checkpoint: Some(caloforge_nn::train::Checkpointing {
+                path: self.out.join("checkpoints").join(file),
+                every: std::time::Duration::from_secs_f64(
+                    self.checkpoint_seconds.unwrap_or(60.0).max(0.0),
+                ),
+                resume: self.resume,
+            }),
+            stop: None,
+        }
+    }
+}
+
+/// " (stopped at the time budget)" / " (interrupted: ...)" for a report line.
+pub fn stop_note(r: &caloforge_nn::train::TrainReport) -> &'static str {
+    if r.interrupted {
+        " (interrupted: checkpoint written, continue with --resume)"
+    } else if r.stopped_at_budget {
+        " (stopped at the time budget)"
+    } else {
+        ""
+    }
+}
+
+/// The smallest and largest incident energy (MeV).
+pub fn energy_range(e: &[f64]) -> (f64, f64) {
+    e.iter()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// A configuration as TOML text.
+pub fn to_toml<T: serde::Serialize>(cfg: &T) -> Result<String> {
+    toml::to_string(cfg).map_err(|e| ModelError::Config(e.to_string()))
+}
+
+/// Reads a model card; a directory with a configuration but no card is a run that has not saved
+/// a model yet.
+pub fn read_card<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ModelError::file(
+            path,
+            format!("no trained model here yet ({e}): was training interrupted? continue it with `caloforge train --resume`"),
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::file(path, e))
 }
 
 /// Progress reporting hooks (the CLI draws bars with them).
@@ -93,105 +163,6 @@ impl Progress for NoProgress {
     fn finish(&self, _: &str) {}
 }
 
-/// The interface every model implements.
-pub trait ShowerModel: Sized {
-    /// Model name (the module's).
-    fn name(&self) -> &'static str;
-    /// Dataset the model generates.
-    fn dataset(&self) -> DatasetKind;
-    /// Trains from the preset/configuration text `config` (TOML) and saves into `opts.out`.
-    fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self>;
-    /// Generates one shower per incident energy (MeV), row-major, `batch` showers at a time.
-    /// Shower k depends only on (seed, k).
-    fn sample(
-        &self,
-        energies: &[f64],
-        seed: u64,
-        batch: usize,
-        progress: &dyn Progress,
-    ) -> Result<Vec<f32>>;
-    /// Writes the model directory.
-    fn save(&self, dir: &Path) -> Result<()>;
-    /// Reads a model directory.
-    fn load(dir: &Path) -> Result<Self>;
-}
-
-/// The embedded presets: (name, TOML text).
-pub const PRESETS: &[(&str, &str)] = &[
-    (
-        "icaloflow-ds2",
-        include_str!("../presets/icaloflow-ds2.toml"),
-    ),
-    (
-        "icaloflow-ds3",
-        include_str!("../presets/icaloflow-ds3.toml"),
-    ),
-    (
-        "icaloflow-ds2-student",
-        include_str!("../presets/icaloflow-ds2-student.toml"),
-    ),
-    (
-        "icaloflow-ds3-student",
-        include_str!("../presets/icaloflow-ds3-student.toml"),
-    ),
-    (
-        "icaloflow-small",
-        include_str!("../presets/icaloflow-small.toml"),
-    ),
-    (
-        "icaloflow-small-student",
-        include_str!("../presets/icaloflow-small-student.toml"),
-    ),
-    (
-        "calodiffusion-ds1-photons",
-        include_str!("../presets/calodiffusion-ds1-photons.toml"),
-    ),
-    (
-        "calodiffusion-ds1-pions",
-        include_str!("../presets/calodiffusion-ds1-pions.toml"),
-    ),
-    (
-        "calodiffusion-ds2",
-        include_str!("../presets/calodiffusion-ds2.toml"),
-    ),
-    (
-        "calodiffusion-ds3",
-        include_str!("../presets/calodiffusion-ds3.toml"),
-    ),
-    (
-        "calodiffusion-small",
-        include_str!("../presets/calodiffusion-small.toml"),
-    ),
-];
-
-/// The text of a preset, or of a TOML file when `name` is a path to one.
-pub fn preset_text(name: &str) -> Result<String> {
-    if let Some((_, t)) = PRESETS.iter().find(|(n, _)| *n == name) {
-        return Ok(t.to_string());
-    }
-    let p = Path::new(name);
-    if p.extension().is_some_and(|e| e == "toml") {
-        return std::fs::read_to_string(p).map_err(|e| ModelError::file(p, e));
-    }
-    let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-    Err(ModelError::Config(format!(
-        "unknown preset {name:?}: expected one of {} or a .toml file",
-        names.join(", ")
-    )))
-}
-
-/// The model name stored in a model directory's config.toml.
-pub fn model_kind(dir: &Path) -> Result<String> {
-    let p = dir.join("config.toml");
-    let text = std::fs::read_to_string(&p)
-        .map_err(|e| ModelError::file(&p, format!("not a caloforge model directory ({e})")))?;
-    let v: toml::Table = toml::from_str(&text).map_err(|e| ModelError::file(&p, e))?;
-    v.get("model")
-        .and_then(|m| m.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| ModelError::file(&p, "no 'model' key"))
-}
-
 /// SHA-256 of a file, hex.
 pub fn file_sha256(path: &Path) -> Result<String> {
     use sha2::Digest;
@@ -211,9 +182,7 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 
 /// Writes `text` to `path` atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    let tmp = caloforge_core::io::temp_path(path);
-    std::fs::write(&tmp, text).map_err(|e| ModelError::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::file(path, e))
+    Ok(caloforge_core::io::write_bytes_atomic(path, text.as_bytes())?)
 }
 
 /// Showers of a file as f32 (row-major) with their incident energies; at most `max` showers.
@@ -235,14 +204,10 @@ pub fn read_showers(
     Ok((f.energies[..n].to_vec(), out))
 }
 
-/// The RNG stream of generated shower `k` under `seed`: every model draws shower k's noise from
-/// it, so output does not depend on batch size or threads.
-pub fn shower_rng(seed: u64, k: u64) -> rand_chacha::ChaCha8Rng {
-    use rand::SeedableRng;
-    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    r.set_stream(k);
-    r
-}
+/// The RNG stream of generated shower `k` under `seed` (the workspace's one per-shower stream):
+/// every model draws shower k's noise from it, so output does not depend on batch size or
+/// threads.
+pub use caloforge_core::rng::shower_rng;
 
 /// Seconds since the Unix epoch (for model cards).
 pub fn unix_time() -> u64 {
@@ -250,4 +215,45 @@ pub fn unix_time() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Serde form of the `dataset` key of configurations: `2`, `3` or `"2"`, `"3"`, `"1-photons"`,
+/// `"1-pions"` (written as the string).
+pub mod dataset_key {
+    use caloforge_core::DatasetKind;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the dataset name.
+    pub fn serialize<S: Serializer>(k: &DatasetKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(k.name())
+    }
+
+    /// Reads a dataset number or name.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DatasetKind, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::N(1) => {
+                return Err(serde::de::Error::custom(
+                    "dataset 1 needs its particle: \"1-photons\" or \"1-pions\"",
+                ))
+            }
+            Raw::N(n) => n.to_string(),
+            Raw::S(s) => s,
+        };
+        text.parse::<DatasetKind>()
+            .map_err(|e| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+/// Asks running training loops to checkpoint and stop (the CLI's signal handler).
+pub use caloforge_nn::train::{clear_stop, request_stop};
+
+/// The text of a preset, or of a TOML file when `name` is a path to one.
+pub fn preset_text(name: &str) -> Result<String> {
+    registry::preset(name).map(|(_, t)| t)
 }

@@ -221,15 +221,10 @@ pub fn ddim_sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     fn rngs(n: usize, seed: u64) -> Vec<ChaCha8Rng> {
         (0..n)
-            .map(|k| {
-                let mut r = ChaCha8Rng::seed_from_u64(seed);
-                r.set_stream(k as u64);
-                r
-            })
+            .map(|k| caloforge_core::rng::shower_rng(seed, k as u64))
             .collect()
     }
 

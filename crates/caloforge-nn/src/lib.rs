@@ -15,6 +15,8 @@ pub mod flow;
 pub mod glam;
 pub mod mlp;
 pub mod schedule;
+pub mod train;
 pub mod unet;
+pub mod weights;
 
 pub use burn;

@@ -67,6 +67,59 @@ fn cos_anneal(start: f64, end: f64, pct: f64) -> f64 {
 }
 
 impl LrSchedule {
+    /// Checks the rates and step counts (finite, positive learning rates up to 10; no zero-step
+    /// cycles), naming the bad key.
+    pub fn validate(&self) -> Result<(), String> {
+        let rate = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v <= 10.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a learning rate in (0, 10], got {v}"))
+            }
+        };
+        let factor = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a positive number, got {v}"))
+            }
+        };
+        match self {
+            LrSchedule::Constant { lr } => rate("lr", *lr),
+            LrSchedule::OneCycle {
+                max_lr,
+                pct_start,
+                div_factor,
+                final_div_factor,
+                ..
+            } => {
+                rate("max_lr", *max_lr)?;
+                factor("div_factor", *div_factor)?;
+                factor("final_div_factor", *final_div_factor)?;
+                if !(*pct_start > 0.0 && *pct_start < 1.0) {
+                    return Err(format!("pct_start must be in (0, 1), got {pct_start}"));
+                }
+                Ok(())
+            }
+            LrSchedule::Cyclic {
+                base_lr,
+                max_lr,
+                step_size_up,
+            } => {
+                rate("base_lr", *base_lr)?;
+                rate("max_lr", *max_lr)?;
+                if *step_size_up == 0 {
+                    return Err("step_size_up must be > 0".into());
+                }
+                Ok(())
+            }
+            LrSchedule::MultiStep { lr, gamma, .. } => {
+                rate("lr", *lr)?;
+                factor("gamma", *gamma)
+            }
+        }
+    }
+
     /// Learning rate for optimizer step `step` (0-based).
     pub fn lr(&self, step: usize) -> f64 {
         match self {

@@ -529,12 +529,8 @@ fn fast_atan2(y: f64, x: f64) -> f64 {
     }
 }
 
-/// The RNG stream of shower `index` under `seed`.
-pub fn shower_rng(seed: u64, index: u64) -> ChaCha8Rng {
-    let mut r = ChaCha8Rng::seed_from_u64(seed);
-    r.set_stream(index);
-    r
-}
+/// The RNG stream of shower `index` under `seed` (the workspace's one per-shower stream).
+pub use caloforge_core::rng::shower_rng;
 
 /// Incident energies log-uniform in [lo, hi] MeV (or all equal to lo when lo == hi), drawn from
 /// the dedicated energy stream of `seed`.

@@ -80,10 +80,7 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
 
 /// Writes `text` to `path` atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    let tmp = caloforge_core::io::temp_path(path);
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(caloforge_core::io::write_bytes_atomic(path, text.as_bytes())?)
 }
 
 /// `caloforge simulate`.
@@ -95,30 +92,32 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
         bail!("--n must be > 0");
     }
     let n = a.n.unwrap_or(1000);
+    if n > crate::models::MAX_SHOWERS {
+        bail!(
+            "--n {n} is more than the {} showers one run makes; split the work into several files",
+            crate::models::MAX_SHOWERS
+        );
+    }
     let energies = if let Some(f) = &a.energies_from {
         let file = ShowerFile::open(f, None)?;
         let mut e = file.energies.clone();
         if let Some(n) = a.n {
             e.truncate(n);
         }
+        let (lo, hi) = e
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        caloforge_core::io::check_energy_range(lo, hi)
+            .with_context(|| format!("incident energies of {}", f.display()))?;
         e
     } else if let Some(e) = a.energy {
         if !(e.is_finite() && e > 0.0) {
             bail!("--energy must be a positive number of MeV, got {e}");
         }
+        caloforge_core::io::check_energy_range(e, e).context("--energy")?;
         vec![e; n]
     } else {
-        if !(a.energy_min.is_finite()
-            && a.energy_min > 0.0
-            && a.energy_max.is_finite()
-            && a.energy_max >= a.energy_min)
-        {
-            bail!(
-                "need 0 < --energy-min <= --energy-max (MeV), got {} and {}",
-                a.energy_min,
-                a.energy_max
-            );
-        }
+        caloforge_core::io::check_energy_range(a.energy_min, a.energy_max)?;
         log_uniform_energies(n, a.energy_min, a.energy_max, a.seed)
     };
     let kinds: Vec<DatasetKind> = if a.both {
@@ -136,8 +135,16 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
     } else {
         vec![a.out.clone()]
     };
+    let inputs: Vec<&Path> = a
+        .energies_from
+        .iter()
+        .chain(a.params.iter())
+        .map(|p| p.as_path())
+        .collect();
+    let json_path = caloforge_core::io::summary_path(&a.out, &inputs)?;
     let mut writers = Vec::new();
     for (p, m) in outs.iter().zip(&meshes) {
+        caloforge_core::io::check_output(p, &inputs)?;
         writers.push(ShowerWriter::create(p, m.n_voxels(), energies.len())?);
     }
     let params = match &a.params {
@@ -185,7 +192,6 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
         showers_per_second: energies.len() as f64 / wall,
         params,
     };
-    let json_path = sibling(&a.out, "").with_extension("json");
     write_text(&json_path, &serde_json::to_string_pretty(&summary)?)?;
     for p in &outs {
         eprintln!(
@@ -302,7 +308,7 @@ pub struct DemoArgs {
 /// simulator), train a small iCaloFlow for a few minutes, generate showers with the reference's
 /// energies, and run the whole evaluation of generated against reference.
 pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
-    use caloforge_models::ShowerModel;
+    use caloforge_models::registry;
     if a.n < 10 || a.n_train < 10 {
         bail!("--n and --n-train must be >= 10 for the demo");
     }
@@ -353,17 +359,30 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
             seed: a.seed,
             max_minutes: Some(a.train_minutes),
             quiet,
+            // The demo owns its output directory: a previous demo's model is replaced.
+            force: true,
             ..Default::default()
         };
         let bars = crate::models::Bars::new(quiet);
-        let model = caloforge_models::icaloflow::ICaloFlow::train(
-            &caloforge_models::preset_text("icaloflow-small")?,
-            &opts,
-            &bars,
-        )?;
+        let (kind, text) = registry::preset("icaloflow-small")?;
+        registry::prepare_out(kind, &text, &opts)?;
+        crate::signals::training(true);
+        let outcome = kind.train(&text, &opts, &bars);
+        crate::signals::training(false);
+        if outcome?.interrupted {
+            bail!("interrupted during training");
+        }
+        let model = kind.load(&model_dir)?;
         let energies = caloforge_core::ShowerFile::open(&reference, Some(6480))?.energies;
         let t0 = std::time::Instant::now();
-        let showers = model.sample(&energies, a.seed + 2, 1000, &bars)?;
+        let showers = model.sample(
+            &energies,
+            a.seed + 2,
+            0,
+            1000,
+            &caloforge_models::SampleOptions::default(),
+            &bars,
+        )?;
         eprintln!(
             "      generated {} showers in {:.2} s",
             energies.len(),

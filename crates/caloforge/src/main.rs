@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 mod commands;
 mod models;
+mod signals;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -29,8 +30,14 @@ struct Cli {
     quiet: bool,
     /// Where CaloDiffusion trains and generates: cpu, or gpu (Vulkan; needs a build with
     /// `--features gpu`). The flows and the evaluation classifier always run on the CPU.
-    #[arg(long, global = true, default_value = "cpu")]
-    device: String,
+    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Gpu,
 }
 
 #[derive(Subcommand)]
@@ -47,6 +54,8 @@ enum Command {
     Generate(models::GenerateArgs),
     /// Time generation of a trained model at several batch sizes (ms per shower).
     Bench(models::BenchArgs),
+    /// List the models and their presets (paper, dataset).
+    Models,
     /// Run the demo: simulate a reference and a "generated" sample, then evaluate.
     Demo(commands::DemoArgs),
 }
@@ -175,7 +184,7 @@ fn features(a: FeaturesArgs, quiet: bool) -> Result<()> {
     let ds = parse_dataset(&a.dataset)?;
     let g = ds.geometry(a.binning.as_deref())?;
     let file = caloforge_core::ShowerFile::open(&a.input, Some(ds.n_voxels()))?;
-    caloforge_core::io::check_writable(&a.out)?;
+    caloforge_core::io::check_output(&a.out, &[&a.input])?;
     let scan = caloforge_eval::evaluate::scan(&file, &g, ds, 256 << 20, "features", !quiet, None)?;
     commands::write_features(&a.out, &scan.features)
         .with_context(|| format!("writing {}", a.out.display()))?;
@@ -198,8 +207,12 @@ fn run() -> Result<()> {
             .build_global()
             .context("setting up threads")?;
     }
-    let backend =
-        caloforge_models::device::parse_backend(&cli.device).map_err(anyhow::Error::msg)?;
+    signals::install();
+    let backend = caloforge_models::device::parse_backend(match cli.device {
+        DeviceArg::Cpu => "cpu",
+        DeviceArg::Gpu => "gpu",
+    })
+    .map_err(anyhow::Error::msg)?;
     caloforge_models::device::set_backend(backend).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Evaluate(a) => evaluate(a, cli.quiet),
@@ -209,6 +222,7 @@ fn run() -> Result<()> {
         Command::Train(a) => models::train(a, cli.quiet),
         Command::Generate(a) => models::generate(a, cli.quiet),
         Command::Bench(a) => models::bench(a, cli.quiet),
+        Command::Models => models::list_models(),
     }
 }
 

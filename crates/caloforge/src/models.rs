@@ -1,10 +1,9 @@
 //! `caloforge train`, `generate` and `bench`: the model commands.
 
-use anyhow::{bail, Context, Result};
-use caloforge_core::io::{check_writable, ShowerFile};
-use caloforge_models::calodiffusion::{CaloDiffusion, CaloDiffusionConfig, Sampler};
-use caloforge_models::icaloflow::ICaloFlow;
-use caloforge_models::{model_kind, preset_text, Progress, ShowerModel, TrainOptions};
+use anyhow::{bail, Result};
+use caloforge_core::io::{check_output, summary_path, ShowerFile, ShowerWriter};
+use caloforge_models::registry::{self, Sanity};
+use caloforge_models::{Generator, ModelOption, Progress, SampleOptions, TrainOptions};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -62,7 +61,7 @@ impl Progress for Bars {
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// Preset name (e.g. icaloflow-ds2, icaloflow-ds2-student, icaloflow-small) or a TOML file.
+    /// Preset name (see `caloforge models`) or a TOML file.
     #[arg(long)]
     preset: String,
     /// Training showers (CaloChallenge HDF5).
@@ -86,20 +85,42 @@ pub struct TrainArgs {
     /// Seed of initialisation, shuffling and noise.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Continue training the flows saved in --out (same data) from their weights and step.
+    /// Continue the run in --out from its last checkpoint (same data and preset; only the
+    /// number of epochs may grow).
     #[arg(long)]
     resume: bool,
+    /// Replace a model already trained in --out.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Seconds between checkpoints (0: after every optimizer step).
+    #[arg(long, default_value_t = 60.0)]
+    checkpoint_every: f64,
+}
+
+/// The options a model takes that were given on the command line.
+fn used_options(pairs: &[(bool, ModelOption)]) -> Vec<ModelOption> {
+    pairs.iter().filter(|(u, _)| *u).map(|(_, o)| *o).collect()
 }
 
 pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
-    let text = preset_text(&a.preset)?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("preset {}", a.preset))?;
-    let kind = table.get("model").and_then(|m| m.as_str()).unwrap_or("");
+    let (kind, text) = registry::preset(&a.preset)?;
+    registry::check_options(
+        kind,
+        &used_options(&[
+            (!a.flows.is_empty(), ModelOption::Parts),
+            (a.teacher.is_some(), ModelOption::Teacher),
+        ]),
+    )?;
     if let Some(m) = a.max_minutes {
-        if !(m > 0.0) {
-            bail!("--max-minutes must be > 0");
+        if !(m.is_finite() && m > 0.0) {
+            bail!("--max-minutes must be a positive number of minutes, got {m}");
         }
+    }
+    if !(a.checkpoint_every.is_finite() && a.checkpoint_every >= 0.0) {
+        bail!("--checkpoint-every must be a number of seconds >= 0");
+    }
+    if a.max_showers == Some(0) {
+        bail!("--max-showers must be > 0");
     }
     let opts = TrainOptions {
         data: a.data.clone(),
@@ -111,116 +132,51 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
         max_showers: a.max_showers,
         quiet,
         resume: a.resume,
+        force: a.force,
+        checkpoint_seconds: Some(a.checkpoint_every),
     };
-    // Fail before training when the output cannot be written.
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    check_writable(&a.out.join("model_card.json"))?;
+    // Fail before training when the data cannot be read or the output cannot be written.
+    ShowerFile::open(&a.data, Some(kind.canonical(&text)?.0.n_voxels()))?;
+    registry::prepare_out(kind, &text, &opts)?;
     let t0 = Instant::now();
     let bars = Bars::new(quiet);
-    match kind {
-        "icaloflow" => {
-            let m = ICaloFlow::train(&text, &opts, &bars)?;
-            for (name, f) in &m.card.flows {
-                eprintln!(
-                    "{name}: {} parameters, {} steps, best validation loss {:.4} at step {}{}",
-                    f.parameters,
-                    f.report.steps,
-                    f.report.best_val_loss,
-                    f.report.best_step,
-                    if f.report.stopped_at_budget {
-                        " (stopped at the time budget)"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
-        "calodiffusion" => {
-            let m = CaloDiffusion::train(&text, &opts, &bars)?;
-            eprintln!(
-                "calodiffusion: {} parameters, {} steps ({} full epochs, {:.2} s per step overall), validation loss {:?}{}",
-                m.card.parameters,
-                m.card.steps,
-                m.card.epochs,
-                m.card.seconds / m.card.steps.max(1) as f64,
-                m.card.val_loss,
-                if m.card.stopped_at_budget {
-                    " (stopped at the time budget)"
-                } else {
-                    ""
-                }
-            );
-        }
-        other => bail!("preset {}: unknown model {other:?}", a.preset),
+    crate::signals::training(true);
+    let outcome = kind.train(&text, &opts, &bars);
+    crate::signals::training(false);
+    let outcome = outcome?;
+    for l in &outcome.lines {
+        eprintln!("{l}");
     }
     let summary = serde_json::json!({
         "caloforge_version": env!("CARGO_PKG_VERSION"),
+        "model": kind.name(),
         "preset": a.preset,
         "data": a.data.display().to_string(),
         "out": a.out.display().to_string(),
         "seed": a.seed,
+        "parts": a.flows,
+        "resumed": a.resume,
+        "complete": outcome.complete,
+        "interrupted": outcome.interrupted,
         "wall_seconds": t0.elapsed().as_secs_f64(),
     });
     caloforge_models::write_text(
         &a.out.join("train_summary.json"),
         &serde_json::to_string_pretty(&summary)?,
     )?;
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted: checkpoint and best weights so far written to {}; continue with the same command and --resume",
+            a.out.display()
+        );
+        std::process::exit(130);
+    }
     eprintln!(
         "model written to {} ({:.1} s)",
         a.out.display(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// A loaded model of any kind.
-pub enum AnyModel {
-    ICaloFlow(Box<ICaloFlow>),
-    CaloDiffusion(Box<CaloDiffusion>),
-}
-
-impl AnyModel {
-    pub fn load(dir: &Path) -> Result<Self> {
-        match model_kind(dir)?.as_str() {
-            "icaloflow" => Ok(AnyModel::ICaloFlow(Box::new(ICaloFlow::load(dir)?))),
-            "calodiffusion" => Ok(AnyModel::CaloDiffusion(Box::new(CaloDiffusion::load(dir)?))),
-            other => bail!("{}: unknown model {other:?}", dir.display()),
-        }
-    }
-    pub fn n_voxels(&self) -> usize {
-        match self {
-            AnyModel::ICaloFlow(m) => m.dataset().n_voxels(),
-            AnyModel::CaloDiffusion(m) => m.dataset().n_voxels(),
-        }
-    }
-    /// Generates; `sampler`/`steps` override a diffusion model's defaults.
-    pub fn sample(
-        &self,
-        e: &[f64],
-        seed: u64,
-        batch: usize,
-        sampler: Option<&str>,
-        steps: Option<usize>,
-        p: &dyn Progress,
-    ) -> Result<Vec<f32>> {
-        Ok(match self {
-            AnyModel::ICaloFlow(m) => {
-                if sampler.is_some() || steps.is_some() {
-                    bail!("--sampler and --steps are for diffusion models");
-                }
-                m.sample(e, seed, batch, p)?
-            }
-            AnyModel::CaloDiffusion(m) => {
-                let s = match sampler {
-                    None => m.cfg.sampler,
-                    Some("ddpm") => Sampler::Ddpm,
-                    Some("ddim") => Sampler::Ddim,
-                    Some(o) => bail!("unknown sampler {o:?}: expected ddpm or ddim"),
-                };
-                m.sample_with(e, seed, batch, s, steps.unwrap_or(m.cfg.sample_steps), p)?
-            }
-        })
-    }
 }
 
 #[derive(clap::Args)]
@@ -240,7 +196,7 @@ pub struct GenerateArgs {
     /// Highest incident energy (MeV).
     #[arg(long, default_value_t = 1e6)]
     energy_max: f64,
-    /// Output HDF5 file.
+    /// Output HDF5 file (a JSON summary is written to OUT.json, e.g. gen.h5.json).
     #[arg(long)]
     out: PathBuf,
     /// Showers per generation batch.
@@ -258,6 +214,9 @@ pub struct GenerateArgs {
     steps: Option<usize>,
 }
 
+/// Largest number of showers one command generates or simulates.
+pub const MAX_SHOWERS: usize = 100_000_000;
+
 pub fn energies(
     from: &Option<PathBuf>,
     n: Option<usize>,
@@ -269,50 +228,110 @@ pub fn energies(
         (Some(_), Some(_)) => bail!("give either --energies-from or --n, not both"),
         (Some(p), None) => Ok(ShowerFile::open(p, None)?.energies),
         (None, Some(0)) => bail!("--n must be > 0"),
+        (None, Some(n)) if n > MAX_SHOWERS => {
+            bail!("--n {n} is more than the {MAX_SHOWERS} showers one run makes; split the work into several files")
+        }
         (None, Some(n)) => {
-            if !(lo.is_finite() && lo > 0.0 && hi.is_finite() && hi >= lo) {
-                bail!("need 0 < --energy-min <= --energy-max (MeV), got {lo} and {hi}");
-            }
+            caloforge_core::io::check_energy_range(lo, hi)?;
             Ok(caloforge_sim::log_uniform_energies(n, lo, hi, seed))
         }
         (None, None) => bail!("give --energies-from REF.h5 or --n N"),
     }
 }
 
+/// Positions of a chunked run mapped onto one bar.
+struct Offset<'a> {
+    inner: &'a dyn Progress,
+    offset: u64,
+}
+
+impl Progress for Offset<'_> {
+    fn start(&self, _: &str, _: &str, _: u64) {}
+    fn set(&self, _: &str, pos: u64, msg: Option<String>) {
+        self.inner.set("generate", self.offset + pos, msg);
+    }
+    fn finish(&self, _: &str) {}
+}
+
 pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be > 0");
     }
-    let model = AnyModel::load(&a.model)?;
-    let e = energies(&a.energies_from, a.n, a.energy_min, a.energy_max, a.seed)?;
-    check_writable(&a.out)?;
-    let t0 = Instant::now();
-    let showers = model.sample(
-        &e,
-        a.seed,
-        a.batch,
-        a.sampler.as_deref(),
-        a.steps,
-        &Bars::new(quiet),
+    let model = registry::load(&a.model)?;
+    registry::check_options(
+        model.kind(),
+        &used_options(&[
+            (a.sampler.is_some(), ModelOption::Sampler),
+            (a.steps.is_some(), ModelOption::Steps),
+        ]),
     )?;
+    let sopts = SampleOptions {
+        sampler: a.sampler.clone(),
+        steps: a.steps,
+    };
+    let inputs: Vec<&Path> = a.energies_from.iter().map(|p| p.as_path()).collect();
+    check_output(&a.out, &inputs)?;
+    let summary_path = summary_path(&a.out, &inputs)?;
+    let e = energies(&a.energies_from, a.n, a.energy_min, a.energy_max, a.seed)?;
+    let v = model.dataset().n_voxels();
+    let mut warnings = Vec::new();
+    if let Some((lo, hi)) = model.trained_energy_range() {
+        let outside = e
+            .iter()
+            .filter(|&&x| x < lo * (1.0 - 1e-9) || x > hi * (1.0 + 1e-9))
+            .count();
+        if outside > 0 {
+            warnings.push(format!(
+                "{outside} of {} incident energies lie outside the range the model was trained on ({lo:.4e} to {hi:.4e} MeV): those showers are extrapolations",
+                e.len()
+            ));
+        }
+    }
+    let mut writer = ShowerWriter::create(&a.out, v, e.len())?;
+    let bars = Bars::new(quiet);
+    bars.start("generate", "generate", e.len() as u64);
+    let t0 = Instant::now();
+    let mut sanity = Sanity::default();
+    // Chunks of whole batches; shower k draws from stream k whatever the chunking.
+    let chunk = a.batch.max(1024usize.div_ceil(a.batch) * a.batch).min(e.len().max(1));
+    for start in (0..e.len()).step_by(chunk) {
+        let es = &e[start..(start + chunk).min(e.len())];
+        let p = Offset {
+            inner: &bars,
+            offset: start as u64,
+        };
+        let showers = model.sample(es, a.seed, start as u64, a.batch, &sopts, &p)?;
+        sanity.add(es, &showers, v);
+        writer.append(es, &showers)?;
+        bars.set("generate", (start + es.len()) as u64, None);
+    }
+    bars.finish("generate");
     let gen_s = t0.elapsed().as_secs_f64();
-    caloforge_core::io::write_showers(&a.out, &e, &showers, model.n_voxels())?;
+    if let Some(w) = sanity.bad_fraction_text() {
+        warnings.push(w);
+    }
+    writer.finish()?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let summary = serde_json::json!({
         "caloforge_version": env!("CARGO_PKG_VERSION"),
         "model": a.model.display().to_string(),
+        "model_kind": model.kind().name(),
         "out": a.out.display().to_string(),
         "n": e.len(),
         "seed": a.seed,
         "batch": a.batch,
+        "sampler": a.sampler,
+        "steps": a.steps,
         "threads": rayon::current_num_threads(),
         "generation_seconds": gen_s,
         "ms_per_shower": gen_s * 1e3 / e.len() as f64,
         "wall_seconds": t0.elapsed().as_secs_f64(),
+        "sanity": sanity,
+        "warnings": warnings,
     });
-    caloforge_models::write_text(
-        &a.out.with_extension("json"),
-        &serde_json::to_string_pretty(&summary)?,
-    )?;
+    caloforge_models::write_text(&summary_path, &serde_json::to_string_pretty(&summary)?)?;
     eprintln!(
         "wrote {} ({} showers, {:.3} ms per shower)",
         a.out.display(),
@@ -355,32 +374,32 @@ pub struct BenchArgs {
 }
 
 pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
-    let (model, what) = match (&a.model, &a.preset) {
-        (Some(m), _) => (AnyModel::load(m)?, m.display().to_string()),
+    let (model, what): (Box<dyn Generator>, String) = match (&a.model, &a.preset) {
+        (Some(m), _) => (registry::load(m)?, m.display().to_string()),
         (None, Some(p)) => {
-            let text = preset_text(p)?;
-            let kind = toml::from_str::<toml::Table>(&text)?
-                .get("model")
-                .and_then(|m| m.as_str())
-                .unwrap_or("")
-                .to_string();
-            let m = match kind.as_str() {
-                "icaloflow" => AnyModel::ICaloFlow(Box::new(ICaloFlow::untrained(
-                    &caloforge_models::icaloflow::ICaloFlowConfig::from_toml(&text)?,
-                    a.seed,
-                )?)),
-                "calodiffusion" => AnyModel::CaloDiffusion(Box::new(CaloDiffusion::untrained(
-                    &CaloDiffusionConfig::from_toml(&text)?,
-                    a.seed,
-                )?)),
-                o => bail!("preset {p}: unknown model {o:?}"),
-            };
-            (m, format!("preset {p} (untrained weights)"))
+            let (kind, text) = registry::preset(p)?;
+            (
+                kind.untrained(&text, a.seed)?,
+                format!("preset {p} (untrained weights)"),
+            )
         }
         (None, None) => bail!("give --model RUN or --preset NAME"),
     };
-    if a.batch.iter().any(|&b| b == 0) {
-        bail!("batch sizes must be > 0");
+    registry::check_options(
+        model.kind(),
+        &used_options(&[
+            (a.sampler.is_some(), ModelOption::Sampler),
+            (!a.steps.is_empty(), ModelOption::Steps),
+        ]),
+    )?;
+    if a.batch.iter().any(|&b| b == 0 || b > 1_000_000) {
+        bail!("batch sizes must be in 1..=1000000");
+    }
+    if !(a.min_seconds.is_finite() && a.min_seconds >= 0.0) {
+        bail!("--min-seconds must be a number >= 0");
+    }
+    if let Some(out) = &a.out {
+        check_output(out, &[])?;
     }
     let threads = rayon::current_num_threads();
     let device = format!("{:?}", caloforge_models::device::backend()).to_lowercase();
@@ -396,6 +415,10 @@ pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
     };
     let mut rows = Vec::new();
     for steps in step_list {
+        let sopts = SampleOptions {
+            sampler: a.sampler.clone(),
+            steps,
+        };
         for &b in &a.batch {
             let run = |k: u64| -> Result<()> {
                 let e = caloforge_sim::log_uniform_energies(
@@ -407,9 +430,9 @@ pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
                 model.sample(
                     &e,
                     a.seed.wrapping_add(k),
+                    0,
                     b,
-                    a.sampler.as_deref(),
-                    steps,
+                    &sopts,
                     &caloforge_models::NoProgress,
                 )?;
                 Ok(())
@@ -434,8 +457,31 @@ pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
         }
     }
     if let Some(out) = &a.out {
-        let j = serde_json::json!({"model": what, "threads": threads, "device": device, "sampler": a.sampler, "rows": rows});
+        let j = serde_json::json!({"caloforge_version": env!("CARGO_PKG_VERSION"), "model": what, "threads": threads, "device": device, "sampler": a.sampler, "rows": rows});
         caloforge_models::write_text(out, &serde_json::to_string_pretty(&j)?)?;
+    }
+    Ok(())
+}
+
+/// `caloforge models`: every model family and preset, one line each.
+pub fn list_models() -> Result<()> {
+    for k in registry::REGISTRY {
+        let opts: Vec<&str> = k.options().iter().map(|o| o.flag()).collect();
+        println!(
+            "{:<24} {}  [options: {}]",
+            k.name(),
+            k.paper(),
+            if opts.is_empty() { "-".to_string() } else { opts.join(" ") }
+        );
+        for p in k.presets() {
+            let ds = k.canonical(p.text)?.0;
+            println!(
+                "  {:<26} dataset {:<10} {}",
+                p.name,
+                ds.name(),
+                registry::preset_description(p.text)
+            );
+        }
     }
     Ok(())
 }

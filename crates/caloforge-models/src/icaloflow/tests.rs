@@ -1,11 +1,11 @@
 use super::*;
-use crate::{preset_text, NoProgress, PRESETS};
+use crate::{preset_text, NoProgress};
 use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
 
 #[test]
 fn every_preset_parses_and_dims_match_the_paper() {
-    for (name, text) in PRESETS.iter().filter(|(n, _)| n.starts_with("icaloflow")) {
-        let c = ICaloFlowConfig::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for p in PRESETS {
+        let c = ICaloFlowConfig::from_toml(p.text).unwrap_or_else(|e| panic!("{}: {e}", p.name));
         assert_eq!(c.model, "icaloflow");
     }
     let ds2 = ICaloFlowConfig::from_toml(&preset_text("icaloflow-ds2").unwrap()).unwrap();
@@ -24,7 +24,10 @@ fn every_preset_parses_and_dims_match_the_paper() {
 fn bad_configurations_are_refused() {
     let good = preset_text("icaloflow-small").unwrap();
     for (from, to, what) in [
-        ("dataset = 2", "dataset = 1", "datasets 2 and 3"),
+        ("dataset = 2", "dataset = \"1-pions\"", "datasets 2 and 3"),
+        ("dataset = 2", "dataset = 7", "unknown dataset"),
+        ("alpha = 1e-6", "alpha = 1e-6\nbogus_key = 1", "bogus_key"),
+        ("max_lr = 2e-3", "max_lr = nan", "max_lr"),
         (
             "validation_fraction = 0.2",
             "validation_fraction = 1.5",
@@ -88,23 +91,25 @@ fn trains_generates_deterministically_and_round_trips() {
         seed: 3,
         ..Default::default()
     };
-    let m = ICaloFlow::train(&tiny("teacher"), &opts, &NoProgress).unwrap();
+    let out = ICaloFlow::train(&tiny("teacher"), &opts, &NoProgress).unwrap();
+    assert!(out.complete && !out.interrupted);
+    let m = ICaloFlow::load(&opts.out).unwrap();
     assert_eq!(m.card.flows.len(), 3);
     assert_eq!(m.card.n_train + m.card.n_validation, 150);
     for f in m.card.flows.values() {
         assert!(f.report.best_val_loss.is_finite());
     }
     let energies = [2e3, 5e4, 3e5];
-    let a = m.sample(&energies, 9, 2, &NoProgress).unwrap();
+    let a = m.sample_showers(&energies, 9, 0, 2, &NoProgress).unwrap();
     assert_eq!(a.len(), 3 * 6480);
     assert!(a.iter().all(|&v| v == 0.0 || v >= 1.5e-2));
     // Same seed: same showers, whatever the batch size; reloaded model: same showers.
-    let b = m.sample(&energies, 9, 3, &NoProgress).unwrap();
+    let b = m.sample_showers(&energies, 9, 0, 3, &NoProgress).unwrap();
     assert_eq!(a, b);
     let loaded = ICaloFlow::load(&opts.out).unwrap();
-    assert_eq!(loaded.sample(&energies, 9, 1, &NoProgress).unwrap(), a);
-    assert_ne!(m.sample(&energies, 10, 2, &NoProgress).unwrap(), a);
-    assert!(m.sample(&[-1.0], 1, 1, &NoProgress).is_err());
+    assert_eq!(loaded.sample_showers(&energies, 9, 0, 1, &NoProgress).unwrap(), a);
+    assert_ne!(m.sample_showers(&energies, 10, 0, 2, &NoProgress).unwrap(), a);
+    assert!(m.sample_showers(&[-1.0], 1, 0, 1, &NoProgress).is_err());
 
     // A student distilled from it.
     let sopts = TrainOptions {
@@ -112,9 +117,10 @@ fn trains_generates_deterministically_and_round_trips() {
         teacher: Some(opts.out.clone()),
         ..opts.clone()
     };
-    let s = ICaloFlow::train(&tiny("student"), &sopts, &NoProgress).unwrap();
+    ICaloFlow::train(&tiny("student"), &sopts, &NoProgress).unwrap();
+    let s = ICaloFlow::load(&sopts.out).unwrap();
     assert_eq!(s.cfg.role, Role::Student);
-    let g = s.sample(&energies, 9, 3, &NoProgress).unwrap();
+    let g = s.sample_showers(&energies, 9, 0, 3, &NoProgress).unwrap();
     assert_eq!(g.len(), 3 * 6480);
     // A student without a teacher is refused.
     let err = ICaloFlow::train(

@@ -232,12 +232,14 @@ mod training {
                 train: &train,
                 val: &val,
                 settings: &settings(40, 32, 1e-2),
-                start_step: 0,
-                seed: 3,
-                budget: None,
+                control: &crate::train::Control {
+                    seed: 3,
+                    ..Default::default()
+                },
             },
             &mut |_| {},
-        );
+        )
+        .unwrap();
         assert!(report.best_val_loss.is_finite());
         (flow, val)
     }
@@ -265,9 +267,11 @@ mod training {
         // A checkpoint of another shape is refused with a message naming the file.
         let mut other = flow.cfg.clone();
         other.hidden = 16;
-        let err = load_flow(&path, &other, &flow.device()).unwrap_err();
+        let err = load_flow(&path, &other, &flow.device())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("flow.safetensors"), "{err}");
-        // Resuming continues from the saved weights: the first validation equals the saved one.
+        // Training continues from the given weights: the first validation equals the saved one.
         let val = banana(2048, 3);
         let (_, rep) = train_maf(
             loaded,
@@ -275,16 +279,18 @@ mod training {
                 train: &banana(1024, 4),
                 val: &val,
                 settings: &settings(1, 4, 1e-4),
-                start_step: 1280,
-                seed: 3,
-                budget: None,
+                control: &crate::train::Control {
+                    seed: 3,
+                    ..Default::default()
+                },
             },
             &mut |_| {},
-        );
+        )
+        .unwrap();
         assert!(
             (rep.history[0].val_loss - mean_nll(&FastFlow::from_flow(&flow), &val)).abs() < 1e-9
         );
-        assert_eq!(rep.steps, 1284);
+        assert_eq!(rep.steps, 4);
     }
 
     #[test]
@@ -308,12 +314,14 @@ mod training {
                 train: &train,
                 val: &val,
                 settings: &settings(30, 32, 5e-3),
-                start_step: 0,
-                seed: 4,
-                budget: None,
+                control: &crate::train::Control {
+                    seed: 4,
+                    ..Default::default()
+                },
             },
             &mut |_| {},
-        );
+        )
+        .unwrap();
         assert!(
             rep.best_val_loss < rep.history[0].val_loss / 20.0,
             "{:?}",

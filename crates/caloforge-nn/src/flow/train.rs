@@ -3,17 +3,16 @@
 //! kept, a wall-clock budget, and safetensors checkpoints.
 
 use super::fast::FastFlow;
-use super::{Flow, FlowConfig, FlowKind};
-use crate::schedule::LrSchedule;
+use super::{Flow, FlowConfig, FlowKind, FlowNet};
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::SafetensorsStore;
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_distr::StandardNormal;
+use crate::train::{fit, Control, NnError, Result, Task};
+pub use crate::train::{Progress, TrainReport, TrainSettings, ValPoint};
+use rand_chacha::ChaCha8Rng;
 use std::path::Path;
-use std::time::Instant;
 
 /// Row-major training samples and their context.
 #[derive(Debug, Clone, Default)]
@@ -88,196 +87,6 @@ impl FlowData {
     }
 }
 
-/// Optimisation settings.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TrainSettings {
-    /// Mini-batch size.
-    pub batch_size: usize,
-    /// Epochs (passes over the training set).
-    pub epochs: usize,
-    /// Learning-rate schedule (indexed by optimizer step).
-    pub schedule: LrSchedule,
-    /// Validate every this many steps (0: after every epoch).
-    #[serde(default)]
-    pub eval_every: usize,
-    /// Global gradient-norm clip (none if absent).
-    #[serde(default)]
-    pub grad_clip: Option<f64>,
-}
-
-/// Reads a JSON null (how serde_json writes NaN) back as NaN.
-fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    use serde::Deserialize;
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-/// One validation point.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ValPoint {
-    /// Optimizer steps done.
-    pub step: usize,
-    /// Mean training loss since the previous point (NaN/null before the first step).
-    #[serde(deserialize_with = "nan_from_null")]
-    pub train_loss: f64,
-    /// Validation loss.
-    #[serde(deserialize_with = "nan_from_null")]
-    pub val_loss: f64,
-}
-
-/// What a training run did.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct TrainReport {
-    /// Optimizer steps done (including those of a resumed run).
-    pub steps: usize,
-    /// Epochs completed in this run.
-    pub epochs: usize,
-    /// Best validation loss.
-    #[serde(deserialize_with = "nan_from_null")]
-    pub best_val_loss: f64,
-    /// Step of the best validation loss.
-    pub best_step: usize,
-    /// Validation history.
-    pub history: Vec<ValPoint>,
-    /// Whether the wall-clock budget ended the run.
-    pub stopped_at_budget: bool,
-    /// Wall time (s).
-    pub seconds: f64,
-}
-
-/// Progress callback payload.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    /// Steps done.
-    pub step: usize,
-    /// Steps planned.
-    pub total: usize,
-    /// Latest validation loss, if any.
-    pub val_loss: Option<f64>,
-}
-
-/// Loss of a mini-batch for a model being trained.
-type BatchLoss<'a> = dyn FnMut(&Flow, &[usize], &mut rand_chacha::ChaCha8Rng) -> Tensor<1> + 'a;
-
-fn fit(
-    mut flow: Flow,
-    run: Run,
-    loss_fn: &mut BatchLoss,
-    val_fn: &mut dyn FnMut(&Flow) -> f64,
-    progress: &mut dyn FnMut(Progress),
-) -> (Flow, TrainReport) {
-    let Run {
-        settings: s,
-        start_step,
-        seed,
-        budget,
-        ..
-    } = run;
-    let n_train = run.train.len();
-    let t0 = Instant::now();
-    let bs = s.batch_size.clamp(1, n_train.max(1));
-    let steps_per_epoch = n_train.div_ceil(bs);
-    let total = start_step + steps_per_epoch * s.epochs;
-    let eval_every = if s.eval_every == 0 {
-        steps_per_epoch
-    } else {
-        s.eval_every
-    };
-    let mut optim = AdamConfig::new().with_epsilon(1e-8);
-    if let Some(c) = s.grad_clip {
-        optim = optim.with_grad_clipping(Some(
-            burn::optim::grad_clipping::GradientClippingConfig::Norm(c as f32),
-        ));
-    }
-    let mut optim = optim.init();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(start_step as u64);
-    let mut order: Vec<usize> = (0..n_train).collect();
-    let mut step = start_step;
-    let mut best = (val_fn(&flow), step, flow.net.clone());
-    let mut history = vec![ValPoint {
-        step,
-        train_loss: f64::NAN,
-        val_loss: best.0,
-    }];
-    progress(Progress {
-        step,
-        total,
-        val_loss: Some(best.0),
-    });
-    let (mut loss_sum, mut loss_n) = (0.0, 0usize);
-    let mut stopped = false;
-    let mut epochs = 0;
-    'outer: for _ in 0..s.epochs {
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(bs) {
-            let loss = loss_fn(&flow, chunk, &mut rng);
-            let v: f64 = loss
-                .clone()
-                .into_data()
-                .iter::<f64>()
-                .next()
-                .unwrap_or(f64::NAN);
-            loss_sum += v;
-            loss_n += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &flow.net);
-            let lr = s.schedule.lr(step);
-            flow = flow.map_net(|net| optim.step(lr, net, grads));
-            step += 1;
-            let out_of_time = budget.is_some_and(|b| t0.elapsed() >= b);
-            if step % eval_every == 0 || out_of_time {
-                let val = val_fn(&flow);
-                history.push(ValPoint {
-                    step,
-                    train_loss: loss_sum / loss_n.max(1) as f64,
-                    val_loss: val,
-                });
-                (loss_sum, loss_n) = (0.0, 0);
-                if val < best.0 || !best.0.is_finite() {
-                    best = (val, step, flow.net.clone());
-                }
-                progress(Progress {
-                    step,
-                    total,
-                    val_loss: Some(val),
-                });
-            } else {
-                progress(Progress {
-                    step,
-                    total,
-                    val_loss: None,
-                });
-            }
-            if out_of_time {
-                stopped = true;
-                break 'outer;
-            }
-        }
-        epochs += 1;
-    }
-    if loss_n > 0 {
-        let val = val_fn(&flow);
-        history.push(ValPoint {
-            step,
-            train_loss: loss_sum / loss_n as f64,
-            val_loss: val,
-        });
-        if val < best.0 {
-            best = (val, step, flow.net.clone());
-        }
-    }
-    let report = TrainReport {
-        steps: step,
-        epochs,
-        best_val_loss: best.0,
-        best_step: best.1,
-        history,
-        stopped_at_budget: stopped,
-        seconds: t0.elapsed().as_secs_f64(),
-    };
-    let flow = flow.map_net(|_| best.2);
-    (flow, report)
-}
-
 /// Mean −log p over `data` (fast engine; NaN-free data gives a finite value unless the flow
 /// diverged).
 pub fn mean_nll(flow: &FastFlow, data: &FlowData) -> f64 {
@@ -288,8 +97,8 @@ pub fn mean_nll(flow: &FastFlow, data: &FlowData) -> f64 {
     -lp.iter().sum::<f64>() / lp.len() as f64
 }
 
-/// What to train on and how: data, validation set, settings, the step to start from (a
-/// resumed run continues its schedule), the seed and an optional wall-clock budget.
+/// What to train on and how: data, validation set, settings and the run control (seed,
+/// deadline, checkpoints).
 #[derive(Clone, Copy)]
 pub struct Run<'a> {
     /// Training mini-batches.
@@ -298,25 +107,75 @@ pub struct Run<'a> {
     pub val: &'a FlowData,
     /// Optimisation settings.
     pub settings: &'a TrainSettings,
-    /// Optimizer steps already done.
-    pub start_step: usize,
-    /// Seed of shuffling and noise.
-    pub seed: u64,
-    /// Wall-clock budget.
-    pub budget: Option<std::time::Duration>,
+    /// Seed, deadline, checkpoints.
+    pub control: &'a Control,
+}
+
+/// A flow's loss and validation as a [`Task`] of the one training loop (the loop optimises the
+/// network; the permutations stay with the template flow).
+struct FlowTask<'a, L, V> {
+    template: Flow,
+    n_train: usize,
+    loss: L,
+    val: V,
+    _p: std::marker::PhantomData<&'a ()>,
+}
+
+impl<L, V> Task<FlowNet> for FlowTask<'_, L, V>
+where
+    L: FnMut(&Flow, &[usize], &mut ChaCha8Rng) -> Tensor<1>,
+    V: FnMut(&Flow) -> f64,
+{
+    fn n_train(&self) -> usize {
+        self.n_train
+    }
+    fn loss(&mut self, net: &FlowNet, batch: &[usize], rng: &mut ChaCha8Rng) -> Tensor<1> {
+        let f = self.template.clone().map_net(|_| net.clone());
+        (self.loss)(&f, batch, rng)
+    }
+    fn validate(&mut self, net: &FlowNet) -> f64 {
+        let f = self.template.clone().map_net(|_| net.clone());
+        (self.val)(&f)
+    }
+}
+
+fn fit_flow(
+    flow: Flow,
+    run: Run,
+    loss: impl FnMut(&Flow, &[usize], &mut ChaCha8Rng) -> Tensor<1>,
+    val: impl FnMut(&Flow) -> f64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Flow, TrainReport)> {
+    let net = flow.net.clone();
+    let mut task = FlowTask {
+        template: flow,
+        n_train: run.train.len(),
+        loss,
+        val,
+        _p: std::marker::PhantomData,
+    };
+    let fitted = fit(net, &mut task, run.settings, run.control, progress)?;
+    let best = task.template.map_net(|_| fitted.best);
+    Ok((best, fitted.report))
 }
 
 /// Maximum-likelihood training of a MAF. Returns the flow with the best validation NLL.
-pub fn train_maf(flow: Flow, run: Run, progress: &mut dyn FnMut(Progress)) -> (Flow, TrainReport) {
+pub fn train_maf(
+    flow: Flow,
+    run: Run,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Flow, TrainReport)> {
     let (train, val) = (run.train, run.val);
-    assert_eq!(flow.cfg.kind, FlowKind::Maf);
+    if flow.cfg.kind != FlowKind::Maf {
+        return Err(NnError::Config("train_maf needs a MAF".into()));
+    }
     let device = flow.device();
-    let mut loss = |f: &Flow, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| {
+    let loss = |f: &Flow, idx: &[usize], rng: &mut ChaCha8Rng| {
         let (x, c) = batch_tensors(train, idx, rng, &device);
         f.log_prob(x, c).mean().neg()
     };
-    let mut val_fn = |f: &Flow| mean_nll(&FastFlow::from_flow(f), val);
-    fit(flow, run, &mut loss, &mut val_fn, progress)
+    let val_fn = |f: &Flow| mean_nll(&FastFlow::from_flow(f), val);
+    fit_flow(flow, run, loss, val_fn, progress)
 }
 
 /// Which terms the distillation loss uses (iCaloFlow, after Ian Pang's "fully guided" student).
@@ -349,28 +208,29 @@ pub fn distill(
     terms: DistillLoss,
     run: Run,
     progress: &mut dyn FnMut(Progress),
-) -> (Flow, TrainReport) {
+) -> Result<(Flow, TrainReport)> {
     let (train, val) = (run.train, run.val);
-    assert_eq!(student.cfg.kind, FlowKind::Iaf);
-    assert_eq!(teacher.cfg.kind, FlowKind::Maf);
-    assert_eq!(
-        (
-            student.cfg.features,
-            student.cfg.context,
-            student.cfg.blocks
-        ),
-        (
-            teacher.cfg.features,
-            teacher.cfg.context,
-            teacher.cfg.blocks
-        )
-    );
+    let (s, t) = (&student.cfg, &teacher.cfg);
+    if s.kind != FlowKind::Iaf
+        || t.kind != FlowKind::Maf
+        || (s.features, s.context, s.blocks) != (t.features, t.context, t.blocks)
+    {
+        return Err(NnError::Config(
+            "distillation needs an IAF student with the MAF teacher's features, context and blocks"
+                .into(),
+        ));
+    }
+    if !(terms.x_pass || terms.z_pass) {
+        return Err(NnError::Config(
+            "distillation needs the x-pass or the z-pass".into(),
+        ));
+    }
     let device = student.device();
     let frozen = teacher.clone().map_net(|n| n.no_grad());
     let fast_teacher = FastFlow::from_flow(teacher);
     let (val_z, _) = fast_teacher.log_prob(&val.x, &val.ctx);
     let d = train.dims().0;
-    let mut loss = |f: &Flow, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng| {
+    let loss = move |f: &Flow, idx: &[usize], rng: &mut ChaCha8Rng| {
         let (x, c) = batch_tensors(train, idx, rng, &device);
         let mut total: Option<Tensor<1>> = None;
         let mut add = |t: Tensor<1>, w: f64| {
@@ -409,7 +269,7 @@ pub fn distill(
         }
         total.expect("distillation needs the x-pass or the z-pass")
     };
-    let mut val_fn = |f: &Flow| {
+    let val_fn = move |f: &Flow| {
         let (xs, _) = FastFlow::from_flow(f).sample_from_base(&val_z, &val.ctx);
         xs.iter()
             .zip(&val.x)
@@ -417,42 +277,20 @@ pub fn distill(
             .sum::<f64>()
             / xs.len().max(1) as f64
     };
-    fit(student, run, &mut loss, &mut val_fn, progress)
+    fit_flow(student, run, loss, val_fn, progress)
 }
 
 /// Saves the flow's weights as safetensors (its configuration in the metadata), atomically.
-pub fn save_flow(flow: &Flow, path: &Path) -> Result<(), String> {
-    let cfg = serde_json::to_string(&flow.cfg).map_err(|e| e.to_string())?;
-    let mut store = SafetensorsStore::from_bytes(None).metadata("caloforge_flow_config", cfg);
-    flow.net
-        .valid()
-        .save_into(&mut store)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let bytes = store
-        .get_bytes()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+pub fn save_flow(flow: &Flow, path: &Path) -> Result<()> {
+    let cfg = serde_json::to_string(&flow.cfg).map_err(|e| NnError::format(path, e))?;
+    let store = SafetensorsStore::from_bytes(None).metadata("caloforge_flow_config", cfg);
+    crate::weights::save(&flow.net.valid(), store, path)
 }
 
-/// Loads a flow saved by [`save_flow`] with configuration `cfg` onto `device`.
-pub fn load_flow(path: &Path, cfg: &FlowConfig, device: &Device) -> Result<Flow, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut flow = Flow::new(cfg.clone(), device);
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    let mut net = flow.net.clone();
-    let res = net
-        .load_from(&mut store)
-        .map_err(|e| format!("{}: not a checkpoint of this flow: {e}", path.display()))?;
-    if !res.errors.is_empty() || !res.missing.is_empty() {
-        return Err(format!(
-            "{}: not a checkpoint of this flow ({} missing, {} errors)",
-            path.display(),
-            res.missing.len(),
-            res.errors.len()
-        ));
-    }
-    flow = flow.map_net(|_| net);
-    Ok(flow)
+/// Loads a flow saved by [`save_flow`] with configuration `cfg` onto `device` (weights that
+/// do not fit the flow, or are not finite, are refused with the file named).
+pub fn load_flow(path: &Path, cfg: &FlowConfig, device: &Device) -> Result<Flow> {
+    let flow = Flow::new(cfg.clone(), device);
+    let net = crate::weights::load(flow.net.clone(), path, "this flow")?;
+    Ok(flow.map_net(|_| net))
 }

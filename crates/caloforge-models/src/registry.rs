@@ -1,0 +1,395 @@
+//! The model registry: every model family is one [`ModelKind`] (trains, loads, lists its
+//! presets, declares its options), and a trained model is a [`Generator`] trait object (samples,
+//! saves, describes itself). The CLI dispatches through [`REGISTRY`] only.
+//!
+//! Adding a model: write its module (config, network, a `ModelKind` and a `Generator`), put its
+//! presets in `presets/`, and add one line to [`REGISTRY`].
+
+use crate::{ModelError, Progress, Result, TrainOptions};
+use caloforge_core::DatasetKind;
+use std::path::Path;
+
+/// An option of `train`, `generate` or `bench` that only some models take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelOption {
+    /// `--flows`: train a subset of the sub-networks.
+    Parts,
+    /// `--teacher`: a trained teacher (distilled students).
+    Teacher,
+    /// `--sampler`: the sampling algorithm.
+    Sampler,
+    /// `--steps`: the number of sampling steps.
+    Steps,
+}
+
+impl ModelOption {
+    /// The command-line flag.
+    pub fn flag(self) -> &'static str {
+        match self {
+            ModelOption::Parts => "--flows",
+            ModelOption::Teacher => "--teacher",
+            ModelOption::Sampler => "--sampler",
+            ModelOption::Steps => "--steps",
+        }
+    }
+}
+
+/// Sampling options of `generate` and `bench` (None: the model's default).
+#[derive(Debug, Clone, Default)]
+pub struct SampleOptions {
+    /// Sampler name.
+    pub sampler: Option<String>,
+    /// Sampling steps.
+    pub steps: Option<usize>,
+}
+
+/// An embedded preset: a TOML file named after the paper.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    /// Name (`--preset NAME`).
+    pub name: &'static str,
+    /// The TOML text.
+    pub text: &'static str,
+}
+
+/// How a training run ended.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOutcome {
+    /// One line per trained part (parameters, steps, best validation loss).
+    pub lines: Vec<String>,
+    /// Every part the model needs is trained: the directory can generate.
+    pub complete: bool,
+    /// Stopped by Ctrl-C/SIGTERM (a checkpoint was written; `--resume` continues).
+    pub interrupted: bool,
+}
+
+/// A model family (one paper): trains, loads and lists its presets.
+pub trait ModelKind: Sync {
+    /// The name stored as `model = "..."` in presets and config.toml.
+    fn name(&self) -> &'static str;
+    /// The paper (authors, reference).
+    fn paper(&self) -> &'static str;
+    /// The embedded presets.
+    fn presets(&self) -> &'static [Preset];
+    /// The options beyond the common ones that this model takes.
+    fn options(&self) -> &'static [ModelOption];
+    /// Parses and validates a configuration: its dataset and its canonical TOML (what
+    /// config.toml holds).
+    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)>;
+    /// Trains from a configuration (TOML) into `opts.out`.
+    fn train(&self, config: &str, opts: &TrainOptions, progress: &dyn Progress)
+        -> Result<TrainOutcome>;
+    /// Reads a trained model directory.
+    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>>;
+    /// A model of a configuration's architecture with untrained weights (for timing).
+    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>>;
+}
+
+/// A loaded model that generates showers.
+pub trait Generator: Send + Sync {
+    /// The model family.
+    fn kind(&self) -> &'static dyn ModelKind;
+    /// The dataset it generates.
+    fn dataset(&self) -> DatasetKind;
+    /// Generates one shower per incident energy (MeV), row-major, `batch` at a time. Shower j of
+    /// this call is shower `first + j` of the run: it draws from [`crate::shower_rng`]`(seed,
+    /// first + j)`, so output depends only on (seed, shower index).
+    fn sample(
+        &self,
+        energies: &[f64],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        opts: &SampleOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>>;
+    /// Writes the model directory.
+    fn save(&self, dir: &Path) -> Result<()>;
+    /// The incident-energy range (MeV) of the training data, when known.
+    fn trained_energy_range(&self) -> Option<(f64, f64)>;
+}
+
+/// Every model family. Adding a model adds one line here.
+pub static REGISTRY: &[&dyn ModelKind] = &[
+    &crate::icaloflow::ICaloFlowKind,
+    &crate::calodiffusion::CaloDiffusionKind,
+];
+
+/// The model family named `name`.
+pub fn kind(name: &str) -> Result<&'static dyn ModelKind> {
+    REGISTRY.iter().copied().find(|k| k.name() == name).ok_or_else(|| {
+        let names: Vec<&str> = REGISTRY.iter().map(|k| k.name()).collect();
+        ModelError::Config(format!(
+            "unknown model {name:?}: expected one of {}",
+            names.join(", ")
+        ))
+    })
+}
+
+/// The `model` key of a configuration text.
+pub fn model_name(config: &str, origin: &str) -> Result<String> {
+    let t: toml::Table =
+        toml::from_str(config).map_err(|e| ModelError::Config(format!("{origin}: {e}")))?;
+    t.get("model")
+        .and_then(|m| m.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| ModelError::Config(format!("{origin}: no 'model' key")))
+}
+
+/// Every embedded preset with its model family.
+pub fn presets() -> impl Iterator<Item = (&'static dyn ModelKind, Preset)> {
+    REGISTRY
+        .iter()
+        .flat_map(|k| k.presets().iter().map(move |p| (*k, *p)))
+}
+
+/// A preset by name, or a TOML file when `name` is a path to one: its model family and text.
+pub fn preset(name: &str) -> Result<(&'static dyn ModelKind, String)> {
+    if let Some((k, p)) = presets().find(|(_, p)| p.name == name) {
+        return Ok((k, p.text.to_string()));
+    }
+    let path = Path::new(name);
+    if path.extension().is_some_and(|e| e == "toml") {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+        let k = kind(&model_name(&text, name)?).map_err(|e| ModelError::file(path, e))?;
+        return Ok((k, text));
+    }
+    let names: Vec<&str> = presets().map(|(_, p)| p.name).collect();
+    Err(ModelError::Config(format!(
+        "unknown preset {name:?}: expected one of {} or a .toml file",
+        names.join(", ")
+    )))
+}
+
+/// The model family of a trained model directory.
+pub fn kind_of_dir(dir: &Path) -> Result<&'static dyn ModelKind> {
+    let p = dir.join("config.toml");
+    let text = std::fs::read_to_string(&p)
+        .map_err(|e| ModelError::file(&p, format!("not a caloforge model directory ({e})")))?;
+    let name = model_name(&text, &p.display().to_string())?;
+    kind(&name).map_err(|e| ModelError::file(&p, e))
+}
+
+/// Loads any trained model directory.
+pub fn load(dir: &Path) -> Result<Box<dyn Generator>> {
+    kind_of_dir(dir)?.load(dir)
+}
+
+/// Refuses options the model does not take: one error naming the option and the model.
+pub fn check_options(kind: &dyn ModelKind, used: &[ModelOption]) -> Result<()> {
+    for o in used {
+        if !kind.options().contains(o) {
+            let takes: Vec<&str> = kind.options().iter().map(|o| o.flag()).collect();
+            return Err(ModelError::Config(format!(
+                "{} is not an option of {} (it takes: {})",
+                o.flag(),
+                kind.name(),
+                if takes.is_empty() {
+                    "none of --flows, --teacher, --sampler, --steps".to_string()
+                } else {
+                    takes.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Prepares the output directory of a training run before any work: refuses to replace a
+/// trained model unless `--force`, checks that `--resume` (or training more parts of the model)
+/// uses the configuration the directory was trained with (only `epochs` may change), and writes
+/// the canonical `config.toml` so that the directory names its model from the first checkpoint
+/// on. Returns the canonical configuration.
+pub fn prepare_out(kind: &dyn ModelKind, config: &str, opts: &TrainOptions) -> Result<String> {
+    let (_, canonical) = kind.canonical(config)?;
+    let out = &opts.out;
+    if out.exists() && !out.is_dir() {
+        return Err(ModelError::file(out, "exists and is not a directory"));
+    }
+    let cp = out.join("config.toml");
+    match std::fs::read_to_string(&cp) {
+        Ok(saved) => {
+            if model_name(&saved, &cp.display().to_string()).ok().as_deref() != Some(kind.name())
+                && !opts.force
+            {
+                return Err(ModelError::file(
+                    &cp,
+                    format!("holds another model than {}; pass --force to replace it", kind.name()),
+                ));
+            }
+            if !opts.force {
+                if opts.resume || !opts.parts.is_empty() {
+                    check_same_config(&saved, &canonical, &cp)?;
+                } else {
+                    return Err(ModelError::file(
+                        out,
+                        "holds a model already: --resume continues its training, --force replaces it",
+                    ));
+                }
+            }
+        }
+        Err(_) if opts.resume => {
+            return Err(ModelError::file(out, "--resume: no model to continue here"));
+        }
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, e))?;
+    caloforge_core::io::check_writable(&out.join("model_card.json"))?;
+    crate::write_text(&cp, &canonical)?;
+    Ok(canonical)
+}
+
+/// The first comment line of a preset (its description).
+pub fn preset_description(text: &str) -> String {
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix('#'))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Removes every `epochs` key (training length) from a TOML table, recursively.
+fn without_training_length(v: &mut toml::Value) {
+    if let toml::Value::Table(t) = v {
+        t.remove("epochs");
+        for (_, x) in t.iter_mut() {
+            without_training_length(x);
+        }
+    }
+}
+
+/// `--resume` continues the run of the same configuration: the configurations may differ in
+/// training length (`epochs`) only.
+pub fn check_same_config(saved: &str, new: &str, saved_path: &Path) -> Result<()> {
+    let parse = |s: &str| -> Result<toml::Value> {
+        toml::from_str::<toml::Table>(s)
+            .map(toml::Value::Table)
+            .map_err(|e| ModelError::file(saved_path, e))
+    };
+    let (mut a, mut b) = (parse(saved)?, parse(new)?);
+    without_training_length(&mut a);
+    without_training_length(&mut b);
+    if a != b {
+        return Err(ModelError::file(
+            saved_path,
+            "--resume with another configuration than the one this run was trained with (only `epochs` may change); train into a new directory",
+        ));
+    }
+    Ok(())
+}
+
+/// Generated showers that cannot be physical.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Sanity {
+    /// Showers checked.
+    pub showers: u64,
+    /// Showers with a NaN or infinite voxel.
+    pub non_finite: u64,
+    /// Showers whose total energy exceeds twice the incident energy.
+    pub energy_above_2x_incident: u64,
+    /// Showers with a voxel above the incident energy.
+    pub voxel_above_incident: u64,
+    /// Showers with a negative voxel.
+    pub negative_voxel: u64,
+}
+
+impl Sanity {
+    /// Counts the unphysical showers of a chunk (row-major, `n_voxels` per shower).
+    pub fn add(&mut self, energies: &[f64], showers: &[f32], n_voxels: usize) {
+        for (row, &e) in showers.chunks(n_voxels.max(1)).zip(energies) {
+            self.showers += 1;
+            let mut sum = 0.0f64;
+            let (mut nf, mut big, mut neg) = (false, false, false);
+            for &v in row {
+                let v = v as f64;
+                nf |= !v.is_finite();
+                big |= v > e;
+                neg |= v < 0.0;
+                sum += v;
+            }
+            self.non_finite += nf as u64;
+            self.voxel_above_incident += big as u64;
+            self.negative_voxel += neg as u64;
+            self.energy_above_2x_incident += (sum > 2.0 * e) as u64;
+        }
+    }
+    /// Showers with any of the problems.
+    pub fn bad_fraction_text(&self) -> Option<String> {
+        let worst = self
+            .non_finite
+            .max(self.energy_above_2x_incident)
+            .max(self.voxel_above_incident)
+            .max(self.negative_voxel);
+        (worst > 0).then(|| {
+            let pct = |k: u64| 100.0 * k as f64 / self.showers.max(1) as f64;
+            format!(
+                "unphysical showers: {:.2} % with NaN/inf voxels, {:.2} % with E_tot > 2 E_inc, {:.2} % with a voxel above E_inc, {:.2} % with a negative voxel (of {})",
+                pct(self.non_finite),
+                pct(self.energy_above_2x_incident),
+                pct(self.voxel_above_incident),
+                pct(self.negative_voxel),
+                self.showers
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_parses_and_belongs_to_its_model() {
+        for (k, p) in presets() {
+            assert_eq!(model_name(p.text, p.name).unwrap(), k.name(), "{}", p.name);
+            k.canonical(p.text).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert!(!preset_description(p.text).is_empty(), "{}", p.name);
+        }
+        let names: Vec<&str> = presets().map(|(_, p)| p.name).collect();
+        let mut u = names.clone();
+        u.sort();
+        u.dedup();
+        assert_eq!(u.len(), names.len(), "preset names are unique");
+    }
+
+    #[test]
+    fn options_a_model_does_not_take_are_refused_by_name() {
+        let cd = kind("calodiffusion").unwrap();
+        let e = check_options(cd, &[ModelOption::Parts]).unwrap_err().to_string();
+        assert!(e.contains("--flows") && e.contains("calodiffusion"), "{e}");
+        check_options(cd, &[ModelOption::Sampler, ModelOption::Steps]).unwrap();
+        let ic = kind("icaloflow").unwrap();
+        let e = check_options(ic, &[ModelOption::Steps]).unwrap_err().to_string();
+        assert!(e.contains("--steps") && e.contains("icaloflow"), "{e}");
+        assert!(kind("nope").is_err());
+    }
+
+    #[test]
+    fn resume_config_check_allows_epochs_only() {
+        let p = Path::new("config.toml");
+        let a = "model = \"x\"\nlr = 1.0\n[s]\nepochs = 2\nb = 3\n";
+        check_same_config(a, &a.replace("epochs = 2", "epochs = 9"), p).unwrap();
+        assert!(check_same_config(a, &a.replace("b = 3", "b = 4"), p).is_err());
+    }
+
+    #[test]
+    fn sanity_counts_hand_made_showers() {
+        let mut s = Sanity::default();
+        // 3 showers of 2 voxels at E_inc = 10: fine; sum 25 > 20 and a voxel 15 > 10; NaN.
+        s.add(&[10.0, 10.0, 10.0], &[1.0, 2.0, 15.0, 10.0, f32::NAN, 0.0], 2);
+        assert_eq!(
+            s,
+            Sanity {
+                showers: 3,
+                non_finite: 1,
+                energy_above_2x_incident: 1,
+                voxel_above_incident: 1,
+                negative_voxel: 0
+            }
+        );
+        assert!(s.bad_fraction_text().unwrap().contains("33.33 %"));
+        let mut ok = Sanity::default();
+        ok.add(&[10.0], &[1.0, 2.0], 2);
+        assert!(ok.bad_fraction_text().is_none());
+    }
+}

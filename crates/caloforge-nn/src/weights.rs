@@ -1,0 +1,80 @@
+//! Safetensors weight files of trained networks: one writer and one reader for every model.
+//!
+//! Writing is atomic (a reader never sees a half-written file); reading refuses a file that does
+//! not fit the network (missing or mis-shaped tensors) or holds non-finite weights, with the file
+//! named.
+
+use crate::train::{NnError, Result};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Tensor;
+use std::path::Path;
+
+/// Writes the weights of `module` through `store` (which may carry metadata) to `path`.
+pub fn save<M: Module>(module: &M, mut store: SafetensorsStore, path: &Path) -> Result<()> {
+    module
+        .save_into(&mut store)
+        .map_err(|e| NnError::format(path, format!("cannot encode weights: {e}")))?;
+    let bytes = store
+        .get_bytes()
+        .map_err(|e| NnError::format(path, format!("cannot encode weights: {e}")))?;
+    caloforge_core::io::write_bytes_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Loads weights from `path` into `module` (`what` names the network in errors).
+pub fn load<M: Module>(mut module: M, path: &Path, what: &str) -> Result<M> {
+    let bytes = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
+    let res = module
+        .load_from(&mut SafetensorsStore::from_bytes(Some(bytes)))
+        .map_err(|e| NnError::format(path, format!("not a checkpoint of {what}: {e}")))?;
+    if !res.errors.is_empty() || !res.missing.is_empty() {
+        return Err(NnError::format(
+            path,
+            format!(
+                "not a checkpoint of {what} ({} tensors missing, {} that do not fit; was the configuration changed?)",
+                res.missing.len(),
+                res.errors.len()
+            ),
+        ));
+    }
+    let bad = non_finite(&module);
+    if bad > 0 {
+        return Err(NnError::format(
+            path,
+            format!("{bad} weights are NaN or infinite (a diverged training?); refusing to use them"),
+        ));
+    }
+    Ok(module)
+}
+
+/// Number of non-finite float parameters of `module`.
+pub fn non_finite<M: Module>(module: &M) -> usize {
+    struct Count(usize);
+    impl ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0 += param
+                .val()
+                .into_data()
+                .iter::<f64>()
+                .filter(|v| !v.is_finite())
+                .count();
+        }
+    }
+    let mut c = Count(0);
+    module.visit(&mut c);
+    c.0
+}
+
+/// Draws every lazily initialised parameter of `module` now. burn initialises a parameter on
+/// first use; networks built on one thread and trained concurrently on others would otherwise
+/// draw their initial weights in an order that depends on thread timing.
+pub fn initialize<M: Module>(module: &M) {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+}
