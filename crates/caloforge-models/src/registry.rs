@@ -235,6 +235,15 @@ pub fn prepare_out(kind: &dyn ModelKind, config: &str, opts: &TrainOptions) -> R
     }
     std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, e))?;
     caloforge_core::io::check_writable(&out.join("model_card.json"))?;
+    // Temporary files of a run killed while it wrote (SIGKILL leaves no chance to clean up).
+    for d in [out.clone(), out.join("checkpoints")] {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp") && e.path().is_file() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     crate::write_text(&cp, &canonical)?;
     Ok(canonical)
 }

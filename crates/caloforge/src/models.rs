@@ -82,9 +82,9 @@ pub struct TrainArgs {
     /// Use at most this many showers of the file.
     #[arg(long)]
     max_showers: Option<usize>,
-    /// Seed of initialisation, shuffling and noise.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Seed of initialisation, shuffling and noise (default 1; with --resume, the run's own).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Continue the run in --out from its last checkpoint (same data and preset; only the
     /// number of epochs may grow).
     #[arg(long)]
@@ -122,10 +122,21 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
     if a.max_showers == Some(0) {
         bail!("--max-showers must be > 0");
     }
+    // --resume continues with the seed the run started with (recorded in train_summary.json).
+    let summary_file = a.out.join("train_summary.json");
+    let recorded_seed = || -> Option<u64> {
+        let t = std::fs::read_to_string(&summary_file).ok()?;
+        serde_json::from_str::<serde_json::Value>(&t).ok()?["seed"].as_u64()
+    };
+    let seed = match (a.seed, a.resume) {
+        (Some(s), _) => s,
+        (None, true) => recorded_seed().unwrap_or(1),
+        (None, false) => 1,
+    };
     let opts = TrainOptions {
         data: a.data.clone(),
         out: a.out.clone(),
-        seed: a.seed,
+        seed,
         max_minutes: a.max_minutes,
         parts: a.flows.clone(),
         teacher: a.teacher.clone(),
@@ -139,6 +150,26 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
     ShowerFile::open(&a.data, Some(kind.canonical(&text)?.0.n_voxels()))?;
     registry::prepare_out(kind, &text, &opts)?;
     let t0 = Instant::now();
+    let summary = |status: &str, complete: bool, interrupted: bool| {
+        serde_json::json!({
+            "caloforge_version": env!("CARGO_PKG_VERSION"),
+            "model": kind.name(),
+            "preset": a.preset,
+            "data": a.data.display().to_string(),
+            "out": a.out.display().to_string(),
+            "seed": seed,
+            "parts": a.flows,
+            "resumed": a.resume,
+            "status": status,
+            "complete": complete,
+            "interrupted": interrupted,
+            "wall_seconds": t0.elapsed().as_secs_f64(),
+        })
+    };
+    caloforge_models::write_text(
+        &summary_file,
+        &serde_json::to_string_pretty(&summary("running", false, false))?,
+    )?;
     let bars = Bars::new(quiet);
     crate::signals::training(true);
     let outcome = kind.train(&text, &opts, &bars);
@@ -147,22 +178,10 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
     for l in &outcome.lines {
         eprintln!("{l}");
     }
-    let summary = serde_json::json!({
-        "caloforge_version": env!("CARGO_PKG_VERSION"),
-        "model": kind.name(),
-        "preset": a.preset,
-        "data": a.data.display().to_string(),
-        "out": a.out.display().to_string(),
-        "seed": a.seed,
-        "parts": a.flows,
-        "resumed": a.resume,
-        "complete": outcome.complete,
-        "interrupted": outcome.interrupted,
-        "wall_seconds": t0.elapsed().as_secs_f64(),
-    });
+    let status = if outcome.interrupted { "interrupted" } else { "done" };
     caloforge_models::write_text(
-        &a.out.join("train_summary.json"),
-        &serde_json::to_string_pretty(&summary)?,
+        &summary_file,
+        &serde_json::to_string_pretty(&summary(status, outcome.complete, outcome.interrupted))?,
     )?;
     if outcome.interrupted {
         eprintln!(

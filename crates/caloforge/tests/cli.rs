@@ -127,7 +127,7 @@ fn simulate_is_deterministic_across_threads_and_energies_round_trip() {
     assert!((l2 - l3).abs() / l2 < 0.02, "{l2} vs {l3}");
     // A JSON summary lies next to the output.
     let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p("c.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(p("c.h5.json")).unwrap()).unwrap();
     assert_eq!(j["n"], 50);
     // Fixed energy.
     let d = caloforge(&[
@@ -357,7 +357,7 @@ fn train_generate_bench_end_to_end() {
     let (a, b) = (read(&d("a.h5")), read(&d("b.h5")));
     assert_eq!(a.len(), 120 * 6480);
     assert_eq!(a, b);
-    assert!(dir.path().join("a.json").exists());
+    assert!(dir.path().join("a.h5.json").exists());
     // The generated file is a valid evaluate input.
     let o = caloforge(&[
         "evaluate",
@@ -559,7 +559,7 @@ fn calodiffusion_trains_and_generates_from_the_cli() {
         caloforge(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
     failed_with(&gen(&["--sampler", "ddpm", "--steps", "2"]), "skipped");
-    failed_with(&gen(&["--device", "tpu"]), "unknown device");
+    failed_with(&gen(&["--device", "tpu"]), "invalid value");
     let o = gen(&["--device", "gpu"]);
     if !o.status.success() {
         let e = err_text(&o);
