@@ -19,6 +19,7 @@
 //! Dataset 1 runs through GLaM ([`Denoiser`]): learnable per-layer maps onto a regular grid
 //! around the U-Net. On the CPU, sampling uses the plain-Rust engine `unet::fast`.
 
+use crate::registry::ModelInfo;
 use crate::{
     read_showers, unix_time, write_text, Generator, ModelError, ModelKind, ModelOption, Preset,
     Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
@@ -277,7 +278,7 @@ pub struct Denoiser {
 impl Denoiser {
     fn new(cfg: &CaloDiffusionConfig, device: &Device) -> Result<Self> {
         Ok(Denoiser {
-            unet: UNet::new(&cfg.unet(), device).map_err(ModelError::Config)?,
+            unet: UNet::new(&cfg.unet(), device)?,
             glam: cfg.glam().map(|g| GlamNet::new(&g, device)),
         })
     }
@@ -540,17 +541,13 @@ pub const PRESETS: &[Preset] = &[
 ];
 
 impl ModelKind for CaloDiffusionKind {
-    fn name(&self) -> &'static str {
-        "calodiffusion"
-    }
-    fn paper(&self) -> &'static str {
-        "Amram & Pedro, arXiv 2308.03876 (DDPM, cylindrical U-Net, GLaM)"
-    }
-    fn presets(&self) -> &'static [Preset] {
-        PRESETS
-    }
-    fn options(&self) -> &'static [ModelOption] {
-        &[ModelOption::Sampler, ModelOption::Steps]
+    fn info(&self) -> &'static ModelInfo {
+        &ModelInfo {
+            name: "calodiffusion",
+            paper: "Amram & Pedro, arXiv 2308.03876 (DDPM, cylindrical U-Net, GLaM)",
+            presets: PRESETS,
+            options: &[ModelOption::Sampler, ModelOption::Steps],
+        }
     }
     fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
         let c = CaloDiffusionConfig::from_toml(config)?;
@@ -572,13 +569,7 @@ impl ModelKind for CaloDiffusionKind {
                 c.epochs,
                 c.seconds / c.steps.max(1) as f64,
                 c.val_loss.iter().copied().fold(f64::INFINITY, f64::min),
-                if c.interrupted {
-                    " (interrupted: checkpoint written, continue with --resume)"
-                } else if c.stopped_at_budget {
-                    " (stopped at the time budget)"
-                } else {
-                    ""
-                }
+                crate::stop_note(c.interrupted, c.stopped_at_budget)
             )],
             complete: true,
             interrupted: c.interrupted,

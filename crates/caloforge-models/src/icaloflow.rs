@@ -23,6 +23,7 @@
 //! permutations, distilled from the frozen teacher (x-pass, z-pass and per-MADE terms for Flow-2,
 //! x-pass for Flow-3). Flow-1 is never distilled: students reuse the teacher's.
 
+use crate::registry::ModelInfo;
 use crate::{
     file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError,
     ModelKind, ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
@@ -536,7 +537,7 @@ impl ICaloFlow {
                 FlowKind::Maf
             };
             let fc = st.flow_config(d, c, kind, seed + k as u64);
-            fc.validate().map_err(ModelError::Config)?;
+            fc.validate()?;
             flows.push(Flow::new(fc, &device));
         }
         let card = ModelCard {
@@ -604,17 +605,13 @@ pub const PRESETS: &[Preset] = &[
 ];
 
 impl ModelKind for ICaloFlowKind {
-    fn name(&self) -> &'static str {
-        "icaloflow"
-    }
-    fn paper(&self) -> &'static str {
-        "Buckley, Krause, Pang, Shih, Phys. Rev. D 109, 033006 (inductive flows)"
-    }
-    fn presets(&self) -> &'static [Preset] {
-        PRESETS
-    }
-    fn options(&self) -> &'static [ModelOption] {
-        &[ModelOption::Parts, ModelOption::Teacher]
+    fn info(&self) -> &'static ModelInfo {
+        &ModelInfo {
+            name: "icaloflow",
+            paper: "Buckley, Krause, Pang, Shih, Phys. Rev. D 109, 033006 (inductive flows)",
+            presets: PRESETS,
+            options: &[ModelOption::Parts, ModelOption::Teacher],
+        }
     }
     fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
         let c = ICaloFlowConfig::from_toml(config)?;
@@ -774,7 +771,7 @@ impl ICaloFlow {
                     ..t.flows[k - 1].cfg.clone()
                 },
             };
-            fc.validate().map_err(ModelError::Config)?;
+            fc.validate()?;
             let flow = Flow::new(fc, &device);
             caloforge_nn::weights::initialize(&flow.net);
             initial.insert(k, std::sync::Mutex::new(Some(flow)));
@@ -865,7 +862,7 @@ impl ICaloFlow {
                 report.steps,
                 report.best_val_loss,
                 report.best_step,
-                crate::stop_note(&report)
+                crate::stop_note(report.interrupted, report.stopped_at_budget)
             ));
             card.flows.insert(
                 format!("flow{k}"),

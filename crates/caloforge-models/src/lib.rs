@@ -111,10 +111,10 @@ impl TrainOptions {
 }
 
 /// " (stopped at the time budget)" / " (interrupted: ...)" for a report line.
-pub fn stop_note(r: &caloforge_nn::train::TrainReport) -> &'static str {
-    if r.interrupted {
+pub fn stop_note(interrupted: bool, stopped_at_budget: bool) -> &'static str {
+    if interrupted {
         " (interrupted: checkpoint written, continue with --resume)"
-    } else if r.stopped_at_budget {
+    } else if stopped_at_budget {
         " (stopped at the time budget)"
     } else {
         ""

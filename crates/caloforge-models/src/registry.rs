@@ -63,16 +63,39 @@ pub struct TrainOutcome {
     pub interrupted: bool,
 }
 
+/// What a model family declares about itself.
+#[derive(Debug)]
+pub struct ModelInfo {
+    /// The name stored as `model = "..."` in presets and config.toml.
+    pub name: &'static str,
+    /// The paper (authors, reference).
+    pub paper: &'static str,
+    /// The embedded presets.
+    pub presets: &'static [Preset],
+    /// The options beyond the common ones that this model takes.
+    pub options: &'static [ModelOption],
+}
+
 /// A model family (one paper): trains, loads and lists its presets.
 pub trait ModelKind: Sync {
+    /// Name, paper, presets and options.
+    fn info(&self) -> &'static ModelInfo;
     /// The name stored as `model = "..."` in presets and config.toml.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.info().name
+    }
     /// The paper (authors, reference).
-    fn paper(&self) -> &'static str;
+    fn paper(&self) -> &'static str {
+        self.info().paper
+    }
     /// The embedded presets.
-    fn presets(&self) -> &'static [Preset];
+    fn presets(&self) -> &'static [Preset] {
+        self.info().presets
+    }
     /// The options beyond the common ones that this model takes.
-    fn options(&self) -> &'static [ModelOption];
+    fn options(&self) -> &'static [ModelOption] {
+        self.info().options
+    }
     /// Parses and validates a configuration: its dataset and its canonical TOML (what
     /// config.toml holds).
     fn canonical(&self, config: &str) -> Result<(DatasetKind, String)>;

@@ -6,6 +6,7 @@
 //! The choice is process-wide ([`set_backend`], the CLI's `--device`), so every model picks it
 //! up through [`compute_device`] without passing it around.
 
+use crate::train::NnError;
 use burn::tensor::{Device, FloatDType};
 use std::sync::OnceLock;
 
@@ -30,25 +31,27 @@ pub enum Backend {
 static BACKEND: OnceLock<Backend> = OnceLock::new();
 
 /// Parses "cpu" / "gpu".
-pub fn parse_backend(name: &str) -> Result<Backend, String> {
+pub fn parse_backend(name: &str) -> Result<Backend, NnError> {
     match name.to_ascii_lowercase().as_str() {
         "cpu" => Ok(Backend::Cpu),
         "gpu" | "vulkan" => {
             if cfg!(feature = "gpu") {
                 Ok(Backend::Gpu)
             } else {
-                Err("this caloforge was built without GPU support: rebuild with `--features gpu` (Vulkan)".into())
+                Err(NnError::Config("this caloforge was built without GPU support: rebuild with `--features gpu` (Vulkan)".into()))
             }
         }
-        other => Err(format!("unknown device {other:?}: use cpu or gpu")),
+        other => Err(NnError::Config(format!(
+            "unknown device {other:?}: use cpu or gpu"
+        ))),
     }
 }
 
 /// Chooses the backend for this process (first call wins). For the GPU, a small probe runs
 /// first so that a machine without a usable Vulkan GPU gets an error, not a panic later.
-pub fn set_backend(b: Backend) -> Result<(), String> {
+pub fn set_backend(b: Backend) -> Result<(), NnError> {
     if b == Backend::Gpu {
-        probe_gpu()?;
+        probe_gpu().map_err(NnError::Config)?;
     }
     let _ = BACKEND.set(b);
     Ok(())
@@ -71,7 +74,7 @@ fn gpu_device() -> Device {
 
 fn probe_gpu() -> Result<(), String> {
     if !cfg!(feature = "gpu") {
-        return parse_backend("gpu").map(|_| ());
+        return parse_backend("gpu").map(|_| ()).map_err(|e| e.to_string());
     }
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));

@@ -16,8 +16,8 @@ fn bar(quiet: bool, len: u64, msg: &str) -> ProgressBar {
 #[derive(clap::Args, Clone)]
 pub struct SimulateArgs {
     /// Dataset mesh: 2 or 3.
-    #[arg(long, short = 'd', default_value = "2")]
-    dataset: String,
+    #[arg(long, short = 'd', default_value = "2", value_parser = crate::parse_dataset)]
+    dataset: DatasetKind,
     /// Number of showers (default 1000; with --energies-from, all of that file's showers).
     #[arg(long, short = 'n')]
     n: Option<usize>,
@@ -86,7 +86,7 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
 /// `caloforge simulate`.
 pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let ds: DatasetKind = a.dataset.parse()?;
+    let ds = a.dataset;
     let tune: Tune = a.tune.parse().map_err(anyhow::Error::msg)?;
     if a.n == Some(0) {
         bail!("--n must be > 0");
@@ -320,7 +320,7 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
     let reference = a.out.join("reference_ds2.h5");
     let generated = a.out.join("generated_ds2.h5");
     let base = SimulateArgs {
-        dataset: "2".into(),
+        dataset: DatasetKind::Ds2,
         n: Some(a.n),
         seed: a.seed,
         out: reference.clone(),

@@ -63,8 +63,8 @@ enum Command {
 #[derive(clap::Args)]
 struct EvaluateArgs {
     /// Dataset: 1-photons, 1-pions, 2 or 3.
-    #[arg(long, short = 'd')]
-    dataset: String,
+    #[arg(long, short = 'd', value_parser = parse_dataset)]
+    dataset: DatasetKind,
     /// Generated showers (HDF5).
     #[arg(long, short = 'i', alias = "input")]
     generated: PathBuf,
@@ -121,8 +121,8 @@ struct EvaluateArgs {
 #[derive(clap::Args)]
 struct FeaturesArgs {
     /// Dataset: 1-photons, 1-pions, 2 or 3.
-    #[arg(long, short = 'd')]
-    dataset: String,
+    #[arg(long, short = 'd', value_parser = parse_dataset)]
+    dataset: DatasetKind,
     /// Shower file.
     #[arg(long, short = 'i')]
     input: PathBuf,
@@ -134,12 +134,13 @@ struct FeaturesArgs {
     binning: Option<PathBuf>,
 }
 
-fn parse_dataset(s: &str) -> Result<DatasetKind> {
-    Ok(s.parse::<DatasetKind>()?)
+/// The `--dataset` value parser (clap reports the error with the flag).
+pub fn parse_dataset(s: &str) -> std::result::Result<DatasetKind, String> {
+    s.parse::<DatasetKind>().map_err(|e| e.to_string())
 }
 
 fn evaluate(a: EvaluateArgs, quiet: bool) -> Result<()> {
-    let ds = parse_dataset(&a.dataset)?;
+    let ds = a.dataset;
     let mode: Mode = a.mode.parse()?;
     if a.cls_epochs == 0 || a.cls_repeats == 0 || a.cls_batch_size == 0 || a.cls_n_hidden == 0 {
         bail!("--cls-epochs, --cls-repeats, --cls-batch-size and --cls-n-hidden must be > 0");
@@ -181,7 +182,7 @@ fn caloforge_nn_precision_f64() -> caloforge_eval::classifier_precision::Precisi
 }
 
 fn features(a: FeaturesArgs, quiet: bool) -> Result<()> {
-    let ds = parse_dataset(&a.dataset)?;
+    let ds = a.dataset;
     let g = ds.geometry(a.binning.as_deref())?;
     let file = caloforge_core::ShowerFile::open(&a.input, Some(ds.n_voxels()))?;
     caloforge_core::io::check_output(&a.out, &[&a.input])?;
@@ -211,9 +212,8 @@ fn run() -> Result<()> {
     let backend = caloforge_models::device::parse_backend(match cli.device {
         DeviceArg::Cpu => "cpu",
         DeviceArg::Gpu => "gpu",
-    })
-    .map_err(anyhow::Error::msg)?;
-    caloforge_models::device::set_backend(backend).map_err(anyhow::Error::msg)?;
+    })?;
+    caloforge_models::device::set_backend(backend)?;
     match cli.command {
         Command::Evaluate(a) => evaluate(a, cli.quiet),
         Command::Features(a) => features(a, cli.quiet),

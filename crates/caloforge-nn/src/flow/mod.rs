@@ -87,7 +87,10 @@ impl FlowConfig {
             .collect()
     }
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::train::Result<()> {
+        self.problems().map_err(crate::train::NnError::Config)
+    }
+    fn problems(&self) -> Result<(), String> {
         if self.features == 0 || self.hidden == 0 || self.blocks == 0 {
             return Err("features, hidden and blocks must be positive".into());
         }

@@ -230,7 +230,10 @@ fn down_size(n: usize, k: usize) -> usize {
 
 impl UNet {
     /// Builds the network for `cfg`.
-    pub fn new(cfg: &UNetConfig, device: &Device) -> Result<Self, String> {
+    pub fn new(cfg: &UNetConfig, device: &Device) -> crate::train::Result<Self> {
+        Self::build(cfg, device).map_err(crate::train::NnError::Config)
+    }
+    fn build(cfg: &UNetConfig, device: &Device) -> Result<Self, String> {
         let sizes = &cfg.layer_sizes;
         if sizes.len() < 2 {
             return Err("layer_sizes needs the initial width and at least one level".into());
