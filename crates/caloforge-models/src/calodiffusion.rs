@@ -505,40 +505,16 @@ impl CaloDiffusion {
 pub struct CaloDiffusionKind;
 
 /// CaloDiffusion's embedded presets.
-pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "calodiffusion-ds1-photons",
-        text: include_str!("../presets/calodiffusion-ds1-photons.toml"),
-    },
-    Preset {
-        name: "calodiffusion-ds1-pions",
-        text: include_str!("../presets/calodiffusion-ds1-pions.toml"),
-    },
-    Preset {
-        name: "calodiffusion-ds2",
-        text: include_str!("../presets/calodiffusion-ds2.toml"),
-    },
-    Preset {
-        name: "calodiffusion-ds3",
-        text: include_str!("../presets/calodiffusion-ds3.toml"),
-    },
-    Preset {
-        name: "calodiffusion-small",
-        text: include_str!("../presets/calodiffusion-small.toml"),
-    },
-    Preset {
-        name: "calodiffusion-tiny",
-        text: include_str!("../presets/calodiffusion-tiny.toml"),
-    },
-    Preset {
-        name: "calodiffusion-tiny-ds3",
-        text: include_str!("../presets/calodiffusion-tiny-ds3.toml"),
-    },
-    Preset {
-        name: "calodiffusion-tiny-ds1-photons",
-        text: include_str!("../presets/calodiffusion-tiny-ds1-photons.toml"),
-    },
-];
+pub const PRESETS: &[Preset] = crate::presets!(
+    "calodiffusion-ds1-photons",
+    "calodiffusion-ds1-pions",
+    "calodiffusion-ds2",
+    "calodiffusion-ds3",
+    "calodiffusion-small",
+    "calodiffusion-tiny",
+    "calodiffusion-tiny-ds3",
+    "calodiffusion-tiny-ds1-photons",
+);
 
 impl ModelKind for CaloDiffusionKind {
     fn info(&self) -> &'static ModelInfo {

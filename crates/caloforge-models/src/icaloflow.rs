@@ -569,40 +569,16 @@ impl ICaloFlow {
 pub struct ICaloFlowKind;
 
 /// iCaloFlow's embedded presets.
-pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "icaloflow-ds2",
-        text: include_str!("../presets/icaloflow-ds2.toml"),
-    },
-    Preset {
-        name: "icaloflow-ds3",
-        text: include_str!("../presets/icaloflow-ds3.toml"),
-    },
-    Preset {
-        name: "icaloflow-ds2-student",
-        text: include_str!("../presets/icaloflow-ds2-student.toml"),
-    },
-    Preset {
-        name: "icaloflow-ds3-student",
-        text: include_str!("../presets/icaloflow-ds3-student.toml"),
-    },
-    Preset {
-        name: "icaloflow-small",
-        text: include_str!("../presets/icaloflow-small.toml"),
-    },
-    Preset {
-        name: "icaloflow-small-student",
-        text: include_str!("../presets/icaloflow-small-student.toml"),
-    },
-    Preset {
-        name: "icaloflow-tiny",
-        text: include_str!("../presets/icaloflow-tiny.toml"),
-    },
-    Preset {
-        name: "icaloflow-tiny-student",
-        text: include_str!("../presets/icaloflow-tiny-student.toml"),
-    },
-];
+pub const PRESETS: &[Preset] = crate::presets!(
+    "icaloflow-ds2",
+    "icaloflow-ds3",
+    "icaloflow-ds2-student",
+    "icaloflow-ds3-student",
+    "icaloflow-small",
+    "icaloflow-small-student",
+    "icaloflow-tiny",
+    "icaloflow-tiny-student",
+);
 
 impl ModelKind for ICaloFlowKind {
     fn info(&self) -> &'static ModelInfo {

@@ -18,6 +18,17 @@ pub mod registry;
 
 pub use registry::{Generator, ModelKind, ModelOption, Preset, SampleOptions, TrainOutcome};
 
+/// The embedded presets `presets/<name>.toml` of the given names, as a `&[Preset]`.
+#[macro_export]
+macro_rules! presets {
+    ($($name:literal),* $(,)?) => {
+        &[$($crate::Preset {
+            name: $name,
+            text: include_str!(concat!("../presets/", $name, ".toml")),
+        }),*]
+    };
+}
+
 use caloforge_core::DatasetKind;
 use std::path::{Path, PathBuf};
 

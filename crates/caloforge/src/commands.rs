@@ -388,6 +388,11 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
             energies.len(),
             t0.elapsed().as_secs_f64()
         );
+        let mut sanity = registry::Sanity::default();
+        sanity.add(&energies, &showers, 6480);
+        if let Some(w) = sanity.bad_fraction_text() {
+            eprintln!("      warning: {w} (a model trained for minutes, not the paper's GPU-days)");
+        }
         caloforge_core::io::write_showers(&generated, &energies, &showers, 6480)?;
     } else {
         eprintln!("[2-3/4] no model (--train-minutes 0): 'generated' = the simulator with stock GFlash parameters");
