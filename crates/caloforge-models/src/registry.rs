@@ -271,13 +271,24 @@ pub fn prepare_out(kind: &dyn ModelKind, config: &str, opts: &TrainOptions) -> R
     Ok(canonical)
 }
 
-/// The first comment line of a preset (its description).
+/// The first sentence of a preset's leading comment (its description), at most 110 characters.
 pub fn preset_description(text: &str) -> String {
-    text.lines()
-        .next()
-        .and_then(|l| l.strip_prefix('#'))
-        .map(|l| l.trim().to_string())
-        .unwrap_or_default()
+    let comment: Vec<&str> = text
+        .lines()
+        .map_while(|l| l.strip_prefix('#'))
+        .map(str::trim)
+        .collect();
+    let joined = comment.join(" ");
+    let first = match joined.find(". ") {
+        Some(i) => &joined[..=i],
+        None => joined.as_str(),
+    };
+    if first.chars().count() > 110 {
+        let cut: String = first.chars().take(109).collect();
+        format!("{}…", cut.trim_end())
+    } else {
+        first.to_string()
+    }
 }
 
 /// Removes every `epochs` key (training length) from a TOML table, recursively.

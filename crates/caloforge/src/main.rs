@@ -227,6 +227,12 @@ fn run() -> Result<()> {
 }
 
 fn main() {
+    // Output piped into `head` and closed: end quietly as other command-line tools do, instead
+    // of panicking in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

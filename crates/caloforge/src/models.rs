@@ -495,7 +495,7 @@ pub fn list_models() -> Result<()> {
         for p in k.presets() {
             let ds = k.canonical(p.text)?.0;
             println!(
-                "  {:<26} dataset {:<10} {}",
+                "  {:<31} dataset {:<10} {}",
                 p.name,
                 ds.name(),
                 registry::preset_description(p.text)
