@@ -78,11 +78,6 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(format!("{stem}{suffix}.{ext}"))
 }
 
-/// Writes `text` to `path` atomically.
-pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    Ok(caloforge_core::io::write_bytes_atomic(path, text.as_bytes())?)
-}
-
 /// `caloforge simulate`.
 pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
@@ -192,7 +187,7 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
         showers_per_second: energies.len() as f64 / wall,
         params,
     };
-    write_text(&json_path, &serde_json::to_string_pretty(&summary)?)?;
+    caloforge_models::write_text(&json_path, &serde_json::to_string_pretty(&summary)?)?;
     for p in &outs {
         eprintln!(
             "wrote {} ({} showers, {:.1} showers/s)",
