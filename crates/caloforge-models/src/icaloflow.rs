@@ -732,7 +732,7 @@ impl ICaloFlow {
         };
         // Initial weights are drawn here, one flow after the other, from the device's seeded
         // RNG: drawn inside the concurrent threads they would depend on thread timing.
-        let mut initial = std::collections::BTreeMap::new();
+        let mut initial = Vec::with_capacity(to_train.len());
         for &k in &to_train {
             let st = stage_of(k).ok_or_else(|| {
                 ModelError::Config(format!("flow{k}: this preset has no [flow{k}]"))
@@ -750,15 +750,9 @@ impl ICaloFlow {
             fc.validate()?;
             let flow = Flow::new(fc, &device);
             caloforge_nn::weights::initialize(&flow.net);
-            initial.insert(k, std::sync::Mutex::new(Some(flow)));
+            initial.push((k, st, flow));
         }
-        let train_one = |k: usize| -> Result<(Flow, TrainReport)> {
-            let st = stage_of(k).expect("checked above");
-            let flow0 = initial[&k]
-                .lock()
-                .ok()
-                .and_then(|mut g| g.take())
-                .expect("one initial flow per part");
+        let train_one = |k: usize, st: Stage, flow0: Flow| -> Result<(Flow, TrainReport)> {
             let src = StageSource {
                 cfg: &cfg,
                 s: &showers,
@@ -811,9 +805,9 @@ impl ICaloFlow {
             Ok(out)
         };
         let results: Vec<(usize, Result<(Flow, TrainReport)>)> = std::thread::scope(|sc| {
-            let handles: Vec<_> = to_train
-                .iter()
-                .map(|&k| (k, sc.spawn(move || train_one(k))))
+            let handles: Vec<_> = initial
+                .into_iter()
+                .map(|(k, st, flow0)| (k, sc.spawn(move || train_one(k, st, flow0))))
                 .collect();
             handles
                 .into_iter()
