@@ -312,7 +312,7 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let mut sanity = Sanity::default();
     // Chunks of whole batches; shower k draws from stream k whatever the chunking.
-    let chunk = a.batch.max(1024usize.div_ceil(a.batch) * a.batch).min(e.len().max(1));
+    let chunk = (1024usize.div_ceil(a.batch) * a.batch).min(e.len().max(1));
     for start in (0..e.len()).step_by(chunk) {
         let es = &e[start..(start + chunk).min(e.len())];
         let p = Offset {

@@ -113,15 +113,14 @@ pub struct Run<'a> {
 
 /// A flow's loss and validation as a [`Task`] of the one training loop (the loop optimises the
 /// network; the permutations stay with the template flow).
-struct FlowTask<'a, L, V> {
+struct FlowTask<L, V> {
     template: Flow,
     n_train: usize,
     loss: L,
     val: V,
-    _p: std::marker::PhantomData<&'a ()>,
 }
 
-impl<L, V> Task<FlowNet> for FlowTask<'_, L, V>
+impl<L, V> Task<FlowNet> for FlowTask<L, V>
 where
     L: FnMut(&Flow, &[usize], &mut ChaCha8Rng) -> Tensor<1>,
     V: FnMut(&Flow) -> f64,
@@ -152,7 +151,6 @@ fn fit_flow(
         n_train: run.train.len(),
         loss,
         val,
-        _p: std::marker::PhantomData,
     };
     let fitted = fit(net, &mut task, run.settings, run.control, progress)?;
     let best = task.template.map_net(|_| fitted.best);
