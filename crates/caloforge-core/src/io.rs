@@ -5,6 +5,7 @@
 //! memory and reads showers in row windows so that files larger than memory can be processed.
 
 use crate::error::{CoreError, Result};
+use crate::h5stream::{Float, H5StreamWriter};
 use hdf5_pure::{DType, File, FileBuilder};
 use std::path::{Path, PathBuf};
 
@@ -461,41 +462,42 @@ pub fn chunk_rows(n_voxels: usize, n: usize) -> usize {
 
 /// Writes showers to a CaloChallenge file: gzip (level 4), shuffle, chunked float32 showers and
 /// float64 incident energies of shape (N, 1), written to a temporary file and renamed over the
-/// target by [`finish`](Self::finish); nothing is written if the writer is dropped unfinished.
+/// target by [`finish`](Self::finish); nothing is left if the writer is dropped unfinished.
 ///
-/// Memory: the showers are held until `finish` (N × voxels × 4 bytes, about twice that while the
-/// file is encoded), because the pure-Rust HDF5 writer appends in place to rank-1 datasets only.
+/// Memory is bounded whatever N: each chunk (about 256 KiB of showers) goes to disk as soon as
+/// its rows are appended ([`crate::h5stream`]), so a caller holds one batch at a time.
 pub struct ShowerWriter {
     target: PathBuf,
     n_voxels: usize,
-    energies: Vec<f64>,
-    showers: Vec<f32>,
+    tmp: TempFile,
+    out: H5StreamWriter,
 }
 
 impl ShowerWriter {
-    /// Starts a file of showers with `n_voxels` voxels; `expected_rows` reserves memory.
+    /// Starts a file of showers with `n_voxels` voxels; `expected_rows` chooses the chunking
+    /// (the file holds however many rows are appended).
     pub fn create(path: &Path, n_voxels: usize, expected_rows: usize) -> Result<Self> {
         check_writable(path)?;
-        // The showers stay in memory until `finish` and are then encoded: refuse a file that
-        // cannot fit instead of aborting on allocation hours later.
-        let need = (expected_rows as f64) * (n_voxels as f64) * 4.0 * 2.0;
-        if let Some(avail) = available_memory_bytes() {
-            if need > avail as f64 {
-                return Err(CoreError::write(
-                    path.display(),
-                    format!(
-                        "{expected_rows} showers of {n_voxels} voxels need about {:.1} GB of memory to write (the HDF5 writer holds a file's showers until it is written), and {:.1} GB are available: split the run into several files",
-                        need / 1e9,
-                        avail as f64 / 1e9
-                    ),
-                ));
-            }
-        }
+        let tmp = TempFile::new(path);
+        let out = H5StreamWriter::create(
+            tmp.path(),
+            &[
+                (ENERGIES, Float::F64, 1, (expected_rows as u64).clamp(1, MAX_CHUNK_ROWS)),
+                (
+                    SHOWERS,
+                    Float::F32,
+                    n_voxels as u64,
+                    chunk_rows(n_voxels, expected_rows) as u64,
+                ),
+            ],
+            4,
+        )
+        .map_err(|e| CoreError::write(path.display(), e))?;
         Ok(Self {
             target: path.to_path_buf(),
             n_voxels,
-            energies: Vec::with_capacity(expected_rows),
-            showers: Vec::with_capacity(expected_rows.saturating_mul(n_voxels)),
+            tmp,
+            out,
         })
     }
 
@@ -510,35 +512,26 @@ impl ShowerWriter {
                 self.n_voxels
             )));
         }
-        self.energies.extend_from_slice(energies);
-        self.showers.extend_from_slice(showers);
-        Ok(())
+        let target = &self.target;
+        self.out
+            .append_f64(0, energies)
+            .and_then(|_| self.out.append_f32(1, showers))
+            .map_err(|e| CoreError::write(target.display(), e))
     }
 
-    /// Writes the file (atomically) and returns the number of showers.
+    /// Completes the file, renames it over the target and returns the number of showers.
     pub fn finish(self) -> Result<usize> {
-        let n = self.energies.len();
+        let n = self.out.rows(0) as usize;
         if n == 0 {
             return Err(CoreError::Invalid(format!(
                 "no showers to write to {}",
                 self.target.display()
             )));
         }
-        let v = self.n_voxels as u64;
-        let chunk = chunk_rows(self.n_voxels, n) as u64;
-        write_atomic(&self.target, |b| {
-            b.create_dataset(ENERGIES)
-                .with_f64_data(&self.energies)
-                .with_shape(&[n as u64, 1])
-                .with_chunks(&[(n as u64).min(MAX_CHUNK_ROWS), 1])
-                .with_deflate(4);
-            b.create_dataset(SHOWERS)
-                .with_f32_data(&self.showers)
-                .with_shape(&[n as u64, v])
-                .with_chunks(&[chunk, v])
-                .with_shuffle()
-                .with_deflate(4);
-        })?;
+        self.out
+            .finish()
+            .map_err(|e| CoreError::write(self.target.display(), e))?;
+        self.tmp.persist()?;
         Ok(n)
     }
 }

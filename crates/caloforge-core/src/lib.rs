@@ -10,6 +10,7 @@ pub mod error;
 pub mod features;
 pub mod geometry;
 pub mod glam;
+pub mod h5stream;
 pub mod io;
 pub mod numeric;
 pub mod rng;
