@@ -106,7 +106,7 @@ impl H5StreamWriter {
     pub fn append_bytes(&mut self, k: usize, bytes: &[u8]) -> Result<(), String> {
         let ds = &mut self.datasets[k];
         let row_bytes = ds.cols as usize * ds.ty.size();
-        if bytes.len() % row_bytes != 0 {
+        if !bytes.len().is_multiple_of(row_bytes) {
             return Err(format!(
                 "{}: {} bytes is not a whole number of rows of {} values",
                 ds.name,
@@ -152,7 +152,7 @@ impl H5StreamWriter {
         le: impl Fn(T, &mut Vec<u8>),
     ) -> Result<(), String> {
         let cols = self.datasets[k].cols as usize;
-        if values.len() % cols != 0 {
+        if !values.len().is_multiple_of(cols) {
             return Err(format!(
                 "{}: {} values is not a whole number of rows of {cols}",
                 self.datasets[k].name,
@@ -275,7 +275,11 @@ impl H5StreamWriter {
                 n.push(1); // raw data chunks
                 n.push(depth);
                 n.extend_from_slice(&(children.len() as u16).to_le_bytes());
-                let left = if g == 0 { UNDEF } else { addr - node_size as u64 };
+                let left = if g == 0 {
+                    UNDEF
+                } else {
+                    addr - node_size as u64
+                };
                 let right = if g + 1 == groups.len() {
                     UNDEF
                 } else {
@@ -480,12 +484,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.h5");
         let vals: Vec<f32> = (0..rows * cols)
-            .map(|i| if i % 3 == 0 { 0.0 } else { (i as f32).sqrt() * 0.37 })
+            .map(|i| {
+                if i % 3 == 0 {
+                    0.0
+                } else {
+                    (i as f32).sqrt() * 0.37
+                }
+            })
             .collect();
         let energies: Vec<f64> = (0..rows).map(|i| 1000.0 + i as f64 * 0.5).collect();
         let mut w = H5StreamWriter::create(
             &p,
-            &[("incident_energies", Float::F64, 1, 7), ("showers", Float::F32, cols as u64, chunk_rows)],
+            &[
+                ("incident_energies", Float::F64, 1, 7),
+                ("showers", Float::F32, cols as u64, chunk_rows),
+            ],
             4,
         )
         .unwrap();

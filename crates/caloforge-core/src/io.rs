@@ -270,7 +270,8 @@ pub fn write_atomic(path: &Path, build: impl FnOnce(&mut FileBuilder)) -> Result
 /// helper of the workspace (text, JSON, weights, checkpoints).
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = TempFile::new(path);
-    std::fs::write(tmp.path(), bytes).map_err(|e| CoreError::write(path.display(), e.to_string()))?;
+    std::fs::write(tmp.path(), bytes)
+        .map_err(|e| CoreError::write(path.display(), e.to_string()))?;
     tmp.persist()
 }
 
@@ -421,7 +422,10 @@ pub fn check_output(path: &Path, inputs: &[&Path]) -> Result<()> {
         if same_file(path, i) {
             return Err(CoreError::write(
                 path.display(),
-                format!("this is the input file {}; writing it would destroy the input", i.display()),
+                format!(
+                    "this is the input file {}; writing it would destroy the input",
+                    i.display()
+                ),
             ));
         }
     }
@@ -432,7 +436,10 @@ pub fn check_output(path: &Path, inputs: &[&Path]) -> Result<()> {
 /// (`gen.h5` → `gen.h5.json`), so that it never equals the output. Refused when something that
 /// is not a caloforge summary is already there, or when it is one of `inputs`.
 pub fn summary_path(out: &Path, inputs: &[&Path]) -> Result<PathBuf> {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".json");
     let p = out.with_file_name(name);
     check_output(&p, inputs)?;
@@ -482,7 +489,12 @@ impl ShowerWriter {
         let out = H5StreamWriter::create(
             tmp.path(),
             &[
-                (ENERGIES, Float::F64, 1, (expected_rows as u64).clamp(1, MAX_CHUNK_ROWS)),
+                (
+                    ENERGIES,
+                    Float::F64,
+                    1,
+                    (expected_rows as u64).clamp(1, MAX_CHUNK_ROWS),
+                ),
                 (
                     SHOWERS,
                     Float::F32,

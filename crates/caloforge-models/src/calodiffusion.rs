@@ -26,8 +26,6 @@ use crate::{
 };
 use burn::module::Module;
 use burn::store::SafetensorsStore;
-use caloforge_nn::schedule::LrSchedule;
-use caloforge_nn::train::{fit, Task, TrainSettings};
 use burn::tensor::{Device, Tensor, TensorData};
 use caloforge_core::glam::Glam;
 use caloforge_core::DatasetKind;
@@ -35,7 +33,10 @@ use caloforge_nn::burn;
 use caloforge_nn::device::{backend, compute_device, inference_device, Backend, Precision};
 use caloforge_nn::diffusion::{ddim_sample, ddpm_sample, NoiseSchedule, ScheduleKind};
 use caloforge_nn::glam::GlamNet;
-use caloforge_nn::unet::fast::FastUNet;
+use caloforge_nn::schedule::LrSchedule;
+use caloforge_nn::train::{fit, Task, TrainSettings};
+use caloforge_nn::twin::Twin;
+use caloforge_nn::unet::fast::UNet as FastUNet;
 use caloforge_nn::unet::{UNet, UNetConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -152,7 +153,10 @@ impl CaloDiffusionConfig {
         LrSchedule::Constant { lr: c.lr }
             .validate()
             .map_err(|m| ModelError::Config(format!("CaloDiffusion configuration: {m}")))?;
-        if c.sample_steps == 0 || c.groups == 0 || c.layer_sizes.iter().any(|&l| l == 0 || l % c.groups != 0) {
+        if c.sample_steps == 0
+            || c.groups == 0
+            || c.layer_sizes.iter().any(|&l| l == 0 || l % c.groups != 0)
+        {
             return Err(ModelError::Config(
                 "CaloDiffusion configuration: need sample_steps > 0, groups > 0 and layer_sizes divisible by groups".into(),
             ));
@@ -408,7 +412,7 @@ impl CaloDiffusion {
         let fast = (backend() == Backend::Cpu).then(|| {
             self.fast.get_or_init(|| {
                 (
-                    FastUNet::new(&net.unet),
+                    net.unet.twin(),
                     net.glam
                         .as_ref()
                         .zip(self.cfg.glam())
@@ -1036,7 +1040,9 @@ mod model_tests {
         let bad = preset_text("calodiffusion-small")
             .unwrap()
             .replace("dataset = 2", "dataset = 1");
-        let e = CaloDiffusionConfig::from_toml(&bad).unwrap_err().to_string();
+        let e = CaloDiffusionConfig::from_toml(&bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1-photons"), "{e}");
     }
 

@@ -25,8 +25,8 @@
 
 use crate::registry::ModelInfo;
 use crate::{
-    file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError,
-    ModelKind, ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
+    file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError, ModelKind,
+    ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
 };
 use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
@@ -616,7 +616,11 @@ impl ICaloFlow {
     /// Trains the flows of `opts.parts` (all by default) into `opts.out`; the other flows of the
     /// directory are kept. Each flow trains through the one training loop with its own
     /// checkpoint (`checkpoints/flowK.ckpt`).
-    pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<TrainOutcome> {
+    pub fn train(
+        config: &str,
+        opts: &TrainOptions,
+        progress: &dyn Progress,
+    ) -> Result<TrainOutcome> {
         let cfg = ICaloFlowConfig::from_toml(config)?;
         let kind = cfg.kind();
         let t0 = std::time::Instant::now();
@@ -686,7 +690,10 @@ impl ICaloFlow {
                 ));
             }
             if !opts.resume && !opts.force {
-                if let Some(k) = parts.iter().find(|k| c.flows.contains_key(&format!("flow{k}"))) {
+                if let Some(k) = parts
+                    .iter()
+                    .find(|k| c.flows.contains_key(&format!("flow{k}")))
+                {
                     return Err(ModelError::file(
                         &mp,
                         format!("flow{k} is already trained: --resume continues it, --force replaces it"),

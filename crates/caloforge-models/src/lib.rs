@@ -134,8 +134,9 @@ pub fn stop_note(interrupted: bool, stopped_at_budget: bool) -> &'static str {
 
 /// The smallest and largest incident energy (MeV).
 pub fn energy_range(e: &[f64]) -> (f64, f64) {
-    e.iter()
-        .fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+    e.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
+        (lo.min(x), hi.max(x))
+    })
 }
 
 /// A configuration as TOML text.
@@ -193,7 +194,10 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 
 /// Writes `text` to `path` atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    Ok(caloforge_core::io::write_bytes_atomic(path, text.as_bytes())?)
+    Ok(caloforge_core::io::write_bytes_atomic(
+        path,
+        text.as_bytes(),
+    )?)
 }
 
 /// Showers of a file as f32 (row-major) with their incident energies; at most `max` showers.

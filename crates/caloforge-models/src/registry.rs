@@ -100,8 +100,12 @@ pub trait ModelKind: Sync {
     /// config.toml holds).
     fn canonical(&self, config: &str) -> Result<(DatasetKind, String)>;
     /// Trains from a configuration (TOML) into `opts.out`.
-    fn train(&self, config: &str, opts: &TrainOptions, progress: &dyn Progress)
-        -> Result<TrainOutcome>;
+    fn train(
+        &self,
+        config: &str,
+        opts: &TrainOptions,
+        progress: &dyn Progress,
+    ) -> Result<TrainOutcome>;
     /// Reads a trained model directory.
     fn load(&self, dir: &Path) -> Result<Box<dyn Generator>>;
     /// A model of a configuration's architecture with untrained weights (for timing).
@@ -140,13 +144,17 @@ pub static REGISTRY: &[&dyn ModelKind] = &[
 
 /// The model family named `name`.
 pub fn kind(name: &str) -> Result<&'static dyn ModelKind> {
-    REGISTRY.iter().copied().find(|k| k.name() == name).ok_or_else(|| {
-        let names: Vec<&str> = REGISTRY.iter().map(|k| k.name()).collect();
-        ModelError::Config(format!(
-            "unknown model {name:?}: expected one of {}",
-            names.join(", ")
-        ))
-    })
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|k| k.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = REGISTRY.iter().map(|k| k.name()).collect();
+            ModelError::Config(format!(
+                "unknown model {name:?}: expected one of {}",
+                names.join(", ")
+            ))
+        })
 }
 
 /// The `model` key of a configuration text.
@@ -232,12 +240,18 @@ pub fn prepare_out(kind: &dyn ModelKind, config: &str, opts: &TrainOptions) -> R
     let cp = out.join("config.toml");
     match std::fs::read_to_string(&cp) {
         Ok(saved) => {
-            if model_name(&saved, &cp.display().to_string()).ok().as_deref() != Some(kind.name())
+            if model_name(&saved, &cp.display().to_string())
+                .ok()
+                .as_deref()
+                != Some(kind.name())
                 && !opts.force
             {
                 return Err(ModelError::file(
                     &cp,
-                    format!("holds another model than {}; pass --force to replace it", kind.name()),
+                    format!(
+                        "holds another model than {}; pass --force to replace it",
+                        kind.name()
+                    ),
                 ));
             }
             if !opts.force {
@@ -385,7 +399,8 @@ mod tests {
     fn every_preset_parses_and_belongs_to_its_model() {
         for (k, p) in presets() {
             assert_eq!(model_name(p.text, p.name).unwrap(), k.name(), "{}", p.name);
-            k.canonical(p.text).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            k.canonical(p.text)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.name));
             assert!(!preset_description(p.text).is_empty(), "{}", p.name);
         }
         let names: Vec<&str> = presets().map(|(_, p)| p.name).collect();
@@ -398,11 +413,15 @@ mod tests {
     #[test]
     fn options_a_model_does_not_take_are_refused_by_name() {
         let cd = kind("calodiffusion").unwrap();
-        let e = check_options(cd, &[ModelOption::Parts]).unwrap_err().to_string();
+        let e = check_options(cd, &[ModelOption::Parts])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--flows") && e.contains("calodiffusion"), "{e}");
         check_options(cd, &[ModelOption::Sampler, ModelOption::Steps]).unwrap();
         let ic = kind("icaloflow").unwrap();
-        let e = check_options(ic, &[ModelOption::Steps]).unwrap_err().to_string();
+        let e = check_options(ic, &[ModelOption::Steps])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--steps") && e.contains("icaloflow"), "{e}");
         assert!(kind("nope").is_err());
     }
@@ -419,7 +438,11 @@ mod tests {
     fn sanity_counts_hand_made_showers() {
         let mut s = Sanity::default();
         // 3 showers of 2 voxels at E_inc = 10: fine; sum 25 > 20 and a voxel 15 > 10; NaN.
-        s.add(&[10.0, 10.0, 10.0], &[1.0, 2.0, 15.0, 10.0, f32::NAN, 0.0], 2);
+        s.add(
+            &[10.0, 10.0, 10.0],
+            &[1.0, 2.0, 15.0, 10.0, f32::NAN, 0.0],
+            2,
+        );
         assert_eq!(
             s,
             Sanity {

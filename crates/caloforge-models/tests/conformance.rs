@@ -94,7 +94,10 @@ fn conform(kind: &dyn ModelKind, name: &str, text: &str, teacher: Option<PathBuf
     assert!(s5.iter().all(|x| x.is_finite() && *x >= 0.0), "{name}");
     // (assert! rather than assert_eq!: the vectors are too long to print.)
     assert!(sample(kind, &a.out, &e, 0, 2) == s5, "{name}: batch size");
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     assert!(
         one.install(|| sample(kind, &a.out, &e, 0, 5)) == s5,
         "{name}: thread count"
@@ -109,7 +112,10 @@ fn conform(kind: &dyn ModelKind, name: &str, text: &str, teacher: Option<PathBuf
     assert!(sample(kind, &b, &e, 0, 5) == s5, "{name}: save/load");
     // Interrupted after one step, resumed: the uninterrupted model.
     let c = opts("c");
-    assert!(train(kind, text, &c, &StopAfter(1)), "{name}: not interrupted");
+    assert!(
+        train(kind, text, &c, &StopAfter(1)),
+        "{name}: not interrupted"
+    );
     caloforge_models::clear_stop();
     let resumed = TrainOptions {
         resume: true,
@@ -118,7 +124,9 @@ fn conform(kind: &dyn ModelKind, name: &str, text: &str, teacher: Option<PathBuf
     assert!(!train(kind, text, &resumed, &NoProgress));
     assert!(sample(kind, &c.out, &e, 0, 5) == s5, "{name}: resume");
     // Refusals.
-    let e1 = registry::prepare_out(kind, text, &a).unwrap_err().to_string();
+    let e1 = registry::prepare_out(kind, text, &a)
+        .unwrap_err()
+        .to_string();
     assert!(e1.contains("--resume") && e1.contains("--force"), "{e1}");
     let other = text.replacen("validation_fraction = ", "validation_fraction = 0.3\n# ", 1);
     let e2 = registry::prepare_out(kind, &other, &resumed)
@@ -142,8 +150,9 @@ fn every_registered_model_conforms() {
             .filter(|p| p.name.contains("-tiny"))
             .collect();
         assert!(!tiny.is_empty(), "{} has no tiny preset", kind.name());
-        let (teachers, students): (Vec<&caloforge_models::Preset>, Vec<_>) =
-            tiny.into_iter().partition(|p| !p.name.ends_with("-student"));
+        let (teachers, students): (Vec<&caloforge_models::Preset>, Vec<_>) = tiny
+            .into_iter()
+            .partition(|p| !p.name.ends_with("-student"));
         for p in &teachers {
             conform(*kind, p.name, p.text, None, dir.path());
         }

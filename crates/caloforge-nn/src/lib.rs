@@ -6,6 +6,7 @@
 //! * [`mlp`]: fully connected networks (the CaloChallenge classifier DNN).
 //! * [`classifier`]: the binary-classifier training loop of the CaloChallenge evaluation.
 //! * [`device`]: device selection (CPU `flex`, autodiff) and dtype configuration.
+//! * [`kernels`]: burn-free CPU inference kernels; [`twin`]: each burn block's fast CPU twin.
 
 pub mod classifier;
 pub mod conv;
@@ -13,9 +14,11 @@ pub mod device;
 pub mod diffusion;
 pub mod flow;
 pub mod glam;
+pub mod kernels;
 pub mod mlp;
 pub mod schedule;
 pub mod train;
+pub mod twin;
 pub mod unet;
 pub mod weights;
 

@@ -74,7 +74,9 @@ impl LrSchedule {
             if v.is_finite() && v > 0.0 && v <= 10.0 {
                 Ok(())
             } else {
-                Err(format!("{name} must be a learning rate in (0, 10], got {v}"))
+                Err(format!(
+                    "{name} must be a learning rate in (0, 10], got {v}"
+                ))
             }
         };
         let factor = |name: &str, v: f64| {

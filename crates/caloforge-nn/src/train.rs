@@ -601,8 +601,14 @@ mod tests {
     impl Line {
         fn new(device: &Device) -> Self {
             Line {
-                w: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.1f32], [1]), device)),
-                b: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.0f32], [1]), device)),
+                w: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(vec![0.1f32], [1]),
+                    device,
+                )),
+                b: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(vec![0.0f32], [1]),
+                    device,
+                )),
             }
         }
     }
@@ -672,36 +678,79 @@ mod tests {
             device: device.clone(),
         };
         // Uninterrupted: 12 epochs.
-        let full = fit(Line::new(&device), &mut task, &settings(12), &ck("a", false), &mut |_| {})
-            .unwrap();
+        let full = fit(
+            Line::new(&device),
+            &mut task,
+            &settings(12),
+            &ck("a", false),
+            &mut |_| {},
+        )
+        .unwrap();
         assert!(full.report.best_val_loss < 0.05, "{:?}", full.report);
         assert_eq!(full.report.steps, 60);
         // 2 epochs, then resumed to 12 (continues schedule, optimizer, randomness).
-        fit(Line::new(&device), &mut task, &settings(2), &ck("b", false), &mut |_| {}).unwrap();
-        let resumed =
-            fit(Line::new(&device), &mut task, &settings(12), &ck("b", true), &mut |_| {}).unwrap();
+        fit(
+            Line::new(&device),
+            &mut task,
+            &settings(2),
+            &ck("b", false),
+            &mut |_| {},
+        )
+        .unwrap();
+        let resumed = fit(
+            Line::new(&device),
+            &mut task,
+            &settings(12),
+            &ck("b", true),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(weights(&resumed.last), weights(&full.last));
         assert_eq!(weights(&resumed.best), weights(&full.best));
         // (Debug text: the first point's training loss is NaN.)
-        assert_eq!(format!("{:?}", resumed.report.history), format!("{:?}", full.report.history));
+        assert_eq!(
+            format!("{:?}", resumed.report.history),
+            format!("{:?}", full.report.history)
+        );
         // A stop request mid-epoch: checkpoint written, resumed to the same end.
         flag.store(true, Ordering::SeqCst);
-        let stopped =
-            fit(Line::new(&device), &mut task, &settings(12), &ck("c", false), &mut |_| {}).unwrap();
+        let stopped = fit(
+            Line::new(&device),
+            &mut task,
+            &settings(12),
+            &ck("c", false),
+            &mut |_| {},
+        )
+        .unwrap();
         flag.store(false, Ordering::SeqCst);
         assert!(stopped.report.interrupted);
         assert_eq!(stopped.report.steps, 1);
-        let resumed =
-            fit(Line::new(&device), &mut task, &settings(12), &ck("c", true), &mut |_| {}).unwrap();
+        let resumed = fit(
+            Line::new(&device),
+            &mut task,
+            &settings(12),
+            &ck("c", true),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(weights(&resumed.last), weights(&full.last));
         // (Debug text: the first point's training loss is NaN.)
-        assert_eq!(format!("{:?}", resumed.report.history), format!("{:?}", full.report.history));
+        assert_eq!(
+            format!("{:?}", resumed.report.history),
+            format!("{:?}", full.report.history)
+        );
         // A corrupt checkpoint is one clear error naming the file.
         std::fs::write(dir.path().join("d"), b"CFCKPT1\n\x05").unwrap();
-        let e = fit(Line::new(&device), &mut task, &settings(12), &ck("d", true), &mut |_| {})
-            .err()
-            .unwrap()
-            .to_string();
+        let e = fit(
+            Line::new(&device),
+            &mut task,
+            &settings(12),
+            &ck("d", true),
+            &mut |_| {},
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("corrupt") && e.contains('d'), "{e}");
     }
 }

@@ -42,7 +42,9 @@ pub fn load<M: Module>(mut module: M, path: &Path, what: &str) -> Result<M> {
     if bad > 0 {
         return Err(NnError::format(
             path,
-            format!("{bad} weights are NaN or infinite (a diverged training?); refusing to use them"),
+            format!(
+                "{bad} weights are NaN or infinite (a diverged training?); refusing to use them"
+            ),
         ));
     }
     Ok(module)
@@ -100,14 +102,28 @@ mod tests {
     fn round_trips_and_refuses_wrong_shapes_and_non_finite_weights() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("w.safetensors");
-        save(&two(vec![1.5, -2.0]), SafetensorsStore::from_bytes(None), &p).unwrap();
+        save(
+            &two(vec![1.5, -2.0]),
+            SafetensorsStore::from_bytes(None),
+            &p,
+        )
+        .unwrap();
         let back = load(two(vec![0.0, 0.0]), &p, "this net").unwrap();
         let v: Vec<f32> = back.w.val().into_data().iter::<f32>().collect();
         assert_eq!(v, vec![1.5, -2.0]);
-        let e = load(two(vec![0.0; 3]), &p, "this net").unwrap_err().to_string();
+        let e = load(two(vec![0.0; 3]), &p, "this net")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("w.safetensors") && e.contains("this net"), "{e}");
-        save(&two(vec![1.0, f32::NAN]), SafetensorsStore::from_bytes(None), &p).unwrap();
-        let e = load(two(vec![0.0, 0.0]), &p, "this net").unwrap_err().to_string();
+        save(
+            &two(vec![1.0, f32::NAN]),
+            SafetensorsStore::from_bytes(None),
+            &p,
+        )
+        .unwrap();
+        let e = load(two(vec![0.0, 0.0]), &p, "this net")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("w.safetensors") && e.contains("NaN"), "{e}");
         assert_eq!(non_finite(&two(vec![f32::INFINITY, 0.0, f32::NAN])), 2);
     }

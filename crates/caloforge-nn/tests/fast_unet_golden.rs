@@ -4,7 +4,7 @@
 
 use caloforge_nn::burn::module::{Module, ModuleMapper, Param};
 use caloforge_nn::burn::tensor::{Device, Tensor, TensorData};
-use caloforge_nn::unet::fast::FastUNet;
+use caloforge_nn::twin::Twin;
 use caloforge_nn::unet::{UNet, UNetConfig};
 
 /// Replaces every parameter by a fixed function of its position in visiting order.
@@ -20,7 +20,10 @@ impl ModuleMapper for Fill {
         let data: Vec<f32> = (0..n)
             .map(|i| (((k0 + i) as f64 * 0.731 + 0.1).sin() * 0.3) as f32)
             .collect();
-        Param::from_tensor(Tensor::<D>::from_data(TensorData::new(data, shape), &t.device()))
+        Param::from_tensor(Tensor::<D>::from_data(
+            TensorData::new(data, shape),
+            &t.device(),
+        ))
     }
 }
 
@@ -37,8 +40,10 @@ fn outputs(sizes: Vec<usize>, shape: [usize; 3], attention: bool) -> Vec<f32> {
     let net = UNet::new(&cfg, &dev).unwrap().map(&mut Fill(0));
     let v: usize = shape.iter().product();
     let n = 2;
-    let x: Vec<f32> = (0..n * 3 * v).map(|i| ((i as f64) * 0.013).cos() as f32).collect();
-    FastUNet::new(&net).forward(&x, shape, &[0.3, 0.9], &[0.1, 0.7])
+    let x: Vec<f32> = (0..n * 3 * v)
+        .map(|i| ((i as f64) * 0.013).cos() as f32)
+        .collect();
+    net.twin().forward(&x, shape, &[0.3, 0.9], &[0.1, 0.7])
 }
 
 fn digest(y: &[f32]) -> (u64, Vec<u32>) {
@@ -49,16 +54,21 @@ fn digest(y: &[f32]) -> (u64, Vec<u32>) {
     (h, picks)
 }
 
+/// Layer sizes, grid, block attention, and the expected (hash, picked values).
+type Case = (Vec<usize>, [usize; 3], bool, (u64, [u32; 6]));
+
 #[test]
 fn fast_unet_outputs_are_unchanged() {
-    let cases: [(Vec<usize>, [usize; 3], bool, (u64, [u32; 6])); 3] = [
+    let cases: [Case; 3] = [
         (
             vec![8, 8, 8, 16],
             [45, 16, 9],
             true,
             (
                 16350665112108349920,
-                [3204751904, 3202941278, 3205556335, 3189552507, 3206222259, 3202548402],
+                [
+                    3204751904, 3202941278, 3205556335, 3189552507, 3206222259, 3202548402,
+                ],
             ),
         ),
         (
@@ -67,7 +77,9 @@ fn fast_unet_outputs_are_unchanged() {
             true,
             (
                 17825967580364677631,
-                [1043046725, 1050087832, 1049099475, 1044382296, 1044784984, 1044005025],
+                [
+                    1043046725, 1050087832, 1049099475, 1044382296, 1044784984, 1044005025,
+                ],
             ),
         ),
         (
@@ -76,7 +88,9 @@ fn fast_unet_outputs_are_unchanged() {
             false,
             (
                 716827537593781062,
-                [3209839908, 3193993224, 3195538896, 3212913530, 3213698514, 3196344242],
+                [
+                    3209839908, 3193993224, 3195538896, 3212913530, 3213698514, 3196344242,
+                ],
             ),
         ),
     ];
@@ -84,6 +98,10 @@ fn fast_unet_outputs_are_unchanged() {
         let y = outputs(sizes.clone(), shape, attention);
         assert!(y.iter().all(|v| v.is_finite()));
         let (h, p) = digest(&y);
-        assert_eq!((h, p.as_slice()), (hash, picks.as_slice()), "{sizes:?} {shape:?}");
+        assert_eq!(
+            (h, p.as_slice()),
+            (hash, picks.as_slice()),
+            "{sizes:?} {shape:?}"
+        );
     }
 }

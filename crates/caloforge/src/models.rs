@@ -178,7 +178,11 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
     for l in &outcome.lines {
         eprintln!("{l}");
     }
-    let status = if outcome.interrupted { "interrupted" } else { "done" };
+    let status = if outcome.interrupted {
+        "interrupted"
+    } else {
+        "done"
+    };
     caloforge_models::write_text(
         &summary_file,
         &serde_json::to_string_pretty(&summary(status, outcome.complete, outcome.interrupted))?,
@@ -490,7 +494,11 @@ pub fn list_models() -> Result<()> {
             "{:<24} {}  [options: {}]",
             k.name(),
             k.paper(),
-            if opts.is_empty() { "-".to_string() } else { opts.join(" ") }
+            if opts.is_empty() {
+                "-".to_string()
+            } else {
+                opts.join(" ")
+            }
         );
         for p in k.presets() {
             let ds = k.canonical(p.text)?.0;

@@ -107,8 +107,16 @@ fn trains_generates_deterministically_and_round_trips() {
     let b = m.sample_showers(&energies, 9, 0, 3, &NoProgress).unwrap();
     assert_eq!(a, b);
     let loaded = ICaloFlow::load(&opts.out).unwrap();
-    assert_eq!(loaded.sample_showers(&energies, 9, 0, 1, &NoProgress).unwrap(), a);
-    assert_ne!(m.sample_showers(&energies, 10, 0, 2, &NoProgress).unwrap(), a);
+    assert_eq!(
+        loaded
+            .sample_showers(&energies, 9, 0, 1, &NoProgress)
+            .unwrap(),
+        a
+    );
+    assert_ne!(
+        m.sample_showers(&energies, 10, 0, 2, &NoProgress).unwrap(),
+        a
+    );
     assert!(m.sample_showers(&[-1.0], 1, 0, 1, &NoProgress).is_err());
 
     // A student distilled from it.

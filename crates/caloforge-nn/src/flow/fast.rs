@@ -9,8 +9,9 @@
 //! (rayon); each sample's arithmetic does not depend on the batch, so results are identical for
 //! any batch size and thread count.
 
-use super::spline::{Rqs, SplineConfig};
 use super::{Flow, FlowConfig, FlowKind};
+use crate::kernels::simd::dot;
+use crate::kernels::spline::{Rqs, SplineConfig};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -28,97 +29,6 @@ impl Layer {
     fn row(&self, r: usize, input: &[f32]) -> f32 {
         let p = self.prefix[r];
         self.b[r] + dot(&self.w[r * self.n_in..r * self.n_in + p], &input[..p])
-    }
-}
-
-/// Dot product; AVX2 + FMA when the CPU has them (checked once), else portable 8-lane code.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if *HAS_AVX2_FMA {
-            // SAFETY: the CPU supports AVX2 and FMA (runtime check above).
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-static HAS_AVX2_FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-});
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let mut i = 0;
-    // SAFETY: every load reads 8 floats at i < n - 15 or i < n - 7, inside both slices.
-    unsafe {
-        while i + 16 <= n {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 8)),
-                _mm256_loadu_ps(pb.add(i + 8)),
-                acc1,
-            );
-            i += 16;
-        }
-        if i + 8 <= n {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            i += 8;
-        }
-    }
-    let acc = _mm256_add_ps(acc0, acc1);
-    let hi = _mm256_extractf128_ps(acc, 1);
-    let lo = _mm256_castps256_ps128(acc);
-    let s4 = _mm_add_ps(hi, lo);
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-    let mut s = _mm_cvtss_f32(s1);
-    while i < n {
-        s += a[i] * b[i];
-        i += 1;
-    }
-    s
-}
-
-#[inline]
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
-#[cfg(test)]
-mod dot_tests {
-    #[test]
-    fn dot_matches_naive_sum_for_every_length() {
-        for n in 0..70 {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            assert!((super::dot(&a, &b) as f64 - want).abs() < 1e-4, "n = {n}");
-            assert!(
-                (super::dot_portable(&a, &b) as f64 - want).abs() < 1e-4,
-                "n = {n}"
-            );
-        }
     }
 }
 

@@ -4,14 +4,14 @@
 
 use super::fast::FastFlow;
 use super::{Flow, FlowConfig, FlowKind, FlowNet};
+use crate::train::{fit, Control, NnError, Result, Task};
+pub use crate::train::{Progress, TrainReport, TrainSettings, ValPoint};
 use burn::module::Module;
 use burn::store::SafetensorsStore;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
-use rand_distr::StandardNormal;
-use crate::train::{fit, Control, NnError, Result, Task};
-pub use crate::train::{Progress, TrainReport, TrainSettings, ValPoint};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
 use std::path::Path;
 
 /// Row-major training samples and their context.

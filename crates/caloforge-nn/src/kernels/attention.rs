@@ -1,0 +1,149 @@
+//! Attention on rows of one sequence (a shower's voxels or points): the linear attention of
+//! the CaloDiffusion U-Net and multi-head softmax attention with a mask.
+
+use super::buf::Buf;
+use super::simd::exp_inplace;
+
+/// Linear attention (Shen et al.; the U-Net of CaloDiffusion): `qkv` holds rows of
+/// `[q | k | v]`, each `heads × dh` wide. q is soft-maxed over each head's features (and
+/// scaled by dh^−1/2), k over the positions; context = kᵀ v per head, out = q · context.
+/// Returns the rows of out (`heads × dh` wide); `qkv` is overwritten.
+pub fn linear_attention(qkv: &mut [f32], h: usize, dh: usize) -> Buf {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::simd() {
+        // SAFETY: AVX2/FMA present; the same code, vectorised for them.
+        return unsafe { linear_attention_avx2(qkv, h, dh) };
+    }
+    linear_attention_impl(qkv, h, dh)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn linear_attention_avx2(qkv: &mut [f32], h: usize, dh: usize) -> Buf {
+    linear_attention_impl(qkv, h, dh)
+}
+
+#[inline(always)]
+fn linear_attention_impl(qkv: &mut [f32], h: usize, dh: usize) -> Buf {
+    let hd = h * dh;
+    let w = 3 * hd;
+    let n = qkv.len() / w;
+    let scale = (dh as f32).powf(-0.5);
+    // q: softmax over each head's dh channels, per position.
+    for row in qkv.chunks_mut(w) {
+        for head in 0..h {
+            let q = &mut row[head * dh..(head + 1) * dh];
+            let m = q.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            q.iter_mut().for_each(|v| *v -= m);
+            exp_inplace(q);
+            let s: f32 = q.iter().sum();
+            q.iter_mut().for_each(|v| *v *= scale / s);
+        }
+    }
+    // k: softmax over positions, per channel.
+    let mut kmax = vec![f32::NEG_INFINITY; hd];
+    for row in qkv.chunks(w) {
+        for (m, &v) in kmax.iter_mut().zip(&row[hd..2 * hd]) {
+            *m = m.max(v);
+        }
+    }
+    let mut ksum = vec![0.0f32; hd];
+    for row in qkv.chunks_mut(w) {
+        let k = &mut row[hd..2 * hd];
+        for (v, &m) in k.iter_mut().zip(&kmax) {
+            *v -= m;
+        }
+        exp_inplace(k);
+        for (s, &v) in ksum.iter_mut().zip(k.iter()) {
+            *s += v;
+        }
+    }
+    // context[head][d][e] = Σ_n k[n, d] v[n, e] (k normalised after the sum).
+    let mut ctx = vec![0.0f32; h * dh * dh];
+    for row in qkv.chunks(w) {
+        for head in 0..h {
+            let k = &row[hd + head * dh..hd + (head + 1) * dh];
+            let v = &row[2 * hd + head * dh..2 * hd + (head + 1) * dh];
+            let c = &mut ctx[head * dh * dh..(head + 1) * dh * dh];
+            for (dd, &kv) in k.iter().enumerate() {
+                for (cv, &vv) in c[dd * dh..(dd + 1) * dh].iter_mut().zip(v) {
+                    *cv += kv * vv;
+                }
+            }
+        }
+    }
+    for head in 0..h {
+        for dd in 0..dh {
+            let s = ksum[head * dh + dd];
+            ctx[(head * dh + dd) * dh..(head * dh + dd + 1) * dh]
+                .iter_mut()
+                .for_each(|v| *v /= s);
+        }
+    }
+    // out[n, head, e] = Σ_d ctx[head][d][e] q[n, head, d].
+    let mut att = Buf::zeroed(n * hd);
+    for (row, o) in qkv.chunks(w).zip(att.chunks_mut(hd)) {
+        for head in 0..h {
+            let q = &row[head * dh..(head + 1) * dh];
+            let oh = &mut o[head * dh..(head + 1) * dh];
+            for (dd, &qv) in q.iter().enumerate() {
+                let c = &ctx[(head * dh + dd) * dh..(head * dh + dd + 1) * dh];
+                for (ov, &cv) in oh.iter_mut().zip(c) {
+                    *ov += qv * cv;
+                }
+            }
+        }
+    }
+    att
+}
+
+/// Multi-head softmax attention: rows of q (`nq`), k and v (`nk`), each `heads × dh` wide;
+/// out[i] = Σ_j softmax_j(q_i·k_j · scale) v_j per head, over the keys j with `mask[i·nk + j]`
+/// set (all keys when `mask` is None). A query whose keys are all masked gets zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    nk: usize,
+    heads: usize,
+    dh: usize,
+    scale: f32,
+    mask: Option<&[bool]>,
+) -> Vec<f32> {
+    let w = heads * dh;
+    let nq = q.len() / w.max(1);
+    let mut out = vec![0.0f32; nq * w];
+    let mut s = vec![0.0f32; nk];
+    for i in 0..nq {
+        for hd in 0..heads {
+            let qi = &q[i * w + hd * dh..][..dh];
+            let mut m = f32::NEG_INFINITY;
+            for (j, sj) in s.iter_mut().enumerate() {
+                if mask.is_some_and(|mk| !mk[i * nk + j]) {
+                    *sj = f32::NEG_INFINITY;
+                    continue;
+                }
+                *sj = super::simd::dot(qi, &k[j * w + hd * dh..][..dh]) * scale;
+                m = m.max(*sj);
+            }
+            if m == f32::NEG_INFINITY {
+                continue;
+            }
+            s.iter_mut().for_each(|x| *x -= m);
+            exp_inplace(&mut s);
+            let total: f32 = s.iter().sum();
+            let o = &mut out[i * w + hd * dh..][..dh];
+            for (j, &p) in s.iter().enumerate() {
+                if p == 0.0 {
+                    continue;
+                }
+                let p = p / total;
+                for (ov, &vv) in o.iter_mut().zip(&v[j * w + hd * dh..][..dh]) {
+                    *ov += p * vv;
+                }
+            }
+        }
+    }
+    out
+}

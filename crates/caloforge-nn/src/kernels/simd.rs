@@ -1,0 +1,270 @@
+//! Vector arithmetic shared by the kernels: run-time AVX2/FMA dispatch, the dot product, and
+//! the activations (exp, SiLU, GELU) with vectorised exp.
+
+#[cfg(target_arch = "x86_64")]
+static HAS_AVX2_FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+});
+
+/// Whether the AVX2 + FMA kernels run (checked once at run time).
+pub fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        *HAS_AVX2_FMA
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `fn $name(&self, args) -> R` that runs `$imp`, compiled a second time for AVX2/FMA (as
+/// `$avx`, so that its plain loops vectorise for them) and chosen at run time.
+macro_rules! simd_method {
+    ($(#[$meta:meta])* $vis:vis $name:ident, $avx:ident, $imp:ident, ($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        $(#[$meta])*
+        $vis fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::kernels::simd::simd() {
+                // SAFETY: AVX2/FMA present; the body is the same code, vectorised for them.
+                return unsafe { self.$avx($($arg),*) };
+            }
+            self.$imp($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx(&self, $($arg: $ty),*) $(-> $ret)? {
+            self.$imp($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_method;
+
+/// Dot product; AVX2 + FMA when the CPU has them (checked once), else portable 8-lane code.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd() {
+            // SAFETY: the CPU supports AVX2 and FMA (runtime check above).
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at i < n - 15 or i < n - 7, inside both slices.
+    unsafe {
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let lo = _mm256_castps256_ps128(acc);
+    let s4 = _mm_add_ps(hi, lo);
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    let mut s = _mm_cvtss_f32(s1);
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+#[inline]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// x ← x · σ(x).
+pub fn silu(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2/FMA present.
+        unsafe { silu_avx2(x) };
+        return;
+    }
+    for v in x {
+        *v /= 1.0 + (-*v).exp();
+    }
+}
+
+/// x ← exp(x).
+pub fn exp_inplace(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2/FMA present.
+        unsafe { exp_avx2_slice(x) };
+        return;
+    }
+    for v in x {
+        *v = v.exp();
+    }
+}
+
+/// exp of 8 lanes (Cephes' expf: range reduction by ln 2, degree-5 polynomial; |rel err| <
+/// 2e-7 on [−87, 88]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+        _mm256_set1_ps(88.3),
+    );
+    let fx = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
+    }
+    y = _mm256_fmadd_ps(
+        y,
+        _mm256_mul_ps(x, x),
+        _mm256_add_ps(x, _mm256_set1_ps(1.0)),
+    );
+    let e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)),
+        23,
+    );
+    _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_avx2_slice(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut ch = x.chunks_exact_mut(8);
+    for c in &mut ch {
+        _mm256_storeu_ps(c.as_mut_ptr(), exp8(_mm256_loadu_ps(c.as_ptr())));
+    }
+    for v in ch.into_remainder() {
+        *v = v.exp();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_avx2(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let one = _mm256_set1_ps(1.0);
+    let mut ch = x.chunks_exact_mut(8);
+    for c in &mut ch {
+        let v = _mm256_loadu_ps(c.as_ptr());
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        _mm256_storeu_ps(c.as_mut_ptr(), _mm256_div_ps(v, _mm256_add_ps(one, e)));
+    }
+    for v in ch.into_remainder() {
+        *v /= 1.0 + (-*v).exp();
+    }
+}
+
+/// erf to ~1e-7 (Numerical Recipes' erfc Chebyshev fit).
+pub fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = [
+        -1.265_512_23,
+        1.000_023_68,
+        0.374_091_96,
+        0.096_784_18,
+        -0.186_288_06,
+        0.278_868_07,
+        -1.135_203_98,
+        1.488_515_87,
+        -0.822_152_23,
+        0.170_872_77,
+    ];
+    let poly = p.iter().rev().fold(0.0, |acc, &c| acc * t + c);
+    let erfc = t * (-z * z + poly).exp();
+    if x >= 0.0 {
+        1.0 - erfc
+    } else {
+        erfc - 1.0
+    }
+}
+
+/// x ← GELU(x) = x Φ(x) (the exact form, with erf; as burn's `gelu`).
+pub fn gelu(x: &mut [f32]) {
+    for v in x {
+        *v = (0.5 * *v as f64 * (1.0 + erf(*v as f64 / std::f64::consts::SQRT_2))) as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        let mut x: Vec<f32> = (-800..=800).map(|i| i as f32 * 0.1).collect();
+        let want: Vec<f32> = x.iter().map(|v| v.exp()).collect();
+        exp_inplace(&mut x);
+        for (g, w) in x.iter().zip(&want) {
+            assert!((g - w).abs() <= 3e-7 * w, "{g} vs {w}");
+        }
+        for (v, e) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_8),
+            (1.0, 0.842_700_792_9),
+            (-2.0, -0.995_322_265),
+        ] {
+            assert!((erf(v) - e).abs() < 2e-7, "erf({v})");
+        }
+    }
+
+    #[test]
+    fn dot_matches_naive_sum_for_every_length() {
+        for n in 0..70 {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot(&a, &b) as f64 - want).abs() < 1e-4, "n = {n}");
+            assert!((dot_portable(&a, &b) as f64 - want).abs() < 1e-4, "n = {n}");
+        }
+    }
+}
