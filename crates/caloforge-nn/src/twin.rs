@@ -84,29 +84,67 @@ fn layer_norm_epsilon(ln: &LayerNorm) -> f64 {
         .unwrap_or(1e-5)
 }
 
-/// burn's Conv3d (zero padding; dilation 1, one group).
+/// What a (transposed) convolution's twin takes from burn: (c_in, c_out, kernel, tap-major
+/// weights, bias). Dilation and groups are not supported by the kernels.
+struct ConvParts {
+    cin: usize,
+    cout: usize,
+    k: [usize; 3],
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+fn conv_parts(
+    weight: &burn::module::Param<Tensor<5>>,
+    bias: Option<&burn::module::Param<Tensor<1>>>,
+    dilation: [usize; 3],
+    groups: usize,
+    transposed: bool,
+) -> ConvParts {
+    assert!(
+        dilation == [1, 1, 1] && groups == 1,
+        "the fast convolutions have no dilation or groups"
+    );
+    let dims = weight.val().dims();
+    let (cin, cout) = if transposed {
+        (dims[0], dims[1])
+    } else {
+        (dims[1], dims[0])
+    };
+    ConvParts {
+        cin,
+        cout,
+        k: [dims[2], dims[3], dims[4]],
+        w: tap_major(&values(weight.val()), dims, transposed),
+        b: param_or(bias, cout, 0.0),
+    }
+}
+
+/// burn's Conv3d (zero padding).
 impl Twin for Conv3d {
     type Fast = kernels::Conv3d;
     fn twin(&self) -> kernels::Conv3d {
-        assert!(
-            self.dilation == [1, 1, 1] && self.groups == 1,
-            "the fast Conv3d has no dilation or groups"
-        );
-        let dims = self.weight.val().dims();
         let pad = match self.padding {
             PaddingConfig3d::Explicit(z, a, r) => [z, a, r],
             PaddingConfig3d::Valid => [0, 0, 0],
             ref p => panic!("the fast Conv3d takes explicit padding, not {p:?}"),
         };
+        let p = conv_parts(
+            &self.weight,
+            self.bias.as_ref(),
+            self.dilation,
+            self.groups,
+            false,
+        );
         kernels::Conv3d {
-            cin: dims[1],
-            cout: dims[0],
-            k: [dims[2], dims[3], dims[4]],
+            cin: p.cin,
+            cout: p.cout,
+            k: p.k,
             stride: self.stride,
             pad,
             circular: [false; 3],
-            w: tap_major(&values(self.weight.val()), dims, false),
-            b: param_or(self.bias.as_ref(), dims[0], 0.0),
+            w: p.w,
+            b: p.b,
         }
     }
 }
@@ -122,25 +160,27 @@ impl Twin for CylindricalConv3d {
     }
 }
 
-/// burn's ConvTranspose3d (dilation 1, one group).
+/// burn's ConvTranspose3d.
 impl Twin for ConvTranspose3d {
     type Fast = kernels::ConvTranspose3d;
     fn twin(&self) -> kernels::ConvTranspose3d {
-        assert!(
-            self.dilation == [1, 1, 1] && self.groups == 1,
-            "the fast ConvTranspose3d has no dilation or groups"
+        let p = conv_parts(
+            &self.weight,
+            self.bias.as_ref(),
+            self.dilation,
+            self.groups,
+            true,
         );
-        let dims = self.weight.val().dims();
         kernels::ConvTranspose3d {
-            cin: dims[0],
-            cout: dims[1],
-            k: [dims[2], dims[3], dims[4]],
+            cin: p.cin,
+            cout: p.cout,
+            k: p.k,
             stride: self.stride,
             pad: self.padding,
             out_pad: self.padding_out,
             wrap: [0; 3],
-            w: tap_major(&values(self.weight.val()), dims, true),
-            b: param_or(self.bias.as_ref(), dims[1], 0.0),
+            w: p.w,
+            b: p.b,
         }
     }
 }

@@ -162,6 +162,14 @@ pub struct FastFlow {
 /// cache, so weights are streamed once per chunk rather than once per sample.
 const CHUNK: usize = 32;
 
+/// The flow's fast twin: the degree-sorted sampler and density on the shared kernels.
+impl crate::twin::Twin for Flow {
+    type Fast = FastFlow;
+    fn twin(&self) -> FastFlow {
+        FastFlow::from_flow(self)
+    }
+}
+
 impl FastFlow {
     /// Copies the weights of `flow`.
     pub fn from_flow(flow: &Flow) -> Self {

@@ -59,7 +59,7 @@ pub struct FlowConfig {
 impl FlowConfig {
     /// Spline settings of every block.
     pub fn spline(&self) -> SplineConfig {
-        SplineConfig::new(self.bins, self.tail_bound, self.hidden)
+        SplineConfig::new(self.bins, self.tail_bound)
     }
     /// Shape of every MADE.
     pub fn made(&self) -> MadeShape {

@@ -131,18 +131,16 @@ pub fn rqs_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::spline::tests::random_params;
     use burn::tensor::{Device, TensorData};
-    use rand::{Rng, SeedableRng};
-
-    fn random_params(n: usize, p: usize, seed: u64) -> Vec<f64> {
-        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n * p).map(|_| r.random_range(-3.0..3.0)).collect()
-    }
 
     #[test]
     fn tensor_spline_matches_scalar_spline() {
         let dev = Device::flex();
-        let cfg = SplineConfig::new(5, 2.0, 9);
+        let cfg = SplineConfig {
+            scale: 3.0,
+            ..SplineConfig::new(5, 2.0)
+        };
         let (n, d) = (7, 3);
         let p = random_params(n * d, cfg.n_params(), 2);
         let xs: Vec<f64> = (0..n * d)

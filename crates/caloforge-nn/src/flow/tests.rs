@@ -33,7 +33,9 @@ fn vals<const D: usize>(t: Tensor<D>) -> Vec<f64> {
     t.into_data().iter::<f64>().collect()
 }
 
-/// Scales every weight so the random flow is far from the identity.
+/// Draws the MADEs' output biases so the random flow is far from the identity (±0.4: the
+/// widths and heights enter the softmax unscaled, as in nflows' transforms.made MADE; larger
+/// values make bins of ~1e-6 that float32 cannot invert to 1e-4).
 fn perturbed(mut flow: Flow, dev: &Device) -> Flow {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     for m in flow.net.made.iter_mut() {
@@ -41,7 +43,7 @@ fn perturbed(mut flow: Flow, dev: &Device) -> Flow {
         let n = b.val().dims()[0];
         made::set_param(
             b,
-            (0..n).map(|_| r.random_range(-2.0f32..2.0)).collect(),
+            (0..n).map(|_| r.random_range(-0.4f32..0.4)).collect(),
             dev,
         );
     }

@@ -15,21 +15,25 @@ pub struct SplineConfig {
     pub min_height: f64,
     /// Minimum derivative.
     pub min_derivative: f64,
-    /// Divisor of the unnormalised widths and heights (nflows: √hidden features).
+    /// Divisor of the unnormalised widths and heights before the softmax. nflows divides by
+    /// √hidden only when the autoregressive net has a `hidden_features` attribute
+    /// (`nflows.nn.nde.made.MADE`); the MADE that `MaskedPiecewiseRationalQuadratic…Transform`
+    /// builds (`nflows.transforms.made.MADE`, in 0.14 and on GitHub) has none, so the reference
+    /// flows divide by 1.
     pub scale: f64,
 }
 
 impl SplineConfig {
-    /// K bins on [−B, B] with nflows' minimum sizes (1e-6) and the widths/heights divided by
-    /// √`hidden`.
-    pub fn new(bins: usize, tail_bound: f64, hidden: usize) -> Self {
+    /// K bins on [−B, B] with nflows' minimum sizes (1e-6) and unscaled widths and heights, as
+    /// `MaskedPiecewiseRationalQuadraticAutoregressiveTransform` (see [`Self::scale`]).
+    pub fn new(bins: usize, tail_bound: f64) -> Self {
         SplineConfig {
             bins,
             tail_bound,
             min_width: 1e-6,
             min_height: 1e-6,
             min_derivative: 1e-6,
-            scale: (hidden as f64).sqrt(),
+            scale: 1.0,
         }
     }
     /// Parameters per feature, 3K − 1.
@@ -189,18 +193,22 @@ impl Rqs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn random_params(n: usize, p: usize, seed: u64) -> Vec<f64> {
+    /// `n` splines' raw parameters (`p` each), uniform in [−3, 3).
+    pub(crate) fn random_params(n: usize, p: usize, seed: u64) -> Vec<f64> {
         let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         (0..n * p).map(|_| r.random_range(-3.0..3.0)).collect()
     }
 
     #[test]
     fn scalar_spline_inverts_and_logdet_matches_finite_difference() {
-        let cfg = SplineConfig::new(8, 3.0, 4);
+        let cfg = SplineConfig {
+            scale: 2.0,
+            ..SplineConfig::new(8, 3.0)
+        };
         let p = random_params(1, cfg.n_params(), 1);
         let s = Rqs::new(&p, &cfg);
         for i in 0..400 {

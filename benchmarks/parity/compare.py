@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Prints the validation-loss curves of caloforge and reference runs side by side, the table of
+best validation losses (mean +- spread over seeds) and draws them into a PNG.
+
+usage: compare.py --caloforge cf1.json,cf2.json,... --reference ref1.json,... --png out.png
+       [--flow flow1]
+A caloforge file is a model_card.json (its flows.<flow>.report.history is read); a reference
+file is the JSON written by icaloflow_reference.py.
+"""
+import argparse
+import json
+
+import numpy as np
+
+
+def history(path, flow):
+    d = json.load(open(path))
+    if "flows" in d:
+        h = d["flows"][flow]["report"]["history"]
+    else:
+        h = d["history"]
+    return [(p["step"], p["val_loss"]) for p in h if p.get("val_loss") is not None]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--caloforge", required=True)
+    ap.add_argument("--reference", required=True)
+    ap.add_argument("--flow", default="flow1")
+    ap.add_argument("--png")
+    ap.add_argument("--title", default="")
+    a = ap.parse_args()
+    runs = {
+        "caloforge": [history(p, a.flow) for p in a.caloforge.split(",")],
+        "reference": [history(p, a.flow) for p in a.reference.split(",")],
+    }
+    steps = sorted({s for h in runs["caloforge"] + runs["reference"] for s, _ in h})
+    print("step   " + "  ".join(f"cf{i}" .rjust(9) for i in range(len(runs["caloforge"])))
+          + "  " + "  ".join(f"ref{i}".rjust(9) for i in range(len(runs["reference"]))))
+    for s in steps:
+        row = []
+        for name in ("caloforge", "reference"):
+            for h in runs[name]:
+                v = dict(h).get(s)
+                row.append(f"{v:9.3f}" if v is not None else " " * 9)
+        print(f"{s:<6} " + "  ".join(row))
+    best = {k: np.array([min(v for _, v in h) for h in hs]) for k, hs in runs.items()}
+    for k, b in best.items():
+        print(f"{k:9s} best validation loss: mean {b.mean():.3f}, min {b.min():.3f}, "
+              f"max {b.max():.3f} over {len(b)} seeds  ({', '.join(f'{x:.3f}' for x in b)})")
+    lo, hi = best["reference"].min(), best["reference"].max()
+    inside = all(lo - 1e-9 <= x <= hi + 1e-9 for x in best["caloforge"])
+    print(f"caloforge within the reference's seed range [{lo:.3f}, {hi:.3f}]: {inside}")
+    if a.png:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, color in (("caloforge", "tab:red"), ("reference", "tab:blue")):
+            for i, h in enumerate(runs[name]):
+                s, v = zip(*h)
+                ax.plot(s, v, color=color, alpha=0.8, label=name if i == 0 else None)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("validation NLL (nats per shower)")
+        vals = [v for hs in runs.values() for h in hs for _, v in h[1:]]
+        if vals:
+            ax.set_ylim(min(vals) - 2, np.percentile(vals, 90) + 2)
+        ax.set_title(a.title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(a.png, dpi=110)
+        print(f"wrote {a.png}")
+
+
+if __name__ == "__main__":
+    main()
