@@ -5,6 +5,7 @@
 #
 # usage: benchmarks/parity/icaloflow_flow1.sh [WORKDIR] [EPOCHS]
 #   (default: target/parity, 60 epochs of 14 steps = 840 steps on 20k showers)
+# Runs already done in WORKDIR are kept (FORCE=1 redoes them).
 # needs: a release build (cargo build --release), python3 with torch, nflows, h5py, matplotlib
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,14 +40,23 @@ final_div_factor = 1e4
 [flow2]""" + after
 open(p, "w").write(s)
 PY
+# caloforge and the reference run side by side, one thread each (one core each on this 2-core
+# machine): caloforge's seeds in a background pipeline, the reference's in the foreground.
 cfs=(); refs=()
+for s in $SEEDS; do cfs+=("$W/cf_s$s/model_card.json"); refs+=("$W/ref_s$s.json"); done
+(
+  for s in $SEEDS; do
+    [ -f "$W/cf_s$s/model_card.json" ] && [ -z "${FORCE:-}" ] && continue
+    /usr/bin/time -f "caloforge seed $s: %e s" $CF train --preset "$P" --flows 1 --data "$DATA" \
+        --out "$W/cf_s$s" --seed "$s" --threads 1 --force --quiet >/dev/null
+  done
+) &
 for s in $SEEDS; do
-  $CF train --preset "$P" --flows 1 --data "$DATA" --out "$W/cf_s$s" --seed "$s" --threads 1 --force --quiet >/dev/null
-  cfs+=("$W/cf_s$s/model_card.json")
+  [ -f "$W/ref_s$s.json" ] && [ -z "${FORCE:-}" ] && continue
   python3 benchmarks/parity/icaloflow_reference.py --data "$DATA" --preset "$P" --seed "$s" \
       --out "$W/ref_s$s.json" --threads 1
-  refs+=("$W/ref_s$s.json")
 done
+wait
 python3 benchmarks/parity/compare.py --caloforge "$(IFS=,; echo "${cfs[*]}")" \
     --reference "$(IFS=,; echo "${refs[*]}")" --png "$W/icaloflow_flow1.png" \
     --title "iCaloFlow Flow-1, 20k simulator showers, $((14 * EPOCHS)) steps, batch 1000"

@@ -31,6 +31,7 @@ needs: torch, nflows, h5py, numpy
 import argparse
 import json
 import math
+import sys
 import time
 import tomllib
 
@@ -150,12 +151,17 @@ def main():
                 history.append({"step": step, "train_loss": run / eval_every,
                                 "val_loss": validate()})
                 run = 0.0
+                el = time.time() - t0
+                print(f"\rreference seed {a.seed}: step {step}/{total}, validation NLL "
+                      f"{history[-1]['val_loss']:.3f}, ETA {el / step * (total - step):.0f} s",
+                      end="", file=sys.stderr, flush=True)
     wall = time.time() - t0
     best = min(h["val_loss"] for h in history)
     json.dump({"implementation": "reference (PyTorch + nflows)", "seed": a.seed,
                "dtype": a.dtype, "momentum_cycle": not a.no_momentum_cycle,
                "steps": step, "seconds_per_step": wall / max(step, 1),
                "best_val_loss": best, "history": history}, open(a.out, "w"), indent=1)
+    print(file=sys.stderr)
     print(f"reference seed {a.seed}: best validation NLL {best:.3f} after {step} steps "
           f"({wall / max(step, 1) * 1e3:.1f} ms/step)")
 
