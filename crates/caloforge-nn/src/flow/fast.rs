@@ -12,6 +12,7 @@
 use super::{Flow, FlowConfig, FlowKind};
 use crate::kernels::simd::dot;
 use crate::kernels::spline::{Rqs, SplineConfig};
+use crate::twin::values;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -44,10 +45,6 @@ struct FastMade {
     output: Layer,
 }
 
-fn tensor_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().iter::<f32>().collect()
-}
-
 impl FastMade {
     fn from_made(m: &super::made::Made, cfg: &FlowConfig) -> Self {
         let shape = cfg.made();
@@ -66,11 +63,11 @@ impl FastMade {
                     n_in: usize,
                     n_out: usize|
          -> (Vec<f32>, Vec<f32>) {
-            let w = tensor_vec(lin.weight.val());
+            let w = values(lin.weight.val());
             let b = lin
                 .bias
                 .as_ref()
-                .map(|b| tensor_vec(b.val()))
+                .map(|b| values(b.val()))
                 .unwrap_or_else(|| vec![0.0; n_out]);
             let mut out = Vec::with_capacity(rows.len() * n_in);
             for &r in rows {
