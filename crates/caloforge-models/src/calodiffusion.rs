@@ -19,7 +19,7 @@
 //! Dataset 1 runs through GLaM ([`Denoiser`]): learnable per-layer maps onto a regular grid
 //! around the U-Net. On the CPU, sampling uses the plain-Rust engine `unet::fast`.
 
-use crate::registry::ModelInfo;
+use crate::registry::{ModelInfo, StepTiming};
 use crate::{
     read_showers, unix_time, write_text, Generator, ModelError, ModelKind, ModelOption, Preset,
     Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
@@ -564,6 +564,15 @@ impl ModelKind for CaloDiffusionKind {
             seed,
         )?))
     }
+    fn bench_train(
+        &self,
+        config: &str,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+    ) -> Result<Vec<StepTiming>> {
+        CaloDiffusion::bench_train(&CaloDiffusionConfig::from_toml(config)?, steps, batch, seed)
+    }
 }
 
 /// The denoising objective on the training file, as a task of the one training loop.
@@ -578,6 +587,39 @@ struct DiffusionTask<'a> {
     device: Device,
     val_t: Vec<usize>,
     val_eps: Vec<f32>,
+}
+
+impl<'a> DiffusionTask<'a> {
+    /// The task on preprocessed voxels `x` and energies `e`: the first `n_train` showers train,
+    /// the rest validate with fixed draws of t and noise (from `seed`).
+    fn new(
+        cfg: &'a CaloDiffusionConfig,
+        x: &'a [f32],
+        e: &'a [f32],
+        n_train: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        let (shape, v) = (cfg.shape(), cfg.kind().n_voxels());
+        let n_val = e.len() - n_train;
+        let loc = location_channels(shape, cfg.phi_channel());
+        let loc_t = loc_tensor(&loc, shape, device);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let val_t: Vec<usize> = (0..n_val).map(|_| rng.random_range(0..cfg.steps)).collect();
+        let val_eps: Vec<f32> = (0..n_val * v).map(|_| rng.sample(StandardNormal)).collect();
+        DiffusionTask {
+            cfg,
+            sched: NoiseSchedule::new(cfg.schedule, cfg.steps),
+            x,
+            e,
+            n_train,
+            loc,
+            loc_t,
+            device: device.clone(),
+            val_t,
+            val_eps,
+        }
+    }
 }
 
 impl Task<Denoiser> for DiffusionTask<'_> {
@@ -646,6 +688,51 @@ impl Task<Denoiser> for DiffusionTask<'_> {
 }
 
 impl CaloDiffusion {
+    /// Times `steps` optimizer steps of the denoiser of `cfg` (untrained, on standard-normal
+    /// synthetic voxels and log-uniform 1 GeV – 1 TeV energies; a step costs the same whatever
+    /// the values) through the one training loop.
+    pub fn bench_train(
+        cfg: &CaloDiffusionConfig,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+    ) -> Result<Vec<StepTiming>> {
+        let bs = batch.unwrap_or(cfg.batch_size).max(1);
+        let (n_train, v) = (bs * (steps + 1), cfg.kind().n_voxels());
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let x: Vec<f32> = (0..(n_train + 1) * v)
+            .map(|_| rng.sample(StandardNormal))
+            .collect();
+        let e: Vec<f32> = (0..=n_train)
+            .map(|_| cfg.transform.energy(1e3 * 1e3f64.powf(rng.random::<f64>())))
+            .collect();
+        let device = compute_device(Precision::F32, seed);
+        let net = Denoiser::new(cfg, &device)?;
+        let mut task = DiffusionTask::new(cfg, &x, &e, n_train, seed, &device);
+        let control = caloforge_nn::train::Control {
+            seed,
+            ..Default::default()
+        };
+        let mut clock = caloforge_nn::train::StepClock::default();
+        fit(
+            net,
+            &mut task,
+            &TrainSettings::timing(bs, cfg.lr),
+            &control,
+            &mut |p| clock.tick(&p),
+        )?;
+        let (sec, n) = clock
+            .seconds_per_step()
+            .ok_or_else(|| ModelError::Config("bench --train needs at least 2 steps".into()))?;
+        Ok(vec![StepTiming {
+            part: "denoiser".into(),
+            what: format!("denoising loss ({:?} backend)", backend()).to_lowercase(),
+            batch: bs,
+            steps: n,
+            seconds_per_step: sec,
+        }])
+    }
+
     /// Trains a denoiser from a configuration into `opts.out` through the one training loop
     /// (checkpoint `checkpoints/denoiser.ckpt`).
     pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
@@ -678,25 +765,7 @@ impl CaloDiffusion {
             energy_range: Some(crate::energy_range(&e_inc)),
             ..DiffusionCard::new(net.num_params())
         };
-        let shape = cfg.shape();
-        let loc = location_channels(shape, cfg.phi_channel());
-        let loc_t = loc_tensor(&loc, shape, &device);
-        // Fixed validation draws.
-        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-        let val_t: Vec<usize> = (0..n_val).map(|_| rng.random_range(0..cfg.steps)).collect();
-        let val_eps: Vec<f32> = (0..n_val * v).map(|_| rng.sample(StandardNormal)).collect();
-        let mut task = DiffusionTask {
-            cfg: &cfg,
-            sched: NoiseSchedule::new(cfg.schedule, cfg.steps),
-            x: &x,
-            e: &e,
-            n_train,
-            loc,
-            loc_t,
-            device: device.clone(),
-            val_t,
-            val_eps,
-        };
+        let mut task = DiffusionTask::new(&cfg, &x, &e, n_train, opts.seed, &device);
         let settings = TrainSettings {
             batch_size: cfg.batch_size,
             epochs: cfg.epochs,

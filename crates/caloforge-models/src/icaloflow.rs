@@ -23,7 +23,7 @@
 //! permutations, distilled from the frozen teacher (x-pass, z-pass and per-MADE terms for Flow-2,
 //! x-pass for Flow-3). Flow-1 is never distilled: students reuse the teacher's.
 
-use crate::registry::ModelInfo;
+use crate::registry::{ModelInfo, StepTiming};
 use crate::{
     file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError, ModelKind,
     ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
@@ -610,6 +610,109 @@ impl ModelKind for ICaloFlowKind {
             seed,
         )?))
     }
+    fn bench_train(
+        &self,
+        config: &str,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+    ) -> Result<Vec<StepTiming>> {
+        ICaloFlow::bench_train(&ICaloFlowConfig::from_toml(config)?, steps, batch, seed)
+    }
+}
+
+impl ICaloFlow {
+    /// Times `steps` optimizer steps of each flow of `cfg` (untrained weights, standard-normal
+    /// synthetic data of the flow's shapes; an optimizer step costs the same whatever the
+    /// values). A teacher's flows train by maximum likelihood; a student's Flow-2 and Flow-3 are
+    /// distilled from an untrained teacher with the architecture of the dataset's teacher
+    /// preset (`icaloflow-ds2` or `-ds3`).
+    pub fn bench_train(
+        cfg: &ICaloFlowConfig,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+    ) -> Result<Vec<StepTiming>> {
+        let device = cpu_autodiff(Precision::F32, seed);
+        let teacher_cfg = match cfg.role {
+            Role::Teacher => None,
+            Role::Student => Some(ICaloFlowConfig::from_toml(&crate::preset_text(&format!(
+                "icaloflow-ds{}",
+                cfg.dataset.name()
+            ))?)?),
+        };
+        let mut rows = Vec::new();
+        for k in 1..=3 {
+            let st = match k {
+                1 => match (&cfg.flow1, &teacher_cfg) {
+                    (Some(s), None) => s.clone(),
+                    _ => continue, // a student keeps its teacher's Flow-1
+                },
+                2 => cfg.flow2.clone(),
+                _ => cfg.flow3.clone(),
+            };
+            let (d, c) = cfg.dims(k);
+            let bs = batch.unwrap_or(st.train.batch_size).max(1);
+            let mut r = ChaCha8Rng::seed_from_u64(seed.wrapping_add(k as u64));
+            let mut data = |n: usize| FlowData {
+                x: (0..n * d).map(|_| r.sample(StandardNormal)).collect(),
+                ctx: (0..n * c).map(|_| r.sample(StandardNormal)).collect(),
+                d,
+                c,
+            };
+            let train = data(bs * (steps + 1));
+            let val = data(bs.min(64));
+            let settings = TrainSettings::timing(bs, 1e-4);
+            let control = caloforge_nn::train::Control {
+                seed,
+                ..Default::default()
+            };
+            let run = Run {
+                train: &train,
+                val: &val,
+                settings: &settings,
+                control: &control,
+            };
+            let mut clock = caloforge_nn::train::StepClock::default();
+            let mut tick = |p: caloforge_nn::flow::train::Progress| clock.tick(&p);
+            let what = match &teacher_cfg {
+                None => {
+                    let flow = Flow::new(st.flow_config(d, c, FlowKind::Maf, seed), &device);
+                    train_maf(flow, run, &mut tick)?;
+                    "maximum likelihood"
+                }
+                Some(t) => {
+                    let ts = if k == 2 { &t.flow2 } else { &t.flow3 };
+                    let teacher = Flow::new(ts.flow_config(d, c, FlowKind::Maf, seed), &device);
+                    let student = Flow::new(
+                        FlowConfig {
+                            hidden: st.hidden,
+                            n_hidden: st.n_hidden,
+                            kind: FlowKind::Iaf,
+                            ..teacher.cfg.clone()
+                        },
+                        &device,
+                    );
+                    let terms = st.distill.ok_or_else(|| {
+                        ModelError::Config(format!("flow{k}: a student needs [flow{k}.distill]"))
+                    })?;
+                    distill(student, &teacher, terms, run, &mut tick)?;
+                    "distillation"
+                }
+            };
+            let (sec, n) = clock.seconds_per_step().ok_or_else(|| {
+                ModelError::Config("bench --train needs at least 2 steps".into())
+            })?;
+            rows.push(StepTiming {
+                part: format!("flow{k}"),
+                what: what.into(),
+                batch: bs,
+                steps: n,
+                seconds_per_step: sec,
+            });
+        }
+        Ok(rows)
+    }
 }
 
 impl ICaloFlow {
@@ -885,6 +988,12 @@ impl Generator for ICaloFlow {
 
     fn trained_energy_range(&self) -> Option<(f64, f64)> {
         self.card.energy_range
+    }
+
+    fn macs_per_shower(&self, _opts: &SampleOptions) -> Option<f64> {
+        // Flow-1 and Flow-2 once, Flow-3 for every layer after the first.
+        let m: Vec<f64> = self.fast.iter().map(|f| f.macs_per_sample() as f64).collect();
+        (m.len() == 3).then(|| m[0] + m[1] + (LAYERS - 1) as f64 * m[2])
     }
 
     fn sample(

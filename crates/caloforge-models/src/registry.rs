@@ -110,6 +110,36 @@ pub trait ModelKind: Sync {
     fn load(&self, dir: &Path) -> Result<Box<dyn Generator>>;
     /// A model of a configuration's architecture with untrained weights (for timing).
     fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>>;
+    /// Times optimizer steps of every trainable part of a configuration (`caloforge bench
+    /// --train`): `steps` steps through the one training loop, on synthetic batches of the
+    /// part's shapes, with `batch` (default: the configuration's batch size).
+    fn bench_train(
+        &self,
+        _config: &str,
+        _steps: usize,
+        _batch: Option<usize>,
+        _seed: u64,
+    ) -> Result<Vec<StepTiming>> {
+        Err(ModelError::Config(format!(
+            "{}: training is not timed by bench --train",
+            self.name()
+        )))
+    }
+}
+
+/// Optimizer-step time of one trainable part (`caloforge bench --train`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepTiming {
+    /// The part ("flow3", "denoiser", …).
+    pub part: String,
+    /// What one step does (e.g. "maximum likelihood", "distillation").
+    pub what: String,
+    /// Mini-batch size.
+    pub batch: usize,
+    /// Steps timed (after one untimed step).
+    pub steps: usize,
+    /// Mean wall seconds per step.
+    pub seconds_per_step: f64,
 }
 
 /// A loaded model that generates showers.
@@ -134,6 +164,11 @@ pub trait Generator: Send + Sync {
     fn save(&self, dir: &Path) -> Result<()>;
     /// The incident-energy range (MeV) of the training data, when known.
     fn trained_energy_range(&self) -> Option<(f64, f64)>;
+    /// Multiply-adds of the network evaluations that generate one shower with `opts` (masked
+    /// weights excluded), for `caloforge bench`'s GFLOP/s; `None` when not counted.
+    fn macs_per_shower(&self, _opts: &SampleOptions) -> Option<f64> {
+        None
+    }
 }
 
 /// Every model family. Adding a model adds one line here.

@@ -196,6 +196,42 @@ pub struct Progress {
     pub val_loss: Option<f64>,
 }
 
+/// Wall time per optimizer step of a run, from its progress reports: pass every [`Progress`]
+/// to [`StepClock::tick`]. The first step (allocations, first-touch) is not counted.
+#[derive(Debug, Default)]
+pub struct StepClock {
+    times: Vec<Instant>,
+}
+
+impl StepClock {
+    /// Records the end of a step.
+    pub fn tick(&mut self, p: &Progress) {
+        if p.step > 0 {
+            self.times.push(Instant::now());
+        }
+    }
+    /// Mean seconds per step after the first, and the number of steps timed.
+    pub fn seconds_per_step(&self) -> Option<(f64, usize)> {
+        let n = self.times.len().checked_sub(1).filter(|&n| n > 0)?;
+        let dt = self.times[n].duration_since(self.times[0]).as_secs_f64();
+        Some((dt / n as f64, n))
+    }
+}
+
+impl TrainSettings {
+    /// Settings that time `steps` optimizer steps of batch `batch_size` on `steps` batches of
+    /// data (one epoch, constant learning rate, no validation until the end).
+    pub fn timing(batch_size: usize, lr: f64) -> Self {
+        TrainSettings {
+            batch_size,
+            epochs: 1,
+            schedule: crate::schedule::LrSchedule::Constant { lr },
+            eval_every: usize::MAX,
+            grad_clip: None,
+        }
+    }
+}
+
 /// What is trained: the loss of a mini-batch and the validation loss.
 pub trait Task<M> {
     /// Training samples.

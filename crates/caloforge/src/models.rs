@@ -1,6 +1,6 @@
 //! `caloforge train`, `generate` and `bench`: the model commands.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use caloforge_core::io::{check_output, summary_path, ShowerFile, ShowerWriter};
 use caloforge_models::registry::{self, Sanity};
 use caloforge_models::{Generator, ModelOption, Progress, SampleOptions, TrainOptions};
@@ -372,9 +372,17 @@ pub struct BenchArgs {
     /// Time a preset's architecture with untrained (random) weights instead of a trained model.
     #[arg(long)]
     preset: Option<String>,
-    /// Batch sizes to time.
-    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    /// Batch sizes to time (default: 1,10,100,1000 for generation; with --train, the preset's
+    /// batch size).
+    #[arg(long, value_delimiter = ',')]
     batch: Vec<usize>,
+    /// Time training instead: optimizer steps per second of every trainable part of the preset
+    /// (synthetic batches of the right shapes, through the training loop).
+    #[arg(long, requires = "preset")]
+    train: bool,
+    /// With --train: optimizer steps to time per part (after one untimed step).
+    #[arg(long, default_value_t = 3)]
+    train_steps: usize,
     /// Minimum seconds of generation per batch size (at least one batch is always run).
     #[arg(long, default_value_t = 3.0)]
     min_seconds: f64,
@@ -396,7 +404,18 @@ pub struct BenchArgs {
     no_warmup: bool,
 }
 
-pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
+pub fn bench(a: BenchArgs, quiet: bool) -> Result<()> {
+    if a.train {
+        return bench_train(a, quiet);
+    }
+    let a = BenchArgs {
+        batch: if a.batch.is_empty() {
+            vec![1, 10, 100, 1000]
+        } else {
+            a.batch
+        },
+        ..a
+    };
     let (model, what): (Box<dyn Generator>, String) = match (&a.model, &a.preset) {
         (Some(m), _) => (registry::load(m)?, m.display().to_string()),
         (None, Some(p)) => {
@@ -428,8 +447,8 @@ pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
     let device = format!("{:?}", caloforge_models::device::backend()).to_lowercase();
     println!("{what} ({threads} threads, device {device})");
     println!(
-        "{:>8} {:>8} {:>10} {:>14}",
-        "steps", "batch", "showers", "ms / shower"
+        "{:>8} {:>8} {:>10} {:>14} {:>9}",
+        "steps", "batch", "showers", "ms / shower", "GFLOP/s"
     );
     let step_list: Vec<Option<usize>> = if a.steps.is_empty() {
         vec![None]
@@ -473,14 +492,54 @@ pub fn bench(a: BenchArgs, _quiet: bool) -> Result<()> {
             }
             let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
             let st = steps.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
-            println!("{st:>8} {b:>8} {n:>10} {ms:>14.3}");
-            rows.push(
-                serde_json::json!({"steps": steps, "batch": b, "showers": n, "ms_per_shower": ms}),
-            );
+            // Network multiply-adds (×2 flops) per shower over the time per shower.
+            let gflops = model.macs_per_shower(&sopts).map(|m| 2.0 * m / (ms * 1e-3) / 1e9);
+            let gf = gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
+            println!("{st:>8} {b:>8} {n:>10} {ms:>14.3} {gf:>9}");
+            rows.push(serde_json::json!({"steps": steps, "batch": b, "showers": n, "ms_per_shower": ms, "gflop_per_shower": model.macs_per_shower(&sopts).map(|m| 2.0 * m / 1e9), "gflops": gflops}));
         }
     }
     if let Some(out) = &a.out {
         let j = serde_json::json!({"caloforge_version": env!("CARGO_PKG_VERSION"), "model": what, "threads": threads, "device": device, "sampler": a.sampler, "rows": rows});
+        caloforge_models::write_text(out, &serde_json::to_string_pretty(&j)?)?;
+    }
+    Ok(())
+}
+
+/// `caloforge bench --train`: seconds per optimizer step of each part of a preset.
+fn bench_train(a: BenchArgs, _quiet: bool) -> Result<()> {
+    let p = a.preset.as_deref().context("--train needs --preset")?;
+    if a.batch.len() > 1 || a.batch.iter().any(|&b| b == 0 || b > 100_000) {
+        bail!("--train takes one batch size in 1..=100000");
+    }
+    if !(2..=10_000).contains(&a.train_steps) {
+        bail!("--train-steps must be in 2..=10000");
+    }
+    if let Some(out) = &a.out {
+        check_output(out, &[])?;
+    }
+    let (kind, text) = registry::preset(p)?;
+    let threads = rayon::current_num_threads();
+    let device = format!("{:?}", caloforge_models::device::backend()).to_lowercase();
+    println!("preset {p}: training steps ({threads} threads, device {device})");
+    let rows = kind.bench_train(&text, a.train_steps, a.batch.first().copied(), a.seed)?;
+    println!(
+        "{:>10} {:>8} {:>7} {:>12} {:>9}  step",
+        "part", "batch", "steps", "s / step", "steps/s"
+    );
+    for r in &rows {
+        println!(
+            "{:>10} {:>8} {:>7} {:>12.4} {:>9.3}  {}",
+            r.part,
+            r.batch,
+            r.steps,
+            r.seconds_per_step,
+            1.0 / r.seconds_per_step,
+            r.what
+        );
+    }
+    if let Some(out) = &a.out {
+        let j = serde_json::json!({"caloforge_version": env!("CARGO_PKG_VERSION"), "preset": p, "threads": threads, "device": device, "train": rows});
         caloforge_models::write_text(out, &serde_json::to_string_pretty(&j)?)?;
     }
     Ok(())

@@ -7,7 +7,8 @@
 //! product per output voxel, and each shower is computed on its own (results do not depend on
 //! batch size or thread count). AVX2/FMA paths are chosen at run time.
 //!
-//! * [`linear::Linear`]: dense layers;
+//! * [`linear::Linear`]: dense layers; [`gemm::Packed`]: dense and masked layers on batches of
+//!   rows as a register-tiled matrix product (AVX-512 or AVX2);
 //! * [`conv::Conv3d`] (zero or circular padding per axis) and [`conv::ConvTranspose3d`];
 //! * [`norm::GroupNorm`], [`norm::LayerNorm`];
 //! * [`attention::linear_attention`], [`attention::softmax_attention`] (with masks);
@@ -18,6 +19,7 @@
 pub mod attention;
 pub mod buf;
 pub mod conv;
+pub mod gemm;
 pub mod linear;
 pub mod norm;
 pub mod simd;
@@ -26,5 +28,6 @@ pub mod spline;
 pub use attention::{linear_attention, softmax_attention};
 pub use buf::Buf;
 pub use conv::{Conv3d, ConvTranspose3d};
+pub use gemm::Packed;
 pub use linear::Linear;
 pub use norm::{GroupNorm, LayerNorm};

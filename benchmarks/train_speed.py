@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Training speed, caloforge beside PyTorch, in one run: seconds per optimizer step of every
+trainable part of a caloforge preset, on the same thread count, batch size and shapes.
+
+caloforge: `caloforge bench --train --preset P --threads T --train-steps N --out J` (the one
+training loop on synthetic batches). PyTorch: the same step written as the reference code does
+it, on standard-normal synthetic data (a step costs the same whatever the values):
+  * iCaloFlow teacher flows: nflows MAF (MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+    as benchmarks/icaloflow_torch.py), loss -log_prob(x | ctx).mean(), Adam;
+  * iCaloFlow student flows: an IAF (nflows InverseTransform of the same blocks) distilled from an
+    untrained MAF teacher of the dataset's teacher preset: x-pass (teacher x -> z without grad,
+    student z -> x', MSE of x' and of every intermediate state), plus, when the preset asks, the
+    z-pass (z -> student x' -> teacher z', MSE to z) and the per-MADE output terms are not
+    reproduced (the x-pass dominates; Flow-3's preset uses the x-pass only);
+  * CaloDiffusion: the U-Net of benchmarks/calodiffusion_torch.py, epsilon-prediction MSE at a
+    random step of the cosine schedule, Adam.
+Each part: one untimed step, then N timed steps; mean wall seconds per step.
+
+usage: python3 benchmarks/train_speed.py --preset icaloflow-ds2 [--threads 1] [--steps 3]
+         [--batch B] [--caloforge target/release/caloforge] [--out table.json]
+needs: torch, nflows
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import tomllib
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+PRESETS = os.path.join(HERE, "..", "crates", "caloforge-models", "presets")
+
+
+def preset(name):
+    with open(os.path.join(PRESETS, name + ".toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def flow_dims(dataset, k):
+    layer = {2: 144, 3: 900}[dataset]
+    return {1: (45, 1), 2: (layer, 2), 3: (layer, 3 + layer + 44)}[k]
+
+
+def time_steps(step, n):
+    step()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t0) / n
+
+
+def icaloflow_parts(cfg, steps, batch):
+    from icaloflow_torch import build
+    ds = int(cfg["dataset"])
+    student = cfg.get("role") == "student"
+    teacher_cfg = preset(f"icaloflow-ds{ds}") if student else None
+    rows = []
+    for k in (1, 2, 3):
+        st = cfg.get(f"flow{k}")
+        if st is None:
+            continue
+        d, c = flow_dims(ds, k)
+        bs = batch or st["train"]["batch_size"]
+        x, ctx = torch.randn(bs, d), torch.randn(bs, c)
+        if not student:
+            flow = build(d, c, st["hidden"], st["n_hidden"]).train()
+            opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
+
+            def step():
+                opt.zero_grad()
+                loss = -flow.log_prob(x, ctx).mean()
+                loss.backward()
+                opt.step()
+            what = "maximum likelihood"
+        else:
+            ts = teacher_cfg[f"flow{k}"]
+            teacher = build(d, c, ts["hidden"], ts["n_hidden"]).eval()
+            stu = build(d, c, st["hidden"], st["n_hidden"], iaf=True).train()
+            opt = torch.optim.Adam(stu.parameters(), lr=1e-4)
+            t_blocks = list(teacher._transform._transforms)
+            s_blocks = list(stu._transform._transforms)
+
+            def step():
+                opt.zero_grad()
+                with torch.no_grad():  # teacher x -> z, keeping the states between blocks
+                    states, h = [x], x
+                    for t in t_blocks:
+                        h, _ = t(h, context=ctx)
+                        states.append(h)
+                h, loss = states[-1], 0.0
+                for i in reversed(range(len(s_blocks))):  # student z -> x
+                    h, _ = s_blocks[i].inverse(h, context=ctx)
+                    loss = loss + ((h - states[i]) ** 2).mean()
+                loss.backward()
+                opt.step()
+            what = "distillation (x-pass)"
+        rows.append({"part": f"flow{k}", "batch": bs, "what": what,
+                     "seconds_per_step": time_steps(step, steps)})
+    return rows
+
+
+def calodiffusion_parts(cfg, steps, batch):
+    from calodiffusion_torch import UNet, cosine
+    ds = int(cfg["dataset"])
+    if ds != 2:
+        raise SystemExit("the PyTorch CaloDiffusion step is written for dataset 2")
+    bs = batch or cfg["batch_size"]
+    net = UNet(sizes=tuple(cfg["layer_sizes"])).train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    n = cfg["steps"]
+    abar = cosine(n)[2].float()
+    x0 = torch.randn(bs, 1, 45, 16, 9)
+    loc = torch.randn(bs, 2, 45, 16, 9)
+    e = torch.rand(bs, 1)
+
+    def step():
+        opt.zero_grad()
+        t = torch.randint(0, n, (bs,))
+        a = abar[t].view(bs, 1, 1, 1, 1)
+        eps = torch.randn_like(x0)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        sigma = ((1 - a) / a).sqrt().view(bs, 1)
+        pred = net(torch.cat([xt, loc], 1), sigma, e)
+        loss = ((pred - eps) ** 2).mean()
+        loss.backward()
+        opt.step()
+    return [{"part": "denoiser", "batch": bs, "what": "denoising loss",
+             "seconds_per_step": time_steps(step, steps)}]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=0)
+    ap.add_argument("--caloforge", default=os.path.join(HERE, "..", "target", "release", "caloforge"))
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(1)
+    cfg = preset(a.preset)
+    # caloforge first (its own process, same threads).
+    cf_json = f"/tmp/caloforge_train_speed_{os.getpid()}.json"
+    cmd = [a.caloforge, "bench", "--train", "--preset", a.preset, "--threads", str(a.threads),
+           "--train-steps", str(a.steps), "--out", cf_json, "--quiet"]
+    if a.batch:
+        cmd += ["--batch", str(a.batch)]
+    print("$", " ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, check=True, stdout=sys.stderr)
+    with open(cf_json) as f:
+        cf = {r["part"]: r for r in json.load(f)["train"]}
+    os.remove(cf_json)
+    parts = {"icaloflow": icaloflow_parts, "calodiffusion": calodiffusion_parts}[cfg["model"]]
+    pt = parts(cfg, a.steps, a.batch)
+    print(f"preset {a.preset}, {a.threads} thread(s), torch {torch.__version__}")
+    print(f"{'part':>9} {'batch':>6} {'caloforge s':>12} {'PyTorch s':>10} {'speed-up':>9}  step")
+    rows = []
+    for r in pt:
+        c = cf.get(r["part"])
+        cs = c["seconds_per_step"] if c else float("nan")
+        print(f"{r['part']:>9} {r['batch']:>6} {cs:>12.4f} {r['seconds_per_step']:>10.4f} "
+              f"{r['seconds_per_step'] / cs:>8.2f}x  {r['what']}")
+        rows.append({"part": r["part"], "batch": r["batch"], "caloforge_s": cs,
+                     "pytorch_s": r["seconds_per_step"], "pytorch_step": r["what"],
+                     "caloforge_step": c["what"] if c else None})
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"preset": a.preset, "threads": a.threads, "torch": torch.__version__,
+                       "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,462 @@
+//! Dense layers on batches of rows as a register-tiled matrix product, with weights packed once
+//! into panels of [`NR`] outputs: `Y = act(X Wᵀ + b [+ A])`.
+//!
+//! Masked (autoregressive) layers are packed with a *prefix* per output (output `j` reads inputs
+//! `0..prefix[j]`, the MADE masks once units are sorted by degree): each panel stops at its
+//! largest prefix, so masked weights are mostly skipped, and the few inside a panel are stored
+//! as zeros.
+//!
+//! **Reproducibility.** Every output is the same chain of fused multiply-adds over the inputs in
+//! order, starting from zero, then `+ b`, then `+ A`, then the activation: whichever kernel runs
+//! (AVX-512, AVX2 or portable), whichever tile a row lands in and however many rows are
+//! computed together. A row's result is therefore bit-identical for any batch size, thread count
+//! or instruction set. (Zero weights add exact zeros to the chain.)
+
+/// Outputs per packed panel.
+pub const NR: usize = 32;
+
+/// A dense layer packed for [`Packed::forward`].
+#[derive(Debug, Clone)]
+pub struct Packed {
+    k: usize,
+    m: usize,
+    /// Inputs read by each panel.
+    kp: Vec<usize>,
+    /// Offset of each panel in `data` (panel p is kp[p] × NR, input-major).
+    off: Vec<usize>,
+    data: Vec<f32>,
+    /// Bias, padded to a whole number of panels.
+    bias: Vec<f32>,
+}
+
+/// Which instruction set runs the tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable code (`f32::mul_add`).
+    Portable,
+    /// AVX2 + FMA, 6 rows × 16 outputs.
+    Avx2,
+    /// AVX-512F, 12 rows × 32 outputs.
+    Avx512,
+}
+
+#[cfg(target_arch = "x86_64")]
+static BEST: std::sync::LazyLock<Isa> = std::sync::LazyLock::new(|| {
+    if is_x86_feature_detected!("avx512f") {
+        Isa::Avx512
+    } else if super::simd::simd() {
+        Isa::Avx2
+    } else {
+        Isa::Portable
+    }
+});
+
+/// The fastest kernel this CPU runs (checked once).
+pub fn best_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        *BEST
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Isa::Portable
+    }
+}
+
+/// Whether this CPU can run `isa`.
+pub fn supported(isa: Isa) -> bool {
+    match isa {
+        Isa::Portable => true,
+        Isa::Avx2 => matches!(best_isa(), Isa::Avx2 | Isa::Avx512) && super::simd::simd(),
+        Isa::Avx512 => best_isa() == Isa::Avx512,
+    }
+}
+
+impl Packed {
+    /// Packs `w` (`m` rows of `k` inputs, output-major) and bias `b` (`m`). With `prefix`, output
+    /// `j` reads only inputs `0..prefix[j]` (its other weights are treated as zero).
+    pub fn new(w: &[f32], b: &[f32], k: usize, prefix: Option<&[usize]>) -> Self {
+        let m = b.len();
+        assert_eq!(w.len(), m * k, "weights are not {m} × {k}");
+        let pre = |j: usize| prefix.map_or(k, |p| p[j].min(k));
+        let panels = m.div_ceil(NR);
+        let (mut kp, mut off, mut data) = (Vec::new(), Vec::new(), Vec::new());
+        for p in 0..panels {
+            let cols = p * NR..((p + 1) * NR).min(m);
+            let kmax = cols.clone().map(pre).max().unwrap_or(0);
+            off.push(data.len());
+            kp.push(kmax);
+            for i in 0..kmax {
+                for c in 0..NR {
+                    let j = p * NR + c;
+                    data.push(if j < m && i < pre(j) { w[j * k + i] } else { 0.0 });
+                }
+            }
+        }
+        let mut bias = b.to_vec();
+        bias.resize(panels * NR, 0.0);
+        Packed {
+            k,
+            m,
+            kp,
+            off,
+            data,
+            bias,
+        }
+    }
+
+    /// Packs a layer stored input-major (`[k][m]`, burn's `Linear` weight layout).
+    pub fn from_input_major(w: &[f32], b: &[f32], k: usize, prefix: Option<&[usize]>) -> Self {
+        let m = b.len();
+        let mut rows = vec![0.0; m * k];
+        for i in 0..k {
+            for j in 0..m {
+                rows[j * k + i] = w[i * m + j];
+            }
+        }
+        Self::new(&rows, b, k, prefix)
+    }
+
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        self.k
+    }
+    /// Output width.
+    pub fn d_out(&self) -> usize {
+        self.m
+    }
+    /// Multiply-adds per row actually computed (masked panels stop early).
+    pub fn macs_per_row(&self) -> usize {
+        self.kp.iter().sum::<usize>() * NR
+    }
+
+    /// `y = act(x Wᵀ + b [+ add])` for the `n` rows of `x` (`n × d_in`) into `y` (`n × d_out`);
+    /// `add`, when given, is `n × d_out`. `relu` applies max(·, 0).
+    pub fn forward(&self, x: &[f32], y: &mut [f32], add: Option<&[f32]>, relu: bool) {
+        self.forward_with(best_isa(), x, y, add, relu)
+    }
+
+    /// The kernel [`Self::forward`] runs on this CPU.
+    pub fn isa() -> Isa {
+        best_isa()
+    }
+
+    /// [`Self::forward`] on a chosen kernel (which must be [`supported`]).
+    pub fn forward_with(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        y: &mut [f32],
+        add: Option<&[f32]>,
+        relu: bool,
+    ) {
+        let (k, m) = (self.k, self.m);
+        let n = if k == 0 { y.len() / m.max(1) } else { x.len() / k };
+        assert_eq!(x.len(), n * k, "input is not a whole number of rows of {k}");
+        assert_eq!(y.len(), n * m, "output is not {n} × {m}");
+        if let Some(a) = add {
+            assert_eq!(a.len(), n * m, "addend is not {n} × {m}");
+        }
+        assert!(supported(isa), "{isa:?} kernels do not run on this CPU");
+        let rows = match isa {
+            Isa::Avx512 => 12,
+            Isa::Avx2 => 6,
+            Isa::Portable => 4,
+        };
+        let mut tile = [0.0f32; 12 * NR];
+        for p in 0..self.kp.len() {
+            let (kp, w) = (self.kp[p], &self.data[self.off[p]..self.off[p] + self.kp[p] * NR]);
+            let c0 = p * NR;
+            let nc = NR.min(m - c0);
+            let bias = &self.bias[c0..c0 + NR];
+            let mut r0 = 0;
+            while r0 < n {
+                let nr = rows.min(n - r0);
+                let xs = &x[r0 * k..(r0 + nr) * k];
+                let out = Out {
+                    y: &mut y[r0 * m + c0..],
+                    add: add.map(|a| &a[r0 * m + c0..]),
+                    ld: m,
+                    bias,
+                    nc,
+                    relu,
+                };
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `supported` checked the CPU; the kernel reads nr rows of kp ≤ k
+                    // inputs of xs and kp × NR weights of w, and writes nr rows of nc outputs.
+                    Isa::Avx512 => unsafe { avx512::tile(xs, k, w, kp, nr, out) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Isa::Avx2 => {
+                        unsafe { avx2::tile(xs, k, w, kp, nr, &mut tile) };
+                        out.finish(&tile, nr)
+                    }
+                    _ => {
+                        tile[..nr * NR].iter_mut().for_each(|v| *v = 0.0);
+                        portable_tile(xs, k, w, kp, nr, &mut tile);
+                        out.finish(&tile, nr)
+                    }
+                }
+                r0 += nr;
+            }
+        }
+    }
+}
+
+/// Where a tile's sums go: row r, column c (c < nc) of the tile is written to `y[r·ld + c]` as
+/// `act((sum + bias[c]) + add[r·ld + c])`.
+struct Out<'a> {
+    y: &'a mut [f32],
+    add: Option<&'a [f32]>,
+    ld: usize,
+    bias: &'a [f32],
+    nc: usize,
+    relu: bool,
+}
+
+impl Out<'_> {
+    /// Writes the sums `tile` (nr × NR).
+    fn finish(self, tile: &[f32], nr: usize) {
+        for r in 0..nr {
+            for c in 0..self.nc {
+                let mut v = tile[r * NR + c] + self.bias[c];
+                if let Some(a) = self.add {
+                    v += a[r * self.ld + c];
+                }
+                self.y[r * self.ld + c] = if self.relu { v.max(0.0) } else { v };
+            }
+        }
+    }
+}
+
+/// tile[r][c] = Σ_i x[r][i] · w[i][c] (fused, in order of i) for r < nr, c < NR.
+fn portable_tile(x: &[f32], ldx: usize, w: &[f32], kp: usize, nr: usize, tile: &mut [f32]) {
+    for r in 0..nr {
+        let xr = &x[r * ldx..r * ldx + kp];
+        let t = &mut tile[r * NR..(r + 1) * NR];
+        for (i, &xv) in xr.iter().enumerate() {
+            let wi = &w[i * NR..(i + 1) * NR];
+            for c in 0..NR {
+                t[c] = xv.mul_add(wi[c], t[c]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Out, NR};
+    use std::arch::x86_64::*;
+
+    /// R rows × 32 outputs in 2R zmm accumulators, then bias, addend and activation, stored
+    /// straight to the output (masked for a partial panel).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const R: usize>(x: *const f32, ldx: usize, w: *const f32, kp: usize, o: Out) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        // SAFETY (caller): x has R rows of ≥ kp floats at stride ldx; w has kp × NR floats; the
+        // output (and addend) have R rows of o.nc floats at stride o.ld; bias has NR floats.
+        unsafe {
+            for i in 0..kp {
+                let w0 = _mm512_loadu_ps(w.add(i * NR));
+                let w1 = _mm512_loadu_ps(w.add(i * NR + 16));
+                for r in 0..R {
+                    let xv = _mm512_set1_ps(*x.add(r * ldx + i));
+                    acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(xv, w1, acc[r][1]);
+                }
+            }
+            let full = (1u64 << o.nc) - 1;
+            let masks = [full as u16, (full >> 16) as u16];
+            let b = [_mm512_loadu_ps(o.bias.as_ptr()), _mm512_loadu_ps(o.bias.as_ptr().add(16))];
+            let y = o.y.as_mut_ptr();
+            for r in 0..R {
+                for h in 0..2 {
+                    let at = r * o.ld + 16 * h;
+                    let mut v = _mm512_add_ps(acc[r][h], b[h]);
+                    if let Some(a) = o.add {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[h], a.as_ptr().add(at)));
+                    }
+                    if o.relu {
+                        v = _mm512_max_ps(v, _mm512_setzero_ps());
+                    }
+                    _mm512_mask_storeu_ps(y.add(at), masks[h], v);
+                }
+            }
+        }
+    }
+
+    /// One tile of nr ≤ 12 rows; see [`super::portable_tile`] and [`Out`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile(x: &[f32], ldx: usize, w: &[f32], kp: usize, nr: usize, o: Out) {
+        debug_assert!(nr <= 12 && w.len() >= kp * NR && o.bias.len() >= NR);
+        debug_assert!(o.y.len() >= (nr - 1) * o.ld + o.nc);
+        let (x, w) = (x.as_ptr(), w.as_ptr());
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match nr {
+                12 => rows::<12>(x, ldx, w, kp, o),
+                11 => rows::<11>(x, ldx, w, kp, o),
+                10 => rows::<10>(x, ldx, w, kp, o),
+                9 => rows::<9>(x, ldx, w, kp, o),
+                8 => rows::<8>(x, ldx, w, kp, o),
+                7 => rows::<7>(x, ldx, w, kp, o),
+                6 => rows::<6>(x, ldx, w, kp, o),
+                5 => rows::<5>(x, ldx, w, kp, o),
+                4 => rows::<4>(x, ldx, w, kp, o),
+                3 => rows::<3>(x, ldx, w, kp, o),
+                2 => rows::<2>(x, ldx, w, kp, o),
+                _ => rows::<1>(x, ldx, w, kp, o),
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// R rows × 16 outputs (half `h` of the panel) in 2R ymm accumulators.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows<const R: usize>(
+        x: *const f32,
+        ldx: usize,
+        w: *const f32,
+        kp: usize,
+        t: *mut f32,
+        h: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        // SAFETY (caller): as avx512::rows.
+        unsafe {
+            for i in 0..kp {
+                let w0 = _mm256_loadu_ps(w.add(i * NR + 16 * h));
+                let w1 = _mm256_loadu_ps(w.add(i * NR + 16 * h + 8));
+                for r in 0..R {
+                    let xv = _mm256_set1_ps(*x.add(r * ldx + i));
+                    acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(t.add(r * NR + 16 * h), acc[r][0]);
+                _mm256_storeu_ps(t.add(r * NR + 16 * h + 8), acc[r][1]);
+            }
+        }
+    }
+
+    /// See [`super::portable_tile`]; nr ≤ 6.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile(x: &[f32], ldx: usize, w: &[f32], kp: usize, nr: usize, t: &mut [f32]) {
+        debug_assert!(nr <= 6 && t.len() >= nr * NR && w.len() >= kp * NR);
+        let (x, w, t) = (x.as_ptr(), w.as_ptr(), t.as_mut_ptr());
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            for h in 0..2 {
+                match nr {
+                    6 => rows::<6>(x, ldx, w, kp, t, h),
+                    5 => rows::<5>(x, ldx, w, kp, t, h),
+                    4 => rows::<4>(x, ldx, w, kp, t, h),
+                    3 => rows::<3>(x, ldx, w, kp, t, h),
+                    2 => rows::<2>(x, ldx, w, kp, t, h),
+                    _ => rows::<1>(x, ldx, w, kp, t, h),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+    }
+
+    #[test]
+    fn packed_layer_matches_naive_product_on_every_kernel_and_batch() {
+        for &(k, m, masked) in &[(45, 70, true), (384, 100, true), (7, 3, false), (0, 5, false)] {
+            let w = random(m * k, 1);
+            let b = random(m, 2);
+            let prefix: Vec<usize> = (0..m).map(|j| (j * k).div_ceil(m.max(1))).collect();
+            let pre = masked.then_some(prefix.as_slice());
+            let p = Packed::new(&w, &b, k, pre);
+            let n = 29;
+            let x = random(n * k, 3);
+            let add = random(n * m, 4);
+            // Naive f64 reference.
+            let mut want = vec![0.0f64; n * m];
+            for r in 0..n {
+                for j in 0..m {
+                    let kk = pre.map_or(k, |p| p[j]);
+                    let s: f64 = (0..kk).map(|i| x[r * k + i] as f64 * w[j * k + i] as f64).sum();
+                    want[r * m + j] = (s + b[j] as f64 + add[r * m + j] as f64).max(0.0);
+                }
+            }
+            // Without addend and activation: plain x Wᵀ + b.
+            for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+                if supported(isa) {
+                    let mut y = vec![0.0; n * m];
+                    p.forward_with(isa, &x, &mut y, None, false);
+                    for r in 0..n {
+                        for j in 0..m {
+                            let kk = pre.map_or(k, |p| p[j]);
+                            let s: f64 = (0..kk)
+                                .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                                .sum::<f64>()
+                                + b[j] as f64;
+                            assert!((y[r * m + j] as f64 - s).abs() < 1e-4 * (1.0 + s.abs()));
+                        }
+                    }
+                }
+            }
+            let mut first: Option<Vec<f32>> = None;
+            for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+                if !supported(isa) {
+                    continue;
+                }
+                let mut y = vec![0.0; n * m];
+                p.forward_with(isa, &x, &mut y, Some(&add), true);
+                for (g, w) in y.iter().zip(&want) {
+                    assert!((*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()), "{isa:?}: {g} vs {w}");
+                }
+                // Bit-identical across kernels and for every row computed alone.
+                match &first {
+                    None => first = Some(y.clone()),
+                    Some(f) => assert_eq!(f, &y, "{isa:?} differs from the portable kernel"),
+                }
+                for r in [0, 5, n - 1] {
+                    let mut y1 = vec![0.0; m];
+                    p.forward_with(
+                        isa,
+                        &x[r * k..(r + 1) * k],
+                        &mut y1,
+                        Some(&add[r * m..(r + 1) * m]),
+                        true,
+                    );
+                    assert_eq!(y1, y[r * m..(r + 1) * m], "{isa:?}: row {r} alone differs");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn input_major_packing_is_the_transpose() {
+        let (k, m) = (5, 9);
+        let w = random(k * m, 7);
+        let b = random(m, 8);
+        let x = random(2 * k, 9);
+        let p = Packed::from_input_major(&w, &b, k, None);
+        let mut y = vec![0.0; 2 * m];
+        p.forward(&x, &mut y, None, false);
+        let lin = super::super::Linear { w, b };
+        let want = lin.forward_rows(&x);
+        for (g, w) in y.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5);
+        }
+    }
+}
