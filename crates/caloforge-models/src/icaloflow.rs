@@ -700,9 +700,9 @@ impl ICaloFlow {
                     "distillation"
                 }
             };
-            let (sec, n) = clock.seconds_per_step().ok_or_else(|| {
-                ModelError::Config("bench --train needs at least 2 steps".into())
-            })?;
+            let (sec, n) = clock
+                .seconds_per_step()
+                .ok_or_else(|| ModelError::Config("bench --train needs at least 2 steps".into()))?;
             rows.push(StepTiming {
                 part: format!("flow{k}"),
                 what: what.into(),
@@ -992,7 +992,11 @@ impl Generator for ICaloFlow {
 
     fn macs_per_shower(&self, _opts: &SampleOptions) -> Option<f64> {
         // Flow-1 and Flow-2 once, Flow-3 for every layer after the first.
-        let m: Vec<f64> = self.fast.iter().map(|f| f.macs_per_sample() as f64).collect();
+        let m: Vec<f64> = self
+            .fast
+            .iter()
+            .map(|f| f.macs_per_sample() as f64)
+            .collect();
         (m.len() == 3).then(|| m[0] + m[1] + (LAYERS - 1) as f64 * m[2])
     }
 

@@ -493,7 +493,9 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<()> {
             let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
             let st = steps.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
             // Network multiply-adds (×2 flops) per shower over the time per shower.
-            let gflops = model.macs_per_shower(&sopts).map(|m| 2.0 * m / (ms * 1e-3) / 1e9);
+            let gflops = model
+                .macs_per_shower(&sopts)
+                .map(|m| 2.0 * m / (ms * 1e-3) / 1e9);
             let gf = gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
             println!("{st:>8} {b:>8} {n:>10} {ms:>14.3} {gf:>9}");
             rows.push(serde_json::json!({"steps": steps, "batch": b, "showers": n, "ms_per_shower": ms, "gflop_per_shower": model.macs_per_shower(&sopts).map(|m| 2.0 * m / 1e9), "gflops": gflops}));

@@ -151,7 +151,11 @@ impl FastMade {
     fn macs(&self) -> usize {
         let sum = |l: &Layer| l.prefix.iter().sum::<usize>();
         sum(&self.input)
-            + self.packed.context.as_ref().map_or(0, |c| c.d_in() * c.d_out())
+            + self
+                .packed
+                .context
+                .as_ref()
+                .map_or(0, |c| c.d_in() * c.d_out())
             + self.hidden.iter().map(sum).sum::<usize>()
             + sum(&self.output)
     }
@@ -298,7 +302,8 @@ impl FastFlow {
             }
             // Spline j = b·D + i (feature i of sample b) has parameters θ[j·P..(j+1)·P].
             let np = n * d * m.p;
-            pk.output.forward(&w.h[last][..nh], &mut w.params[..np], None, false);
+            pk.output
+                .forward(&w.h[last][..nh], &mut w.params[..np], None, false);
             eval_many(
                 &self.spline,
                 &w.params[..np],
@@ -308,7 +313,10 @@ impl FastFlow {
                 !forward,
             );
             for (b, l) in ld[..n].iter_mut().enumerate() {
-                *l += w.sld[b * d..(b + 1) * d].iter().map(|&v| v as f64).sum::<f64>();
+                *l += w.sld[b * d..(b + 1) * d]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
             }
             return;
         }

@@ -89,7 +89,11 @@ impl Packed {
             for i in 0..kmax {
                 for c in 0..NR {
                     let j = p * NR + c;
-                    data.push(if j < m && i < pre(j) { w[j * k + i] } else { 0.0 });
+                    data.push(if j < m && i < pre(j) {
+                        w[j * k + i]
+                    } else {
+                        0.0
+                    });
                 }
             }
         }
@@ -151,7 +155,11 @@ impl Packed {
         relu: bool,
     ) {
         let (k, m) = (self.k, self.m);
-        let n = if k == 0 { y.len() / m.max(1) } else { x.len() / k };
+        let n = if k == 0 {
+            y.len() / m.max(1)
+        } else {
+            x.len() / k
+        };
         assert_eq!(x.len(), n * k, "input is not a whole number of rows of {k}");
         assert_eq!(y.len(), n * m, "output is not {n} × {m}");
         if let Some(a) = add {
@@ -165,7 +173,10 @@ impl Packed {
         };
         let mut tile = [0.0f32; 12 * NR];
         for p in 0..self.kp.len() {
-            let (kp, w) = (self.kp[p], &self.data[self.off[p]..self.off[p] + self.kp[p] * NR]);
+            let (kp, w) = (
+                self.kp[p],
+                &self.data[self.off[p]..self.off[p] + self.kp[p] * NR],
+            );
             let c0 = p * NR;
             let nc = NR.min(m - c0);
             let bias = &self.bias[c0..c0 + NR];
@@ -268,7 +279,10 @@ mod avx512 {
             }
             let full = (1u64 << o.nc) - 1;
             let masks = [full as u16, (full >> 16) as u16];
-            let b = [_mm512_loadu_ps(o.bias.as_ptr()), _mm512_loadu_ps(o.bias.as_ptr().add(16))];
+            let b = [
+                _mm512_loadu_ps(o.bias.as_ptr()),
+                _mm512_loadu_ps(o.bias.as_ptr().add(16)),
+            ];
             let y = o.y.as_mut_ptr();
             for r in 0..R {
                 for h in 0..2 {
@@ -348,7 +362,14 @@ mod avx2 {
 
     /// See [`super::portable_tile`]; nr ≤ 6.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile(x: &[f32], ldx: usize, w: &[f32], kp: usize, nr: usize, t: &mut [f32]) {
+    pub(super) unsafe fn tile(
+        x: &[f32],
+        ldx: usize,
+        w: &[f32],
+        kp: usize,
+        nr: usize,
+        t: &mut [f32],
+    ) {
         debug_assert!(nr <= 6 && t.len() >= nr * NR && w.len() >= kp * NR);
         let (x, w, t) = (x.as_ptr(), w.as_ptr(), t.as_mut_ptr());
         // SAFETY: forwarded from the caller.
@@ -379,7 +400,12 @@ mod tests {
 
     #[test]
     fn packed_layer_matches_naive_product_on_every_kernel_and_batch() {
-        for &(k, m, masked) in &[(45, 70, true), (384, 100, true), (7, 3, false), (0, 5, false)] {
+        for &(k, m, masked) in &[
+            (45, 70, true),
+            (384, 100, true),
+            (7, 3, false),
+            (0, 5, false),
+        ] {
             let w = random(m * k, 1);
             let b = random(m, 2);
             let prefix: Vec<usize> = (0..m).map(|j| (j * k).div_ceil(m.max(1))).collect();
@@ -393,7 +419,9 @@ mod tests {
             for r in 0..n {
                 for j in 0..m {
                     let kk = pre.map_or(k, |p| p[j]);
-                    let s: f64 = (0..kk).map(|i| x[r * k + i] as f64 * w[j * k + i] as f64).sum();
+                    let s: f64 = (0..kk)
+                        .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                        .sum();
                     want[r * m + j] = (s + b[j] as f64 + add[r * m + j] as f64).max(0.0);
                 }
             }
@@ -422,7 +450,10 @@ mod tests {
                 let mut y = vec![0.0; n * m];
                 p.forward_with(isa, &x, &mut y, Some(&add), true);
                 for (g, w) in y.iter().zip(&want) {
-                    assert!((*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()), "{isa:?}: {g} vs {w}");
+                    assert!(
+                        (*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()),
+                        "{isa:?}: {g} vs {w}"
+                    );
                 }
                 // Bit-identical across kernels and for every row computed alone.
                 match &first {

@@ -216,7 +216,12 @@ pub fn eval_many(
 ) {
     let n = x.len();
     assert!(cfg.bins >= 2 && cfg.bins <= MAX_BINS, "{} bins", cfg.bins);
-    assert_eq!(params.len(), n * cfg.n_params(), "parameters are not {n} × {}", cfg.n_params());
+    assert_eq!(
+        params.len(),
+        n * cfg.n_params(),
+        "parameters are not {n} × {}",
+        cfg.n_params()
+    );
     assert!(y.len() == n && ld.len() == n, "outputs are not {n} long");
     if n == 0 {
         return;
@@ -237,13 +242,27 @@ pub fn eval_many(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn eval_avx512(c: &SplineConfig, p: &[f32], x: &[f32], y: &mut [f32], ld: &mut [f32], inv: bool) {
+unsafe fn eval_avx512(
+    c: &SplineConfig,
+    p: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    ld: &mut [f32],
+    inv: bool,
+) {
     eval_lanes(c, p, x, y, ld, inv)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn eval_avx2(c: &SplineConfig, p: &[f32], x: &[f32], y: &mut [f32], ld: &mut [f32], inv: bool) {
+unsafe fn eval_avx2(
+    c: &SplineConfig,
+    p: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    ld: &mut [f32],
+    inv: bool,
+) {
     eval_lanes(c, p, x, y, ld, inv)
 }
 
@@ -278,7 +297,11 @@ fn exp_v(x: &V) -> V {
         // SAFETY: fx is an integer in [−126, 127].
         let n = unsafe { fx.to_int_unchecked::<i32>() };
         let r = e * f32::from_bits(((n + 127) << 23) as u32);
-        if x[l].is_nan() { x[l] } else { r }
+        if x[l].is_nan() {
+            x[l]
+        } else {
+            r
+        }
     })
 }
 
@@ -319,7 +342,11 @@ fn softplus_v(v: &V) -> V {
     let u = map!(|l| 1.0 + t[l]);
     let lu = ln_v(&u);
     map!(|l| {
-        let lp = if u[l] == 1.0 { t[l] } else { lu[l] * (t[l] / (u[l] - 1.0)) };
+        let lp = if u[l] == 1.0 {
+            t[l]
+        } else {
+            lu[l] * (t[l] / (u[l] - 1.0))
+        };
         v[l].max(0.0) + lp
     })
 }
@@ -356,7 +383,14 @@ fn knots_v(u: &[V], min: f32, bound: f32, scale: f32, out: &mut [V]) {
 }
 
 #[inline(always)]
-fn eval_lanes(cfg: &SplineConfig, params: &[f32], x: &[f32], y: &mut [f32], ld: &mut [f32], inverse: bool) {
+fn eval_lanes(
+    cfg: &SplineConfig,
+    params: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    ld: &mut [f32],
+    inverse: bool,
+) {
     let (k, np, n) = (cfg.bins, cfg.n_params(), x.len());
     let bound = cfg.tail_bound as f32;
     let scale = cfg.scale as f32;
@@ -398,8 +432,14 @@ fn eval_lanes(cfg: &SplineConfig, params: &[f32], x: &[f32], y: &mut [f32], ld: 
                 bin[l] += (xv[l] >= kn[l]) as u32;
             }
         }
-        let (mut x0, mut x1, mut y0, mut y1, mut d0, mut d1) =
-            ([0.0f32; L], [0.0f32; L], [0.0f32; L], [0.0f32; L], [0.0f32; L], [0.0f32; L]);
+        let (mut x0, mut x1, mut y0, mut y1, mut d0, mut d1) = (
+            [0.0f32; L],
+            [0.0f32; L],
+            [0.0f32; L],
+            [0.0f32; L],
+            [0.0f32; L],
+            [0.0f32; L],
+        );
         // One-hot sums (exact: one term is the value, the others are zeros), not conditional
         // stores, so that the loop vectorises.
         for j in 0..k {
@@ -441,7 +481,9 @@ fn eval_lanes(cfg: &SplineConfig, params: &[f32], x: &[f32], y: &mut [f32], ld: 
         let num = map!(|l| {
             let t = theta[l];
             let tom = t * (1.0 - t);
-            delta[l] * delta[l] * (d1[l] * t * t + 2.0 * delta[l] * tom + d0[l] * (1.0 - t) * (1.0 - t))
+            delta[l]
+                * delta[l]
+                * (d1[l] * t * t + 2.0 * delta[l] * tom + d0[l] * (1.0 - t) * (1.0 - t))
         });
         let den = map!(|l| {
             let t = theta[l];
@@ -505,7 +547,9 @@ pub(crate) mod tests {
             let p64 = random_params(n, np, 3);
             let p: Vec<f32> = p64.iter().map(|&v| v as f32).collect();
             // Inputs across the whole range, tails and bounds included.
-            let x: Vec<f32> = (0..n).map(|i| -3.5 + 7.0 * i as f32 / (n - 1) as f32).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|i| -3.5 + 7.0 * i as f32 / (n - 1) as f32)
+                .collect();
             let mut x = x;
             x[3] = 3.0;
             x[4] = -3.0;
@@ -528,24 +572,54 @@ pub(crate) mod tests {
                     } else {
                         s.forward(x[j] as f64)
                     };
-                    assert!((y[j] as f64 - wy).abs() < 2e-5, "{bins} bins, x {}: {} vs {wy}", x[j], y[j]);
-                    assert!((ld[j] as f64 - wl).abs() < 2e-4, "{bins} bins, x {}: ld {} vs {wl}", x[j], ld[j]);
+                    assert!(
+                        (y[j] as f64 - wy).abs() < 2e-5,
+                        "{bins} bins, x {}: {} vs {wy}",
+                        x[j],
+                        y[j]
+                    );
+                    assert!(
+                        (ld[j] as f64 - wl).abs() < 2e-4,
+                        "{bins} bins, x {}: ld {} vs {wl}",
+                        x[j],
+                        ld[j]
+                    );
                     // f32 round trip: an error of y is magnified by the slope of the way back.
                     let tol = 2e-5 * (ld[j].abs() as f64).exp().max(1.0);
-                    assert!(((back[j] - x[j]).abs() as f64) < tol, "round trip {} -> {} -> {}", x[j], y[j], back[j]);
+                    assert!(
+                        ((back[j] - x[j]).abs() as f64) < tol,
+                        "round trip {} -> {} -> {}",
+                        x[j],
+                        y[j],
+                        back[j]
+                    );
                     assert!((ld[j] - ld2[j]).abs() < 2e-4);
                     // Each spline alone gives the same bits as in the batch.
                     let (mut y1, mut l1) = ([0.0], [0.0]);
-                    eval_many(&cfg, &p[j * np..(j + 1) * np], &x[j..j + 1], &mut y1, &mut l1, inverse);
-                    assert_eq!((y1[0].to_bits(), l1[0].to_bits()), (y[j].to_bits(), ld[j].to_bits()));
+                    eval_many(
+                        &cfg,
+                        &p[j * np..(j + 1) * np],
+                        &x[j..j + 1],
+                        &mut y1,
+                        &mut l1,
+                        inverse,
+                    );
+                    assert_eq!(
+                        (y1[0].to_bits(), l1[0].to_bits()),
+                        (y[j].to_bits(), ld[j].to_bits())
+                    );
                 }
             }
         }
         // Portable lanes give the same bits as the vectorised dispatch.
         let cfg = SplineConfig::new(8, 3.0);
-        let p: Vec<f32> = random_params(40, cfg.n_params(), 9).iter().map(|&v| v as f32).collect();
+        let p: Vec<f32> = random_params(40, cfg.n_params(), 9)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         let x: Vec<f32> = (0..40).map(|i| -3.0 + 0.15 * i as f32).collect();
-        let (mut a, mut la, mut b, mut lb) = (vec![0.0; 40], vec![0.0; 40], vec![0.0; 40], vec![0.0; 40]);
+        let (mut a, mut la, mut b, mut lb) =
+            (vec![0.0; 40], vec![0.0; 40], vec![0.0; 40], vec![0.0; 40]);
         eval_many(&cfg, &p, &x, &mut a, &mut la, true);
         eval_lanes(&cfg, &p, &x, &mut b, &mut lb, true);
         assert_eq!((a, la), (b, lb));
@@ -563,7 +637,10 @@ pub(crate) mod tests {
             let pos: V = map!(|l| (v[l] * 0.2).exp());
             let g = ln_v(&pos);
             for l in 0..L {
-                assert!((g[l] as f64 - (pos[l] as f64).ln()).abs() < 3e-7 * (1.0 + (pos[l] as f64).ln().abs()));
+                assert!(
+                    (g[l] as f64 - (pos[l] as f64).ln()).abs()
+                        < 3e-7 * (1.0 + (pos[l] as f64).ln().abs())
+                );
             }
         }
     }
