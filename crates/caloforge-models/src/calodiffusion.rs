@@ -314,6 +314,8 @@ pub struct CaloDiffusion {
     device: Device,
     /// The CPU sampling engine, built once on first use.
     fast: std::sync::OnceLock<FastNet>,
+    /// Multiply-adds of one U-Net evaluation (counted once, for `bench`).
+    macs_per_eval: std::sync::OnceLock<u64>,
 }
 
 /// The plain-Rust U-Net and, for dataset 1, the learned GLaM maps.
@@ -501,6 +503,7 @@ impl CaloDiffusion {
             net,
             device,
             fast: std::sync::OnceLock::new(),
+            macs_per_eval: std::sync::OnceLock::new(),
         })
     }
 }
@@ -806,6 +809,7 @@ impl CaloDiffusion {
             net: fitted.best,
             device,
             fast: std::sync::OnceLock::new(),
+            macs_per_eval: std::sync::OnceLock::new(),
         };
         model.save(&opts.out)?;
         Ok(model)
@@ -821,6 +825,32 @@ impl Generator for CaloDiffusion {
     }
     fn trained_energy_range(&self) -> Option<(f64, f64)> {
         self.card.energy_range
+    }
+
+    fn macs_per_shower(&self, opts: &SampleOptions) -> Option<f64> {
+        // One U-Net evaluation counted by the kernels, times the sampler's evaluations.
+        if backend() != Backend::Cpu {
+            return None;
+        }
+        let per_eval = *self.macs_per_eval.get_or_init(|| {
+            let unet = self.net.valid().unet.twin();
+            let shape = self.cfg.shape();
+            let v: usize = shape.iter().product();
+            let x = vec![0.0f32; unet.in_channels() * v];
+            caloforge_nn::kernels::macs::count(|| unet.forward_one(&x, shape, 0.5, 0.5)).1
+        });
+        let sampler = match opts.sampler.as_deref() {
+            None => self.cfg.sampler,
+            Some("ddpm") => Sampler::Ddpm,
+            Some("ddim") => Sampler::Ddim,
+            Some(_) => return None,
+        };
+        let steps = opts.steps.unwrap_or(self.cfg.sample_steps);
+        let evals = match sampler {
+            Sampler::Ddpm => steps.saturating_sub(self.cfg.skip),
+            Sampler::Ddim => steps.clamp(1, self.cfg.steps.saturating_sub(self.cfg.skip).max(1)),
+        };
+        Some(per_eval as f64 * evals as f64)
     }
 
     fn sample(
@@ -890,6 +920,7 @@ impl CaloDiffusion {
             net,
             device,
             fast: std::sync::OnceLock::new(),
+            macs_per_eval: std::sync::OnceLock::new(),
         })
     }
 }

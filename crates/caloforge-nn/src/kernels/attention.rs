@@ -28,6 +28,8 @@ fn linear_attention_impl(qkv: &mut [f32], h: usize, dh: usize) -> Buf {
     let hd = h * dh;
     let w = 3 * hd;
     let n = qkv.len() / w;
+    // context = kᵀv and out = q·context.
+    super::macs::add(2 * n * h * dh * dh);
     let scale = (dh as f32).powf(-0.5);
     // q: softmax over each head's dh channels, per position.
     for row in qkv.chunks_mut(w) {
@@ -115,6 +117,9 @@ pub fn softmax_attention(
     let nq = q.len() / w.max(1);
     let mut out = vec![0.0f32; nq * w];
     let mut s = vec![0.0f32; nk];
+    // Scores and weighted sum over the keys a query may see.
+    let seen = mask.map_or(nq * nk, |mk| mk[..nq * nk].iter().filter(|&&b| b).count());
+    super::macs::add(2 * seen * heads * dh);
     for i in 0..nq {
         for hd in 0..heads {
             let qi = &q[i * w + hd * dh..][..dh];

@@ -54,6 +54,9 @@ impl Conv3d {
     /// Channels-last `x` of grid `d` → (output, output grid).
     pub fn forward(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
         let od = self.out_dims(d);
+        super::macs::add(
+            od.iter().product::<usize>() * self.k.iter().product::<usize>() * self.cin * self.cout,
+        );
         let pd: [usize; 3] = std::array::from_fn(|i| d[i] + 2 * self.pad[i]);
         let padded;
         let p: &[f32] = if self.pad == [0, 0, 0] {
@@ -293,7 +296,11 @@ mod avx512 {
         let (cin, cout, s) = (c.cin, c.cout, c.stride);
         // 32 channels per tile where they divide cout, else 16; 12 voxels (their 12 input
         // pointers still fit in general registers: with more they spill).
-        let (nb, mv) = if cout.is_multiple_of(32) { (2, 12) } else { (1, 12) };
+        let (nb, mv) = if cout.is_multiple_of(32) {
+            (2, 12)
+        } else {
+            (1, 12)
+        };
         let nv = od[0] * od[1] * od[2];
         let base = |v: usize| {
             let (z, a, r) = (v / (od[1] * od[2]), (v / od[2]) % od[1], v % od[2]);
@@ -409,6 +416,10 @@ impl ConvTranspose3d {
 
     #[inline(always)]
     fn forward_impl(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
+        // Every input voxel meets every tap.
+        super::macs::add(
+            d.iter().product::<usize>() * self.k.iter().product::<usize>() * self.cin * self.cout,
+        );
         // The input padded circularly by `wrap`: padded index i ↔ original (i − wrap) mod n.
         let di: [usize; 3] = std::array::from_fn(|i| d[i] + 2 * self.wrap[i]);
         let src = |i: usize, ax: usize| (i + d[ax] * self.wrap[ax] - self.wrap[ax]) % d[ax];

@@ -166,6 +166,7 @@ impl Packed {
             assert_eq!(a.len(), n * m, "addend is not {n} × {m}");
         }
         assert!(supported(isa), "{isa:?} kernels do not run on this CPU");
+        super::macs::add(n * self.macs_per_row());
         let rows = match isa {
             Isa::Avx512 => 12,
             Isa::Avx2 => 6,

@@ -22,6 +22,7 @@ impl Linear {
     /// One row.
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let dout = self.b.len();
+        super::macs::add(x.len() * dout);
         let mut y: Vec<f64> = self.b.iter().map(|&v| v as f64).collect();
         for (i, &xv) in x.iter().enumerate() {
             for (yv, &wv) in y.iter_mut().zip(&self.w[i * dout..(i + 1) * dout]) {

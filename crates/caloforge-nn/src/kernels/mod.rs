@@ -14,13 +14,15 @@
 //! * [`attention::linear_attention`], [`attention::softmax_attention`] (with masks);
 //! * [`simd`]: dot product and activations (exp, SiLU, GELU);
 //! * [`spline::Rqs`]: the scalar rational-quadratic spline of the flows;
-//! * [`buf::Buf`]: activation buffers recycled per thread.
+//! * [`buf::Buf`]: activation buffers recycled per thread;
+//! * [`macs`]: the per-thread count of multiply-adds the kernels computed (for FLOP rates).
 
 pub mod attention;
 pub mod buf;
 pub mod conv;
 pub mod gemm;
 pub mod linear;
+pub mod macs;
 pub mod norm;
 pub mod simd;
 pub mod spline;
