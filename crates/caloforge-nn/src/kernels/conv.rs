@@ -224,56 +224,17 @@ mod avx512 {
     use super::Conv3d;
     use std::arch::x86_64::*;
 
-    struct Tile<'a> {
-        p: *const f32,
-        bases: [usize; 12],
-        taps: &'a [usize],
-        cin: usize,
-        cout: usize,
-        w: *const f32,
-        b: *const f32,
-        out: *mut f32,
-    }
-
-    impl Tile<'_> {
-        #[inline(always)]
-        unsafe fn run<const M: usize, const NB: usize>(&self) {
-            // SAFETY (caller): bases + taps + cin stay inside p; w has taps × cin × cout floats
-            // from the tile's first channel on; out has M voxels × cout floats.
-            unsafe {
-                let mut acc = [[_mm512_setzero_ps(); NB]; M];
-                for j in 0..NB {
-                    let bv = _mm512_loadu_ps(self.b.add(16 * j));
-                    for row in acc.iter_mut() {
-                        row[j] = bv;
-                    }
-                }
-                for (t, &off) in self.taps.iter().enumerate() {
-                    let wt = self.w.add(t * self.cin * self.cout);
-                    let xb: [*const f32; M] =
-                        std::array::from_fn(|m| self.p.add(self.bases[m] + off));
-                    for ci in 0..self.cin {
-                        let wr = wt.add(ci * self.cout);
-                        let mut wv = [_mm512_setzero_ps(); NB];
-                        for (j, v) in wv.iter_mut().enumerate() {
-                            *v = _mm512_loadu_ps(wr.add(16 * j));
-                        }
-                        for (m, row) in acc.iter_mut().enumerate() {
-                            let xv = _mm512_set1_ps(*xb[m].add(ci));
-                            for j in 0..NB {
-                                row[j] = _mm512_fmadd_ps(xv, wv[j], row[j]);
-                            }
-                        }
-                    }
-                }
-                for (m, row) in acc.iter().enumerate() {
-                    for (j, v) in row.iter().enumerate() {
-                        _mm512_storeu_ps(self.out.add(m * self.cout + 16 * j), *v);
-                    }
-                }
-            }
-        }
-    }
+    super::register_tile!(
+        Tile,
+        12,
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
 
     macro_rules! dispatch {
         ($tile:expr, $m:expr, $nb:literal, [$($k:literal)*]) => {
@@ -342,56 +303,80 @@ mod avx512 {
     }
 }
 
-/// One register tile: M consecutive output voxels (first inputs at `bases`) × NB·8 output
-/// channels.
-#[cfg(target_arch = "x86_64")]
-struct Tile<'a> {
-    p: *const f32,
-    bases: [usize; 6],
-    taps: &'a [usize],
-    cin: usize,
-    cout: usize,
-    w: *const f32,
-    b: *const f32,
-    out: *mut f32,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Tile<'_> {
-    #[inline(always)]
-    unsafe fn run<const M: usize, const NB: usize>(&self) {
-        use std::arch::x86_64::*;
-        let mut acc = [[_mm256_setzero_ps(); NB]; M];
-        for j in 0..NB {
-            let bv = _mm256_loadu_ps(self.b.add(8 * j));
-            for row in acc.iter_mut() {
-                row[j] = bv;
-            }
+/// A register tile type `$tile`: M consecutive output voxels (first inputs at `bases`, at most
+/// `$maxm`) × NB vectors of `$w` output channels, accumulated as bias, then fused multiply-adds
+/// over taps and input channels in order (the same chain on every instruction set).
+macro_rules! register_tile {
+    ($tile:ident, $maxm:literal, $v:ty, $w:literal, $zero:ident, $load:ident, $set1:ident, $fma:ident, $store:ident) => {
+        struct $tile<'a> {
+            p: *const f32,
+            bases: [usize; $maxm],
+            taps: &'a [usize],
+            cin: usize,
+            cout: usize,
+            w: *const f32,
+            b: *const f32,
+            out: *mut f32,
         }
-        for (t, &off) in self.taps.iter().enumerate() {
-            let wt = self.w.add(t * self.cin * self.cout);
-            let xb: [*const f32; M] = std::array::from_fn(|m| self.p.add(self.bases[m] + off));
-            for ci in 0..self.cin {
-                let wr = wt.add(ci * self.cout);
-                let mut wv = [_mm256_setzero_ps(); NB];
-                for (j, v) in wv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(wr.add(8 * j));
-                }
-                for (m, row) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_set1_ps(*xb[m].add(ci));
+
+        impl $tile<'_> {
+            /// SAFETY (caller): bases + taps + cin stay inside p; w has taps × cin × cout floats
+            /// from the tile's first channel on; out has M voxels × cout floats.
+            #[inline(always)]
+            unsafe fn run<const M: usize, const NB: usize>(&self) {
+                // SAFETY: see above.
+                unsafe {
+                    let mut acc: [[$v; NB]; M] = [[$zero(); NB]; M];
                     for j in 0..NB {
-                        row[j] = _mm256_fmadd_ps(xv, wv[j], row[j]);
+                        let bv = $load(self.b.add($w * j));
+                        for row in acc.iter_mut() {
+                            row[j] = bv;
+                        }
+                    }
+                    for (t, &off) in self.taps.iter().enumerate() {
+                        let wt = self.w.add(t * self.cin * self.cout);
+                        let xb: [*const f32; M] =
+                            std::array::from_fn(|m| self.p.add(self.bases[m] + off));
+                        for ci in 0..self.cin {
+                            let wr = wt.add(ci * self.cout);
+                            let mut wv: [$v; NB] = [$zero(); NB];
+                            for (j, v) in wv.iter_mut().enumerate() {
+                                *v = $load(wr.add($w * j));
+                            }
+                            for (m, row) in acc.iter_mut().enumerate() {
+                                let xv = $set1(*xb[m].add(ci));
+                                for j in 0..NB {
+                                    row[j] = $fma(xv, wv[j], row[j]);
+                                }
+                            }
+                        }
+                    }
+                    for (m, row) in acc.iter().enumerate() {
+                        for (j, v) in row.iter().enumerate() {
+                            $store(self.out.add(m * self.cout + $w * j), *v);
+                        }
                     }
                 }
             }
         }
-        for (m, row) in acc.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                _mm256_storeu_ps(self.out.add(m * self.cout + 8 * j), *v);
-            }
-        }
-    }
+    };
 }
+use register_tile;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+#[cfg(target_arch = "x86_64")]
+register_tile!(
+    Tile,
+    6,
+    __m256,
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
 
 /// A transposed 3-D convolution: out[o] = Σ over input i and tap k with o = i·s − p + k of
 /// in[i]·W[k] (burn's and PyTorch's `ConvTranspose3d`), the input first padded circularly by

@@ -240,31 +240,25 @@ pub fn eval_many(
     eval_lanes(cfg, params, x, y, ld, inverse)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn eval_avx512(
-    c: &SplineConfig,
-    p: &[f32],
-    x: &[f32],
-    y: &mut [f32],
-    ld: &mut [f32],
-    inv: bool,
-) {
-    eval_lanes(c, p, x, y, ld, inv)
+/// `eval_lanes` compiled for an instruction set (the same code, vectorised for it).
+macro_rules! eval_for {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            c: &SplineConfig,
+            p: &[f32],
+            x: &[f32],
+            y: &mut [f32],
+            ld: &mut [f32],
+            inv: bool,
+        ) {
+            eval_lanes(c, p, x, y, ld, inv)
+        }
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn eval_avx2(
-    c: &SplineConfig,
-    p: &[f32],
-    x: &[f32],
-    y: &mut [f32],
-    ld: &mut [f32],
-    inv: bool,
-) {
-    eval_lanes(c, p, x, y, ld, inv)
-}
+eval_for!(eval_avx512, "avx512f");
+eval_for!(eval_avx2, "avx2,fma");
 
 type V = [f32; L];
 
