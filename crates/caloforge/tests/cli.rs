@@ -403,6 +403,52 @@ fn train_generate_bench_end_to_end() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("bench.json")).unwrap())
             .unwrap();
     assert_eq!(bench["rows"].as_array().unwrap().len(), 2);
+    // The network's multiply-adds are counted, so a FLOP rate is reported.
+    for r in bench["rows"].as_array().unwrap() {
+        assert!(r["gflop_per_shower"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // Training steps of every part of a preset, through the training loop.
+    let o = caloforge(&[
+        "bench",
+        "--train",
+        "--preset",
+        &teacher,
+        "--batch",
+        "32",
+        "--train-steps",
+        "2",
+        "--out",
+        &d("train_bench.json"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let tb: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("train_bench.json")).unwrap(),
+    )
+    .unwrap();
+    let parts: Vec<&str> = tb["train"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["batch"], 32);
+            assert_eq!(r["steps"], 2);
+            assert!(r["seconds_per_step"].as_f64().unwrap() > 0.0);
+            r["part"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(parts, ["flow1", "flow2", "flow3"]);
+    failed_with(
+        &caloforge(&[
+            "bench",
+            "--train",
+            "--preset",
+            &teacher,
+            "--train-steps",
+            "1",
+        ]),
+        "--train-steps must be in 2..=10000",
+    );
 
     // Errors: one message naming the problem, non-zero exit, nothing written.
     failed_with(
