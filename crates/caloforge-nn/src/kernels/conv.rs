@@ -7,7 +7,7 @@
 //! once into a padded buffer.
 
 use super::buf::Buf;
-use super::simd::{simd, simd_method};
+use super::simd::simd;
 
 /// burn's convolution weight `[cout][cin][taps]` (or, `transposed`, `[cin][cout][taps]`), of
 /// dimensions `dims` = (d0, d1, kz, kα, kr), as `[taps][cin][cout]`, the layout the kernels read.
@@ -395,9 +395,33 @@ pub struct ConvTranspose3d {
 }
 
 impl ConvTranspose3d {
-    simd_method!(
-        /// Channels-last `x` of grid `d` → (output, output grid).
-        pub forward, forward_avx2, forward_impl, (x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]));
+    /// Channels-last `x` of grid `d` → (output, output grid). The same plain loops compiled for
+    /// AVX-512, AVX2 or neither (no fused or reordered arithmetic, so the same results).
+    pub fn forward(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm::best_isa() == super::gemm::Isa::Avx512 {
+            // SAFETY: AVX-512F present (checked once).
+            return unsafe { self.forward_avx512(x, d) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if simd() {
+            // SAFETY: AVX2/FMA present.
+            return unsafe { self.forward_avx2(x, d) };
+        }
+        self.forward_impl(x, d)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn forward_avx512(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
+        self.forward_impl(x, d)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
+        self.forward_impl(x, d)
+    }
 
     #[inline(always)]
     fn forward_impl(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
