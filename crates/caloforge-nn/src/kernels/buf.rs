@@ -12,23 +12,38 @@ thread_local! {
 impl Buf {
     /// `len` zeros.
     pub fn zeroed(len: usize) -> Self {
-        let mut v = POOL
-            .with(|p| {
-                let mut p = p.borrow_mut();
-                // Best fit: the smallest buffer that holds `len`.
-                let i = (0..p.len())
-                    .filter(|&i| p[i].capacity() >= len)
-                    .min_by_key(|&i| p[i].capacity())?;
-                Some(p.swap_remove(i))
-            })
-            .unwrap_or_else(|| Vec::with_capacity(len));
+        let mut v = Self::pooled(len);
         v.clear();
         v.resize(len, 0.0);
         Buf(v)
     }
+
+    /// `len` values left over from earlier use (zeros where the pooled buffer grows), for a
+    /// caller that writes every element before reading any: saves clearing buffers of megabytes
+    /// that a kernel overwrites anyway.
+    pub fn overwritten(len: usize) -> Self {
+        let mut v = Self::pooled(len);
+        v.truncate(len);
+        v.resize(len, 0.0);
+        Buf(v)
+    }
+
+    /// The smallest pooled buffer that holds `len` (or a new one).
+    fn pooled(len: usize) -> Vec<f32> {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            // Best fit: the smallest buffer that holds `len`.
+            let i = (0..p.len())
+                .filter(|&i| p[i].capacity() >= len)
+                .min_by_key(|&i| p[i].capacity())?;
+            Some(p.swap_remove(i))
+        })
+        .unwrap_or_else(|| Vec::with_capacity(len))
+    }
+
     /// A copy of `x`.
     pub fn copy(x: &[f32]) -> Self {
-        let mut b = Self::zeroed(x.len());
+        let mut b = Self::overwritten(x.len());
         b.copy_from_slice(x);
         b
     }
@@ -57,5 +72,33 @@ impl std::ops::Deref for Buf {
 impl std::ops::DerefMut for Buf {
     fn deref_mut(&mut self) -> &mut [f32] {
         &mut self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buf;
+
+    #[test]
+    fn pooled_buffers_have_the_asked_length() {
+        std::thread::spawn(|| {
+            let mut a = Buf::zeroed(100);
+            a.iter_mut().for_each(|v| *v = 7.0);
+            drop(a);
+            // Reused without clearing: the right length, old values allowed.
+            let b = Buf::overwritten(60);
+            assert_eq!(b.len(), 60);
+            drop(b);
+            // A zeroed buffer from the same pool is all zeros.
+            let c = Buf::zeroed(80);
+            assert!(c.len() == 80 && c.iter().all(|&v| v == 0.0));
+            drop(c);
+            // Growing past the old length fills the new part with zeros.
+            let d = Buf::overwritten(100);
+            assert_eq!(d.len(), 100);
+            assert!(d[80..].iter().all(|&v| v == 0.0));
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -65,7 +65,8 @@ impl Conv3d {
             padded = pad_input(x, d, self.pad, self.circular, self.cin);
             &padded
         };
-        let mut out = Buf::zeroed(od.iter().product::<usize>() * self.cout);
+        // Every output is written by the kernels (bias, then sums).
+        let mut out = Buf::overwritten(od.iter().product::<usize>() * self.cout);
         let taps: Vec<usize> = (0..self.k[0])
             .flat_map(|z| {
                 (0..self.k[1])
@@ -436,7 +437,7 @@ impl ConvTranspose3d {
             (di[i] - 1) * self.stride[i] + self.k[i] + self.out_pad[i] - 2 * self.pad[i]
         });
         let (cin, cout) = (self.cin, self.cout);
-        let mut out = Buf::zeroed(od.iter().product::<usize>() * cout);
+        let mut out = Buf::overwritten(od.iter().product::<usize>() * cout);
         for o in out.chunks_mut(cout) {
             o.copy_from_slice(&self.b);
         }

@@ -229,7 +229,7 @@ impl Twin for super::UNet {
 
 /// Concatenates channels-last `a` (ca channels) and `b` (cb channels) voxel by voxel.
 fn concat(a: &[f32], ca: usize, b: &[f32], cb: usize) -> Buf {
-    let mut out = Buf::zeroed(a.len() + b.len());
+    let mut out = Buf::overwritten(a.len() + b.len());
     for ((o, ra), rb) in out
         .chunks_exact_mut(ca + cb)
         .zip(a.chunks(ca))
@@ -252,7 +252,7 @@ impl UNet {
     pub fn forward_one(&self, x: &[f32], shape: [usize; 3], t: f32, e: f32) -> Vec<f32> {
         let v: usize = shape.iter().product();
         let ci = self.in_channels();
-        let mut xl = Buf::zeroed(v * ci);
+        let mut xl = Buf::overwritten(v * ci);
         for c in 0..ci {
             for i in 0..v {
                 xl[i * ci + c] = x[c * v + i];
