@@ -19,7 +19,7 @@
 //! Dataset 1 runs through GLaM ([`Denoiser`]): learnable per-layer maps onto a regular grid
 //! around the U-Net. On the CPU, sampling uses the plain-Rust engine `unet::fast`.
 
-use crate::registry::{ModelInfo, StepTiming};
+use crate::registry::{ModelInfo, PartTimer, StepTiming};
 use crate::{
     read_showers, unix_time, write_text, Generator, ModelError, ModelKind, ModelOption, Preset,
     Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
@@ -573,8 +573,15 @@ impl ModelKind for CaloDiffusionKind {
         steps: usize,
         batch: Option<usize>,
         seed: u64,
+        progress: &dyn Progress,
     ) -> Result<Vec<StepTiming>> {
-        CaloDiffusion::bench_train(&CaloDiffusionConfig::from_toml(config)?, steps, batch, seed)
+        CaloDiffusion::bench_train(
+            &CaloDiffusionConfig::from_toml(config)?,
+            steps,
+            batch,
+            seed,
+            progress,
+        )
     }
 }
 
@@ -691,6 +698,18 @@ impl Task<Denoiser> for DiffusionTask<'_> {
 }
 
 impl CaloDiffusion {
+    /// The sampler `opts` asks for (`--sampler`), else the model's.
+    fn sampler(&self, opts: &SampleOptions) -> Result<Sampler> {
+        match opts.sampler.as_deref() {
+            None => Ok(self.cfg.sampler),
+            Some("ddpm") => Ok(Sampler::Ddpm),
+            Some("ddim") => Ok(Sampler::Ddim),
+            Some(o) => Err(ModelError::Config(format!(
+                "--sampler: unknown sampler {o:?}: expected ddpm or ddim"
+            ))),
+        }
+    }
+
     /// Times `steps` optimizer steps of the denoiser of `cfg` (untrained, on standard-normal
     /// synthetic voxels and log-uniform 1 GeV – 1 TeV energies; a step costs the same whatever
     /// the values) through the one training loop.
@@ -699,6 +718,7 @@ impl CaloDiffusion {
         steps: usize,
         batch: Option<usize>,
         seed: u64,
+        progress: &dyn Progress,
     ) -> Result<Vec<StepTiming>> {
         let bs = batch.unwrap_or(cfg.batch_size).max(1);
         let (n_train, v) = (bs * (steps + 1), cfg.kind().n_voxels());
@@ -716,24 +736,18 @@ impl CaloDiffusion {
             seed,
             ..Default::default()
         };
-        let mut clock = caloforge_nn::train::StepClock::default();
+        let mut timer = PartTimer::new("denoiser", steps + 1, progress);
         fit(
             net,
             &mut task,
             &TrainSettings::timing(bs, cfg.lr),
             &control,
-            &mut |p| clock.tick(&p),
+            &mut |p| timer.tick(&p),
         )?;
-        let (sec, n) = clock
-            .seconds_per_step()
-            .ok_or_else(|| ModelError::Config("bench --train needs at least 2 steps".into()))?;
-        Ok(vec![StepTiming {
-            part: "denoiser".into(),
-            what: format!("denoising loss ({:?} backend)", backend()).to_lowercase(),
-            batch: bs,
-            steps: n,
-            seconds_per_step: sec,
-        }])
+        Ok(vec![timer.finish(
+            &format!("denoising loss ({:?} backend)", backend()).to_lowercase(),
+            bs,
+        )?])
     }
 
     /// Trains a denoiser from a configuration into `opts.out` through the one training loop
@@ -839,16 +853,13 @@ impl Generator for CaloDiffusion {
             let x = vec![0.0f32; unet.in_channels() * v];
             caloforge_nn::kernels::macs::count(|| unet.forward_one(&x, shape, 0.5, 0.5)).1
         });
-        let sampler = match opts.sampler.as_deref() {
-            None => self.cfg.sampler,
-            Some("ddpm") => Sampler::Ddpm,
-            Some("ddim") => Sampler::Ddim,
-            Some(_) => return None,
-        };
         let steps = opts.steps.unwrap_or(self.cfg.sample_steps);
-        let evals = match sampler {
-            Sampler::Ddpm => steps.saturating_sub(self.cfg.skip),
-            Sampler::Ddim => steps.clamp(1, self.cfg.steps.saturating_sub(self.cfg.skip).max(1)),
+        // The schedules `sample_with` builds: `steps` long for DDPM, the training one for DDIM.
+        let evals = match self.sampler(opts).ok()? {
+            Sampler::Ddpm => caloforge_nn::diffusion::ddpm_calls(steps, self.cfg.skip),
+            Sampler::Ddim => {
+                caloforge_nn::diffusion::ddim_timesteps(self.cfg.steps, steps, self.cfg.skip).len()
+            }
         };
         Some(per_eval as f64 * evals as f64)
     }
@@ -862,16 +873,7 @@ impl Generator for CaloDiffusion {
         opts: &SampleOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
-        let sampler = match opts.sampler.as_deref() {
-            None => self.cfg.sampler,
-            Some("ddpm") => Sampler::Ddpm,
-            Some("ddim") => Sampler::Ddim,
-            Some(o) => {
-                return Err(ModelError::Config(format!(
-                    "--sampler: unknown sampler {o:?}: expected ddpm or ddim"
-                )))
-            }
-        };
+        let sampler = self.sampler(opts)?;
         self.sample_with(
             energies,
             seed,

@@ -23,7 +23,7 @@
 //! permutations, distilled from the frozen teacher (x-pass, z-pass and per-MADE terms for Flow-2,
 //! x-pass for Flow-3). Flow-1 is never distilled: students reuse the teacher's.
 
-use crate::registry::{ModelInfo, StepTiming};
+use crate::registry::{ModelInfo, PartTimer, StepTiming};
 use crate::{
     file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError, ModelKind,
     ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
@@ -616,8 +616,15 @@ impl ModelKind for ICaloFlowKind {
         steps: usize,
         batch: Option<usize>,
         seed: u64,
+        progress: &dyn Progress,
     ) -> Result<Vec<StepTiming>> {
-        ICaloFlow::bench_train(&ICaloFlowConfig::from_toml(config)?, steps, batch, seed)
+        ICaloFlow::bench_train(
+            &ICaloFlowConfig::from_toml(config)?,
+            steps,
+            batch,
+            seed,
+            progress,
+        )
     }
 }
 
@@ -632,6 +639,7 @@ impl ICaloFlow {
         steps: usize,
         batch: Option<usize>,
         seed: u64,
+        progress: &dyn Progress,
     ) -> Result<Vec<StepTiming>> {
         let device = cpu_autodiff(Precision::F32, seed);
         let teacher_cfg = match cfg.role {
@@ -673,8 +681,8 @@ impl ICaloFlow {
                 settings: &settings,
                 control: &control,
             };
-            let mut clock = caloforge_nn::train::StepClock::default();
-            let mut tick = |p: caloforge_nn::flow::train::Progress| clock.tick(&p);
+            let mut timer = PartTimer::new(&format!("flow{k}"), steps + 1, progress);
+            let mut tick = |p: caloforge_nn::flow::train::Progress| timer.tick(&p);
             let what = match &teacher_cfg {
                 None => {
                     let flow = Flow::new(st.flow_config(d, c, FlowKind::Maf, seed), &device);
@@ -700,16 +708,7 @@ impl ICaloFlow {
                     "distillation"
                 }
             };
-            let (sec, n) = clock
-                .seconds_per_step()
-                .ok_or_else(|| ModelError::Config("bench --train needs at least 2 steps".into()))?;
-            rows.push(StepTiming {
-                part: format!("flow{k}"),
-                what: what.into(),
-                batch: bs,
-                steps: n,
-                seconds_per_step: sec,
-            });
+            rows.push(timer.finish(what, bs)?);
         }
         Ok(rows)
     }

@@ -119,6 +119,7 @@ pub trait ModelKind: Sync {
         _steps: usize,
         _batch: Option<usize>,
         _seed: u64,
+        _progress: &dyn Progress,
     ) -> Result<Vec<StepTiming>> {
         Err(ModelError::Config(format!(
             "{}: training is not timed by bench --train",
@@ -140,6 +141,46 @@ pub struct StepTiming {
     pub steps: usize,
     /// Mean wall seconds per step.
     pub seconds_per_step: f64,
+}
+
+/// Times the steps of one part for [`ModelKind::bench_train`]: a progress bar over its steps
+/// and the step clock. Pass every training-loop progress report to [`PartTimer::tick`].
+pub struct PartTimer<'a> {
+    part: String,
+    progress: &'a dyn Progress,
+    clock: caloforge_nn::train::StepClock,
+}
+
+impl<'a> PartTimer<'a> {
+    /// Starts timing `part`, whose run makes `steps` optimizer steps.
+    pub fn new(part: &str, steps: usize, progress: &'a dyn Progress) -> Self {
+        progress.start(part, &format!("time {part}"), steps as u64);
+        PartTimer {
+            part: part.into(),
+            progress,
+            clock: Default::default(),
+        }
+    }
+    /// Records a step.
+    pub fn tick(&mut self, p: &caloforge_nn::train::Progress) {
+        self.clock.tick(p);
+        self.progress.set(&self.part, p.step as u64, None);
+    }
+    /// The timing of the part's run (`what` one step does, with mini-batch `batch`).
+    pub fn finish(self, what: &str, batch: usize) -> Result<StepTiming> {
+        self.progress.finish(&self.part);
+        let (seconds_per_step, steps) = self
+            .clock
+            .seconds_per_step()
+            .ok_or_else(|| ModelError::Config("bench --train needs at least 2 steps".into()))?;
+        Ok(StepTiming {
+            part: self.part,
+            what: what.into(),
+            batch,
+            steps,
+            seconds_per_step,
+        })
+    }
 }
 
 /// A loaded model that generates showers.

@@ -160,8 +160,7 @@ pub fn ddpm_sample(
     let mut x = vec![0.0f32; n * d];
     normals(rngs, d, &mut x);
     let mut z = vec![0.0f32; n * d];
-    let start = sched.len().saturating_sub(skip);
-    for t in (0..start).rev() {
+    for t in (0..ddpm_calls(sched.len(), skip)).rev() {
         let e = eps(&x, t);
         let (a, b, ab) = (sched.alphas[t], sched.betas[t], sched.alpha_bar[t]);
         let c = b / (1.0 - ab).sqrt();
@@ -177,6 +176,29 @@ pub fn ddpm_sample(
     x
 }
 
+/// Network calls of [`ddpm_sample`] on a schedule of `len` steps: timesteps len − 1 − skip … 0.
+pub fn ddpm_calls(len: usize, skip: usize) -> usize {
+    len.saturating_sub(skip)
+}
+
+/// The timesteps [`ddim_sample`] evaluates (one network call each), ascending: `steps` (at
+/// least 1, at most T − skip) evenly spaced over [0, T − 1 − skip] for a schedule of T = `len`.
+pub fn ddim_timesteps(len: usize, steps: usize, skip: usize) -> Vec<usize> {
+    let top = len.saturating_sub(skip + 1);
+    let k = steps.clamp(1, top + 1);
+    let mut ts: Vec<usize> = (0..k)
+        .map(|i| {
+            if k == 1 {
+                top
+            } else {
+                (top as f64 * i as f64 / (k - 1) as f64).round() as usize
+            }
+        })
+        .collect();
+    ts.dedup();
+    ts
+}
+
 /// Deterministic DDIM sampling (η = 0) with `steps` network calls on timesteps evenly spaced
 /// over [0, T − 1 − skip]: x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'}) ε̂, x̂_0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t.
 pub fn ddim_sample(
@@ -190,18 +212,7 @@ pub fn ddim_sample(
     let n = rngs.len();
     let mut x = vec![0.0f32; n * d];
     normals(rngs, d, &mut x);
-    let top = sched.len().saturating_sub(skip + 1);
-    let k = steps.clamp(1, top + 1);
-    let mut ts: Vec<usize> = (0..k)
-        .map(|i| {
-            if k == 1 {
-                top
-            } else {
-                (top as f64 * i as f64 / (k - 1) as f64).round() as usize
-            }
-        })
-        .collect();
-    ts.dedup();
+    let ts = ddim_timesteps(sched.len(), steps, skip);
     for (j, &t) in ts.iter().enumerate().rev() {
         let e = eps(&x, t);
         let ab = sched.alpha_bar[t];

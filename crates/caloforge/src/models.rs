@@ -408,13 +408,10 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<()> {
     if a.train {
         return bench_train(a, quiet);
     }
-    let a = BenchArgs {
-        batch: if a.batch.is_empty() {
-            vec![1, 10, 100, 1000]
-        } else {
-            a.batch
-        },
-        ..a
+    let batches = if a.batch.is_empty() {
+        vec![1, 10, 100, 1000]
+    } else {
+        a.batch.clone()
     };
     let (model, what): (Box<dyn Generator>, String) = match (&a.model, &a.preset) {
         (Some(m), _) => (registry::load(m)?, m.display().to_string()),
@@ -434,7 +431,7 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<()> {
             (!a.steps.is_empty(), ModelOption::Steps),
         ]),
     )?;
-    if a.batch.iter().any(|&b| b == 0 || b > 1_000_000) {
+    if batches.iter().any(|&b| b == 0 || b > 1_000_000) {
         bail!("batch sizes must be in 1..=1000000");
     }
     if !(a.min_seconds.is_finite() && a.min_seconds >= 0.0) {
@@ -461,7 +458,7 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<()> {
             sampler: a.sampler.clone(),
             steps,
         };
-        for &b in &a.batch {
+        for &b in &batches {
             let run = |k: u64| -> Result<()> {
                 let e = caloforge_sim::log_uniform_energies(
                     b,
@@ -493,12 +490,11 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<()> {
             let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
             let st = steps.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
             // Network multiply-adds (×2 flops) per shower over the time per shower.
-            let gflops = model
-                .macs_per_shower(&sopts)
-                .map(|m| 2.0 * m / (ms * 1e-3) / 1e9);
+            let gflop = model.macs_per_shower(&sopts).map(|m| 2.0 * m / 1e9);
+            let gflops = gflop.map(|g| g / (ms * 1e-3));
             let gf = gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
             println!("{st:>8} {b:>8} {n:>10} {ms:>14.3} {gf:>9}");
-            rows.push(serde_json::json!({"steps": steps, "batch": b, "showers": n, "ms_per_shower": ms, "gflop_per_shower": model.macs_per_shower(&sopts).map(|m| 2.0 * m / 1e9), "gflops": gflops}));
+            rows.push(serde_json::json!({"steps": steps, "batch": b, "showers": n, "ms_per_shower": ms, "gflop_per_shower": gflop, "gflops": gflops}));
         }
     }
     if let Some(out) = &a.out {
@@ -509,7 +505,7 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<()> {
 }
 
 /// `caloforge bench --train`: seconds per optimizer step of each part of a preset.
-fn bench_train(a: BenchArgs, _quiet: bool) -> Result<()> {
+fn bench_train(a: BenchArgs, quiet: bool) -> Result<()> {
     let p = a.preset.as_deref().context("--train needs --preset")?;
     if a.batch.len() > 1 || a.batch.iter().any(|&b| b == 0 || b > 100_000) {
         bail!("--train takes one batch size in 1..=100000");
@@ -524,7 +520,13 @@ fn bench_train(a: BenchArgs, _quiet: bool) -> Result<()> {
     let threads = rayon::current_num_threads();
     let device = format!("{:?}", caloforge_models::device::backend()).to_lowercase();
     println!("preset {p}: training steps ({threads} threads, device {device})");
-    let rows = kind.bench_train(&text, a.train_steps, a.batch.first().copied(), a.seed)?;
+    let rows = kind.bench_train(
+        &text,
+        a.train_steps,
+        a.batch.first().copied(),
+        a.seed,
+        &Bars::new(quiet),
+    )?;
     println!(
         "{:>10} {:>8} {:>7} {:>12} {:>9}  step",
         "part", "batch", "steps", "s / step", "steps/s"

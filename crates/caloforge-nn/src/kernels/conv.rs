@@ -112,6 +112,14 @@ fn pad_input(x: &[f32], d: [usize; 3], pad: [usize; 3], circular: [bool; 3], c: 
     p
 }
 
+/// Offset in the padded input (grid `pd`) of the first input of output voxel `v` (grid `od`).
+#[inline]
+fn first_input(v: usize, od: [usize; 3], pd: [usize; 3], c: &Conv3d) -> usize {
+    let (z, a, r) = (v / (od[1] * od[2]), (v / od[2]) % od[1], v % od[2]);
+    let s = c.stride;
+    (((z * s[0]) * pd[1] + a * s[1]) * pd[2] + r * s[2]) * c.cin
+}
+
 /// "Valid" convolution over the padded input `p` (grid `pd`): `taps` are the input offsets of
 /// the kernel taps relative to an output voxel's first input.
 fn conv_valid(
@@ -123,7 +131,7 @@ fn conv_valid(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if c.cout.is_multiple_of(16) && super::gemm::best_isa() == super::gemm::Isa::Avx512 {
+    if c.cout.is_multiple_of(16) && super::simd::avx512() {
         // SAFETY: AVX-512F is present (checked at run time); indices as below.
         unsafe { avx512::conv_valid(p, pd, c, taps, od, out) };
         return;
@@ -166,22 +174,18 @@ unsafe fn conv_valid_avx2(
     od: [usize; 3],
     out: &mut [f32],
 ) {
-    let (cin, cout, s) = (c.cin, c.cout, c.stride);
+    let (cin, cout) = (c.cin, c.cout);
     let pp = p.as_ptr();
     let op = out.as_mut_ptr();
     // Output voxels in order, with the offset of their first input in `p`; tiles of 6 voxels
     // (rows of r are short: 9, 4, 2) × 16 channels fill 12 of the 16 ymm registers.
     let nv = od[0] * od[1] * od[2];
-    let base = |v: usize| {
-        let (z, a, r) = (v / (od[1] * od[2]), (v / od[2]) % od[1], v % od[2]);
-        (((z * s[0]) * pd[1] + a * s[1]) * pd[2] + r * s[2]) * cin
-    };
     let mut v = 0;
     while v < nv {
         let m = (nv - v).min(6);
         let mut bases = [0usize; 6];
         for (j, b) in bases.iter_mut().enumerate().take(m) {
-            *b = base(v + j);
+            *b = first_input(v + j, od, pd, c);
         }
         let mut cb = 0;
         while cb < cout {
@@ -222,7 +226,7 @@ unsafe fn conv_valid_avx2(
 /// are bit-identical to the AVX2 kernel's.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::Conv3d;
+    use super::{first_input, Conv3d};
     use std::arch::x86_64::*;
 
     super::register_tile!(
@@ -255,26 +259,18 @@ mod avx512 {
         od: [usize; 3],
         out: &mut [f32],
     ) {
-        let (cin, cout, s) = (c.cin, c.cout, c.stride);
+        let (cin, cout) = (c.cin, c.cout);
         // 32 channels per tile where they divide cout, else 16; 12 voxels (their 12 input
         // pointers still fit in general registers: with more they spill).
-        let (nb, mv) = if cout.is_multiple_of(32) {
-            (2, 12)
-        } else {
-            (1, 12)
-        };
+        let nb = if cout.is_multiple_of(32) { 2 } else { 1 };
         let nv = od[0] * od[1] * od[2];
-        let base = |v: usize| {
-            let (z, a, r) = (v / (od[1] * od[2]), (v / od[2]) % od[1], v % od[2]);
-            (((z * s[0]) * pd[1] + a * s[1]) * pd[2] + r * s[2]) * cin
-        };
         assert!(out.len() >= nv * cout && c.w.len() >= taps.len() * cin * cout);
         let mut v = 0;
         while v < nv {
-            let m = (nv - v).min(mv);
+            let m = (nv - v).min(12);
             let mut bases = [0usize; 12];
             for (j, b) in bases.iter_mut().enumerate().take(m) {
-                *b = base(v + j);
+                *b = first_input(v + j, od, pd, c);
             }
             for cb in (0..cout).step_by(16 * nb) {
                 // SAFETY: cb + 16·nb ≤ cout; v + m ≤ nv.
@@ -400,7 +396,7 @@ impl ConvTranspose3d {
     /// AVX-512, AVX2 or neither (no fused or reordered arithmetic, so the same results).
     pub fn forward(&self, x: &[f32], d: [usize; 3]) -> (Buf, [usize; 3]) {
         #[cfg(target_arch = "x86_64")]
-        if super::gemm::best_isa() == super::gemm::Isa::Avx512 {
+        if super::simd::avx512() {
             // SAFETY: AVX-512F present (checked once).
             return unsafe { self.forward_avx512(x, d) };
         }

@@ -40,25 +40,13 @@ pub enum Isa {
     Avx512,
 }
 
-#[cfg(target_arch = "x86_64")]
-static BEST: std::sync::LazyLock<Isa> = std::sync::LazyLock::new(|| {
-    if is_x86_feature_detected!("avx512f") {
+/// The fastest kernel this CPU runs.
+pub fn best_isa() -> Isa {
+    if super::simd::avx512() {
         Isa::Avx512
     } else if super::simd::simd() {
         Isa::Avx2
     } else {
-        Isa::Portable
-    }
-});
-
-/// The fastest kernel this CPU runs (checked once).
-pub fn best_isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        *BEST
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
         Isa::Portable
     }
 }
@@ -67,8 +55,8 @@ pub fn best_isa() -> Isa {
 pub fn supported(isa: Isa) -> bool {
     match isa {
         Isa::Portable => true,
-        Isa::Avx2 => matches!(best_isa(), Isa::Avx2 | Isa::Avx512) && super::simd::simd(),
-        Isa::Avx512 => best_isa() == Isa::Avx512,
+        Isa::Avx2 => super::simd::simd(),
+        Isa::Avx512 => super::simd::avx512(),
     }
 }
 
@@ -138,11 +126,6 @@ impl Packed {
     /// `add`, when given, is `n × d_out`. `relu` applies max(·, 0).
     pub fn forward(&self, x: &[f32], y: &mut [f32], add: Option<&[f32]>, relu: bool) {
         self.forward_with(best_isa(), x, y, add, relu)
-    }
-
-    /// The kernel [`Self::forward`] runs on this CPU.
-    pub fn isa() -> Isa {
-        best_isa()
     }
 
     /// [`Self::forward`] on a chosen kernel (which must be [`supported`]).

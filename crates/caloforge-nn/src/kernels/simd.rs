@@ -6,6 +6,22 @@ static HAS_AVX2_FMA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 });
 
+#[cfg(target_arch = "x86_64")]
+static HAS_AVX512F: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| is_x86_feature_detected!("avx512f"));
+
+/// Whether the AVX-512F kernels run (checked once at run time).
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        *HAS_AVX512F
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AVX2 + FMA kernels run (checked once at run time).
 pub fn simd() -> bool {
     #[cfg(target_arch = "x86_64")]

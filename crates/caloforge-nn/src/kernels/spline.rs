@@ -228,7 +228,7 @@ pub fn eval_many(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if super::gemm::best_isa() == super::gemm::Isa::Avx512 {
+        if super::simd::avx512() {
             // SAFETY: AVX-512F present (checked once at run time).
             return unsafe { eval_avx512(cfg, params, x, y, ld, inverse) };
         }
