@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The iCaloFlow reference Flow-1 teacher, rewritten from claudius-krause/inductive-caloflow
-(commit 328ae2a: run.py `build_flow`, `train_eval_flow_1`; data.py `CaloDataset`) for the
-parity harness: it trains on the same CaloChallenge file, with the same split, batch size,
-optimizer steps and schedule as `caloforge train --flows 1` with a caloforge preset, and writes
-its validation history as JSON.
+"""The iCaloFlow reference teachers (Flow-1, Flow-2, Flow-3), rewritten from
+claudius-krause/inductive-caloflow (commit 328ae2a: run.py `build_flow`, `train_eval_flow_{1,2,3}`;
+data.py `CaloDataLayerEnergy`, `CaloDataShowerShape`) for the parity harness: it trains one flow
+on the same CaloChallenge file, with the same split, batch size, optimizer steps and schedule as
+`caloforge train --flows K` with a caloforge preset, and writes its validation history as JSON.
 
 What is the reference's, as coded there:
 - nflows 0.14 `MaskedPiecewiseRationalQuadraticAutoregressiveTransform` x 8 (8 bins, tail bound
@@ -11,8 +11,12 @@ What is the reference's, as coded there:
   of `nflows.transforms.made`, whose widths and heights are NOT divided by sqrt(hidden)),
   alternating ReversePermutation / RandomPermutation with the last permutation removed,
   StandardNormal base; float64 (run.py sets the default dtype to float64);
-- features logit(ALPHA + (1 - 2 ALPHA) (E_layer + U(0, noise)) / 6.5e4), ALPHA = 1e-6, the noise
-  drawn afresh for every sample of every batch; context log10(E_inc) - 4.5;
+- Flow-1: features logit(ALPHA + (1 - 2 ALPHA) (E_layer + U(0, noise)) / 6.5e4), ALPHA = 1e-6,
+  the noise drawn afresh for every sample of every batch; context log10(E_inc) - 4.5;
+- Flow-2 (layer 0) and Flow-3 (layers 1..44, shuffled together): U(0, noise) on every voxel, the
+  layer normalised to sum 1, logit; Flow-2's context (log10 E_inc - 4.5, logit(E_0 / 6.5e4) / 4),
+  Flow-3's (log10 E_inc - 4.5, logit(E_i / 6.5e4), logit(E_{i-1} / 6.5e4), the previous layer's
+  features, one-hot(i - 1) of 44), every energy with its own fresh noise;
 - Adam (default betas, eps 1e-8), torch OneCycleLR stepped per batch, with its beta1 cycling
   (cycle_momentum=True, 0.85-0.95), shuffled mini-batches; loss = mean NLL;
 - train on the first (1 - validation_fraction) of the file, validate on the rest.
@@ -20,11 +24,11 @@ What is the reference's, as coded there:
 Differences, all shared with caloforge so that the two are compared on equal terms:
 - layer energies above the normalisation (possible above ~700 GeV) are clamped to it before the
   logit (the reference would produce NaN there);
-- the validation set is at most `max_validation_samples` showers with noise drawn once (seeded);
+- the validation set is at most `max_validation_samples` samples with noise drawn once (seeded);
   the reference redraws it at every evaluation;
 - the permutations and the initial weights come from `--seed`.
 
-usage: icaloflow_reference.py --data F.h5 --preset P.toml --seed S --out H.json [--threads 1]
+usage: icaloflow_reference.py [--flow K] --data F.h5 --preset P.toml --seed S --out H.json [--threads 1]
        [--no-momentum-cycle] [--dtype float32]
 needs: torch, nflows, h5py, numpy
 """
@@ -64,11 +68,56 @@ def logit(x):
     return torch.log(x / (1 - x))
 
 
-def features(e_layer, e_inc, cfg, gen, dtype):
-    """Noisy, normalised, logit'ed layer energies and the context of rows `e_layer` (N, 45)."""
-    noise = torch.rand(e_layer.shape, generator=gen, dtype=torch.float64) * cfg["noise_level"]
-    e = torch.clamp((e_layer + noise) / cfg["normalization"], max=1.0)
-    return logit(e).to(dtype), (torch.log10(e_inc) - 4.5).to(dtype)
+def noisy(a, cfg, gen):
+    """`a` (float64) plus U(0, noise_level) noise, drawn afresh."""
+    a = a.to(torch.float64)
+    return a + torch.rand(a.shape, generator=gen, dtype=torch.float64) * cfg["noise_level"]
+
+
+def energy_feature(e, cfg):
+    """logit of a (noisy) layer energy over the normalisation, clamped to it (see above)."""
+    return logit(torch.clamp(e / cfg["normalization"], max=1.0))
+
+
+def shape_feature(layer, cfg, gen):
+    """data.py CaloDataShowerShape: noise on every voxel, normalise the layer to sum 1, logit."""
+    v = noisy(layer, cfg, gen)
+    return logit(v / v.sum(-1, keepdim=True))
+
+
+class Stage:
+    """The samples of one flow (run.py `train_eval_flow_{1,2,3}` with data.py's datasets) from
+    showers (N, 45, L) and incident energies (N, 1): Flow-1 one sample per shower (layer
+    energies), Flow-2 one per shower (layer 0), Flow-3 one per shower and layer 1..44 (row
+    r = shower r // 44, layer r % 44 + 1, as caloforge numbers them)."""
+
+    def __init__(self, flow, showers, e_inc, cfg):
+        self.flow, self.showers, self.e_inc, self.cfg = flow, showers, e_inc, cfg
+        self.e_layer = showers.sum(-1, dtype=torch.float64)
+        l = showers.shape[-1]
+        self.dims = {1: (45, 1), 2: (l, 2), 3: (l, 3 + l + 44)}[flow]
+
+    def __len__(self):
+        return len(self.e_inc) * (44 if self.flow == 3 else 1)
+
+    def batch(self, rows, gen, dtype):
+        cfg, inc = self.cfg, None
+        if self.flow == 1:
+            x = energy_feature(noisy(self.e_layer[rows], cfg, gen), cfg)
+            c = torch.log10(self.e_inc[rows]) - 4.5
+        elif self.flow == 2:
+            x = shape_feature(self.showers[rows, 0], cfg, gen)
+            e0 = energy_feature(noisy(self.e_layer[rows, :1], cfg, gen), cfg)
+            c = torch.cat([torch.log10(self.e_inc[rows]) - 4.5, e0 / 4.0], 1)
+        else:
+            s, i = rows // 44, rows % 44 + 1
+            x = shape_feature(self.showers[s, i], cfg, gen)
+            e = energy_feature(noisy(self.e_layer[s, i].unsqueeze(1), cfg, gen), cfg)
+            ep = energy_feature(noisy(self.e_layer[s, i - 1].unsqueeze(1), cfg, gen), cfg)
+            prev = shape_feature(self.showers[s, i - 1], cfg, gen)
+            onehot = torch.nn.functional.one_hot(i - 1, 44).to(torch.float64)
+            c = torch.cat([torch.log10(self.e_inc[s]) - 4.5, e, ep, prev, onehot], 1)
+        return x.to(dtype), c.to(dtype)
 
 
 def schedule(opt, sched, total_steps, momentum):
@@ -88,6 +137,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--preset", required=True)
+    ap.add_argument("--flow", type=int, default=1, choices=[1, 2, 3])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
@@ -99,27 +149,29 @@ def main():
     dtype = getattr(torch, a.dtype)
     with open(a.preset, "rb") as f:
         cfg = tomllib.load(f)
-    fc, tc = cfg["flow1"], cfg["flow1"]["train"]
+    name = f"flow{a.flow}"
+    fc, tc = cfg[name], cfg[name]["train"]
 
     with h5py.File(a.data, "r") as f:
-        showers = f["showers"][:]
+        showers = torch.from_numpy(f["showers"][:].reshape(-1, 45, f["showers"].shape[1] // 45))
         e_inc = torch.from_numpy(f["incident_energies"][:].reshape(-1, 1).astype(np.float64))
     n = len(showers)
-    e_layer = torch.from_numpy(showers.reshape(n, 45, -1).astype(np.float64).sum(-1))
-    del showers
     n_val = min(max(round(n * cfg["validation_fraction"]), 1), n - 1)
     n_train = n - n_val
+    train = Stage(a.flow, showers[:n_train], e_inc[:n_train], cfg)
+    val = Stage(a.flow, showers[n_train:], e_inc[n_train:], cfg)
     gen = torch.Generator().manual_seed(a.seed + 1000)
-    val_rows = torch.arange(n_train, n)
+    val_rows = torch.arange(len(val))
     if len(val_rows) > cfg["max_validation_samples"]:
-        val_rows = val_rows[torch.randperm(len(val_rows), generator=gen)[: cfg["max_validation_samples"]]]
+        val_rows = torch.randperm(len(val_rows), generator=gen)[: cfg["max_validation_samples"]]
         val_rows = val_rows.sort().values
-    xv, cv = features(e_layer[val_rows], e_inc[val_rows], cfg, gen, dtype)
+    xv, cv = val.batch(val_rows, gen, dtype)
 
-    flow = build_flow(45, 1, fc["hidden"], fc["n_hidden"], fc["blocks"], fc["bins"],
+    d, c = train.dims
+    flow = build_flow(d, c, fc["hidden"], fc["n_hidden"], fc["blocks"], fc["bins"],
                       fc["tail_bound"]).to(dtype)
     batch, epochs = tc["batch_size"], tc["epochs"]
-    steps_per_epoch = math.ceil(n_train / batch)
+    steps_per_epoch = math.ceil(len(train) / batch)
     total = steps_per_epoch * epochs
     opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
     lr = schedule(opt, tc["schedule"], total, not a.no_momentum_cycle)
@@ -136,10 +188,10 @@ def main():
     history = [{"step": 0, "val_loss": validate()}]
     step, t0, run = 0, time.time(), 0.0
     for _ in range(epochs):
-        order = torch.randperm(n_train, generator=gen)
+        order = torch.randperm(len(train), generator=gen)
         for b in range(steps_per_epoch):
             rows = order[b * batch:(b + 1) * batch]
-            x, c = features(e_layer[rows], e_inc[rows], cfg, gen, dtype)
+            x, c = train.batch(rows, gen, dtype)
             loss = -flow.log_prob(x, c).mean()
             opt.zero_grad()
             loss.backward()
@@ -157,7 +209,7 @@ def main():
                       end="", file=sys.stderr, flush=True)
     wall = time.time() - t0
     best = min(h["val_loss"] for h in history)
-    json.dump({"implementation": "reference (PyTorch + nflows)", "seed": a.seed,
+    json.dump({"implementation": "reference (PyTorch + nflows)", "flow": name, "seed": a.seed,
                "dtype": a.dtype, "momentum_cycle": not a.no_momentum_cycle,
                "steps": step, "seconds_per_step": wall / max(step, 1),
                "best_val_loss": best, "history": history}, open(a.out, "w"), indent=1)

@@ -13,6 +13,30 @@ mod signals;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// mimalloc's C API (linked by the mimalloc crate; libmimalloc-sys declares these only behind its
+// `extended` feature).
+extern "C" {
+    fn mi_option_set(option: libc::c_int, value: libc::c_long);
+    #[cfg(test)]
+    fn mi_option_get(option: libc::c_int) -> libc::c_long;
+}
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (the version the mimalloc crate builds).
+const MI_OPTION_PURGE_DELAY: libc::c_int = 15;
+
+/// Keeps freed memory mapped instead of returning it to the OS a second later (mimalloc's
+/// default).
+/// Training frees and reallocates the same large activations every step: with purging, each step
+/// page-faulted them back in and the kernel zeroed them again (measured on a CaloDiffusion
+/// dataset-2 training step: 423k page faults and 20 % of the CPU time in `clear_page`; 648 faults
+/// without). The memory stays available to later allocations of this process, so peak use does
+/// not grow. MIMALLOC_PURGE_DELAY in the environment still takes precedence.
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: plain option setters of the allocator, called before any other thread starts.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "caloforge",
@@ -233,8 +257,27 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    keep_freed_memory();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod allocator_tests {
+    use super::*;
+
+    #[test]
+    fn purge_delay_option_is_the_one_set() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: plain option getters of the allocator.
+        let before = unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) };
+        // mimalloc v3's default purge delay (1000 ms): the index names that option.
+        assert_eq!(before, 1000);
+        keep_freed_memory();
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, -1);
     }
 }
