@@ -12,7 +12,8 @@ pub enum LrSchedule {
     /// `torch.optim.lr_scheduler.OneCycleLR` with cosine annealing: from max_lr/div_factor up to
     /// max_lr over pct_start of the steps, then down; with `three_phase` it returns to the
     /// initial rate and then anneals to initial/final_div_factor (the final annihilation phase).
-    /// (PyTorch also cycles Adam's β1 between 0.85 and 0.95; caloforge keeps β1 fixed.)
+    /// Like PyTorch (`cycle_momentum=True`, its default) it also cycles Adam's β1 inversely to
+    /// the rate: from max_momentum down to base_momentum while the rate rises, and back.
     OneCycle {
         /// Peak learning rate.
         max_lr: f64,
@@ -30,6 +31,16 @@ pub enum LrSchedule {
         /// Three phases (up, down to initial, annihilation) instead of two.
         #[serde(default)]
         three_phase: bool,
+        /// Cycle Adam's β1 between max_momentum and base_momentum (PyTorch's default); without
+        /// it β1 stays 0.9.
+        #[serde(default = "yes")]
+        cycle_momentum: bool,
+        /// β1 at the peak learning rate.
+        #[serde(default = "base_momentum_default")]
+        base_momentum: f64,
+        /// β1 at the start and end of the cycle.
+        #[serde(default = "max_momentum_default")]
+        max_momentum: f64,
     },
     /// `CyclicLR` in mode "triangular2": triangles between base_lr and max_lr whose amplitude
     /// halves every cycle.
@@ -61,6 +72,18 @@ fn div_default() -> f64 {
 fn final_div_default() -> f64 {
     1e4
 }
+fn yes() -> bool {
+    true
+}
+fn base_momentum_default() -> f64 {
+    0.85
+}
+fn max_momentum_default() -> f64 {
+    0.95
+}
+
+/// Adam's β1 when no schedule changes it (PyTorch's and burn's default).
+pub const DEFAULT_BETA1: f64 = 0.9;
 
 fn cos_anneal(start: f64, end: f64, pct: f64) -> f64 {
     end + (start - end) / 2.0 * ((std::f64::consts::PI * pct).cos() + 1.0)
@@ -93,6 +116,8 @@ impl LrSchedule {
                 pct_start,
                 div_factor,
                 final_div_factor,
+                base_momentum,
+                max_momentum,
                 ..
             } => {
                 rate("max_lr", *max_lr)?;
@@ -100,6 +125,11 @@ impl LrSchedule {
                 factor("final_div_factor", *final_div_factor)?;
                 if !(*pct_start > 0.0 && *pct_start < 1.0) {
                     return Err(format!("pct_start must be in (0, 1), got {pct_start}"));
+                }
+                for (name, b) in [("base_momentum", base_momentum), ("max_momentum", max_momentum)] {
+                    if !(*b >= 0.0 && *b < 1.0) {
+                        return Err(format!("{name} must be an Adam beta1 in [0, 1), got {b}"));
+                    }
                 }
                 Ok(())
             }
@@ -128,35 +158,20 @@ impl LrSchedule {
             LrSchedule::Constant { lr } => *lr,
             LrSchedule::OneCycle {
                 max_lr,
-                total_steps,
-                pct_start,
                 div_factor,
                 final_div_factor,
                 three_phase,
+                ..
             } => {
                 let initial = max_lr / div_factor;
                 let min = initial / final_div_factor;
-                let total = *total_steps as f64;
-                let s = (step.min(total_steps.saturating_sub(1))) as f64;
-                let up_end = pct_start * total - 1.0;
-                let phases: Vec<(f64, f64, f64)> = if *three_phase {
-                    vec![
-                        (up_end, initial, *max_lr),
-                        (2.0 * pct_start * total - 2.0, *max_lr, initial),
-                        (total - 1.0, initial, min),
-                    ]
+                let (phase, pct) = self.one_cycle_phase(step);
+                let ends: &[(f64, f64)] = if *three_phase {
+                    &[(initial, *max_lr), (*max_lr, initial), (initial, min)]
                 } else {
-                    vec![(up_end, initial, *max_lr), (total - 1.0, *max_lr, min)]
+                    &[(initial, *max_lr), (*max_lr, min)]
                 };
-                let mut start_step = 0.0;
-                for (i, &(end_step, a, b)) in phases.iter().enumerate() {
-                    if s <= end_step || i == phases.len() - 1 {
-                        let pct = ((s - start_step) / (end_step - start_step)).clamp(0.0, 1.0);
-                        return cos_anneal(a, b, pct);
-                    }
-                    start_step = end_step;
-                }
-                min
+                cos_anneal(ends[phase].0, ends[phase].1, pct)
             }
             LrSchedule::Cyclic {
                 base_lr,
@@ -175,6 +190,61 @@ impl LrSchedule {
                 gamma,
             } => lr * gamma.powi(milestones.iter().filter(|&&m| step >= m).count() as i32),
         }
+    }
+
+    /// Adam's β1 for optimizer step `step`, where the schedule sets it (OneCycle with
+    /// cycle_momentum, as PyTorch's OneCycleLR): max_momentum → base_momentum while the rate
+    /// rises, back to max_momentum while it falls (three phases: stays at max_momentum during
+    /// the annihilation).
+    pub fn beta1(&self, step: usize) -> Option<f64> {
+        match self {
+            LrSchedule::OneCycle {
+                cycle_momentum: true,
+                base_momentum,
+                max_momentum,
+                ..
+            } => {
+                let (phase, pct) = self.one_cycle_phase(step);
+                let (a, b) = match phase {
+                    0 => (*max_momentum, *base_momentum),
+                    1 => (*base_momentum, *max_momentum),
+                    _ => (*max_momentum, *max_momentum),
+                };
+                Some(cos_anneal(a, b, pct))
+            }
+            _ => None,
+        }
+    }
+
+    /// OneCycle's phase at `step` and the fraction of it done (PyTorch's phase end steps:
+    /// pct_start·total − 1, then 2·pct_start·total − 2 with three phases, then total − 1).
+    fn one_cycle_phase(&self, step: usize) -> (usize, f64) {
+        let LrSchedule::OneCycle {
+            total_steps,
+            pct_start,
+            three_phase,
+            ..
+        } = self
+        else {
+            return (0, 0.0);
+        };
+        let total = *total_steps as f64;
+        let s = (step.min(total_steps.saturating_sub(1))) as f64;
+        let up_end = pct_start * total - 1.0;
+        let ends: &[f64] = if *three_phase {
+            &[up_end, 2.0 * pct_start * total - 2.0, total - 1.0]
+        } else {
+            &[up_end, total - 1.0]
+        };
+        let mut start_step = 0.0;
+        for (i, &end_step) in ends.iter().enumerate() {
+            if s <= end_step || i == ends.len() - 1 {
+                let pct = ((s - start_step) / (end_step - start_step)).clamp(0.0, 1.0);
+                return (i, if pct.is_finite() { pct } else { 1.0 });
+            }
+            start_step = end_step;
+        }
+        (ends.len() - 1, 1.0)
     }
 }
 
@@ -195,6 +265,9 @@ mod tests {
             div_factor: 25.0,
             final_div_factor: 1e4,
             three_phase: false,
+            cycle_momentum: true,
+            base_momentum: 0.85,
+            max_momentum: 0.95,
         };
         assert!(close(s.lr(0), 4e-5));
         // Peak at step pct*total - 1 = 29.
@@ -211,11 +284,31 @@ mod tests {
             div_factor: 10.0,
             final_div_factor: 10.0,
             three_phase: true,
+            cycle_momentum: true,
+            base_momentum: 0.85,
+            max_momentum: 0.95,
         };
         assert!(close(t.lr(29), 1e-4));
         assert!(close(t.lr(58), 1e-5));
         assert!(close(t.lr(99), 1e-6));
         assert!(t.lr(70) < 1e-5 && t.lr(70) > 1e-6);
+        // β1 as PyTorch's OneCycleLR(cycle_momentum=True): 0.95 at the start, 0.85 at the
+        // peak, back to 0.95 at the end (half-way 0.90); three phases hold 0.95 at the end.
+        assert!(close(s.beta1(0).unwrap(), 0.95));
+        assert!(close(s.beta1(29).unwrap(), 0.85));
+        assert!(close(s.beta1(64).unwrap(), 0.90));
+        assert!(close(s.beta1(99).unwrap(), 0.95));
+        assert!(close(t.beta1(29).unwrap(), 0.85));
+        assert!(close(t.beta1(58).unwrap(), 0.95));
+        assert!(close(t.beta1(80).unwrap(), 0.95));
+        // torch 2.15 OneCycleLR(max_lr=1e-4, total_steps=100, div 10, final 10, three_phase):
+        assert!(close(t.beta1(40).unwrap(), 0.8814930922330042));
+        assert_eq!(LrSchedule::Constant { lr: 1e-3 }.beta1(3), None);
+        let mut fixed = s.clone();
+        if let LrSchedule::OneCycle { cycle_momentum, .. } = &mut fixed {
+            *cycle_momentum = false;
+        }
+        assert_eq!(fixed.beta1(29), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! [`fit`].
 //!
 //! It gives every model the same guarantees: mini-batches from a per-epoch shuffle, Adam with a
-//! learning-rate schedule indexed by optimizer step and optional global gradient-norm clipping,
+//! learning-rate schedule indexed by optimizer step (OneCycle also cycles β1, as PyTorch's
+//! OneCycleLR does; see [`crate::optim`]) and optional global gradient-norm clipping,
 //! validation every N steps (or every epoch) with the best weights kept, a wall-clock deadline,
 //! progress callbacks, and **periodic checkpoints** written atomically to one file: the current
 //! weights, the optimizer state (Adam moments and step counter, as burn records that keep the
@@ -23,7 +24,8 @@
 
 use crate::schedule::LrSchedule;
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use crate::optim::{Beta1, CycledAdam};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Tensor};
 use rand::seq::SliceRandom;
@@ -455,17 +457,14 @@ pub fn fit<M: Module, T: Task<M>>(
     } else {
         settings.eval_every
     };
-    let mut adam = AdamConfig::new().with_epsilon(1e-8);
-    if let Some(c) = settings.grad_clip {
-        adam = adam.with_grad_clipping(Some(
-            burn::optim::grad_clipping::GradientClippingConfig::Norm(c as f32),
-        ));
-    }
+    // Adam (ε = 1e-8) whose β1 the schedule may cycle (OneCycle, as PyTorch's OneCycleLR).
+    let beta1 = Beta1::new(crate::schedule::DEFAULT_BETA1);
+    let adam = || CycledAdam::new(beta1.clone(), 1e-8).into_module_optimizer(settings.grad_clip);
     let ckpt = control.checkpoint.as_ref();
     let resume_from = ckpt.filter(|c| c.resume && c.path.exists());
     let (mut st, mut model, mut best, mut optim) = match resume_from {
         Some(c) => {
-            let (st, m, b, o) = read_checkpoint(&c.path, model, adam.init())?;
+            let (st, m, b, o) = read_checkpoint(&c.path, model, adam())?;
             if st.seed != control.seed {
                 return Err(NnError::format(
                     &c.path,
@@ -507,7 +506,7 @@ pub fn fit<M: Module, T: Task<M>>(
                 seed: control.seed,
             };
             let best = model.clone();
-            (st, model, best, adam.init())
+            (st, model, best, adam())
         }
     };
     let seconds_before = st.seconds;
@@ -540,6 +539,9 @@ pub fn fit<M: Module, T: Task<M>>(
             st.loss_sum += v;
             st.loss_n += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
+            if let Some(b) = settings.schedule.beta1(st.step) {
+                beta1.set(b);
+            }
             model = optim.step(settings.schedule.lr(st.step), model, grads);
             st.step += 1;
             st.batch_in_epoch += 1;

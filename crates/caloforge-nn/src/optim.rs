@@ -1,0 +1,158 @@
+//! Adam whose β1 the learning-rate schedule may change between steps.
+//!
+//! PyTorch's `OneCycleLR` (the schedule of the iCaloFlow reference code) cycles Adam's β1
+//! between 0.95 and 0.85 inversely to the learning rate, and `torch.optim.Adam` uses the current
+//! β1 both in the first-moment update and in its bias correction `1 − β1ᵗ`. burn's `Adam` fixes
+//! β1 at construction, so caloforge's training loop uses [`CycledAdam`]: the same update (ε added
+//! to `sqrt(v̂)` as in PyTorch), reading β1 from a shared [`Beta1`] cell that the loop sets
+//! before every step. Its per-parameter state is burn's [`AdamState`], so checkpoints written
+//! with burn's Adam load unchanged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use burn::optim::{AdamState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer};
+use burn::tensor::{Device, Tensor};
+
+/// The β1 that the next optimizer step uses, shared between the loop and the optimizer.
+#[derive(Clone, Debug)]
+pub struct Beta1(Arc<AtomicU64>);
+
+impl Beta1 {
+    /// A cell holding `beta1`.
+    pub fn new(beta1: f64) -> Self {
+        Beta1(Arc::new(AtomicU64::new(beta1.to_bits())))
+    }
+    /// Sets β1 for the following steps.
+    pub fn set(&self, beta1: f64) {
+        self.0.store(beta1.to_bits(), Ordering::Relaxed);
+    }
+    /// The current β1.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Adam (PyTorch's update, no weight decay) with β1 read from a [`Beta1`] cell at every step.
+#[derive(Clone, Debug)]
+pub struct CycledAdam {
+    beta1: Beta1,
+    beta2: f64,
+    epsilon: f64,
+}
+
+impl CycledAdam {
+    /// Adam with β2 = 0.999 and ε = `epsilon`, β1 from `beta1`.
+    pub fn new(beta1: Beta1, epsilon: f64) -> Self {
+        CycledAdam {
+            beta1,
+            beta2: 0.999,
+            epsilon,
+        }
+    }
+
+    /// The whole-module optimizer, clipping the gradients' global norm to `grad_clip` if set.
+    pub fn into_module_optimizer(self, grad_clip: Option<f64>) -> ModuleOptimizer {
+        let optim = ModuleOptimizer::from(self);
+        match grad_clip {
+            Some(c) => optim.with_grad_clipping(
+                burn::optim::grad_clipping::GradientClippingConfig::Norm(c as f32).init(),
+            ),
+            None => optim,
+        }
+    }
+}
+
+impl Optimizer for CycledAdam {
+    type State<const D: usize> = AdamState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let (b1, b2) = (self.beta1.get(), self.beta2);
+        let m = match state {
+            Some(AdamState { mut momentum }) => {
+                momentum.moment_1 = momentum
+                    .moment_1
+                    .mul_scalar(b1)
+                    .add(grad.clone().mul_scalar(1.0 - b1));
+                momentum.moment_2 = momentum
+                    .moment_2
+                    .mul_scalar(b2)
+                    .add(grad.square().mul_scalar(1.0 - b2));
+                momentum.time += 1;
+                momentum
+            }
+            None => AdaptiveMomentumState::new(
+                1,
+                grad.clone().mul_scalar(1.0 - b1),
+                grad.square().mul_scalar(1.0 - b2),
+            ),
+        };
+        // PyTorch: p -= lr / (1 − β1ᵗ) · m / (sqrt(v) / sqrt(1 − β2ᵗ) + ε), the corrections in
+        // double precision.
+        let t = m.time as i32;
+        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        let factor = lr * bc2_sqrt / (1.0 - b1.powi(t));
+        let update = m
+            .moment_1
+            .clone()
+            .mul_scalar(factor)
+            .div(m.moment_2.clone().sqrt().add_scalar(self.epsilon * bc2_sqrt));
+        (tensor - update, Some(AdamState::new(m)))
+    }
+
+    fn to_device<const D: usize>(mut state: Self::State<D>, device: &Device) -> Self::State<D> {
+        state.momentum = state.momentum.to_device(device);
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    /// Three steps of PyTorch's Adam with β1 changing between steps, written out in f64:
+    /// m = β1ₜ m + (1 − β1ₜ) g, v = β2 v + (1 − β2) g², p −= lr/(1 − β1ₜᵗ) · m/(√v/√(1 − β2ᵗ) + ε).
+    #[test]
+    fn matches_pytorch_adam_with_changing_beta1() {
+        let device = Device::default();
+        let beta1 = Beta1::new(0.95);
+        let opt = CycledAdam::new(beta1.clone(), 1e-8);
+        let p0 = [0.5f64, -1.25, 2.0];
+        let grads = [[0.3f64, -0.2, 1e-3], [-0.1, 0.4, 2e-3], [0.25, 0.05, -5e-4]];
+        let betas = [0.95, 0.9, 0.87];
+        let lrs = [1e-2, 3e-2, 2e-2];
+        let mut p = Tensor::<1>::from_data(TensorData::new(p0.map(|v| v as f32).to_vec(), [3]), &device);
+        let mut state = None;
+        let (mut pe, mut m, mut v) = (p0, [0.0f64; 3], [0.0f64; 3]);
+        for k in 0..3 {
+            beta1.set(betas[k]);
+            let g = Tensor::<1>::from_data(TensorData::new(grads[k].map(|v| v as f32).to_vec(), [3]), &device);
+            let (np, ns) = opt.step(lrs[k], p, g, state);
+            (p, state) = (np, ns);
+            let t = (k + 1) as i32;
+            for i in 0..3 {
+                let g = grads[k][i] as f32 as f64;
+                m[i] = betas[k] * m[i] + (1.0 - betas[k]) * g;
+                v[i] = 0.999 * v[i] + 0.001 * g * g;
+                let denom = v[i].sqrt() / (1.0 - 0.999f64.powi(t)).sqrt() + 1e-8;
+                pe[i] -= lrs[k] / (1.0 - betas[k].powi(t)) * m[i] / denom;
+            }
+        }
+        let got: Vec<f32> = p.into_data().to_vec().unwrap();
+        for i in 0..3 {
+            assert!(
+                (got[i] as f64 - pe[i]).abs() < 1e-6,
+                "parameter {i}: {} vs {}",
+                got[i],
+                pe[i]
+            );
+        }
+    }
+}
