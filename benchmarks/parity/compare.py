@@ -3,7 +3,7 @@
 best validation losses (mean +- spread over seeds) and draws them into a PNG.
 
 usage: compare.py --caloforge cf1.json,cf2.json,... --reference ref1.json,... --png out.png
-       [--flow flow1]
+       [--flow flow1] [--title T] [--ylabel L] [--log]
 A caloforge file is a model_card.json (its flows.<flow>.report.history is read); a reference
 file is the JSON written by icaloflow_reference.py.
 """
@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--flow", default="flow1")
     ap.add_argument("--png")
     ap.add_argument("--title", default="")
+    ap.add_argument("--ylabel", default="validation NLL (nats per shower)")
+    ap.add_argument("--log", action="store_true", help="logarithmic loss axis")
     a = ap.parse_args()
     runs = {
         "caloforge": [history(p, a.flow) for p in a.caloforge.split(",")],
@@ -61,9 +63,11 @@ def main():
                 s, v = zip(*h)
                 ax.plot(s, v, color=color, alpha=0.8, label=name if i == 0 else None)
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("validation NLL (nats per shower)")
+        ax.set_ylabel(a.ylabel)
         vals = [v for hs in runs.values() for h in hs for _, v in h[1:]]
-        if vals:
+        if a.log:
+            ax.set_yscale("log")
+        elif vals:
             ax.set_ylim(min(vals) - 2, np.percentile(vals, 90) + 2)
         ax.set_title(a.title)
         ax.legend()

@@ -20,8 +20,9 @@
 //! reference code would produce NaN.
 //!
 //! Teachers are MAFs (8 MADE-RQS blocks); students are IAFs with the same blocks and
-//! permutations, distilled from the frozen teacher (x-pass, z-pass and per-MADE terms for Flow-2,
-//! x-pass for Flow-3). Flow-1 is never distilled: students reuse the teacher's.
+//! permutations, distilled from the frozen teacher with the reference's "fully guided" loss
+//! (x-pass, z-pass, intermediate states and MADE outputs; the small CPU presets' Flow-3 uses
+//! the x-pass only). Flow-1 is never distilled: students reuse the teacher's.
 
 use crate::registry::{ModelInfo, PartTimer, StepTiming};
 use crate::{
@@ -272,6 +273,55 @@ pub struct ICaloFlow {
     pub card: ModelCard,
     flows: Vec<Flow>,
     fast: Vec<FastFlow>,
+}
+
+/// The flows of a trained teacher that a student's training needs: Flow-1 (copied into the
+/// student) where the teacher has it, and the teacher of every flow being distilled.
+struct TeacherFlows {
+    cfg: ICaloFlowConfig,
+    flow1: Option<(Flow, FlowCard)>,
+    distilled: Vec<(usize, Flow)>,
+}
+
+impl TeacherFlows {
+    fn load(dir: &Path, parts: &[usize]) -> Result<Self> {
+        let cp = dir.join("config.toml");
+        let text = std::fs::read_to_string(&cp)
+            .map_err(|e| ModelError::file(&cp, format!("not a model directory ({e})")))?;
+        let cfg = ICaloFlowConfig::from_toml(&text).map_err(|e| ModelError::file(&cp, e))?;
+        let mp = dir.join("model_card.json");
+        let card: ModelCard = crate::read_card(&mp)?;
+        let device = caloforge_nn::burn::tensor::Device::flex();
+        let load = |k: usize| -> Result<Option<(Flow, FlowCard)>> {
+            match card.flows.get(&format!("flow{k}")) {
+                Some(fc) => Ok(Some((
+                    load_flow(&flow_path(dir, k), &fc.config, &device)?,
+                    fc.clone(),
+                ))),
+                None => Ok(None),
+            }
+        };
+        let mut distilled = Vec::new();
+        for &k in parts.iter().filter(|&&k| k != 1) {
+            let (f, _) = load(k)?.ok_or_else(|| {
+                ModelError::file(
+                    &mp,
+                    format!("the teacher's flow{k} was not trained (train it with --flows {k})"),
+                )
+            })?;
+            distilled.push((k, f));
+        }
+        Ok(TeacherFlows {
+            flow1: load(1)?,
+            cfg,
+            distilled,
+        })
+    }
+
+    /// The teacher of flow `k` (one of the loaded parts).
+    fn flow(&self, k: usize) -> &Flow {
+        &self.distilled.iter().find(|(j, _)| *j == k).expect("loaded part").1
+    }
 }
 
 /// Showers with their layer energies, and the indices used for one split.
@@ -738,7 +788,7 @@ impl ICaloFlow {
         }
         let teacher = match (cfg.role, &opts.teacher) {
             (Role::Student, Some(t)) => {
-                let t = ICaloFlow::load(t)?;
+                let t = TeacherFlows::load(t, &parts)?;
                 if t.cfg.role != Role::Teacher || t.cfg.dataset != cfg.dataset {
                     return Err(ModelError::Config(format!(
                         "--teacher: the teacher must be a dataset-{} iCaloFlow teacher",
@@ -818,11 +868,10 @@ impl ICaloFlow {
             flows: old_card.map(|c| c.flows).unwrap_or_default(),
             updated_unix: unix_time(),
         };
-        if let Some(t) = &teacher {
+        if let Some((f1, c1)) = teacher.as_ref().and_then(|t| t.flow1.as_ref()) {
             // Students reuse the teacher's Flow-1.
-            save_flow(&t.flows[0], &flow_path(&opts.out, 1))?;
-            card.flows
-                .insert("flow1".into(), t.card.flows["flow1"].clone());
+            save_flow(f1, &flow_path(&opts.out, 1))?;
+            card.flows.insert("flow1".into(), c1.clone());
         }
         let to_train: Vec<usize> = parts
             .iter()
@@ -853,7 +902,7 @@ impl ICaloFlow {
                     hidden: st.hidden,
                     n_hidden: st.n_hidden,
                     kind: FlowKind::Iaf,
-                    ..t.flows[k - 1].cfg.clone()
+                    ..t.flow(k).cfg.clone()
                 },
             };
             fc.validate()?;
@@ -902,7 +951,7 @@ impl ICaloFlow {
                     train_maf(flow0, run, &mut bar)?
                 }
                 Some(t) => {
-                    let tf = &t.flows[k - 1];
+                    let tf = t.flow(k);
                     let terms = st.distill.ok_or_else(|| {
                         ModelError::Config(format!("flow{k}: a student needs [flow{k}.distill]"))
                     })?;

@@ -354,3 +354,35 @@ mod training {
         assert!(m2.abs() < 0.06 && (v1 - 1.0).abs() < 0.1, "{m2} {v1}");
     }
 }
+
+/// The guided distillation terms against the reference's sum written out by hand: batch 2,
+/// 3 features, 3 blocks (2 states between blocks), MADE outputs of 1 × 2 per feature.
+#[test]
+fn guided_terms_are_the_reference_chi2_sum() {
+    let dev = Device::default();
+    let t2 = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [2, 3]), &dev);
+    let t3 = |v: &[f32]| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [2, 3, 1]), &dev);
+    let zeros2 = || t2(&[0.0; 6]);
+    let trace = |s1: &[f32], s2: &[f32], p: [&[f32]; 3]| Trace {
+        x_side: vec![zeros2(), t2(s1), t2(s2)],
+        params: p.iter().map(|v| t3(v)).collect(),
+        z: zeros2(),
+        logdet: Tensor::<1>::zeros([2], &dev),
+    };
+    let a = trace(
+        &[1.0, 0.0, 0.0, 0.0, 0.0, 2.0],
+        &[0.0; 6],
+        [&[1.0, 1.0, 0.0, 0.0, 0.0, 0.0], &[0.0; 6], &[0.0, 0.0, 0.0, 0.0, 0.0, 3.0]],
+    );
+    let b = trace(&[0.0; 6], &[0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [&[0.0; 6]; 3]);
+    let end_s = t2(&[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    let scalar = |t: Tensor<1>| t.into_data().to_vec::<f32>().unwrap()[0] as f64;
+    // chi2 = Σ over features / batch 2: end (0.25)/2, states (1 + 4)/2 and 1/2, MADE (2)/2 and 9/2.
+    let end = 0.25 / 2.0;
+    let states = 5.0 / 2.0 + 1.0 / 2.0;
+    let made = 2.0 / 2.0 + 9.0 / 2.0;
+    let with = scalar(train::guided_terms(&a, &b, end_s.clone(), zeros2(), true));
+    let without = scalar(train::guided_terms(&a, &b, end_s, zeros2(), false));
+    assert!((with - (2.0 * end + 2.0 * states + made)).abs() < 1e-6, "{with}");
+    assert!((without - (2.0 * end + 2.0 * states)).abs() < 1e-6, "{without}");
+}

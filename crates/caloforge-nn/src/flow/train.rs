@@ -3,7 +3,7 @@
 //! kept, a wall-clock budget, and safetensors checkpoints.
 
 use super::fast::FastFlow;
-use super::{Flow, FlowConfig, FlowKind, FlowNet};
+use super::{Flow, FlowConfig, FlowKind, FlowNet, Trace};
 use crate::train::{fit, Control, NnError, Result, Task};
 pub use crate::train::{Progress, TrainReport, TrainSettings, ValPoint};
 use burn::module::Module;
@@ -176,30 +176,67 @@ pub fn train_maf(
     fit_flow(flow, run, loss, val_fn, progress)
 }
 
-/// Which terms the distillation loss uses (iCaloFlow, after Ian Pang's "fully guided" student).
+/// Which terms the distillation loss uses (iCaloFlow's "fully guided" student, run.py
+/// `train_flow_{2,3}_student`).
+///
+/// Every term is the reference's `chi2_loss`: squared differences summed over the features
+/// (and over a MADE output's spline parameters), averaged over the batch. The reference
+/// compares the states after every transform of its `GuidedCompositeTransform`, permutations
+/// included, and also adds the end-to-end term once more; caloforge writes the same sum out:
+///
+/// * x-pass (data x → teacher z → student x′):
+///   `2·chi2(x′, x) + 2·Σₖ chi2(state_k) [+ Σ_blocks chi2(MADE outputs)]`, the states being
+///   the 7 (blocks − 1) states between blocks, each counted before and after its permutation;
+/// * z-pass (z ~ N(0, 1) → student x′ → teacher z′, gradients through the frozen teacher):
+///   `2·chi2(z′, z) + 2·Σₖ chi2(state_k) [+ Σ_blocks chi2(MADE outputs)]`;
+/// * loss = β·x-pass + (1 − β)·z-pass (only one pass: that pass alone).
+///
+/// The MADE outputs compared are the student's (an IAF's, computed from the z-side input of
+/// the block) and the teacher's (a MAF's, from the x-side input), as in the reference.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DistillLoss {
-    /// x-pass: data x → teacher z → student x'; MSE(x', x) and the states between blocks.
+    /// x-pass: data x → teacher z → student x′.
     pub x_pass: bool,
-    /// z-pass: z ~ N(0, 1) → student x' → teacher z'; MSE(z', z).
+    /// z-pass: z ~ N(0, 1) → student x′ → teacher z′.
     pub z_pass: bool,
-    /// Also match every block's MADE outputs in the x-pass.
+    /// Also match every block's MADE outputs (the reference always does).
     pub per_made: bool,
-    /// Weight of the x terms: loss = β·x terms + (1 − β)·z term.
+    /// Weight of the x-pass: loss = β·x-pass + (1 − β)·z-pass (the reference's `--beta`, 0.5).
     pub beta: f64,
 }
 
-fn mse(a: Tensor<2>, b: Tensor<2>) -> Tensor<1> {
-    (a - b).powf_scalar(2.0).mean()
+/// The reference's `chi2_loss`: Σ over everything but the batch of (a − b)², batch mean.
+fn chi2<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<1> {
+    let n = a.dims()[0].max(1) as f64;
+    (a - b).powf_scalar(2.0).sum() / n
 }
 
-fn mse3(a: Tensor<3>, b: Tensor<3>) -> Tensor<1> {
-    (a - b).powf_scalar(2.0).mean()
+/// The guided terms of one pass: the student's trace against the teacher's, end to end
+/// (`student_end` against `teacher_end`) counted twice, every state between blocks twice, and
+/// the MADE outputs once.
+pub(super) fn guided_terms(
+    student: &Trace,
+    teacher: &Trace,
+    student_end: Tensor<2>,
+    teacher_end: Tensor<2>,
+    per_made: bool,
+) -> Tensor<1> {
+    let mut t = chi2(student_end, teacher_end) * 2.0;
+    for k in 1..student.x_side.len() {
+        t = t + chi2(student.x_side[k].clone(), teacher.x_side[k].clone()) * 2.0;
+    }
+    if per_made {
+        for k in 0..student.params.len() {
+            t = t + chi2(student.params[k].clone(), teacher.params[k].clone());
+        }
+    }
+    t
 }
 
 /// Trains the IAF `student` to reproduce the frozen MAF `teacher` (same features, context,
-/// blocks and permutations). Validation loss: mean squared error of the student's x for the
-/// teacher's z of the validation data (the x-pass, fast engines).
+/// blocks and permutations) with the loss of [`DistillLoss`]. Validation loss: chi2 (Σ over
+/// the features of the squared difference, mean over samples) between the validation data and
+/// the student's x for the teacher's z of it (the x-pass, fast engines).
 pub fn distill(
     student: Flow,
     teacher: &Flow,
@@ -223,11 +260,21 @@ pub fn distill(
             "distillation needs the x-pass or the z-pass".into(),
         ));
     }
+    if !(terms.beta.is_finite() && (0.0..=1.0).contains(&terms.beta)) {
+        return Err(NnError::Config(format!(
+            "distillation beta must be in [0, 1], got {}",
+            terms.beta
+        )));
+    }
     let device = student.device();
     let frozen = teacher.clone().map_net(|n| n.no_grad());
     let fast_teacher = FastFlow::from_flow(teacher);
     let (val_z, _) = fast_teacher.log_prob(&val.x, &val.ctx);
     let d = train.dims().0;
+    let (wx, wz) = match (terms.x_pass, terms.z_pass) {
+        (true, true) => (terms.beta, 1.0 - terms.beta),
+        (x, _) => (x as u8 as f64, !x as u8 as f64),
+    };
     let loss = move |f: &Flow, idx: &[usize], rng: &mut ChaCha8Rng| {
         let (x, c) = batch_tensors(train, idx, rng, &device);
         let mut total: Option<Tensor<1>> = None;
@@ -239,18 +286,11 @@ pub fn distill(
             });
         };
         if terms.x_pass {
+            // The teacher is frozen and x is data: nothing here reaches the student's gradient.
             let tt = frozen.forward_trace(x.clone(), c.clone());
-            let st = f.inverse_trace(tt.z.clone().detach(), c.clone());
-            let mut xl = mse(st.x_side[0].clone(), x.clone());
-            for k in 1..st.x_side.len() {
-                xl = xl + mse(st.x_side[k].clone(), tt.x_side[k].clone().detach());
-            }
-            if terms.per_made {
-                for k in 0..st.params.len() {
-                    xl = xl + mse3(st.params[k].clone(), tt.params[k].clone().detach());
-                }
-            }
-            add(xl, if terms.z_pass { terms.beta } else { 1.0 });
+            let st = f.inverse_trace(tt.z.clone(), c.clone());
+            let xs = st.x_side[0].clone();
+            add(guided_terms(&st, &tt, xs, x.clone(), terms.per_made), wx);
         }
         if terms.z_pass {
             let n = idx.len();
@@ -259,29 +299,35 @@ pub fn distill(
                 .collect();
             let z = Tensor::<2>::from_data(TensorData::new(zs, [n, d]), &device);
             let st = f.inverse_trace(z.clone(), c.clone());
-            let tz = frozen.forward_trace(st.x_side[0].clone(), c);
-            add(
-                mse(tz.z, z),
-                if terms.x_pass { 1.0 - terms.beta } else { 1.0 },
-            );
+            let tt = frozen.forward_trace(st.x_side[0].clone(), c);
+            let tz = tt.z.clone();
+            add(guided_terms(&st, &tt, z, tz, terms.per_made), wz);
         }
         total.expect("distillation needs the x-pass or the z-pass")
     };
     let val_fn = move |f: &Flow| {
         let (xs, _) = FastFlow::from_flow(f).sample_from_base(&val_z, &val.ctx);
+        let n = val.x.len() / d.max(1);
         xs.iter()
             .zip(&val.x)
             .map(|(a, b)| ((a - b) as f64).powi(2))
             .sum::<f64>()
-            / xs.len().max(1) as f64
+            / n.max(1) as f64
     };
     fit_flow(student, run, loss, val_fn, progress)
 }
 
-/// Saves the flow's weights as safetensors (its configuration in the metadata), atomically.
+/// Saves the flow's weights as safetensors (its configuration and its permutations in the
+/// metadata), atomically.
 pub fn save_flow(flow: &Flow, path: &Path) -> Result<()> {
     let cfg = serde_json::to_string(&flow.cfg).map_err(|e| NnError::format(path, e))?;
-    let store = SafetensorsStore::from_bytes(None).metadata("caloforge_flow_config", cfg);
+    // The permutations between blocks, written out (caloforge derives them from the config's
+    // seed) so that other tools (the PyTorch parity scripts) can rebuild the flow.
+    let perms =
+        serde_json::to_string(&flow.cfg.permutations()).map_err(|e| NnError::format(path, e))?;
+    let store = SafetensorsStore::from_bytes(None)
+        .metadata("caloforge_flow_config", cfg)
+        .metadata("caloforge_flow_permutations", perms);
     crate::weights::save(&flow.net.valid(), store, path)
 }
 
