@@ -7,11 +7,11 @@ training loop on synthetic batches). PyTorch: the same step written as the refer
 it, on standard-normal synthetic data (a step costs the same whatever the values):
   * iCaloFlow teacher flows: nflows MAF (MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
     as benchmarks/icaloflow_torch.py), loss -log_prob(x | ctx).mean(), Adam;
-  * iCaloFlow student flows: an IAF (nflows InverseTransform of the same blocks) distilled from an
-    untrained MAF teacher of the dataset's teacher preset: x-pass (teacher x -> z without grad,
-    student z -> x', MSE of x' and of every intermediate state), plus, when the preset asks, the
-    z-pass (z -> student x' -> teacher z', MSE to z) and the per-MADE output terms are not
-    reproduced (the x-pass dominates; Flow-3's preset uses the x-pass only);
+  * iCaloFlow student flows: run.py's IAF student and its "fully guided" distillation loss
+    (benchmarks/parity/icaloflow_reference.py `build_student`, `student_loss`: x-pass and z-pass,
+    every state and MADE output, beta from the preset) from an untrained MAF teacher of the
+    dataset's teacher preset, when the preset has both passes and the per-MADE terms; otherwise
+    the x-pass alone (teacher x -> z without grad, student z -> x', chi2 of x' and every state);
   * CaloDiffusion: the U-Net of benchmarks/calodiffusion_torch.py, epsilon-prediction MSE at a
     random step of the cosine schedule, Adam.
 Each part: one untimed step, then N timed steps; mean wall seconds per step.
@@ -33,6 +33,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "parity"))
 PRESETS = os.path.join(HERE, "..", "crates", "caloforge-models", "presets")
 
 
@@ -78,27 +79,29 @@ def icaloflow_parts(cfg, steps, batch):
                 opt.step()
             what = "maximum likelihood"
         else:
-            ts = teacher_cfg[f"flow{k}"]
-            teacher = build(d, c, ts["hidden"], ts["n_hidden"]).eval()
-            stu = build(d, c, st["hidden"], st["n_hidden"], iaf=True).train()
+            import icaloflow_reference as ref
+            ts, dist = teacher_cfg[f"flow{k}"], st["distill"]
+            teacher = ref.build_flow(d, c, ts["hidden"], ts["n_hidden"], ts["blocks"], ts["bins"],
+                                     ts["tail_bound"]).eval().requires_grad_(False)
+            # Blocks, bins and tail bound are the teacher's (as caloforge's students).
+            stu = ref.build_student(teacher, d, c, st["hidden"], st["n_hidden"], ts["blocks"],
+                                    ts["bins"], ts["tail_bound"]).train()
             opt = torch.optim.Adam(stu.parameters(), lr=1e-4)
-            t_blocks = list(teacher._transform._transforms)
-            s_blocks = list(stu._transform._transforms)
+            full = dist["x_pass"] and dist["z_pass"] and dist["per_made"]
+            gen = torch.Generator().manual_seed(0)
 
             def step():
                 opt.zero_grad()
-                with torch.no_grad():  # teacher x -> z, keeping the states between blocks
-                    states, h = [x], x
-                    for t in t_blocks:
-                        h, _ = t(h, context=ctx)
-                        states.append(h)
-                h, loss = states[-1], 0.0
-                for i in reversed(range(len(s_blocks))):  # student z -> x
-                    h, _ = s_blocks[i].inverse(h, context=ctx)
-                    loss = loss + ((h - states[i]) ** 2).mean()
+                if full:
+                    loss = ref.student_loss(teacher, stu, x, ctx, dist["beta"], gen)
+                else:
+                    with torch.no_grad():
+                        tz, st_t, _ = ref.guided(teacher, x, ctx, "forward")
+                    _, st_s, _ = ref.guided(stu, tz, ctx, "inverse")
+                    loss = sum(ref.chi2(s_, st_t[-i - 1]) for i, s_ in enumerate(st_s))
                 loss.backward()
                 opt.step()
-            what = "distillation (x-pass)"
+            what = "distillation (x- and z-pass, guided)" if full else "distillation (x-pass)"
         rows.append({"part": f"flow{k}", "batch": bs, "what": what,
                      "seconds_per_step": time_steps(step, steps)})
     return rows

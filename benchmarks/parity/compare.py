@@ -4,8 +4,9 @@ best validation losses (mean +- spread over seeds) and draws them into a PNG.
 
 usage: compare.py --caloforge cf1.json,cf2.json,... --reference ref1.json,... --png out.png
        [--flow flow1] [--title T] [--ylabel L] [--log]
-A caloforge file is a model_card.json (its flows.<flow>.report.history is read); a reference
-file is the JSON written by icaloflow_reference.py.
+A caloforge file is a model_card.json (its flows.<flow>.report.history is read) or a copy of one
+flow's report (benchmarks/parity/results); a reference file is the JSON written by
+icaloflow_reference.py.
 """
 import argparse
 import json
@@ -17,6 +18,8 @@ def history(path, flow):
     d = json.load(open(path))
     if "flows" in d:
         h = d["flows"][flow]["report"]["history"]
+    elif "report" in d:  # benchmarks/parity/results/*_caloforge_*.json
+        h = d["report"]["history"]
     else:
         h = d["history"]
     return [(p["step"], p["val_loss"]) for p in h if p.get("val_loss") is not None]
@@ -52,7 +55,15 @@ def main():
               f"max {b.max():.3f} over {len(b)} seeds  ({', '.join(f'{x:.3f}' for x in b)})")
     lo, hi = best["reference"].min(), best["reference"].max()
     inside = all(lo - 1e-9 <= x <= hi + 1e-9 for x in best["caloforge"])
-    print(f"caloforge within the reference's seed range [{lo:.3f}, {hi:.3f}]: {inside}")
+    print(f"caloforge within the reference's seed range [{lo:.3f}, {hi:.3f}]: every seed {inside}, "
+          f"mean {lo - 1e-9 <= best['caloforge'].mean() <= hi + 1e-9}")
+    c, r = best["caloforge"], best["reference"]
+    if len(c) > 1 and len(r) > 1:
+        se = np.sqrt(c.var(ddof=1) / len(c) + r.var(ddof=1) / len(r))
+        print(f"difference of the means {c.mean() - r.mean():+.3f} "
+              f"(Welch t = {(c.mean() - r.mean()) / se if se > 0 else float('nan'):+.2f}); "
+              f"seed-to-seed standard deviation caloforge {c.std(ddof=1):.3f}, "
+              f"reference {r.std(ddof=1):.3f}")
     if a.png:
         import matplotlib
         matplotlib.use("Agg")

@@ -28,8 +28,18 @@ Differences, all shared with caloforge so that the two are compared on equal ter
   the reference redraws it at every evaluation;
 - the permutations and the initial weights come from `--seed`.
 
+Student mode (--student-of FLOWK.safetensors, a caloforge MAF teacher converted to nflows: same
+MADE weights and permutations): run.py `build_flow_student` and `train_flow_{2,3}_student`:
+IAF blocks (`IAFRQS`, the MAF-RQS with its elementwise directions swapped, wrapped in
+`InverseTransform`) with the teacher's permutations; loss (1 - beta) z-pass + beta x-pass of
+`chi2_loss` terms (sum over features, batch mean) on the output, every state after every
+transform and every MADE output (`GuidedCompositeTransform`, `return_steps`, `return_p`); the
+preset's student schedule (OneCycle with its beta1 range). Validation: chi2 of the student's x
+for the teacher's z of the held-out samples (caloforge's); the reference's own selection uses
+the KL of training batches.
+
 usage: icaloflow_reference.py [--flow K] --data F.h5 --preset P.toml --seed S --out H.json [--threads 1]
-       [--no-momentum-cycle] [--dtype float32]
+       [--no-momentum-cycle] [--dtype float32] [--save-model W.pt] [--student-of FLOWK.safetensors]
 needs: torch, nflows, h5py, numpy
 """
 import argparse
@@ -61,6 +71,139 @@ def build_flow(features, context, hidden, n_hidden, blocks, bins, tail_bound):
     del layers[-1]
     return flows.Flow(transforms.CompositeTransform(layers),
                       distributions.StandardNormal([features]))
+
+
+class IAFRQS(transforms.MaskedPiecewiseRationalQuadraticAutoregressiveTransform):
+    """run.py's IAF block: the MAF-RQS with its elementwise directions swapped."""
+
+    def _elementwise_forward(self, inputs, autoregressive_params):
+        return self._elementwise(inputs, autoregressive_params, inverse=True)
+
+    def _elementwise_inverse(self, inputs, autoregressive_params):
+        return self._elementwise(inputs, autoregressive_params)
+
+
+def build_student(teacher, features, context, hidden, n_hidden, blocks, bins, tail_bound):
+    """run.py `build_flow_student`: IAF blocks, the teacher's permutations."""
+    perms = [t._permutation.clone() for t in teacher._transform._transforms
+             if hasattr(t, "_permutation")]
+    perms.append(perms[-1])
+    layers = []
+    for i in range(blocks):
+        layers.append(transforms.InverseTransform(IAFRQS(
+            features=features, context_features=context, hidden_features=hidden,
+            num_blocks=n_hidden, use_residual_blocks=False, use_batch_norm=False,
+            dropout_probability=0.0, activation=torch.nn.functional.relu, random_mask=False,
+            num_bins=bins, tails="linear", tail_bound=tail_bound,
+            min_bin_width=1e-6, min_bin_height=1e-6, min_derivative=1e-6)))
+        layers.append(transforms.ReversePermutation(features) if i % 2 == 0
+                      else transforms.Permutation(perms[i]))
+    del layers[-1]
+    return flows.Flow(transforms.CompositeTransform(layers),
+                      distributions.StandardNormal([features]))
+
+
+def guided(flow, inputs, context, direction):
+    """run.py `GuidedCompositeTransform._cascade(return_steps=True, return_p=True)`: the output,
+    the state after every transform (permutations included) and every block's MADE output
+    (an IAF block's from its input in the inverse direction, a MAF block's from its input in
+    the forward direction)."""
+    ts = list(flow._transform._transforms)
+    if direction == "inverse":
+        ts = ts[::-1]
+    out, steps, ps = inputs, [inputs], []
+    for t in ts:
+        func = t.forward if direction == "forward" else t.inverse
+        if isinstance(t, transforms.InverseTransform):
+            if direction == "forward":
+                out, _ = func(out, context)
+                ps.append(t._transform.autoregressive_net(out, context))
+            else:
+                ps.append(t._transform.autoregressive_net(out, context))
+                out, _ = func(out, context)
+        elif hasattr(t, "autoregressive_net"):
+            if direction == "forward":
+                ps.append(t.autoregressive_net(out, context))
+                out, _ = func(out, context)
+            else:
+                out, _ = func(out, context)
+                ps.append(t.autoregressive_net(out, context))
+        else:
+            out, _ = func(out, context)
+        steps.append(out)
+    return out, steps, ps
+
+
+def chi2(a, b):
+    """run.py `chi2_loss`."""
+    return ((a - b) ** 2).sum(dim=1).mean()
+
+
+def student_loss(teacher, student, x, c, beta, gen):
+    """run.py `train_flow_{2,3}_student`: (1 - beta) z-pass + beta x-pass, fully guided."""
+    tz, st_t, p_t = guided(teacher, x, c, "forward")
+    xs, st_s, p_s = guided(student, tz, c, "inverse")
+    lx = chi2(xs, x)
+    lx = lx + sum(chi2(s, st_t[-i - 1]) for i, s in enumerate(st_s))
+    lx = lx + sum(chi2(p, p_t[-i - 1]) for i, p in enumerate(p_s))
+    noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    pts, lst_s, lp_s = guided(student, noise, c, "inverse")
+    tz2, lst_t, lp_t = guided(teacher, pts, c, "forward")
+    lz = chi2(tz2, noise)
+    lz = lz + sum(chi2(s, lst_t[-i - 1]) for i, s in enumerate(lst_s))
+    lz = lz + sum(chi2(p, lp_t[-i - 1]) for i, p in enumerate(lp_s))
+    return (1.0 - beta) * lz + beta * lx
+
+
+def read_safetensors(path):
+    """A caloforge flow file: {name: float64 array} and the metadata."""
+    import struct
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header.pop("__metadata__", {})
+    out = {}
+    for name, h in header.items():
+        if h["dtype"] != "F32":
+            raise SystemExit(f"{path}: {name} is {h['dtype']}, expected F32")
+        a, b = h["data_offsets"]
+        out[name] = np.frombuffer(data[a:b], dtype="<f4").reshape(h["shape"]).astype(np.float64)
+    return out, meta
+
+
+def teacher_from_caloforge(path):
+    """The nflows flow of a caloforge MAF (flowK.safetensors written by caloforge >= the
+    permutation metadata): same MADE weights (burn stores [in, out], torch [out, in]; the masks
+    are the same degree rule), same permutations."""
+    w, meta = read_safetensors(path)
+    cfg = json.loads(meta["caloforge_flow_config"])
+    if "caloforge_flow_permutations" not in meta:
+        raise SystemExit(f"{path}: no permutations in the metadata (saved by an older caloforge)")
+    perms = json.loads(meta["caloforge_flow_permutations"])
+    if cfg["kind"] != "maf":
+        raise SystemExit(f"{path}: a {cfg['kind']}, expected a MAF teacher")
+    flow = build_flow(cfg["features"], cfg["context"], cfg["hidden"], cfg["n_hidden"],
+                      cfg["blocks"], cfg["bins"], cfg["tail_bound"]).to(torch.float64)
+    ts = flow._transform._transforms
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a.T))
+    with torch.no_grad():
+        for k in range(cfg["blocks"]):
+            made = ts[2 * k].autoregressive_net
+            pre = f"made.{k}."
+            made.initial_layer.weight.copy_(t(w[pre + "input.linear.weight"]))
+            made.initial_layer.bias.copy_(torch.from_numpy(w[pre + "input.linear.bias"]))
+            if cfg["context"]:
+                made.context_layer.weight.copy_(t(w[pre + "context.weight"]))
+                made.context_layer.bias.copy_(torch.from_numpy(w[pre + "context.bias"]))
+            for j, blk in enumerate(made.blocks):
+                blk.linear.weight.copy_(t(w[pre + f"hidden.{j}.linear.weight"]))
+                blk.linear.bias.copy_(torch.from_numpy(w[pre + f"hidden.{j}.linear.bias"]))
+            made.final_layer.weight.copy_(t(w[pre + "output.linear.weight"]))
+            made.final_layer.bias.copy_(torch.from_numpy(w[pre + "output.linear.bias"]))
+            if k < cfg["blocks"] - 1:
+                ts[2 * k + 1]._permutation.copy_(torch.tensor(perms[k]))
+    return flow, cfg
 
 
 def logit(x):
@@ -127,7 +270,8 @@ def schedule(opt, sched, total_steps, momentum):
     return torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=sched["max_lr"], total_steps=sched.get("total_steps") or total_steps,
         pct_start=sched.get("pct_start", 0.3), anneal_strategy="cos",
-        cycle_momentum=momentum, base_momentum=0.85, max_momentum=0.95,
+        cycle_momentum=momentum, base_momentum=sched.get("base_momentum", 0.85),
+        max_momentum=sched.get("max_momentum", 0.95),
         div_factor=sched.get("div_factor", 25.0),
         final_div_factor=sched.get("final_div_factor", 1e4),
         three_phase=sched.get("three_phase", False))
@@ -143,6 +287,10 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-momentum-cycle", action="store_true")
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    ap.add_argument("--save-model", help="write the best weights (torch state_dict) here")
+    ap.add_argument("--student-of", metavar="FLOWK.safetensors",
+                    help="distil an IAF student (the preset's [flowK] and [flowK.distill]) "
+                         "from this caloforge teacher flow, as run.py --student_mode")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -168,8 +316,25 @@ def main():
     xv, cv = val.batch(val_rows, gen, dtype)
 
     d, c = train.dims
-    flow = build_flow(d, c, fc["hidden"], fc["n_hidden"], fc["blocks"], fc["bins"],
-                      fc["tail_bound"]).to(dtype)
+    teacher = None
+    if a.student_of:
+        teacher, tcfg = teacher_from_caloforge(a.student_of)
+        if (tcfg["features"], tcfg["context"]) != (d, c):
+            raise SystemExit(f"{a.student_of}: a flow of {tcfg['features']} features and "
+                             f"{tcfg['context']} context inputs, not flow {a.flow}'s {d} and {c}")
+        dist = fc.get("distill") or {}
+        if not (dist.get("x_pass") and dist.get("z_pass") and dist.get("per_made")):
+            raise SystemExit(f"{a.preset}: [{name}.distill] must have x_pass, z_pass and "
+                             "per_made (the reference's loss has every term)")
+        beta = dist["beta"]
+        teacher = teacher.to(dtype)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        flow = build_student(teacher, d, c, fc["hidden"], fc["n_hidden"], fc["blocks"],
+                             fc["bins"], fc["tail_bound"]).to(dtype)
+    else:
+        flow = build_flow(d, c, fc["hidden"], fc["n_hidden"], fc["blocks"], fc["bins"],
+                          fc["tail_bound"]).to(dtype)
     batch, epochs = tc["batch_size"], tc["epochs"]
     steps_per_epoch = math.ceil(len(train) / batch)
     total = steps_per_epoch * epochs
@@ -180,19 +345,38 @@ def main():
     @torch.no_grad()
     def validate():
         flow.eval()
-        nll = -torch.cat([flow.log_prob(xv[i:i + 5000], cv[i:i + 5000])
-                          for i in range(0, len(xv), 5000)]).mean().item()
+        if teacher is None:
+            nll = -torch.cat([flow.log_prob(xv[i:i + 5000], cv[i:i + 5000])
+                              for i in range(0, len(xv), 5000)]).mean().item()
+        else:
+            # caloforge's student validation: chi2 of the student's x for the teacher's z.
+            nll = torch.cat([
+                ((flow._transform.inverse(teacher._transform(xv[i:i + 5000], cv[i:i + 5000])[0],
+                                          cv[i:i + 5000])[0] - xv[i:i + 5000]) ** 2).sum(1)
+                for i in range(0, len(xv), 5000)]).mean().item()
         flow.train()
         return nll
 
+    extra = {}
+    if teacher is not None:
+        with torch.no_grad():
+            extra["teacher_val_nll"] = -torch.cat([
+                teacher.log_prob(xv[i:i + 5000], cv[i:i + 5000])
+                for i in range(0, len(xv), 5000)]).mean().item()
+        print(f"teacher {a.student_of}: validation NLL {extra['teacher_val_nll']:.3f} "
+              "in PyTorch", file=sys.stderr)
     history = [{"step": 0, "val_loss": validate()}]
+    best_state, best_val = None, history[0]["val_loss"]
     step, t0, run = 0, time.time(), 0.0
     for _ in range(epochs):
         order = torch.randperm(len(train), generator=gen)
         for b in range(steps_per_epoch):
             rows = order[b * batch:(b + 1) * batch]
             x, c = train.batch(rows, gen, dtype)
-            loss = -flow.log_prob(x, c).mean()
+            if teacher is None:
+                loss = -flow.log_prob(x, c).mean()
+            else:
+                loss = student_loss(teacher, flow, x, c, beta, gen)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -202,19 +386,25 @@ def main():
             if step % eval_every == 0 or step == total:
                 history.append({"step": step, "train_loss": run / eval_every,
                                 "val_loss": validate()})
+                if a.save_model and history[-1]["val_loss"] < best_val:
+                    best_val = history[-1]["val_loss"]
+                    best_state = {k: v.clone() for k, v in flow.state_dict().items()}
                 run = 0.0
                 el = time.time() - t0
-                print(f"\rreference seed {a.seed}: step {step}/{total}, validation NLL "
+                print(f"\rreference seed {a.seed}: step {step}/{total}, validation loss "
                       f"{history[-1]['val_loss']:.3f}, ETA {el / step * (total - step):.0f} s",
                       end="", file=sys.stderr, flush=True)
     wall = time.time() - t0
     best = min(h["val_loss"] for h in history)
+    if a.save_model:
+        torch.save(best_state or flow.state_dict(), a.save_model)
     json.dump({"implementation": "reference (PyTorch + nflows)", "flow": name, "seed": a.seed,
+               "role": "student" if teacher is not None else "teacher", **extra,
                "dtype": a.dtype, "momentum_cycle": not a.no_momentum_cycle,
                "steps": step, "seconds_per_step": wall / max(step, 1),
                "best_val_loss": best, "history": history}, open(a.out, "w"), indent=1)
     print(file=sys.stderr)
-    print(f"reference seed {a.seed}: best validation NLL {best:.3f} after {step} steps "
+    print(f"reference seed {a.seed}: best validation loss {best:.3f} after {step} steps "
           f"({wall / max(step, 1) * 1e3:.1f} ms/step)")
 
 

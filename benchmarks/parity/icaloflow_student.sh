@@ -9,7 +9,8 @@
 # held-out data), the table of best losses and a PNG.
 #
 # usage: benchmarks/parity/icaloflow_student.sh FLOW [WORKDIR]     (FLOW: 2 or 3)
-#   needs WORKDIR/cf_fFLOW_s1 from `benchmarks/parity/icaloflow.sh FLOW WORKDIR` (same N).
+#   needs WORKDIR/cf_fFLOW_s1 (or seed TEACHER_SEED) from `benchmarks/parity/icaloflow.sh FLOW
+#   WORKDIR`.
 # Defaults (override with the environment variables of the same name):
 #   flow 2: N=20000, BATCH=250, EPOCHS=2 (56 steps each = 112 steps), validation every EVAL=14;
 #   flow 3: N=800, BATCH=250, EPOCHS=1 (560 x 44 layer samples = 99 steps), validation on
@@ -35,7 +36,7 @@ esac
 SEEDS=${SEEDS:-"11 12 13"}
 CF=${CF:-target/release/caloforge}
 DATA=$W/ds2_${N}_seed101.h5
-TEACHER=$W/cf_f${FLOW}_s1
+TEACHER=$W/cf_f${FLOW}_s${TEACHER_SEED:-1}
 if [ ! -f "$TEACHER/flow$FLOW.safetensors" ]; then
   echo "no teacher $TEACHER/flow$FLOW.safetensors: run benchmarks/parity/icaloflow.sh $FLOW $W first" >&2
   exit 1

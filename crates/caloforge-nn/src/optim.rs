@@ -145,7 +145,7 @@ mod tests {
                 pe[i] -= lrs[k] / (1.0 - betas[k].powi(t)) * m[i] / denom;
             }
         }
-        let got: Vec<f32> = p.into_data().to_vec().unwrap();
+        let got: Vec<f32> = p.into_data().try_to_vec().unwrap();
         for i in 0..3 {
             assert!(
                 (got[i] as f64 - pe[i]).abs() < 1e-6,

@@ -142,4 +142,31 @@ fn trains_generates_deterministically_and_round_trips() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("--teacher"), "{err}");
+    // A teacher with only Flow-2 trained teaches a Flow-2 student; a Flow-3 student is refused.
+    let t2 = TrainOptions {
+        out: dir.path().join("teacher2"),
+        parts: vec![2],
+        ..opts.clone()
+    };
+    ICaloFlow::train(&tiny("teacher"), &t2, &NoProgress).unwrap();
+    let s2 = TrainOptions {
+        out: dir.path().join("student2"),
+        teacher: Some(t2.out.clone()),
+        parts: vec![2],
+        ..opts.clone()
+    };
+    let o = ICaloFlow::train(&tiny("student"), &s2, &NoProgress).unwrap();
+    assert!(!o.complete);
+    let err = ICaloFlow::train(
+        &tiny("student"),
+        &TrainOptions {
+            out: dir.path().join("student3"),
+            parts: vec![3],
+            ..s2
+        },
+        &NoProgress,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("flow3 was not trained"), "{err}");
 }

@@ -376,7 +376,7 @@ fn guided_terms_are_the_reference_chi2_sum() {
     );
     let b = trace(&[0.0; 6], &[0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [&[0.0; 6]; 3]);
     let end_s = t2(&[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]);
-    let scalar = |t: Tensor<1>| t.into_data().to_vec::<f32>().unwrap()[0] as f64;
+    let scalar = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap()[0] as f64;
     // chi2 = Σ over features / batch 2: end (0.25)/2, states (1 + 4)/2 and 1/2, MADE (2)/2 and 9/2.
     let end = 0.25 / 2.0;
     let states = 5.0 / 2.0 + 1.0 / 2.0;
