@@ -33,38 +33,9 @@ DATA=$W/ds2_${N}_seed101.h5
 [ -f "$DATA" ] || $CF simulate -d 2 -n "$N" --seed 101 --out "$DATA" --quiet
 # The icaloflow-ds2 preset with flow FLOW's training replaced by the budget above.
 P=$W/flow${FLOW}_parity.toml
-python3 - "$P" "$FLOW" "$N" "$BATCH" "$EPOCHS" "$EVAL" "$MAXVAL" <<'PY'
-import math, re, sys, tomllib
-p, flow, n, batch, epochs, ev, maxval = sys.argv[1], *map(int, sys.argv[2:])
-src = open("crates/caloforge-models/presets/icaloflow-ds2.toml").read()
-preset = tomllib.loads(src)
-n_train = n - round(0.3 * n)
-samples = n_train * (44 if flow == 3 else 1)
-total = math.ceil(samples / batch) * epochs
-if flow == 1:
-    shape = "pct_start = 0.3\ndiv_factor = 25.0\nfinal_div_factor = 1e4"
-else:
-    s = preset[f"flow{flow}"]["train"]["schedule"]
-    shape = (f"pct_start = {s['pct_start']}\ndiv_factor = {s['div_factor']}\n"
-             f"final_div_factor = {s['final_div_factor']}\nthree_phase = true")
-    max_lr = s["max_lr"]
-train = f"""[flow{flow}.train]
-batch_size = {batch}
-epochs = {epochs}
-eval_every = {ev}
-[flow{flow}.train.schedule]
-type = "one_cycle"
-max_lr = {1e-3 if flow == 1 else max_lr}
-total_steps = {total}
-{shape}
-"""
-# Replace the [flowK.train] and [flowK.train.schedule] tables of the preset.
-out = re.sub(rf"\[flow{flow}\.train\]\n.*?(?=\n\[flow(?!{flow}\.train)|\Z)", train.rstrip("\n"),
-             src, flags=re.S)
-out = re.sub(r"max_validation_samples = \d+", f"max_validation_samples = {maxval}", out)
-assert tomllib.loads(out)[f"flow{flow}"]["train"]["batch_size"] == batch
-open(p, "w").write(out)
-PY
+SHAPE=(); [ "$FLOW" = 1 ] && SHAPE=(--torch-default-shape)
+python3 benchmarks/parity/budget_preset.py crates/caloforge-models/presets/icaloflow-ds2.toml "$P" \
+    "$FLOW" "$N" "$BATCH" "$EPOCHS" "$EVAL" "$MAXVAL" "${SHAPE[@]}"
 # caloforge and the reference run side by side, one thread each (one core each on this 2-core
 # machine): caloforge's seeds in a background pipeline, the reference's in the foreground.
 cfs=(); refs=()

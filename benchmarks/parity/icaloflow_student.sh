@@ -43,34 +43,8 @@ if [ ! -f "$TEACHER/flow$FLOW.safetensors" ]; then
 fi
 [ -f "$DATA" ] || $CF simulate -d 2 -n "$N" --seed 101 --out "$DATA" --quiet
 P=$W/flow${FLOW}_student_parity.toml
-python3 - "$P" "$FLOW" "$N" "$BATCH" "$EPOCHS" "$EVAL" "$MAXVAL" <<'PY'
-import math, re, sys, tomllib
-p, flow, n, batch, epochs, ev, maxval = sys.argv[1], *map(int, sys.argv[2:])
-src = open("crates/caloforge-models/presets/icaloflow-ds2-student.toml").read()
-preset = tomllib.loads(src)
-n_train = n - round(0.3 * n)
-samples = n_train * (44 if flow == 3 else 1)
-total = math.ceil(samples / batch) * epochs
-s = preset[f"flow{flow}"]["train"]["schedule"]
-keys = ("pct_start", "div_factor", "final_div_factor", "three_phase", "base_momentum")
-shape = "\n".join(f"{k} = {str(s[k]).lower() if isinstance(s[k], bool) else s[k]}"
-                  for k in keys if k in s)
-train = f"""[flow{flow}.train]
-batch_size = {batch}
-epochs = {epochs}
-eval_every = {ev}
-[flow{flow}.train.schedule]
-type = "one_cycle"
-max_lr = {s['max_lr']}
-total_steps = {total}
-{shape}
-"""
-out = re.sub(rf"\[flow{flow}\.train\]\n.*?(?=\n\[flow(?!{flow}\.train)|\Z)", train.rstrip("\n"),
-             src, flags=re.S)
-out = re.sub(r"max_validation_samples = \d+", f"max_validation_samples = {maxval}", out)
-assert tomllib.loads(out)[f"flow{flow}"]["train"]["schedule"]["total_steps"] == total
-open(p, "w").write(out)
-PY
+python3 benchmarks/parity/budget_preset.py crates/caloforge-models/presets/icaloflow-ds2-student.toml \
+    "$P" "$FLOW" "$N" "$BATCH" "$EPOCHS" "$EVAL" "$MAXVAL"
 cfs=(); refs=()
 for s in $SEEDS; do cfs+=("$W/cfs_f${FLOW}_s$s/model_card.json"); refs+=("$W/refs_f${FLOW}_s$s.json"); done
 (

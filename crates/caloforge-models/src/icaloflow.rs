@@ -275,6 +275,17 @@ pub struct ICaloFlow {
     fast: Vec<FastFlow>,
 }
 
+/// A model directory's configuration and model card (and the card's path).
+fn read_model_dir(dir: &Path) -> Result<(ICaloFlowConfig, ModelCard, std::path::PathBuf)> {
+    let cp = dir.join("config.toml");
+    let text = std::fs::read_to_string(&cp)
+        .map_err(|e| ModelError::file(&cp, format!("not a model directory ({e})")))?;
+    let cfg = ICaloFlowConfig::from_toml(&text).map_err(|e| ModelError::file(&cp, e))?;
+    let mp = dir.join("model_card.json");
+    let card: ModelCard = crate::read_card(&mp)?;
+    Ok((cfg, card, mp))
+}
+
 /// The flows of a trained teacher that a student's training needs: Flow-1 (copied into the
 /// student) where the teacher has it, and the teacher of every flow being distilled.
 struct TeacherFlows {
@@ -285,12 +296,7 @@ struct TeacherFlows {
 
 impl TeacherFlows {
     fn load(dir: &Path, parts: &[usize]) -> Result<Self> {
-        let cp = dir.join("config.toml");
-        let text = std::fs::read_to_string(&cp)
-            .map_err(|e| ModelError::file(&cp, format!("not a model directory ({e})")))?;
-        let cfg = ICaloFlowConfig::from_toml(&text).map_err(|e| ModelError::file(&cp, e))?;
-        let mp = dir.join("model_card.json");
-        let card: ModelCard = crate::read_card(&mp)?;
+        let (cfg, card, mp) = read_model_dir(dir)?;
         let device = caloforge_nn::burn::tensor::Device::flex();
         let load = |k: usize| -> Result<Option<(Flow, FlowCard)>> {
             match card.flows.get(&format!("flow{k}")) {
@@ -1102,12 +1108,7 @@ impl ICaloFlow {
 
     /// Reads a model directory (all three flows must be trained).
     pub fn load(dir: &Path) -> Result<Self> {
-        let cp = dir.join("config.toml");
-        let text = std::fs::read_to_string(&cp)
-            .map_err(|e| ModelError::file(&cp, format!("not a model directory ({e})")))?;
-        let cfg = ICaloFlowConfig::from_toml(&text).map_err(|e| ModelError::file(&cp, e))?;
-        let mp = dir.join("model_card.json");
-        let card: ModelCard = crate::read_card(&mp)?;
+        let (cfg, card, mp) = read_model_dir(dir)?;
         let device = caloforge_nn::burn::tensor::Device::flex();
         let mut flows = Vec::new();
         for k in 1..=3 {
