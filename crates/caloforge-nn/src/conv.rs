@@ -22,6 +22,17 @@ pub fn circular_pad(x: Tensor<5>, dim: usize, p: usize) -> Tensor<5> {
     Tensor::cat(vec![lo, x, hi], dim)
 }
 
+/// `y + b` broadcast over the channel axis of [B, C, z, α, r].
+pub fn add_bias(y: Tensor<5>, b: Option<Tensor<1>>) -> Tensor<5> {
+    match b {
+        Some(b) => {
+            let c = b.dims()[0];
+            y + b.reshape([1, c, 1, 1, 1])
+        }
+        None => y,
+    }
+}
+
 /// A 3-D convolution that wraps around the angular axis.
 #[derive(Module, Debug)]
 pub struct CylindricalConv3d {
@@ -53,7 +64,14 @@ impl CylindricalConv3d {
 
     /// [B, C_in, Z, A, R] → [B, C_out, Z', A', R'].
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        self.conv.forward(circular_pad(x, 3, self.pad_alpha))
+        let x = circular_pad(x, 3, self.pad_alpha);
+        let pad = match &self.conv.padding {
+            PaddingConfig3d::Explicit(z, a, r) => [*z, *a, *r],
+            PaddingConfig3d::Valid => [0, 0, 0],
+            PaddingConfig3d::Same => return self.conv.forward(x),
+        };
+        let y = crate::ops::conv3d(x, self.conv.weight.val(), self.conv.stride, pad);
+        add_bias(y, self.conv.bias.as_ref().map(|b| b.val()))
     }
 }
 

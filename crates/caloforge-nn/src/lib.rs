@@ -16,6 +16,7 @@ pub mod flow;
 pub mod glam;
 pub mod kernels;
 pub mod mlp;
+pub mod ops;
 pub mod optim;
 pub mod schedule;
 pub mod train;

@@ -20,6 +20,7 @@
 pub mod attention;
 pub mod buf;
 pub mod conv;
+pub mod conv_grad;
 pub mod gemm;
 pub mod linear;
 pub mod macs;

@@ -48,7 +48,15 @@ impl CylindricalConvTranspose3d {
     }
     /// Forward.
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        self.conv.forward(circular_pad(x, 3, 1))
+        let c = &self.conv;
+        let y = crate::ops::conv_transpose3d(
+            circular_pad(x, 3, 1),
+            c.weight.val(),
+            c.stride,
+            c.padding,
+            c.padding_out,
+        );
+        crate::conv::add_bias(y, c.bias.as_ref().map(|b| b.val()))
     }
 }
 
