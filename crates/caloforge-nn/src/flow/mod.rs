@@ -21,7 +21,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use made::{Made, MadeShape};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use spline::{rqs_tensor, Direction, SplineConfig};
+use spline::{Direction, SplineConfig};
 
 /// MAF or IAF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -199,7 +199,7 @@ impl Flow {
         let mut params = Vec::with_capacity(self.cfg.blocks);
         for k in 0..self.cfg.blocks {
             let p = self.params(k, s.clone(), &ctx);
-            let (u, ld) = rqs_tensor(s.clone(), p.clone(), &spl, Direction::Forward);
+            let (u, ld) = crate::ops::rqs(s.clone(), p.clone(), &spl, Direction::Forward);
             logdet = logdet + ld.sum_dim(1).squeeze_dim(1);
             x_side.push(s);
             params.push(p);
@@ -232,7 +232,7 @@ impl Flow {
                 None => s,
             };
             let p = self.params(k, u.clone(), &ctx);
-            let (xk, ld) = rqs_tensor(u, p.clone(), &spl, Direction::Inverse);
+            let (xk, ld) = crate::ops::rqs(u, p.clone(), &spl, Direction::Inverse);
             logdet = logdet + ld.sum_dim(1).squeeze_dim(1);
             x_side[k] = Some(xk.clone());
             params[k] = Some(p);

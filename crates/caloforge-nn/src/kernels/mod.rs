@@ -27,6 +27,7 @@ pub mod macs;
 pub mod norm;
 pub mod simd;
 pub mod spline;
+pub mod spline_grad;
 
 pub use attention::{linear_attention, softmax_attention};
 pub use buf::Buf;

@@ -1,6 +1,5 @@
-//! Operations where burn's own CPU kernels lag, as burn backend extensions with hand-written
-//! backward passes: 3-D convolutions (forward, input and weight gradients) for training on the
-//! `flex` backend, computed by [`crate::kernels::conv_grad`] (im2col + GEMM per shower,
+//! 3-D convolutions (forward, input and weight gradients) for training on the `flex` backend,
+//! computed by [`crate::kernels::conv_grad`] (im2col/shifted-grid GEMM per shower,
 //! thread-count independent).
 //!
 //! [`conv3d`] and [`conv_transpose3d`] are drop-in replacements for `burn::tensor::module`'s
@@ -18,7 +17,8 @@ use burn::backend::autodiff::{
 use burn::backend::ops::{ConvOptions, ConvTransposeOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::flex::FlexTensor;
-use burn::backend::{backend_extension, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata};
+use super::on_flex;
+use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 
 fn conv_options(stride: [usize; 3], pad: [usize; 3]) -> ConvOptions<3> {
@@ -374,11 +374,6 @@ impl<B: Backend + ConvTrainOps, C: CheckpointStrategy> ConvTrainOps for Autodiff
     ) -> FloatTensor<Self> {
         tracked::<B, C>(x, w, stride, pad, Kind::Transposed(out_pad))
     }
-}
-
-/// Whether `t` lives on the flex backend (plain or autodiff), where the extension runs.
-fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
-    matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
 /// A bias-free, zero-padded 3-D convolution (unit dilation, one group), differentiable.

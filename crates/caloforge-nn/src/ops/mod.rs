@@ -1,0 +1,19 @@
+//! Operations where burn's own CPU kernels lag, as burn backend extensions with hand-written
+//! backward passes (`flex` backend; other backends run burn's own operations):
+//!
+//! * [`conv`]: 3-D convolutions and transposed convolutions (CaloDiffusion's U-Net);
+//! * [`spline`]: the rational-quadratic spline of the flows, fused into one operation.
+
+pub mod conv;
+pub mod spline;
+
+pub use conv::{conv3d, conv_transpose3d};
+pub use spline::rqs;
+
+use burn::backend::DispatchDevice;
+use burn::tensor::Tensor;
+
+/// Whether `t` lives on the flex backend (plain or autodiff), where the extensions run.
+fn on_flex<const D: usize>(t: &Tensor<D>) -> bool {
+    matches!(t.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+}
