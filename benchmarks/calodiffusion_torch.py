@@ -100,7 +100,7 @@ def emb():
 
 
 class UNet(nn.Module):
-    def __init__(self, sizes=(16, 16, 16, 32), shape=(45, 16, 9)):
+    def __init__(self, sizes=(16, 16, 16, 32), shape=(45, 16, 9), groups=8, block_attn=True):
         super().__init__()
         self.temb, self.eemb = emb(), emb()
         self.init = CylConv(3, sizes[0], 3, pad=1)
@@ -112,21 +112,23 @@ class UNet(nn.Module):
         self.downs, self.dconv = nn.ModuleList(), nn.ModuleList()
         for l in range(levels):
             ci, co = sizes[l], sizes[l + 1]
-            self.downs.append(nn.ModuleList([Resnet(ci, co, 128), Resnet(co, co, 128), LinAttn(co)]))
+            self.downs.append(nn.ModuleList([Resnet(ci, co, 128, groups), Resnet(co, co, 128, groups),
+                                             LinAttn(co) if block_attn else nn.Identity()]))
             if l + 1 < levels:
                 self.dconv.append(CylConv(co, co, (3, 4, 4), stride=2, pad=1))
         m = sizes[-1]
-        self.mid1, self.mattn, self.mid2 = Resnet(m, m, 128), LinAttn(m), Resnet(m, m, 128)
+        self.mid1, self.mattn, self.mid2 = Resnet(m, m, 128, groups), LinAttn(m), Resnet(m, m, 128, groups)
         self.ups, self.uconv = nn.ModuleList(), nn.ModuleList()
         for l in reversed(range(levels)):
             ci, co = sizes[l], sizes[l + 1]
-            self.ups.append(nn.ModuleList([Resnet(2 * co, ci, 128), Resnet(ci, ci, 128), LinAttn(ci)]))
+            self.ups.append(nn.ModuleList([Resnet(2 * co, ci, 128, groups), Resnet(ci, ci, 128, groups),
+                                           LinAttn(ci) if block_attn else nn.Identity()]))
             if l > 0:
                 fr, to = shapes[l], shapes[l - 1]
                 pz = to[0] - ((fr[0] - 1) * 2 + 1)
                 pr = to[2] - ((fr[2] - 1) * 2 + 2)
                 self.uconv.append(CylConvT(ci, ci, (3, 4, 4), (pz, 0, pr)))
-        self.fres = Resnet(sizes[0], sizes[0], 0)
+        self.fres = Resnet(sizes[0], sizes[0], 0, groups)
         self.fconv = CylConv(sizes[0], 1, 1)
 
     def forward(self, x, t, e):

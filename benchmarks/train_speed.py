@@ -127,7 +127,7 @@ def calodiffusion_parts(cfg, steps, batch):
         a = abar[t].view(bs, 1, 1, 1, 1)
         eps = torch.randn_like(x0)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        sigma = ((1 - a) / a).sqrt().view(bs, 1)
+        sigma = (1 - a).sqrt().view(bs, 1)  # the reference's time input sqrt(1 - abar_t)
         pred = net(torch.cat([xt, loc], 1), sigma, e)
         loss = ((pred - eps) ** 2).mean()
         loss.backward()

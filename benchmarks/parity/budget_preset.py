@@ -8,6 +8,10 @@ capped at MAXVAL samples.
 
 usage: budget_preset.py SRC.toml OUT.toml FLOW N BATCH EPOCHS EVAL MAXVAL [--torch-default-shape]
   (N showers, 30 % of them held out; Flow-3 has 44 samples per shower)
+
+A CaloDiffusion preset (model = "calodiffusion") instead gets its top-level batch_size, epochs
+and, if given, validation_fraction replaced (its learning rate is constant):
+       budget_preset.py SRC.toml OUT.toml BATCH EPOCHS [VALIDATION_FRACTION]
 """
 import math
 import re
@@ -16,6 +20,25 @@ import tomllib
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 src_path, out_path = args[:2]
+
+
+def calodiffusion(src):
+    batch, epochs = int(args[2]), int(args[3])
+    keys = {"batch_size": batch, "epochs": epochs}
+    if len(args) > 4:
+        keys["validation_fraction"] = float(args[4])
+    out = src
+    for k, v in keys.items():
+        out, n = re.subn(rf"^{k} = .*$", f"{k} = {v}", out, count=1, flags=re.M)
+        assert n == 1, f"{src_path}: no top-level {k}"
+    check = tomllib.loads(out)
+    assert all(check[k] == v for k, v in keys.items())
+    open(out_path, "w").write(out)
+
+
+if tomllib.loads(open(src_path).read()).get("model") == "calodiffusion":
+    calodiffusion(open(src_path).read())
+    sys.exit(0)
 flow, n, batch, epochs, ev, maxval = map(int, args[2:8])
 src = open(src_path).read()
 sched = tomllib.loads(src)[f"flow{flow}"]["train"]["schedule"]

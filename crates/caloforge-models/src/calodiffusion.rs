@@ -8,8 +8,10 @@
 //!   logit(α)) → standardised with per-dataset constants (dataset 2: mean −12.8564, std 1.9123;
 //!   dataset 3: −13.4753, 1.1070; dataset 1 on its original voxels: see [`Transform::ds1`]);
 //! - E_inc → `log10(E_inc / E_min) / log10(E_max / E_min)`;
-//! - location channels: the layer index and the radial index of every voxel (and for dataset 1
-//!   the angular index), each scaled to [0, 1], concatenated to the noisy shower;
+//! - location channels as the reference's `create_R_Z_image` / `create_phi_image`: the radial
+//!   bin centre over the last centre, the layer index over the number of layers (and for
+//!   dataset 1 the angular index scaled to [0, 1]), concatenated to the noisy shower in the
+//!   reference's order (x, R, Z, φ);
 //! - the inverse, with the energy cut, and the reference code's optional data-dependent
 //!   "always-empty voxel" mask (voxels empty in every shower of a reference file stay zero).
 //!
@@ -195,6 +197,12 @@ impl CaloDiffusionConfig {
     /// PHI_INPUT).
     fn phi_channel(&self) -> bool {
         self.kind().is_ds1()
+    }
+    /// The location channels of the grid the U-Net sees (radial edges of GLaM's grid for
+    /// dataset 1; uniform rings otherwise).
+    fn locations(&self) -> Vec<f32> {
+        let edges = self.glam().map(|g| g.r_edges);
+        location_channels(self.shape(), self.phi_channel(), edges.as_deref())
     }
     fn unet(&self) -> UNetConfig {
         UNetConfig {
@@ -433,7 +441,7 @@ impl CaloDiffusion {
         let shape = self.cfg.shape();
         let vg: usize = shape.iter().product();
         let v = self.cfg.kind().n_voxels();
-        let loc = location_channels(shape, self.cfg.phi_channel());
+        let loc = self.cfg.locations();
         let loc_t = loc_tensor(&loc, shape, &dev);
         let tr = self.cfg.transform;
         let mut out = Vec::with_capacity(energies.len() * v);
@@ -612,7 +620,7 @@ impl<'a> DiffusionTask<'a> {
     ) -> Self {
         let (shape, v) = (cfg.shape(), cfg.kind().n_voxels());
         let n_val = e.len() - n_train;
-        let loc = location_channels(shape, cfg.phi_channel());
+        let loc = cfg.locations();
         let loc_t = loc_tensor(&loc, shape, device);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let val_t: Vec<usize> = (0..n_val).map(|_| rng.random_range(0..cfg.steps)).collect();
@@ -1015,18 +1023,26 @@ impl Transform {
     }
 }
 
-/// The location channels of a (z, α, r) grid, channel-major: the layer index and the radial
-/// index, each scaled to [0, 1], and with `phi` the angular index as a third (dataset 1).
-pub fn location_channels(shape: [usize; 3], phi: bool) -> Vec<f32> {
+/// The location channels of a (z, α, r) grid, channel-major, as the reference's
+/// `utils.create_R_Z_image(scaled=True)` and `create_phi_image` in its order (R, Z, φ): R the
+/// centre of the radial bin over the centre of the last one (`r_edges`, nr + 1 edges; uniform
+/// bins when `None`, as datasets 2 and 3: (r + ½)/(nr − ½)), Z the layer index over the number
+/// of layers (z / nz), and with `phi` the angular index scaled to [0, 1] (dataset 1).
+pub fn location_channels(shape: [usize; 3], phi: bool, r_edges: Option<&[f64]>) -> Vec<f32> {
     let [nz, na, nr] = shape;
     let n = nz * na * nr;
+    let centres: Vec<f64> = match r_edges {
+        Some(e) if e.len() == nr + 1 => e.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect(),
+        _ => (0..nr).map(|r| r as f64 + 0.5).collect(),
+    };
+    let last = centres.last().copied().filter(|&c| c > 0.0).unwrap_or(1.0);
     let mut out = vec![0.0f32; (2 + phi as usize) * n];
     for z in 0..nz {
         for a in 0..na {
             for r in 0..nr {
                 let i = (z * na + a) * nr + r;
-                out[i] = z as f32 / (nz.max(2) - 1) as f32;
-                out[n + i] = r as f32 / (nr.max(2) - 1) as f32;
+                out[i] = (centres[r] / last) as f32;
+                out[n + i] = z as f32 / nz as f32;
                 if phi {
                     out[2 * n + i] = a as f32 / (na.max(2) - 1) as f32;
                 }
@@ -1096,12 +1112,20 @@ mod tests {
 
     #[test]
     fn location_channels_and_mask() {
-        let c = location_channels([3, 2, 5], true);
+        // Uniform rings: R = (r + 1/2) / 4.5; Z = z / 3 (the reference's create_R_Z_image).
+        let c = location_channels([3, 2, 5], true, None);
         let n = 30;
-        assert_eq!(c[(2 * 2 + 1) * 5 + 4], 1.0, "last layer");
-        assert_eq!(c[n + 4], 1.0, "last ring");
-        assert_eq!(c[n + 2], 0.5);
+        assert_eq!(c[4], 1.0, "last ring");
+        assert_eq!(c[0], 0.5 / 4.5, "first ring");
+        assert_eq!(c[n + (2 * 2 + 1) * 5 + 4], 2.0 / 3.0, "last layer");
         assert_eq!((c[2 * n + 5], c.len()), (1.0, 3 * n), "second angle");
+        // Dataset 2's radial edges (uniform, 4.65 mm): the same channel.
+        let e: Vec<f64> = (0..=5).map(|i| 4.65 * i as f64).collect();
+        let d = location_channels([3, 2, 5], true, Some(&e));
+        assert!(c.iter().zip(&d).all(|(a, b)| (a - b).abs() < 1e-6));
+        // Non-uniform edges: centres 1, 3, 7 over 7.
+        let d = location_channels([1, 1, 3], false, Some(&[0.0, 2.0, 4.0, 10.0]));
+        assert_eq!(&d[..3], &[1.0 / 7.0, 3.0 / 7.0, 1.0]);
         let m = empty_voxel_mask(&[0.0, 1.0, 0.0, 0.0, 0.0, 2.0], 3);
         assert_eq!(m, vec![true, false, false]);
     }
@@ -1159,6 +1183,32 @@ mod model_tests {
             &small_ds2("objective = \"hybrid_weight\"\n"),
             DatasetKind::Ds2,
         );
+    }
+
+    /// GLaM's regular radial edges are the ones the reference's `create_R_Z_image` hard-codes
+    /// for dataset 1 (photons: 30 bins, pions: 23).
+    #[test]
+    fn dataset_1_location_channels_use_the_reference_radial_bins() {
+        let photons = [
+            0., 2., 4., 5., 6., 8., 10., 12., 15., 20., 25., 30., 40., 50., 60., 70., 80., 90.,
+            100., 120., 130., 150., 160., 200., 250., 300., 350., 400., 600., 1000., 2000.,
+        ];
+        let pions = [
+            0., 1., 4., 5., 7., 10., 15., 20., 30., 50., 80., 90., 100., 130., 150., 160., 200.,
+            250., 300., 350., 400., 600., 1000., 2000.,
+        ];
+        for (kind, want) in [
+            (DatasetKind::Photons1, &photons[..]),
+            (DatasetKind::Pions1, &pions[..]),
+        ] {
+            let g = Glam::new(&kind.geometry(None).unwrap()).unwrap();
+            assert_eq!(g.r_edges.len(), g.shape()[2] + 1);
+            assert!(
+                g.r_edges.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-9),
+                "{kind:?}: {:?}",
+                g.r_edges
+            );
+        }
     }
 
     #[test]
