@@ -16,6 +16,10 @@
 //! * [`spline::Rqs`]: the scalar rational-quadratic spline of the flows;
 //! * [`buf::Buf`]: activation buffers recycled per thread;
 //! * [`macs`]: the per-thread count of multiply-adds the kernels computed (for FLOP rates).
+//!
+//! Two kernels serve training instead, behind the burn backend extensions of [`crate::ops`]:
+//! [`conv_grad`] (forward, input and weight gradients of 3-D convolutions on burn's
+//! channels-first batches) and [`spline_grad`] (the spline's hand-written reverse mode).
 
 pub mod attention;
 pub mod buf;
