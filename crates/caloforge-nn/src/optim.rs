@@ -98,11 +98,12 @@ impl Optimizer for CycledAdam {
         let t = m.time as i32;
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let factor = lr * bc2_sqrt / (1.0 - b1.powi(t));
-        let update = m
-            .moment_1
-            .clone()
-            .mul_scalar(factor)
-            .div(m.moment_2.clone().sqrt().add_scalar(self.epsilon * bc2_sqrt));
+        let update = m.moment_1.clone().mul_scalar(factor).div(
+            m.moment_2
+                .clone()
+                .sqrt()
+                .add_scalar(self.epsilon * bc2_sqrt),
+        );
         (tensor - update, Some(AdamState::new(m)))
     }
 
@@ -128,12 +129,16 @@ mod tests {
         let grads = [[0.3f64, -0.2, 1e-3], [-0.1, 0.4, 2e-3], [0.25, 0.05, -5e-4]];
         let betas = [0.95, 0.9, 0.87];
         let lrs = [1e-2, 3e-2, 2e-2];
-        let mut p = Tensor::<1>::from_data(TensorData::new(p0.map(|v| v as f32).to_vec(), [3]), &device);
+        let mut p =
+            Tensor::<1>::from_data(TensorData::new(p0.map(|v| v as f32).to_vec(), [3]), &device);
         let mut state = None;
         let (mut pe, mut m, mut v) = (p0, [0.0f64; 3], [0.0f64; 3]);
         for k in 0..3 {
             beta1.set(betas[k]);
-            let g = Tensor::<1>::from_data(TensorData::new(grads[k].map(|v| v as f32).to_vec(), [3]), &device);
+            let g = Tensor::<1>::from_data(
+                TensorData::new(grads[k].map(|v| v as f32).to_vec(), [3]),
+                &device,
+            );
             let (np, ns) = opt.step(lrs[k], p, g, state);
             (p, state) = (np, ns);
             let t = (k + 1) as i32;

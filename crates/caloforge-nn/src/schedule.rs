@@ -126,7 +126,10 @@ impl LrSchedule {
                 if !(*pct_start > 0.0 && *pct_start < 1.0) {
                     return Err(format!("pct_start must be in (0, 1), got {pct_start}"));
                 }
-                for (name, b) in [("base_momentum", base_momentum), ("max_momentum", max_momentum)] {
+                for (name, b) in [
+                    ("base_momentum", base_momentum),
+                    ("max_momentum", max_momentum),
+                ] {
                     if !(*b >= 0.0 && *b < 1.0) {
                         return Err(format!("{name} must be an Adam beta1 in [0, 1), got {b}"));
                     }

@@ -22,9 +22,9 @@
 //! its step either. Its checkpointer stores exactly what ours does (module and optimizer
 //! records), so this loop reuses burn's records and none of the framework.
 
+use crate::optim::{Beta1, CycledAdam};
 use crate::schedule::LrSchedule;
 use burn::module::Module;
-use crate::optim::{Beta1, CycledAdam};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Tensor};

@@ -372,7 +372,11 @@ fn guided_terms_are_the_reference_chi2_sum() {
     let a = trace(
         &[1.0, 0.0, 0.0, 0.0, 0.0, 2.0],
         &[0.0; 6],
-        [&[1.0, 1.0, 0.0, 0.0, 0.0, 0.0], &[0.0; 6], &[0.0, 0.0, 0.0, 0.0, 0.0, 3.0]],
+        [
+            &[1.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+            &[0.0; 6],
+            &[0.0, 0.0, 0.0, 0.0, 0.0, 3.0],
+        ],
     );
     let b = trace(&[0.0; 6], &[0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [&[0.0; 6]; 3]);
     let end_s = t2(&[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]);
@@ -383,6 +387,12 @@ fn guided_terms_are_the_reference_chi2_sum() {
     let made = 2.0 / 2.0 + 9.0 / 2.0;
     let with = scalar(train::guided_terms(&a, &b, end_s.clone(), zeros2(), true));
     let without = scalar(train::guided_terms(&a, &b, end_s, zeros2(), false));
-    assert!((with - (2.0 * end + 2.0 * states + made)).abs() < 1e-6, "{with}");
-    assert!((without - (2.0 * end + 2.0 * states)).abs() < 1e-6, "{without}");
+    assert!(
+        (with - (2.0 * end + 2.0 * states + made)).abs() < 1e-6,
+        "{with}"
+    );
+    assert!(
+        (without - (2.0 * end + 2.0 * states)).abs() < 1e-6,
+        "{without}"
+    );
 }

@@ -251,12 +251,21 @@ impl Geom {
     /// pass (kernel flipped, channels swapped, padding k − 1 − p); `None` when p > k − 1.
     fn flipped(&self) -> Option<Geom> {
         let pad: [usize; 3] = std::array::from_fn(|d| {
-            (self.kernel[d] - 1).checked_sub(self.pad[d]).unwrap_or(usize::MAX)
+            (self.kernel[d] - 1)
+                .checked_sub(self.pad[d])
+                .unwrap_or(usize::MAX)
         });
         if self.stride != [1, 1, 1] || pad.contains(&usize::MAX) {
             return None;
         }
-        let g = Geom::conv(self.c_out, self.c_in, self.output, self.kernel, [1, 1, 1], pad)?;
+        let g = Geom::conv(
+            self.c_out,
+            self.c_in,
+            self.output,
+            self.kernel,
+            [1, 1, 1],
+            pad,
+        )?;
         (g.output == self.input).then_some(g)
     }
 }
@@ -394,7 +403,15 @@ pub fn forward(g: &Geom, batch: usize, x: &[f32], w: &[f32], y: &mut [f32]) {
                 let mut cols = Buf::overwritten(ck * s.len);
                 shifted_cols(g, s, xb, &mut cols);
                 let mut full = Buf::overwritten(g.c_out * s.len);
-                matmul(g.c_out, s.len, ck, &mut full, false, Mat::rows(w, ck), Mat::rows(&cols, s.len));
+                matmul(
+                    g.c_out,
+                    s.len,
+                    ck,
+                    &mut full,
+                    false,
+                    Mat::rows(w, ck),
+                    Mat::rows(&cols, s.len),
+                );
                 let or = g.output[2];
                 for o in 0..g.c_out {
                     let (src, dst) = (&full[o * s.len..], &mut yb[o * n_out..(o + 1) * n_out]);
@@ -403,11 +420,27 @@ pub fn forward(g: &Geom, batch: usize, x: &[f32], w: &[f32], y: &mut [f32]) {
                     });
                 }
             } else if g.pointwise() {
-                matmul(g.c_out, n_out, ck, yb, false, Mat::rows(w, ck), Mat::rows(xb, n_out));
+                matmul(
+                    g.c_out,
+                    n_out,
+                    ck,
+                    yb,
+                    false,
+                    Mat::rows(w, ck),
+                    Mat::rows(xb, n_out),
+                );
             } else {
                 let mut cols = Buf::overwritten(ck * n_out);
                 im2col(g, xb, &mut cols);
-                matmul(g.c_out, n_out, ck, yb, false, Mat::rows(w, ck), Mat::rows(&cols, n_out));
+                matmul(
+                    g.c_out,
+                    n_out,
+                    ck,
+                    yb,
+                    false,
+                    Mat::rows(w, ck),
+                    Mat::rows(&cols, n_out),
+                );
             }
         });
 }
@@ -431,7 +464,15 @@ pub fn input_grad(g: &Geom, batch: usize, dy: &[f32], w: &[f32], dx: &mut [f32])
                 matmul(ck, n_out, g.c_out, dxb, false, wt, Mat::rows(dyb, n_out));
             } else {
                 let mut cols = Buf::overwritten(ck * n_out);
-                matmul(ck, n_out, g.c_out, &mut cols, false, wt, Mat::rows(dyb, n_out));
+                matmul(
+                    ck,
+                    n_out,
+                    g.c_out,
+                    &mut cols,
+                    false,
+                    wt,
+                    Mat::rows(dyb, n_out),
+                );
                 dxb.fill(0.0);
                 col2im(g, &cols, dxb);
             }
@@ -456,7 +497,12 @@ pub fn weight_grad(g: &Geom, batch: usize, x: &[f32], dy: &[f32], dw: &mut [f32]
                 let mut full = Buf::zeroed(g.c_out * s.len);
                 let or = g.output[2];
                 for b in gi * GROUP..((gi + 1) * GROUP).min(batch) {
-                    shifted_cols(g, s, &x[b * g.c_in * n_in..(b + 1) * g.c_in * n_in], &mut cols);
+                    shifted_cols(
+                        g,
+                        s,
+                        &x[b * g.c_in * n_in..(b + 1) * g.c_in * n_in],
+                        &mut cols,
+                    );
                     let dyb = &dy[b * g.c_out * n_out..(b + 1) * g.c_out * n_out];
                     // dy at the computed positions (the dropped ones stay zero).
                     for o in 0..g.c_out {
@@ -466,7 +512,15 @@ pub fn weight_grad(g: &Geom, batch: usize, x: &[f32], dy: &[f32], dw: &mut [f32]
                         });
                     }
                     let first = b == gi * GROUP;
-                    matmul(g.c_out, ck, s.len, acc, !first, Mat::rows(&full, s.len), Mat::transposed(&cols, s.len));
+                    matmul(
+                        g.c_out,
+                        ck,
+                        s.len,
+                        acc,
+                        !first,
+                        Mat::rows(&full, s.len),
+                        Mat::transposed(&cols, s.len),
+                    );
                 }
                 return;
             }
@@ -541,12 +595,14 @@ mod tests {
                                         let xi = (b * g.c_in + c) * ni
                                             + (idx[0] * g.input[1] + idx[1]) * g.input[2]
                                             + idx[2];
-                                        acc += x[xi] as f64 * w[(o * g.c_in + c) * g.taps() + t] as f64;
+                                        acc += x[xi] as f64
+                                            * w[(o * g.c_in + c) * g.taps() + t] as f64;
                                     }
                                 }
                             }
-                            y[(b * g.c_out + o) * no + (oz * g.output[1] + oa) * g.output[2] + or] =
-                                acc;
+                            y[(b * g.c_out + o) * no
+                                + (oz * g.output[1] + oa) * g.output[2]
+                                + or] = acc;
                         }
                     }
                 }
@@ -600,13 +656,21 @@ mod tests {
                 let mut e = vec![0.0; x.len()];
                 e[j] = 1.0;
                 let want = dot(naive(&g, batch, &e, &w));
-                assert!((dx[j] as f64 - want).abs() < 1e-4, "geometry {i}: dx[{j}] {} vs {want}", dx[j]);
+                assert!(
+                    (dx[j] as f64 - want).abs() < 1e-4,
+                    "geometry {i}: dx[{j}] {} vs {want}",
+                    dx[j]
+                );
             }
             for j in 0..w.len() {
                 let mut e = vec![0.0; w.len()];
                 e[j] = 1.0;
                 let want = dot(naive(&g, batch, &x, &e));
-                assert!((dw[j] as f64 - want).abs() < 1e-3, "geometry {i}: dw[{j}] {} vs {want}", dw[j]);
+                assert!(
+                    (dw[j] as f64 - want).abs() < 1e-3,
+                    "geometry {i}: dw[{j}] {} vs {want}",
+                    dw[j]
+                );
             }
         }
     }
@@ -615,8 +679,8 @@ mod tests {
     fn transposed_geometry_inverts_the_output_size() {
         // ConvTranspose3d of a [2, 3, 4] grid, kernel (3, 4, 4), stride 2, padding 1, output
         // padding (1, 0, 0): (n − 1)·2 − 2 + k + out_pad = (4, 6, 8) + (1, 0, 0).
-        let g = Geom::transposed(5, 6, [2, 3, 4], [3, 4, 4], [2, 2, 2], [1, 1, 1], [1, 0, 0])
-            .unwrap();
+        let g =
+            Geom::transposed(5, 6, [2, 3, 4], [3, 4, 4], [2, 2, 2], [1, 1, 1], [1, 0, 0]).unwrap();
         assert_eq!(g.input, [4, 6, 8]);
         assert_eq!(g.output, [2, 3, 4]);
         assert_eq!((g.c_in, g.c_out), (6, 5));
@@ -630,7 +694,10 @@ mod tests {
         let x = randv(batch * g.c_in * g.n_in(), 6);
         let dy = randv(batch * g.c_out * g.n_out(), 7);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| {
                 let mut dw = vec![0.0; g.c_out * g.ck()];
                 weight_grad(&g, batch, &x, &dy, &mut dw);

@@ -310,8 +310,14 @@ mod tests {
                 let got = eval::<true>(pi, v, &c, inv);
                 let fast = eval::<false>(pi, v, &c, inv);
                 assert!((fast.0 - got.0).abs() < 1e-5 && (fast.1 - got.1).abs() < 1e-5);
-                assert!((got.0 - want.0).abs() < 1e-10, "{inv} {i}: {got:?} vs {want:?}");
-                assert!((got.1 - want.1).abs() < 1e-8, "{inv} {i}: {got:?} vs {want:?}");
+                assert!(
+                    (got.0 - want.0).abs() < 1e-10,
+                    "{inv} {i}: {got:?} vs {want:?}"
+                );
+                assert!(
+                    (got.1 - want.1).abs() < 1e-8,
+                    "{inv} {i}: {got:?} vs {want:?}"
+                );
             }
         }
     }
@@ -336,7 +342,10 @@ mod tests {
                 let gv = grad::<true>(pi, v, out, &c, inv, go, gl, &mut gp);
                 let e = 1e-6;
                 let num = (f(pi, v + e, inv) - f(pi, v - e, inv)) / (2.0 * e);
-                assert!((gv - num).abs() < 1e-5 * (1.0 + num.abs()), "{inv} {i} v: {gv} vs {num}");
+                assert!(
+                    (gv - num).abs() < 1e-5 * (1.0 + num.abs()),
+                    "{inv} {i} v: {gv} vs {num}"
+                );
                 for j in 0..np {
                     let (mut a, mut b) = (pi.to_vec(), pi.to_vec());
                     a[j] += e;
@@ -352,7 +361,10 @@ mod tests {
         }
         // Outside the bound: identity, no parameter gradient.
         let mut gp = vec![0.0; np];
-        assert_eq!(grad::<false>(&p[..np], 3.2, 3.2, &c, false, go, gl, &mut gp), go);
+        assert_eq!(
+            grad::<false>(&p[..np], 3.2, 3.2, &c, false, go, gl, &mut gp),
+            go
+        );
         assert!(gp.iter().all(|&g| g == 0.0));
     }
 }

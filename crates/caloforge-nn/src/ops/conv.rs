@@ -7,6 +7,7 @@
 //! (plain or autodiff) with f32 tensors they run these kernels, elsewhere (the GPU backends,
 //! other dtypes) burn's own.
 
+use super::on_flex;
 use crate::kernels::conv_grad::{self, Geom};
 use burn::backend::autodiff::{
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -14,10 +15,9 @@ use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
     Autodiff,
 };
+use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, ConvTransposeOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::flex::FlexTensor;
-use super::on_flex;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 
@@ -124,7 +124,9 @@ fn dims5(t: &impl TensorMetadata) -> [usize; 5] {
 fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().unwrap_or(&[]).to_vec()),
+        None => {
+            std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().unwrap_or(&[]).to_vec())
+        }
     }
 }
 
@@ -173,6 +175,34 @@ fn shape_of(batch: usize, c: usize, grid: [usize; 3]) -> [usize; 5] {
     [batch, c, grid[0], grid[1], grid[2]]
 }
 
+/// One of the three products of [`conv_grad`].
+#[derive(Clone, Copy)]
+enum Product {
+    Forward,
+    InputGrad,
+    WeightGrad,
+}
+
+/// `product` of geometry `g` on the f32 values of `a` and `b` (in the kernel's argument order),
+/// as a new tensor of `shape`.
+fn run(
+    g: &Geom,
+    product: Product,
+    a: &FlexTensor,
+    b: &FlexTensor,
+    shape: [usize; 5],
+) -> FlexTensor {
+    let batch = dims5(a)[0];
+    let mut out = vec![0.0; shape.iter().product()];
+    let (a, b) = (values(a), values(b));
+    match product {
+        Product::Forward => conv_grad::forward(g, batch, &a, &b, &mut out),
+        Product::InputGrad => conv_grad::input_grad(g, batch, &a, &b, &mut out),
+        Product::WeightGrad => conv_grad::weight_grad(g, batch, &a, &b, &mut out),
+    }
+    flex_tensor(out, shape)
+}
+
 impl ConvTrainOps for Flex {
     fn cf_conv3d(
         x: FloatTensor<Self>,
@@ -182,11 +212,13 @@ impl ConvTrainOps for Flex {
     ) -> FloatTensor<Self> {
         let (xd, wd) = (dims5(&x), dims5(&w));
         match conv_geom(xd, wd, stride, pad).filter(|_| is_f32(&[&x, &w])) {
-            Some(g) => {
-                let mut y = vec![0.0; xd[0] * g.c_out * g.n_out()];
-                conv_grad::forward(&g, xd[0], &values(&x), &values(&w), &mut y);
-                flex_tensor(y, shape_of(xd[0], g.c_out, g.output))
-            }
+            Some(g) => run(
+                &g,
+                Product::Forward,
+                &x,
+                &w,
+                shape_of(xd[0], g.c_out, g.output),
+            ),
             None => <Self as ModuleOps<Self>>::conv3d(x, w, None, conv_options(stride, pad)),
         }
     }
@@ -199,12 +231,10 @@ impl ConvTrainOps for Flex {
     ) -> FloatTensor<Self> {
         let (xd, wd) = (dims5(&x), dims5(&w));
         match conv_geom(xd, wd, stride, pad).filter(|_| is_f32(&[&x, &w, &dy])) {
-            Some(g) => {
-                let mut dx = vec![0.0; xd.iter().product()];
-                conv_grad::input_grad(&g, xd[0], &values(&dy), &values(&w), &mut dx);
-                flex_tensor(dx, xd)
+            Some(g) => run(&g, Product::InputGrad, &dy, &w, xd),
+            None => {
+                <Self as ModuleOps<Self>>::conv3d_x_backward(x, w, dy, conv_options(stride, pad))
             }
-            None => <Self as ModuleOps<Self>>::conv3d_x_backward(x, w, dy, conv_options(stride, pad)),
         }
     }
     fn cf_conv3d_dw(
@@ -216,14 +246,13 @@ impl ConvTrainOps for Flex {
     ) -> FloatTensor<Self> {
         let (xd, wd) = (dims5(&x), dims5(&w));
         match conv_geom(xd, wd, stride, pad).filter(|_| is_f32(&[&x, &w, &dy])) {
-            Some(g) => {
-                let mut dw = vec![0.0; wd.iter().product()];
-                conv_grad::weight_grad(&g, xd[0], &values(&x), &values(&dy), &mut dw);
-                flex_tensor(dw, wd)
-            }
-            None => {
-                <Self as ModuleOps<Self>>::conv3d_weight_backward(x, w, dy, conv_options(stride, pad))
-            }
+            Some(g) => run(&g, Product::WeightGrad, &x, &dy, wd),
+            None => <Self as ModuleOps<Self>>::conv3d_weight_backward(
+                x,
+                w,
+                dy,
+                conv_options(stride, pad),
+            ),
         }
     }
     fn cf_conv_transpose3d(
@@ -235,11 +264,13 @@ impl ConvTrainOps for Flex {
     ) -> FloatTensor<Self> {
         let (xd, wd) = (dims5(&x), dims5(&w));
         match transpose_geom(xd, wd, stride, pad, out_pad).filter(|_| is_f32(&[&x, &w])) {
-            Some(g) => {
-                let mut y = vec![0.0; xd[0] * g.c_in * g.n_in()];
-                conv_grad::input_grad(&g, xd[0], &values(&x), &values(&w), &mut y);
-                flex_tensor(y, shape_of(xd[0], g.c_in, g.input))
-            }
+            Some(g) => run(
+                &g,
+                Product::InputGrad,
+                &x,
+                &w,
+                shape_of(xd[0], g.c_in, g.input),
+            ),
             None => <Self as ModuleOps<Self>>::conv_transpose3d(
                 x,
                 w,
@@ -258,11 +289,7 @@ impl ConvTrainOps for Flex {
     ) -> FloatTensor<Self> {
         let (xd, wd) = (dims5(&x), dims5(&w));
         match transpose_geom(xd, wd, stride, pad, out_pad).filter(|_| is_f32(&[&x, &w, &dy])) {
-            Some(g) => {
-                let mut dx = vec![0.0; xd.iter().product()];
-                conv_grad::forward(&g, xd[0], &values(&dy), &values(&w), &mut dx);
-                flex_tensor(dx, xd)
-            }
+            Some(g) => run(&g, Product::Forward, &dy, &w, xd),
             None => <Self as ModuleOps<Self>>::conv_transpose3d_x_backward(
                 w,
                 dy,
@@ -280,11 +307,7 @@ impl ConvTrainOps for Flex {
     ) -> FloatTensor<Self> {
         let (xd, wd) = (dims5(&x), dims5(&w));
         match transpose_geom(xd, wd, stride, pad, out_pad).filter(|_| is_f32(&[&x, &w, &dy])) {
-            Some(g) => {
-                let mut dw = vec![0.0; wd.iter().product()];
-                conv_grad::weight_grad(&g, xd[0], &values(&dy), &values(&x), &mut dw);
-                flex_tensor(dw, wd)
-            }
+            Some(g) => run(&g, Product::WeightGrad, &dy, &x, wd),
             None => <Self as ModuleOps<Self>>::conv_transpose3d_weight_backward(
                 x,
                 w,
@@ -407,12 +430,7 @@ pub fn conv_transpose3d(
             out_pad,
         ))
     } else {
-        burn::tensor::module::conv_transpose3d(
-            x,
-            w,
-            None,
-            transpose_options(stride, pad, out_pad),
-        )
+        burn::tensor::module::conv_transpose3d(x, w, None, transpose_options(stride, pad, out_pad))
     }
 }
 
@@ -437,7 +455,10 @@ mod tests {
         );
         let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!((x - y).abs() <= 1e-5 * scale, "{what}[{i}]: {x} vs burn {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 * scale,
+                "{what}[{i}]: {x} vs burn {y}"
+            );
         }
     }
 
@@ -462,12 +483,32 @@ mod tests {
             let g1 = (ours.clone() * m.clone()).sum().backward();
             let g2 = (theirs.clone() * m).sum().backward();
             close(ours, theirs, &format!("conv {i} y"));
-            close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), &format!("conv {i} dx"));
-            close(w.grad(&g1).unwrap(), w.grad(&g2).unwrap(), &format!("conv {i} dw"));
+            close(
+                x.grad(&g1).unwrap(),
+                x.grad(&g2).unwrap(),
+                &format!("conv {i} dx"),
+            );
+            close(
+                w.grad(&g1).unwrap(),
+                w.grad(&g2).unwrap(),
+                &format!("conv {i} dw"),
+            );
         }
         let transposed: [([usize; 5], [usize; 5], [usize; 3], [usize; 3], [usize; 3]); 2] = [
-            ([2, 3, 3, 5, 2], [3, 2, 3, 4, 4], [2, 2, 2], [1, 3, 1], [1, 0, 1]),
-            ([3, 2, 4, 3, 3], [2, 4, 3, 3, 3], [1, 1, 1], [1, 1, 1], [0, 0, 0]),
+            (
+                [2, 3, 3, 5, 2],
+                [3, 2, 3, 4, 4],
+                [2, 2, 2],
+                [1, 3, 1],
+                [1, 0, 1],
+            ),
+            (
+                [3, 2, 4, 3, 3],
+                [2, 4, 3, 3, 3],
+                [1, 1, 1],
+                [1, 1, 1],
+                [0, 0, 0],
+            ),
         ];
         for (i, (xs, ws, stride, pad, op)) in transposed.into_iter().enumerate() {
             let x = rand_tensor(xs, 31 + i as u64, &dev).require_grad();
@@ -483,8 +524,16 @@ mod tests {
             let g1 = (ours.clone() * m.clone()).sum().backward();
             let g2 = (theirs.clone() * m).sum().backward();
             close(ours, theirs, &format!("transposed {i} y"));
-            close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), &format!("transposed {i} dx"));
-            close(w.grad(&g1).unwrap(), w.grad(&g2).unwrap(), &format!("transposed {i} dw"));
+            close(
+                x.grad(&g1).unwrap(),
+                x.grad(&g2).unwrap(),
+                &format!("transposed {i} dx"),
+            );
+            close(
+                w.grad(&g1).unwrap(),
+                w.grad(&g2).unwrap(),
+                &format!("transposed {i} dw"),
+            );
         }
     }
 

@@ -44,7 +44,10 @@ fn values64(t: &FlexTensor) -> Option<Vec<f64>> {
 fn tensor_like(v: Vec<f64>, shape: Vec<usize>, dtype: DType) -> FlexTensor {
     let data = match dtype {
         DType::F64 => TensorData::new(v, Shape::from(shape)),
-        _ => TensorData::new(v.into_iter().map(|x| x as f32).collect(), Shape::from(shape)),
+        _ => TensorData::new(
+            v.into_iter().map(|x| x as f32).collect(),
+            Shape::from(shape),
+        ),
     };
     FlexTensor::from_data(data)
 }
@@ -64,42 +67,38 @@ impl SplineTrainOps for Flex {
                 p.as_slice::<f32>().unwrap_or(&[]),
             );
             let mut out = vec![0.0f32; n * d * 2];
-            out.par_chunks_mut(ROWS * 2)
-                .enumerate()
-                .for_each(|(c, o)| {
-                    let m = o.len() / 2;
-                    let e0 = c * ROWS;
-                    let (mut y, mut ld) = (vec![0.0f32; m], vec![0.0f32; m]);
-                    spline::eval_many(
-                        &cfg,
-                        &pv[e0 * np..(e0 + m) * np],
-                        &xv[e0..e0 + m],
-                        &mut y,
-                        &mut ld,
-                        inverse,
-                    );
-                    for (j, pair) in o.chunks_mut(2).enumerate() {
-                        pair[0] = y[j];
-                        pair[1] = ld[j];
-                    }
-                });
+            out.par_chunks_mut(ROWS * 2).enumerate().for_each(|(c, o)| {
+                let m = o.len() / 2;
+                let e0 = c * ROWS;
+                let (mut y, mut ld) = (vec![0.0f32; m], vec![0.0f32; m]);
+                spline::eval_many(
+                    &cfg,
+                    &pv[e0 * np..(e0 + m) * np],
+                    &xv[e0..e0 + m],
+                    &mut y,
+                    &mut ld,
+                    inverse,
+                );
+                for (j, pair) in o.chunks_mut(2).enumerate() {
+                    pair[0] = y[j];
+                    pair[1] = ld[j];
+                }
+            });
             return FlexTensor::from_data(TensorData::new(out, [n, d, 2]));
         }
         let (Some(xv), Some(pv)) = (values64(&x), values64(&p)) else {
             panic!("the spline operation needs f32 or f64 tensors");
         };
         let mut out = vec![0.0f64; n * d * 2];
-        out.par_chunks_mut(ROWS * 2)
-            .enumerate()
-            .for_each(|(c, o)| {
-                for (j, pair) in o.chunks_mut(2).enumerate() {
-                    let e = c * ROWS + j;
-                    let (y, ld) =
-                        spline_grad::eval::<true>(&pv[e * np..(e + 1) * np], xv[e], &cfg, inverse);
-                    pair[0] = y;
-                    pair[1] = ld;
-                }
-            });
+        out.par_chunks_mut(ROWS * 2).enumerate().for_each(|(c, o)| {
+            for (j, pair) in o.chunks_mut(2).enumerate() {
+                let e = c * ROWS + j;
+                let (y, ld) =
+                    spline_grad::eval::<true>(&pv[e * np..(e + 1) * np], xv[e], &cfg, inverse);
+                pair[0] = y;
+                pair[1] = ld;
+            }
+        });
         tensor_like(out, vec![n, d, 2], x.dtype())
     }
 }
@@ -234,12 +233,19 @@ mod tests {
             ..SplineConfig::new(5, 2.5)
         };
         let (n, d, np) = (9, 4, cfg.n_params());
-        let pv: Vec<f32> = random_params(n * d, np, 3).iter().map(|&v| v as f32).collect();
+        let pv: Vec<f32> = random_params(n * d, np, 3)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         let xv: Vec<f32> = (0..n * d)
             .map(|i| -3.0 + 6.0 * (i as f32 + 0.3) / (n * d) as f32)
             .collect();
-        let wy: Vec<f32> = (0..n * d).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.3).collect();
-        let wl: Vec<f32> = (0..n * d).map(|i| ((i * 3 % 4) as f32 - 1.5) * 0.4).collect();
+        let wy: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.3)
+            .collect();
+        let wl: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 3 % 4) as f32 - 1.5) * 0.4)
+            .collect();
         for dir in [Direction::Forward, Direction::Inverse] {
             let run = |fused: bool| {
                 let x = Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, d]), &dev)
@@ -255,8 +261,18 @@ mod tests {
                 let ml = Tensor::<2>::from_data(TensorData::new(wl.clone(), [n, d]), &dev);
                 let grads = ((y.clone() * my).sum() + (ld.clone() * ml).sum()).backward();
                 let v = |t: Tensor<2>| t.into_data().iter::<f32>().collect::<Vec<_>>();
-                let gx = x.grad(&grads).unwrap().into_data().iter::<f32>().collect::<Vec<_>>();
-                let gp = p.grad(&grads).unwrap().into_data().iter::<f32>().collect::<Vec<_>>();
+                let gx = x
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .iter::<f32>()
+                    .collect::<Vec<_>>();
+                let gp = p
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .iter::<f32>()
+                    .collect::<Vec<_>>();
                 (v(y), v(ld), gx, gp)
             };
             let (a, b) = (run(true), run(false));
