@@ -301,10 +301,10 @@ fn rows_in(dims: [usize; 3], outer: [usize; 3], at: [usize; 3], mut f: impl FnMu
 fn shifted_cols(g: &Geom, s: &Shifted, x: &[f32], cols: &mut [f32]) {
     let n_pad: usize = s.grid.iter().product();
     let (n_in, r) = (g.n_in(), g.input[2]);
+    // The padding stays zero: every channel overwrites the same interior rows.
     let mut xp = Buf::zeroed(n_pad);
     let taps = g.taps();
     for c in 0..g.c_in {
-        xp.fill(0.0);
         let xc = &x[c * n_in..(c + 1) * n_in];
         rows_in(g.input, s.grid, g.pad, |i, o| {
             xp[o..o + r].copy_from_slice(&xc[i..i + r]);
