@@ -206,6 +206,32 @@ def teacher_from_caloforge(path):
     return flow, cfg
 
 
+def student_from_caloforge(path, teacher):
+    """The nflows IAF of a caloforge student flow file, with the teacher's permutations."""
+    w, meta = read_safetensors(path)
+    cfg = json.loads(meta["caloforge_flow_config"])
+    flow = build_student(teacher, cfg["features"], cfg["context"], cfg["hidden"],
+                         cfg["n_hidden"], cfg["blocks"], cfg["bins"],
+                         cfg["tail_bound"]).to(torch.float64)
+    ts = flow._transform._transforms
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a.T))
+    names = {}
+    with torch.no_grad():
+        for k in range(cfg["blocks"]):
+            made = ts[2 * k]._transform.autoregressive_net
+            pre = f"made.{k}."
+            pairs = [("input.linear", made.initial_layer), ("output.linear", made.final_layer)]
+            if cfg["context"]:
+                pairs.append(("context", made.context_layer))
+            pairs += [(f"hidden.{j}.linear", b.linear) for j, b in enumerate(made.blocks)]
+            for n, layer in pairs:
+                layer.weight.copy_(t(w[pre + n + ".weight"]))
+                layer.bias.copy_(torch.from_numpy(w[pre + n + ".bias"]))
+                names[pre + n + ".weight"] = layer.weight
+                names[pre + n + ".bias"] = layer.bias
+    return flow, names
+
+
 def logit(x):
     x = ALPHA + (1 - 2 * ALPHA) * x
     return torch.log(x / (1 - x))
@@ -291,6 +317,10 @@ def main():
     ap.add_argument("--student-of", metavar="FLOWK.safetensors",
                     help="distil an IAF student (the preset's [flowK] and [flowK.distill]) "
                          "from this caloforge teacher flow, as run.py --student_mode")
+    ap.add_argument("--student-init", metavar="STUDENT.safetensors",
+                    help="start the student from these caloforge weights (e.g. an untrained "
+                         "caloforge student: `examples/distill_grad init`) instead of nflows' "
+                         "initialisation")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -330,8 +360,12 @@ def main():
         teacher = teacher.to(dtype)
         teacher.eval()
         teacher.requires_grad_(False)
-        flow = build_student(teacher, d, c, fc["hidden"], fc["n_hidden"], fc["blocks"],
-                             fc["bins"], fc["tail_bound"]).to(dtype)
+        if a.student_init:
+            flow, _ = student_from_caloforge(a.student_init, teacher)
+            flow = flow.to(dtype)
+        else:
+            flow = build_student(teacher, d, c, fc["hidden"], fc["n_hidden"], fc["blocks"],
+                                 fc["bins"], fc["tail_bound"]).to(dtype)
     else:
         flow = build_flow(d, c, fc["hidden"], fc["n_hidden"], fc["blocks"], fc["bins"],
                           fc["tail_bound"]).to(dtype)

@@ -276,6 +276,18 @@ pub fn print_summary(s: &EvalSummary) {
     }
 }
 
+/// What the demo compares with its reference showers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DemoModel {
+    /// The iCaloFlow model shipped inside caloforge (`icaloflow-small`, trained on 100k
+    /// simulator showers; `crates/caloforge/pretrained/README.md` gives the command).
+    Pretrained,
+    /// An `icaloflow-small` trained from scratch for --train-minutes on simulated showers.
+    Scratch,
+    /// No model: the simulator with its stock GFlash parameters against the Geant4 tune.
+    Simulator,
+}
+
 #[derive(clap::Args, Clone)]
 pub struct DemoArgs {
     /// Output directory.
@@ -284,11 +296,13 @@ pub struct DemoArgs {
     /// Showers in the reference and generated samples.
     #[arg(long, default_value_t = 2000)]
     n: usize,
-    /// Training showers for the model.
+    /// Where the "generated" showers come from.
+    #[arg(long, value_enum, default_value_t = DemoModel::Pretrained)]
+    model: DemoModel,
+    /// Training showers (--model scratch).
     #[arg(long, default_value_t = 10000)]
     n_train: usize,
-    /// Training budget of the iCaloFlow model in minutes (0: no model; the "generated" sample is
-    /// then the simulator with its stock GFlash parameters).
+    /// Training budget in minutes (--model scratch).
     #[arg(long, default_value_t = 4.0)]
     train_minutes: f64,
     /// Seed.
@@ -299,16 +313,36 @@ pub struct DemoArgs {
     cls_epochs: usize,
 }
 
-/// `caloforge demo`: simulate training and reference showers (dataset 2, Geant4-tuned
-/// simulator), train a small iCaloFlow for a few minutes, generate showers with the reference's
-/// energies, and run the whole evaluation of generated against reference.
+/// The pretrained demo model, compiled into the binary: (file name, bytes).
+const PRETRAINED: [(&str, &[u8]); 5] = [
+    ("config.toml", include_bytes!("../pretrained/icaloflow-small-100k/config.toml")),
+    ("model_card.json", include_bytes!("../pretrained/icaloflow-small-100k/model_card.json")),
+    ("flow1.safetensors", include_bytes!("../pretrained/icaloflow-small-100k/flow1.safetensors")),
+    ("flow2.safetensors", include_bytes!("../pretrained/icaloflow-small-100k/flow2.safetensors")),
+    ("flow3.safetensors", include_bytes!("../pretrained/icaloflow-small-100k/flow3.safetensors")),
+];
+
+/// Writes the pretrained model into `dir` (the demo's own directory) and returns its path.
+pub fn write_pretrained(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, bytes) in PRETRAINED {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// `caloforge demo`: simulate reference showers (dataset 2, Geant4-tuned simulator), generate
+/// as many with a model (the shipped pretrained iCaloFlow, one trained from scratch, or the
+/// simulator's stock tune) for the reference's incident energies, and run the whole evaluation
+/// of generated against reference.
 pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
     use caloforge_models::registry;
-    if a.n < 10 || a.n_train < 10 {
+    if a.n < 10 || (a.model == DemoModel::Scratch && a.n_train < 10) {
         bail!("--n and --n-train must be >= 10 for the demo");
     }
-    if !(a.train_minutes >= 0.0 && a.train_minutes.is_finite()) {
-        bail!("--train-minutes must be >= 0");
+    if a.model == DemoModel::Scratch && !(a.train_minutes > 0.0 && a.train_minutes.is_finite()) {
+        bail!("--train-minutes must be > 0 with --model scratch");
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let train = a.out.join("train_ds2.h5");
@@ -332,41 +366,67 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
         a.n
     );
     simulate(base.clone(), quiet)?;
-    if a.train_minutes > 0.0 {
-        eprintln!("[2/4] simulating {} training showers", a.n_train);
-        simulate(
-            SimulateArgs {
-                n: Some(a.n_train),
-                seed: a.seed + 1,
-                out: train.clone(),
-                ..base.clone()
-            },
-            quiet,
-        )?;
-        eprintln!(
-            "[3/4] training iCaloFlow (preset icaloflow-small) for at most {} minutes",
-            a.train_minutes
-        );
-        let model_dir = a.out.join("icaloflow");
-        let opts = caloforge_models::TrainOptions {
-            data: train,
-            out: model_dir.clone(),
-            seed: a.seed,
-            max_minutes: Some(a.train_minutes),
-            quiet,
-            // The demo owns its output directory: a previous demo's model is replaced.
-            force: true,
-            ..Default::default()
-        };
-        let bars = crate::models::Bars::new(quiet);
-        let (kind, text) = registry::preset("icaloflow-small")?;
-        registry::prepare_out(kind, &text, &opts)?;
-        crate::signals::training(true);
-        let outcome = kind.train(&text, &opts, &bars);
-        crate::signals::training(false);
-        if outcome?.interrupted {
-            bail!("interrupted during training");
+    let model_dir = match a.model {
+        DemoModel::Pretrained => {
+            eprintln!("[2-3/4] the pretrained iCaloFlow (icaloflow-small, 100k simulator showers of another seed)");
+            Some(write_pretrained(&a.out.join("icaloflow-pretrained"))?)
         }
+        DemoModel::Scratch => {
+            eprintln!("[2/4] simulating {} training showers", a.n_train);
+            simulate(
+                SimulateArgs {
+                    n: Some(a.n_train),
+                    seed: a.seed + 1,
+                    out: train.clone(),
+                    ..base.clone()
+                },
+                quiet,
+            )?;
+            eprintln!(
+                "[3/4] training iCaloFlow (preset icaloflow-small) for at most {} minutes",
+                a.train_minutes
+            );
+            let model_dir = a.out.join("icaloflow");
+            let opts = caloforge_models::TrainOptions {
+                data: train,
+                out: model_dir.clone(),
+                seed: a.seed,
+                max_minutes: Some(a.train_minutes),
+                quiet,
+                // The demo owns its output directory: a previous demo's model is replaced.
+                force: true,
+                ..Default::default()
+            };
+            let bars = crate::models::Bars::new(quiet);
+            let (kind, text) = registry::preset("icaloflow-small")?;
+            registry::prepare_out(kind, &text, &opts)?;
+            crate::signals::training(true);
+            let outcome = kind.train(&text, &opts, &bars);
+            crate::signals::training(false);
+            if outcome?.interrupted {
+                bail!("interrupted during training");
+            }
+            Some(model_dir)
+        }
+        DemoModel::Simulator => {
+            eprintln!("[2-3/4] no model (--model simulator): 'generated' = the simulator with stock GFlash parameters");
+            simulate(
+                SimulateArgs {
+                    n: None,
+                    seed: a.seed + 1,
+                    out: generated.clone(),
+                    energies_from: Some(reference.clone()),
+                    tune: "stock".into(),
+                    ..base
+                },
+                quiet,
+            )?;
+            None
+        }
+    };
+    if let Some(model_dir) = model_dir {
+        let bars = crate::models::Bars::new(quiet);
+        let (kind, _) = registry::preset("icaloflow-small")?;
         let model = kind.load(&model_dir)?;
         let energies = caloforge_core::ShowerFile::open(&reference, Some(6480))?.energies;
         let t0 = std::time::Instant::now();
@@ -386,22 +446,9 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
         let mut sanity = registry::Sanity::default();
         sanity.add(&energies, &showers, 6480);
         if let Some(w) = sanity.bad_fraction_text() {
-            eprintln!("      warning: {w} (a model trained for minutes, not the paper's GPU-days)");
+            eprintln!("      warning: {w}");
         }
         caloforge_core::io::write_showers(&generated, &energies, &showers, 6480)?;
-    } else {
-        eprintln!("[2-3/4] no model (--train-minutes 0): 'generated' = the simulator with stock GFlash parameters");
-        simulate(
-            SimulateArgs {
-                n: None,
-                seed: a.seed + 1,
-                out: generated.clone(),
-                energies_from: Some(reference.clone()),
-                tune: "stock".into(),
-                ..base
-            },
-            quiet,
-        )?;
     }
     eprintln!("[4/4] evaluating generated vs reference (histograms, average showers, classifier, FPD/KPD)");
     let eval_dir = a.out.join("evaluation");

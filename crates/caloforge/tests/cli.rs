@@ -613,3 +613,43 @@ fn calodiffusion_trains_and_generates_from_the_cli() {
     }
     assert!(!dir.path().join("h.h5").exists() || o.status.success());
 }
+
+/// The demo's shipped model: it is written out, loads, samples finite non-negative showers close
+/// to the simulator (E_tot/E_inc separation well below the 4-minute model's 0.56), and is a
+/// normal run directory for `generate`. Bad demo arguments fail before anything is written.
+#[test]
+fn demo_samples_the_pretrained_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = caloforge(&["demo", "--model", "scratch", "--train-minutes", "0", "--out", out.to_str().unwrap()]);
+    failed_with(&o, "--train-minutes must be > 0");
+    assert!(!out.exists(), "a refused demo wrote {}", out.display());
+
+    let o = caloforge(&["demo", "--n", "400", "--cls-epochs", "2", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "demo failed: {}", err_text(&o));
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("evaluation/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let sep = m["separation_means"][0][1].as_f64().unwrap();
+    assert_eq!(m["separation_means"][0][0], "Etot / Einc");
+    assert!(sep < 0.15, "E_tot/E_inc separation power {sep}");
+    let (g, r) = (
+        m["generated"]["mean_etot_einc"].as_f64().unwrap(),
+        m["reference"]["mean_etot_einc"].as_f64().unwrap(),
+    );
+    assert!((g - r).abs() < 0.03, "mean E_tot/E_inc generated {g} vs reference {r}");
+
+    let model = out.join("icaloflow-pretrained");
+    let gen = dir.path().join("g.h5");
+    let o = caloforge(&[
+        "generate", "--model", model.to_str().unwrap(), "-n", "20", "--seed", "5",
+        "--out", gen.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "generate failed: {}", err_text(&o));
+    let f = caloforge_core::ShowerFile::open(&gen, Some(6480)).unwrap();
+    let s = f.read_rows(0, 20).unwrap();
+    assert_eq!(s.len(), 20 * 6480);
+    assert!(s.iter().all(|v| v.is_finite() && *v >= 0.0));
+    assert!(s.iter().sum::<f64>() > 0.0);
+}

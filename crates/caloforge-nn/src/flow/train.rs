@@ -233,6 +233,36 @@ pub(super) fn guided_terms(
     t
 }
 
+/// The two passes of the distillation loss for one batch, unweighted: the x-pass on data `x`
+/// (when `terms.x_pass`) and the z-pass on base samples `z` (when `terms.z_pass` and `z` is
+/// given), each [`guided_terms`] of the student's trace against the teacher's. `teacher` should
+/// be frozen (`map_net(|n| n.no_grad())`): the z-pass's gradient still flows through it into
+/// the student. Training ([`distill`]) and the PyTorch gradient check
+/// (`examples/distill_grad.rs`) both call this.
+pub fn distill_terms(
+    student: &Flow,
+    teacher: &Flow,
+    terms: DistillLoss,
+    x: Tensor<2>,
+    c: Option<Tensor<2>>,
+    z: Option<Tensor<2>>,
+) -> (Option<Tensor<1>>, Option<Tensor<1>>) {
+    let lx = terms.x_pass.then(|| {
+        // The teacher is frozen and x is data: nothing here reaches the student's gradient.
+        let tt = teacher.forward_trace(x.clone(), c.clone());
+        let st = student.inverse_trace(tt.z.clone(), c.clone());
+        let xs = st.x_side[0].clone();
+        guided_terms(&st, &tt, xs, x, terms.per_made)
+    });
+    let lz = z.filter(|_| terms.z_pass).map(|z| {
+        let st = student.inverse_trace(z.clone(), c.clone());
+        let tt = teacher.forward_trace(st.x_side[0].clone(), c);
+        let tz = tt.z.clone();
+        guided_terms(&st, &tt, z, tz, terms.per_made)
+    });
+    (lx, lz)
+}
+
 /// Trains the IAF `student` to reproduce the frozen MAF `teacher` (same features, context,
 /// blocks and permutations) with the loss of [`DistillLoss`]. Validation loss: chi2 (Σ over
 /// the features of the squared difference, mean over samples) between the validation data and
@@ -277,33 +307,21 @@ pub fn distill(
     };
     let loss = move |f: &Flow, idx: &[usize], rng: &mut ChaCha8Rng| {
         let (x, c) = batch_tensors(train, idx, rng, &device);
-        let mut total: Option<Tensor<1>> = None;
-        let mut add = |t: Tensor<1>, w: f64| {
-            let t = t * w;
-            total = Some(match total.take() {
-                Some(a) => a + t,
-                None => t,
-            });
-        };
-        if terms.x_pass {
-            // The teacher is frozen and x is data: nothing here reaches the student's gradient.
-            let tt = frozen.forward_trace(x.clone(), c.clone());
-            let st = f.inverse_trace(tt.z.clone(), c.clone());
-            let xs = st.x_side[0].clone();
-            add(guided_terms(&st, &tt, xs, x.clone(), terms.per_made), wx);
-        }
-        if terms.z_pass {
+        // The z-pass's base samples are drawn after the batch (fixed order of the stream).
+        let z = terms.z_pass.then(|| {
             let n = idx.len();
             let zs: Vec<f32> = (0..n * d)
                 .map(|_| rng.sample::<f32, _>(StandardNormal))
                 .collect();
-            let z = Tensor::<2>::from_data(TensorData::new(zs, [n, d]), &device);
-            let st = f.inverse_trace(z.clone(), c.clone());
-            let tt = frozen.forward_trace(st.x_side[0].clone(), c);
-            let tz = tt.z.clone();
-            add(guided_terms(&st, &tt, z, tz, terms.per_made), wz);
+            Tensor::<2>::from_data(TensorData::new(zs, [n, d]), &device)
+        });
+        let (lx, lz) = distill_terms(f, &frozen, terms, x, c, z);
+        match (lx, lz) {
+            (Some(a), Some(b)) => a * wx + b * wz,
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => unreachable!("distillation needs the x-pass or the z-pass"),
         }
-        total.expect("distillation needs the x-pass or the z-pass")
     };
     let val_fn = move |f: &Flow| {
         let (xs, _) = FastFlow::from_flow(f).sample_from_base(&val_z, &val.ctx);
