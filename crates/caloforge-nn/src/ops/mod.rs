@@ -2,12 +2,15 @@
 //! backward passes (`flex` backend; other backends run burn's own operations):
 //!
 //! * [`conv`]: 3-D convolutions and transposed convolutions (CaloDiffusion's U-Net);
-//! * [`spline`]: the rational-quadratic spline of the flows, fused into one operation.
+//! * [`spline`]: the rational-quadratic spline of the flows, fused into one operation;
+//! * [`norm`]: GroupNorm (+ SiLU) fused into one operation (the U-Net's blocks).
 
 pub mod conv;
+pub mod norm;
 pub mod spline;
 
 pub use conv::{conv3d, conv_transpose3d};
+pub use norm::group_norm;
 pub use spline::rqs;
 
 use burn::backend::DispatchDevice;

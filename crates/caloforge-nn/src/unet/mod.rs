@@ -75,7 +75,7 @@ impl ConvBlock {
         }
     }
     fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        silu(self.norm.forward(self.conv.forward(x)))
+        crate::ops::group_norm(self.conv.forward(x), &self.norm, true)
     }
 }
 
@@ -151,7 +151,7 @@ impl LinearAttention {
         let (h, d) = (self.heads, self.dim_head);
         let qkv = self
             .to_qkv
-            .forward(self.prenorm.forward(x.clone()))
+            .forward(crate::ops::group_norm(x.clone(), &self.prenorm, false))
             .reshape([b, 3, h, d, n]);
         let q: Tensor<4> = qkv.clone().narrow(1, 0, 1).reshape([b, h, d, n]);
         let k: Tensor<4> = qkv.clone().narrow(1, 1, 1).reshape([b, h, d, n]);
@@ -160,9 +160,11 @@ impl LinearAttention {
         let k = softmax(k, 3);
         let context = k.matmul(v.swap_dims(2, 3)); // [b, h, d, e]
         let out = context.swap_dims(2, 3).matmul(q); // [b, h, e, n]
-        let out = self
-            .out_norm
-            .forward(self.to_out.forward(out.reshape([b, h * d, z, a, r])));
+        let out = crate::ops::group_norm(
+            self.to_out.forward(out.reshape([b, h * d, z, a, r])),
+            &self.out_norm,
+            false,
+        );
         x + out
     }
 }
