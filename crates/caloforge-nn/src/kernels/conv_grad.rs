@@ -1,7 +1,10 @@
 //! 3-D convolutions for training: the forward pass, the input gradient and the weight gradient
 //! of a zero-padded, strided convolution, on channels-first batches `[B, C, z, α, r]` (burn's
-//! layout), as im2col + one matrix product per shower (the `gemm` crate, one thread per call;
-//! showers run in parallel).
+//! layout), as matrix products per shower (the `gemm` crate, one thread per call; showers run in
+//! parallel). Stride-1 convolutions copy the shower once into a zero-padded grid and take one
+//! product per kernel tap, reading tap t's im2col rows in place as a strided view of that grid
+//! (no im2col matrix: building it and packing it again in the product cost a quarter of a
+//! training step); strided ones build the im2col matrix.
 //!
 //! The transposed convolution is the adjoint of a convolution, so the same three functions serve
 //! it with the roles swapped (see [`Geom`]): its forward pass is [`input_grad`], its input
@@ -297,23 +300,22 @@ fn rows_in(dims: [usize; 3], outer: [usize; 3], at: [usize; 3], mut f: impl FnMu
     }
 }
 
-/// im2col through [`Shifted`]: the shower copied into the padded grid, then each row a slice.
-fn shifted_cols(g: &Geom, s: &Shifted, x: &[f32], cols: &mut [f32]) {
+/// The shower `x` `[c_in, input]` copied into the zero-padded grid of [`Shifted`]: `[c_in,
+/// n_pad]`. Tap t's im2col rows are then the strided view at offset `offs[t]` (row stride n_pad).
+fn padded(g: &Geom, s: &Shifted, x: &[f32]) -> Buf {
     let n_pad: usize = s.grid.iter().product();
     let (n_in, r) = (g.n_in(), g.input[2]);
-    // The padding stays zero: every channel overwrites the same interior rows.
-    let mut xp = Buf::zeroed(n_pad);
-    let taps = g.taps();
+    let mut xp = Buf::zeroed(g.c_in * n_pad);
     for c in 0..g.c_in {
-        let xc = &x[c * n_in..(c + 1) * n_in];
+        let (xc, pc) = (
+            &x[c * n_in..(c + 1) * n_in],
+            &mut xp[c * n_pad..(c + 1) * n_pad],
+        );
         rows_in(g.input, s.grid, g.pad, |i, o| {
-            xp[o..o + r].copy_from_slice(&xc[i..i + r]);
+            pc[o..o + r].copy_from_slice(&xc[i..i + r]);
         });
-        for (t, &off) in s.offs.iter().enumerate() {
-            let row = (c * taps + t) * s.len;
-            cols[row..row + s.len].copy_from_slice(&xp[off..off + s.len]);
-        }
     }
+    xp
 }
 
 /// A row-major matrix operand: element (i, j) at `ptr[i·rs + j·cs]`.
@@ -340,30 +342,60 @@ impl Mat {
             cs: ld as isize,
         }
     }
+    /// Element (i, j) at `s[start + i·rs + j·cs]`.
+    fn strided(s: &[f32], start: usize, rs: usize, cs: usize) -> Mat {
+        Mat {
+            ptr: s[start..].as_ptr(),
+            rs: rs as isize,
+            cs: cs as isize,
+        }
+    }
 }
 
 /// `c[m×n] (row-major) = (accumulate ? c : 0) + a[m×k] · b[k×n]`, on the calling thread.
 fn matmul(m: usize, n: usize, k: usize, c: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
     assert!(c.len() >= m * n);
+    matmul_into(m, n, k, c, 0, [n, 1], accumulate, a, b);
+}
+
+/// As [`matmul`], with c's element (i, j) at `c[start + i·cst[0] + j·cst[1]]`; every element
+/// touched must lie in `c` and every operand element in its slice (the callers' strides).
+#[allow(clippy::too_many_arguments)]
+fn matmul_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    start: usize,
+    cst: [usize; 2],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
     if m == 0 || n == 0 {
         return;
     }
+    assert!(start + (m - 1) * cst[0] + (n - 1) * cst[1] < c.len());
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    c[start + i * cst[0] + j * cst[1]] = 0.0;
+                }
+            }
         }
         return;
     }
-    // SAFETY: `c` holds m·n elements (checked above); `a` and `b` point into slices that the
-    // callers size for m×k and k×n with the given strides.
+    // SAFETY: every element of `c` addressed lies inside it (checked above); `a` and `b` point
+    // into slices that the callers size for m×k and k×n with the given strides.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
+            c.as_mut_ptr().add(start),
+            cst[1] as isize,
+            cst[0] as isize,
             accumulate,
             a.ptr,
             a.cs,
@@ -400,18 +432,21 @@ pub fn forward(g: &Geom, batch: usize, x: &[f32], w: &[f32], y: &mut [f32]) {
         .zip(x.par_chunks(g.c_in * n_in))
         .for_each(|(yb, xb)| {
             if let Some(s) = &shifted {
-                let mut cols = Buf::overwritten(ck * s.len);
-                shifted_cols(g, s, xb, &mut cols);
+                // One product per tap, accumulated: w[:, :, t] · (the padded shower at offs[t]).
+                let xp = padded(g, s, xb);
+                let (n_pad, taps) = (s.grid.iter().product::<usize>(), g.taps());
                 let mut full = Buf::overwritten(g.c_out * s.len);
-                matmul(
-                    g.c_out,
-                    s.len,
-                    ck,
-                    &mut full,
-                    false,
-                    Mat::rows(w, ck),
-                    Mat::rows(&cols, s.len),
-                );
+                for (t, &off) in s.offs.iter().enumerate() {
+                    matmul(
+                        g.c_out,
+                        s.len,
+                        g.c_in,
+                        &mut full,
+                        t > 0,
+                        Mat::strided(w, t, ck, taps),
+                        Mat::strided(&xp, off, n_pad, 1),
+                    );
+                }
                 let or = g.output[2];
                 for o in 0..g.c_out {
                     let (src, dst) = (&full[o * s.len..], &mut yb[o * n_out..(o + 1) * n_out]);
@@ -493,16 +528,11 @@ pub fn weight_grad(g: &Geom, batch: usize, x: &[f32], dy: &[f32], dw: &mut [f32]
         .enumerate()
         .for_each(|(gi, acc)| {
             if let Some(s) = &shifted {
-                let mut cols = Buf::overwritten(ck * s.len);
                 let mut full = Buf::zeroed(g.c_out * s.len);
+                let (n_pad, taps) = (s.grid.iter().product::<usize>(), g.taps());
                 let or = g.output[2];
                 for b in gi * GROUP..((gi + 1) * GROUP).min(batch) {
-                    shifted_cols(
-                        g,
-                        s,
-                        &x[b * g.c_in * n_in..(b + 1) * g.c_in * n_in],
-                        &mut cols,
-                    );
+                    let xp = padded(g, s, &x[b * g.c_in * n_in..(b + 1) * g.c_in * n_in]);
                     let dyb = &dy[b * g.c_out * n_out..(b + 1) * g.c_out * n_out];
                     // dy at the computed positions (the dropped ones stay zero).
                     for o in 0..g.c_out {
@@ -511,16 +541,21 @@ pub fn weight_grad(g: &Geom, batch: usize, x: &[f32], dy: &[f32], dw: &mut [f32]
                             dst[f..f + or].copy_from_slice(&src[i..i + or]);
                         });
                     }
+                    // dw[:, :, t] (+)= dy · (the padded shower at offs[t])ᵀ.
                     let first = b == gi * GROUP;
-                    matmul(
-                        g.c_out,
-                        ck,
-                        s.len,
-                        acc,
-                        !first,
-                        Mat::rows(&full, s.len),
-                        Mat::transposed(&cols, s.len),
-                    );
+                    for (t, &off) in s.offs.iter().enumerate() {
+                        matmul_into(
+                            g.c_out,
+                            g.c_in,
+                            s.len,
+                            acc,
+                            t,
+                            [ck, taps],
+                            !first,
+                            Mat::rows(&full, s.len),
+                            Mat::strided(&xp, off, 1, n_pad),
+                        );
+                    }
                 }
                 return;
             }
