@@ -1204,7 +1204,10 @@ mod model_tests {
             let g = Glam::new(&kind.geometry(None).unwrap()).unwrap();
             assert_eq!(g.r_edges.len(), g.shape()[2] + 1);
             assert!(
-                g.r_edges.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-9),
+                g.r_edges
+                    .iter()
+                    .zip(want)
+                    .all(|(a, b)| (a - b).abs() < 1e-9),
                 "{kind:?}: {:?}",
                 g.r_edges
             );

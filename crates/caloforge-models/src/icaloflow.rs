@@ -326,7 +326,12 @@ impl TeacherFlows {
 
     /// The teacher of flow `k` (one of the loaded parts).
     fn flow(&self, k: usize) -> &Flow {
-        &self.distilled.iter().find(|(j, _)| *j == k).expect("loaded part").1
+        &self
+            .distilled
+            .iter()
+            .find(|(j, _)| *j == k)
+            .expect("loaded part")
+            .1
     }
 }
 

@@ -33,10 +33,21 @@ fn read_st(path: &str) -> (Named, BTreeMap<String, String>) {
             continue;
         }
         assert_eq!(v["dtype"], "F32", "{path}: {k} is not F32");
-        let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = v["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         let o = v["data_offsets"].as_array().unwrap();
-        let (a, e) = (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize);
-        let vals = data[a..e].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let (a, e) = (
+            o[0].as_u64().unwrap() as usize,
+            o[1].as_u64().unwrap() as usize,
+        );
+        let vals = data[a..e]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         out.insert(k.clone(), (shape, vals));
     }
     (out, meta)
@@ -50,7 +61,10 @@ fn write_st(path: &str, t: &Named) {
         for x in v {
             data.extend_from_slice(&x.to_le_bytes());
         }
-        header.insert(k.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [a, data.len()]}));
+        header.insert(
+            k.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [a, data.len()]}),
+        );
     }
     let h = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -86,8 +100,17 @@ fn main() {
     let teacher = teacher.map_net(|n| n.no_grad());
     let student = load_flow(Path::new(&a[1]), &config(&a[1]), &dev).unwrap();
     let (inp, _) = read_st(&a[2]);
-    let (x, c, z) = (tensor(&inp["x"], &dev), tensor(&inp["c"], &dev), tensor(&inp["z"], &dev));
-    let terms = DistillLoss { x_pass: true, z_pass: true, per_made: true, beta: 0.5 };
+    let (x, c, z) = (
+        tensor(&inp["x"], &dev),
+        tensor(&inp["c"], &dev),
+        tensor(&inp["z"], &dev),
+    );
+    let terms = DistillLoss {
+        x_pass: true,
+        z_pass: true,
+        per_made: true,
+        beta: 0.5,
+    };
     let (lx, lz) = distill_terms(&student, &teacher, terms, x, Some(c), Some(z));
     let (lx, lz) = (lx.unwrap(), lz.unwrap());
     let scalar = |t: &Tensor<1>| t.clone().into_data().iter::<f32>().next().unwrap();

@@ -315,11 +315,26 @@ pub struct DemoArgs {
 
 /// The pretrained demo model, compiled into the binary: (file name, bytes).
 const PRETRAINED: [(&str, &[u8]); 5] = [
-    ("config.toml", include_bytes!("../pretrained/icaloflow-small-100k/config.toml")),
-    ("model_card.json", include_bytes!("../pretrained/icaloflow-small-100k/model_card.json")),
-    ("flow1.safetensors", include_bytes!("../pretrained/icaloflow-small-100k/flow1.safetensors")),
-    ("flow2.safetensors", include_bytes!("../pretrained/icaloflow-small-100k/flow2.safetensors")),
-    ("flow3.safetensors", include_bytes!("../pretrained/icaloflow-small-100k/flow3.safetensors")),
+    (
+        "config.toml",
+        include_bytes!("../pretrained/icaloflow-small-100k/config.toml"),
+    ),
+    (
+        "model_card.json",
+        include_bytes!("../pretrained/icaloflow-small-100k/model_card.json"),
+    ),
+    (
+        "flow1.safetensors",
+        include_bytes!("../pretrained/icaloflow-small-100k/flow1.safetensors"),
+    ),
+    (
+        "flow2.safetensors",
+        include_bytes!("../pretrained/icaloflow-small-100k/flow2.safetensors"),
+    ),
+    (
+        "flow3.safetensors",
+        include_bytes!("../pretrained/icaloflow-small-100k/flow3.safetensors"),
+    ),
 ];
 
 /// Writes the pretrained model into `dir` (the demo's own directory) and returns its path.

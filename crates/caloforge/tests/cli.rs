@@ -621,11 +621,27 @@ fn calodiffusion_trains_and_generates_from_the_cli() {
 fn demo_samples_the_pretrained_model() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let o = caloforge(&["demo", "--model", "scratch", "--train-minutes", "0", "--out", out.to_str().unwrap()]);
+    let o = caloforge(&[
+        "demo",
+        "--model",
+        "scratch",
+        "--train-minutes",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     failed_with(&o, "--train-minutes must be > 0");
     assert!(!out.exists(), "a refused demo wrote {}", out.display());
 
-    let o = caloforge(&["demo", "--n", "400", "--cls-epochs", "2", "--out", out.to_str().unwrap()]);
+    let o = caloforge(&[
+        "demo",
+        "--n",
+        "400",
+        "--cls-epochs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "demo failed: {}", err_text(&o));
     let m: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("evaluation/metrics.json")).unwrap(),
@@ -638,13 +654,23 @@ fn demo_samples_the_pretrained_model() {
         m["generated"]["mean_etot_einc"].as_f64().unwrap(),
         m["reference"]["mean_etot_einc"].as_f64().unwrap(),
     );
-    assert!((g - r).abs() < 0.03, "mean E_tot/E_inc generated {g} vs reference {r}");
+    assert!(
+        (g - r).abs() < 0.03,
+        "mean E_tot/E_inc generated {g} vs reference {r}"
+    );
 
     let model = out.join("icaloflow-pretrained");
     let gen = dir.path().join("g.h5");
     let o = caloforge(&[
-        "generate", "--model", model.to_str().unwrap(), "-n", "20", "--seed", "5",
-        "--out", gen.to_str().unwrap(),
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "-n",
+        "20",
+        "--seed",
+        "5",
+        "--out",
+        gen.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "generate failed: {}", err_text(&o));
     let f = caloforge_core::ShowerFile::open(&gen, Some(6480)).unwrap();
