@@ -234,6 +234,13 @@ struct Shifted {
     offs: Vec<usize>,
 }
 
+impl Shifted {
+    /// Elements of the padded grid.
+    fn n_pad(&self) -> usize {
+        self.grid.iter().product()
+    }
+}
+
 impl Geom {
     fn shifted(&self) -> Option<Shifted> {
         if self.stride != [1, 1, 1] || self.pointwise() {
@@ -303,8 +310,7 @@ fn rows_in(dims: [usize; 3], outer: [usize; 3], at: [usize; 3], mut f: impl FnMu
 /// The shower `x` `[c_in, input]` copied into the zero-padded grid of [`Shifted`]: `[c_in,
 /// n_pad]`. Tap t's im2col rows are then the strided view at offset `offs[t]` (row stride n_pad).
 fn padded(g: &Geom, s: &Shifted, x: &[f32]) -> Buf {
-    let n_pad: usize = s.grid.iter().product();
-    let (n_in, r) = (g.n_in(), g.input[2]);
+    let (n_pad, n_in, r) = (s.n_pad(), g.n_in(), g.input[2]);
     let mut xp = Buf::zeroed(g.c_in * n_pad);
     for c in 0..g.c_in {
         let (xc, pc) = (
@@ -434,7 +440,7 @@ pub fn forward(g: &Geom, batch: usize, x: &[f32], w: &[f32], y: &mut [f32]) {
             if let Some(s) = &shifted {
                 // One product per tap, accumulated: w[:, :, t] · (the padded shower at offs[t]).
                 let xp = padded(g, s, xb);
-                let (n_pad, taps) = (s.grid.iter().product::<usize>(), g.taps());
+                let (n_pad, taps) = (s.n_pad(), g.taps());
                 let mut full = Buf::overwritten(g.c_out * s.len);
                 for (t, &off) in s.offs.iter().enumerate() {
                     matmul(
@@ -529,7 +535,7 @@ pub fn weight_grad(g: &Geom, batch: usize, x: &[f32], dy: &[f32], dw: &mut [f32]
         .for_each(|(gi, acc)| {
             if let Some(s) = &shifted {
                 let mut full = Buf::zeroed(g.c_out * s.len);
-                let (n_pad, taps) = (s.grid.iter().product::<usize>(), g.taps());
+                let (n_pad, taps) = (s.n_pad(), g.taps());
                 let or = g.output[2];
                 for b in gi * GROUP..((gi + 1) * GROUP).min(batch) {
                     let xp = padded(g, s, &x[b * g.c_in * n_in..(b + 1) * g.c_in * n_in]);

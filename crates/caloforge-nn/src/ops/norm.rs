@@ -39,11 +39,11 @@ pub trait NormTrainOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-fn f32s(t: &FlexTensor) -> Vec<f32> {
-    let t = t.to_contiguous();
+/// The values of a contiguous f32 tensor, borrowed (callers pass `t.to_contiguous()`, which
+/// copies only strided tensors).
+fn f32s(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
-        .expect("the fused GroupNorm runs on f32 tensors")
-        .to_vec()
+        .expect("the fused GroupNorm runs on contiguous f32 tensors")
 }
 
 /// Sum of a slice in f64 (four independent accumulators: vectorises, fixed order).
@@ -226,9 +226,14 @@ impl NormTrainOps for Flex {
     ) -> FlexTensor {
         let shape = x.shape().to_vec();
         let l = Layout::of(&shape, groups);
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
         let xv = f32s(&x);
-        let st = stats(&xv, l, eps);
-        let y = forward(&xv, &f32s(&gamma), &f32s(&beta), l, &st, act);
+        let st = stats(xv, l, eps);
+        let y = forward(xv, f32s(&gamma), f32s(&beta), l, &st, act);
         FlexTensor::from_data(TensorData::new(y, shape))
     }
 }
@@ -245,9 +250,15 @@ impl Backward<Flex, 3> for GroupNormBackward {
         let (x, gamma, beta, groups, eps, act) = ops.state;
         let shape = x.shape().to_vec();
         let l = Layout::of(&shape, groups);
+        let (x, gamma, beta, gy) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+            gy.to_contiguous(),
+        );
         let xv = f32s(&x);
-        let st = stats(&xv, l, eps);
-        let (gx, gg, gb) = backward(&xv, &f32s(&gamma), &f32s(&beta), &f32s(&gy), l, &st, act);
+        let st = stats(xv, l, eps);
+        let (gx, gg, gb) = backward(xv, f32s(&gamma), f32s(&beta), f32s(&gy), l, &st, act);
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(gx, shape)));
         }
