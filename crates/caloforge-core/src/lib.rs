@@ -5,6 +5,7 @@
 //! read from the binning XML files ([`geometry`]), the four datasets and their constants
 //! ([`dataset`]), the HDF5 reader and writer ([`io`]) and the high-level features ([`features`]).
 
+pub mod coarse;
 pub mod dataset;
 pub mod error;
 pub mod features;
@@ -15,6 +16,7 @@ pub mod io;
 pub mod numeric;
 pub mod rng;
 
+pub use coarse::{CoarseGrid, Grouping};
 pub use dataset::DatasetKind;
 pub use error::{CoreError, Result};
 pub use features::{apply_threshold, Features};
