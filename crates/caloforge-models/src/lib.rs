@@ -4,6 +4,8 @@
 //!   normalizing flows for datasets 2 and 3, MAF teachers and IAF students.
 //! - [`calodiffusion`]: CaloDiffusion (Amram & Pedro): DDPM with a cylindrical U-Net (engine
 //!   and network in `caloforge_nn::{diffusion, unet}`).
+//! - [`supercalo`]: SuperCalo (Pang, Raine, Shih): coarse showers from a flow, upsampled by a
+//!   superresolution flow; datasets 2 and 3.
 //!
 //! Every model family is a [`ModelKind`] in the [`registry`]; a trained model is a
 //! [`Generator`] and, on disk, a directory with safetensors weights, the TOML configuration
@@ -11,10 +13,12 @@
 //! ones for tests and the demo) are TOML files embedded from `presets/`, named after the paper.
 
 pub mod calodiffusion;
+pub(crate) mod flowparts;
 /// Device (backend) selection, re-exported for the CLI.
 pub use caloforge_nn::device;
 pub mod icaloflow;
 pub mod registry;
+pub mod supercalo;
 
 pub use registry::{Generator, ModelKind, ModelOption, Preset, SampleOptions, TrainOutcome};
 

@@ -20,6 +20,8 @@ pub enum ModelOption {
     Sampler,
     /// `--steps`: the number of sampling steps.
     Steps,
+    /// `--coarse-from`: upsample given (coarse or coarse-grained) showers.
+    CoarseFrom,
 }
 
 impl ModelOption {
@@ -30,6 +32,7 @@ impl ModelOption {
             ModelOption::Teacher => "--teacher",
             ModelOption::Sampler => "--sampler",
             ModelOption::Steps => "--steps",
+            ModelOption::CoarseFrom => "--coarse-from",
         }
     }
 }
@@ -210,12 +213,37 @@ pub trait Generator: Send + Sync {
     fn macs_per_shower(&self, _opts: &SampleOptions) -> Option<f64> {
         None
     }
+    /// Superresolution models: the shower widths (voxels per shower) that
+    /// [`Generator::upsample`] takes; `None` for models that do not upsample.
+    fn upsample_widths(&self) -> Option<Vec<usize>> {
+        None
+    }
+    /// Superresolution models: fine showers from the given showers (`energies.len()` rows of
+    /// `width` values), keeping each coarse voxel's energy; shower j of the call draws from
+    /// [`crate::shower_rng`]`(seed, first + j)` like [`Generator::sample`].
+    #[allow(clippy::too_many_arguments)]
+    fn upsample(
+        &self,
+        _energies: &[f64],
+        _showers: &[f32],
+        _width: usize,
+        _seed: u64,
+        _first: u64,
+        _batch: usize,
+        _progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        Err(ModelError::Config(format!(
+            "{} does not upsample showers (--coarse-from is for superresolution models)",
+            self.kind().name()
+        )))
+    }
 }
 
 /// Every model family. Adding a model adds one line here.
 pub static REGISTRY: &[&dyn ModelKind] = &[
     &crate::icaloflow::ICaloFlowKind,
     &crate::calodiffusion::CaloDiffusionKind,
+    &crate::supercalo::SuperCaloKind,
 ];
 
 /// The model family named `name`.
@@ -292,7 +320,7 @@ pub fn check_options(kind: &dyn ModelKind, used: &[ModelOption]) -> Result<()> {
                 o.flag(),
                 kind.name(),
                 if takes.is_empty() {
-                    "none of --flows, --teacher, --sampler, --steps".to_string()
+                    "none of --flows, --teacher, --sampler, --steps, --coarse-from".to_string()
                 } else {
                     takes.join(", ")
                 }

@@ -1,0 +1,178 @@
+//! What the flow models (iCaloFlow, SuperCalo) share: training several independent flows of a
+//! model concurrently through the one training loop, each with its own checkpoint, and timing
+//! their optimizer steps for `caloforge bench --train`.
+
+use crate::registry::{PartTimer, StepTiming};
+use crate::{ModelError, Progress, Result, TrainOptions};
+use caloforge_nn::flow::train::{
+    distill, train_maf, BatchSource, DistillLoss, FlowData, Run, TrainReport, TrainSettings,
+};
+use caloforge_nn::flow::{Flow, FlowConfig, FlowKind};
+use caloforge_nn::schedule::LrSchedule;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use std::time::Instant;
+
+/// One flow to train: its number k (checkpoint `flowK.ckpt`, progress key `flowK`), initial
+/// weights, settings, data and, for a distilled student, its frozen teacher.
+pub(crate) struct Job<'a> {
+    /// Flow number.
+    pub k: usize,
+    /// Initial flow (weights drawn before the threads start, so they do not depend on timing).
+    pub flow0: Flow,
+    /// Optimisation settings (OneCycle `total_steps` resolved).
+    pub settings: TrainSettings,
+    /// Training mini-batches.
+    pub train: &'a dyn BatchSource,
+    /// Validation samples.
+    pub val: FlowData,
+    /// Teacher and loss terms (students).
+    pub teacher: Option<(&'a Flow, DistillLoss)>,
+}
+
+/// `s` with a OneCycle `total_steps` of 0 replaced by epochs × steps per epoch over `n` samples.
+pub(crate) fn settings_with_steps(s: &TrainSettings, n: usize) -> TrainSettings {
+    let mut s = s.clone();
+    if let LrSchedule::OneCycle { total_steps, .. } = &mut s.schedule {
+        if *total_steps == 0 {
+            *total_steps = (n.div_ceil(s.batch_size.max(1)) * s.epochs).max(1);
+        }
+    }
+    s
+}
+
+/// Trains the jobs concurrently (burn's CPU kernels use about one core at these sizes), each
+/// with the whole time budget of `opts` counted from `t0`. Returns each job's best flow and
+/// report, in job order.
+pub(crate) fn train_concurrently(
+    jobs: Vec<Job>,
+    opts: &TrainOptions,
+    t0: Instant,
+    progress: &dyn Progress,
+) -> Vec<(usize, Result<(Flow, TrainReport)>)> {
+    let deadline = opts
+        .max_minutes
+        .map(|m| t0 + std::time::Duration::from_secs_f64(m * 60.0));
+    let train_one = |job: Job| -> Result<(Flow, TrainReport)> {
+        let name = format!("flow{}", job.k);
+        let seed = opts.seed.wrapping_add(job.k as u64);
+        let control = opts.control(seed, deadline, &format!("{name}.ckpt"));
+        let run = Run {
+            train: job.train,
+            val: &job.val,
+            settings: &job.settings,
+            control: &control,
+        };
+        let steps =
+            (job.train.len().div_ceil(job.settings.batch_size.max(1)) * job.settings.epochs) as u64;
+        let mut bar = |p: caloforge_nn::flow::train::Progress| {
+            if p.step == 0 || p.val_loss.is_some() || p.step % 5 == 0 {
+                progress.set(
+                    &name,
+                    p.step as u64,
+                    p.val_loss
+                        .map(|v| format!("{name} step {}: validation loss {v:.4}", p.step)),
+                );
+            }
+        };
+        let out = match job.teacher {
+            None => {
+                progress.start(&name, &format!("train {name}"), steps);
+                train_maf(job.flow0, run, &mut bar)?
+            }
+            Some((teacher, terms)) => {
+                progress.start(&name, &format!("distill {name}"), steps);
+                distill(job.flow0, teacher, terms, run, &mut bar)?
+            }
+        };
+        progress.finish(&name);
+        Ok(out)
+    };
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| (job.k, sc.spawn(move || train_one(job))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(k, h)| {
+                (
+                    k,
+                    h.join().unwrap_or_else(|_| {
+                        Err(ModelError::Config(format!("training flow{k} panicked")))
+                    }),
+                )
+            })
+            .collect()
+    })
+}
+
+/// The report line of a trained flow.
+pub(crate) fn report_line(k: usize, flow: &Flow, report: &TrainReport) -> String {
+    format!(
+        "flow{k}: {} parameters, {} steps, best validation loss {:.4} at step {}{}",
+        flow.num_params(),
+        report.steps,
+        report.best_val_loss,
+        report.best_step,
+        crate::stop_note(report.interrupted, report.stopped_at_budget)
+    )
+}
+
+/// Times `steps` optimizer steps (after one untimed step) of flow `k` of architecture `fc` at
+/// mini-batch `batch` on standard-normal synthetic data (a step costs the same whatever the
+/// values): maximum likelihood, or distillation from `teacher` with `terms`.
+pub(crate) fn time_flow(
+    k: usize,
+    fc: FlowConfig,
+    teacher: Option<(FlowConfig, DistillLoss)>,
+    batch: usize,
+    steps: usize,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<StepTiming> {
+    let device = caloforge_nn::device::cpu_autodiff(caloforge_nn::device::Precision::F32, seed);
+    let (d, c) = (fc.features, fc.context);
+    let mut r = ChaCha8Rng::seed_from_u64(seed.wrapping_add(k as u64));
+    let mut data = |n: usize| FlowData {
+        x: (0..n * d).map(|_| r.sample(StandardNormal)).collect(),
+        ctx: (0..n * c).map(|_| r.sample(StandardNormal)).collect(),
+        d,
+        c,
+    };
+    let train = data(batch * (steps + 1));
+    let val = data(batch.min(64));
+    let settings = TrainSettings::timing(batch, 1e-4);
+    let control = caloforge_nn::train::Control {
+        seed,
+        ..Default::default()
+    };
+    let run = Run {
+        train: &train,
+        val: &val,
+        settings: &settings,
+        control: &control,
+    };
+    let mut timer = PartTimer::new(&format!("flow{k}"), steps + 1, progress);
+    let mut tick = |p: caloforge_nn::flow::train::Progress| timer.tick(&p);
+    let what = match teacher {
+        None => {
+            train_maf(Flow::new(fc, &device), run, &mut tick)?;
+            "maximum likelihood"
+        }
+        Some((tc, terms)) => {
+            let teacher = Flow::new(tc, &device);
+            let student = Flow::new(
+                FlowConfig {
+                    kind: FlowKind::Iaf,
+                    ..fc
+                },
+                &device,
+            );
+            distill(student, &teacher, terms, run, &mut tick)?;
+            "distillation"
+        }
+    };
+    timer.finish(what, batch)
+}
