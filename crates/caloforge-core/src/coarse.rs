@@ -112,7 +112,11 @@ impl CoarseGrid {
                 )));
             }
         }
-        let (nz, na, nr) = (n_layers / group.layers, n_alpha / group.alpha, n_r / group.r);
+        let (nz, na, nr) = (
+            n_layers / group.layers,
+            n_alpha / group.alpha,
+            n_r / group.r,
+        );
         let mut fine_of = Vec::with_capacity(n_layers * n_alpha * n_r);
         for z in 0..nz {
             for r in 0..nr {
@@ -182,10 +186,26 @@ impl CoarseGrid {
         let p = self.cell(c);
         let at = |z: usize, r: usize, a: usize| Some(self.index(z, r, a));
         [
-            if p.r > 0 { at(p.z, p.r - 1, p.alpha) } else { None },
-            if p.r + 1 < nr { at(p.z, p.r + 1, p.alpha) } else { None },
-            if p.z > 0 { at(p.z - 1, p.r, p.alpha) } else { None },
-            if p.z + 1 < nz { at(p.z + 1, p.r, p.alpha) } else { None },
+            if p.r > 0 {
+                at(p.z, p.r - 1, p.alpha)
+            } else {
+                None
+            },
+            if p.r + 1 < nr {
+                at(p.z, p.r + 1, p.alpha)
+            } else {
+                None
+            },
+            if p.z > 0 {
+                at(p.z - 1, p.r, p.alpha)
+            } else {
+                None
+            },
+            if p.z + 1 < nz {
+                at(p.z + 1, p.r, p.alpha)
+            } else {
+                None
+            },
             at(p.z, p.r, (p.alpha + na - 1) % na),
             at(p.z, p.r, (p.alpha + 1) % na),
         ]
@@ -225,10 +245,16 @@ mod tests {
     #[test]
     fn dataset_2_voxelizations_have_the_papers_sizes() {
         let a = ds2();
-        assert_eq!((a.n_coarse(), a.group_size(), a.coarse), (648, 10, (9, 8, 9)));
+        assert_eq!(
+            (a.n_coarse(), a.group_size(), a.coarse),
+            (648, 10, (9, 8, 9))
+        );
         let g = DatasetKind::Ds2.geometry(None).unwrap();
         let b = CoarseGrid::new(&g, Grouping::B).unwrap();
-        assert_eq!((b.n_coarse(), b.group_size(), b.coarse), (540, 12, (45, 4, 3)));
+        assert_eq!(
+            (b.n_coarse(), b.group_size(), b.coarse),
+            (540, 12, (45, 4, 3))
+        );
         let g3 = DatasetKind::Ds3.geometry(None).unwrap();
         let c = CoarseGrid::new(&g3, Grouping::A).unwrap();
         assert_eq!((c.n_coarse(), c.group_size()), (9 * 25 * 18, 10));
@@ -250,7 +276,17 @@ mod tests {
         for grid in [
             ds2(),
             CoarseGrid::regular(45, 16, 9, Grouping::B).unwrap(),
-            CoarseGrid::regular(6, 6, 4, Grouping { layers: 3, alpha: 3, r: 2 }).unwrap(),
+            CoarseGrid::regular(
+                6,
+                6,
+                4,
+                Grouping {
+                    layers: 3,
+                    alpha: 3,
+                    r: 2,
+                },
+            )
+            .unwrap(),
         ] {
             let n = grid.n_fine();
             let mut seen = vec![false; n];

@@ -79,7 +79,13 @@ pub struct Stage {
 
 impl Stage {
     /// The flow architecture of this stage for `d` features and `c` context inputs.
-    pub fn flow_config(&self, d: usize, c: usize, kind: FlowKind, permutation_seed: u64) -> FlowConfig {
+    pub fn flow_config(
+        &self,
+        d: usize,
+        c: usize,
+        kind: FlowKind,
+        permutation_seed: u64,
+    ) -> FlowConfig {
         FlowConfig {
             features: d,
             context: c,

@@ -527,6 +527,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--steps") && e.contains("icaloflow"), "{e}");
+        let e = check_options(ic, &[ModelOption::CoarseFrom])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--coarse-from"), "{e}");
+        check_options(kind("supercalo").unwrap(), &[ModelOption::CoarseFrom]).unwrap();
         assert!(kind("nope").is_err());
     }
 

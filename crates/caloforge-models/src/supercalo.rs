@@ -123,9 +123,14 @@ impl SuperCaloConfig {
             && self.threshold.is_finite()
             && self.threshold >= 0.0)
         {
-            return bad("need normalizations > 0, 0 < alpha < 0.5, noise levels and threshold >= 0".into());
+            return bad(
+                "need normalizations > 0, 0 < alpha < 0.5, noise levels and threshold >= 0".into(),
+            );
         }
-        for (k, s) in [&self.flow1, &self.flow2, &self.flow3].into_iter().enumerate() {
+        for (k, s) in [&self.flow1, &self.flow2, &self.flow3]
+            .into_iter()
+            .enumerate()
+        {
             s.train
                 .validate(&format!("SuperCalo configuration: flow{}.train", k + 1))?;
             if !(s.tail_bound.is_finite() && s.tail_bound > 0.0) {
@@ -138,7 +143,10 @@ impl SuperCaloConfig {
                 ));
             }
             if s.distill.is_some() {
-                return bad(format!("flow{}: SuperCalo has no distilled students", k + 1));
+                return bad(format!(
+                    "flow{}: SuperCalo has no distilled students",
+                    k + 1
+                ));
             }
         }
         Ok(())
@@ -441,7 +449,10 @@ impl SuperCalo {
             .collect();
         let (x, _) = self.fast[0].sample_from_base(&z, &ctx);
         x.iter()
-            .map(|&v| self.cfg.cut(self.cfg.inverse_logit(v) * self.cfg.normalization))
+            .map(|&v| {
+                self.cfg
+                    .cut(self.cfg.inverse_logit(v) * self.cfg.normalization)
+            })
             .collect()
     }
 
@@ -591,55 +602,63 @@ impl SuperCalo {
                 energies.len()
             )));
         }
-        self.batched(energies.len(), seed, first, batch, progress, |range, rngs| {
-            let es = &energies[range.clone()];
-            let n = es.len();
-            let rows = &showers[range.start * width..range.end * width];
-            let mut coarse = vec![0.0f32; n * nc];
-            let mut le = vec![0.0f64; n * nl];
-            if width == nv {
-                for s in 0..n {
-                    let row = &rows[s * nv..(s + 1) * nv];
-                    grid.coarse_grain(row, &mut coarse[s * nc..(s + 1) * nc]);
-                    for (l, e) in le[s * nl..(s + 1) * nl].iter_mut().enumerate() {
-                        *e = row[l * na * nr..(l + 1) * na * nr]
-                            .iter()
-                            .map(|&v| v as f64)
-                            .sum();
+        self.batched(
+            energies.len(),
+            seed,
+            first,
+            batch,
+            progress,
+            |range, rngs| {
+                let es = &energies[range.clone()];
+                let n = es.len();
+                let rows = &showers[range.start * width..range.end * width];
+                let mut coarse = vec![0.0f32; n * nc];
+                let mut le = vec![0.0f64; n * nl];
+                if width == nv {
+                    for s in 0..n {
+                        let row = &rows[s * nv..(s + 1) * nv];
+                        grid.coarse_grain(row, &mut coarse[s * nc..(s + 1) * nc]);
+                        for (l, e) in le[s * nl..(s + 1) * nl].iter_mut().enumerate() {
+                            *e = row[l * na * nr..(l + 1) * na * nr]
+                                .iter()
+                                .map(|&v| v as f64)
+                                .sum();
+                        }
                     }
-                }
-            } else {
-                coarse.copy_from_slice(rows);
-                le = self.layer_energies(es, rngs);
-                let (nz, gl, per_z) = (grid.coarse.0, grid.group.layers, grid.per_z_group());
-                for s in 0..n {
-                    for zg in 0..nz {
-                        let target: f64 = coarse[s * nc + zg * per_z..s * nc + (zg + 1) * per_z]
-                            .iter()
-                            .map(|&v| v as f64)
-                            .sum();
-                        let layers = &mut le[s * nl + zg * gl..s * nl + (zg + 1) * gl];
-                        let have: f64 = layers.iter().sum();
-                        for e in layers.iter_mut() {
-                            *e = if have > 0.0 {
-                                *e / have * target
-                            } else {
-                                target / gl as f64
-                            };
+                } else {
+                    coarse.copy_from_slice(rows);
+                    le = self.layer_energies(es, rngs);
+                    let (nz, gl, per_z) = (grid.coarse.0, grid.group.layers, grid.per_z_group());
+                    for s in 0..n {
+                        for zg in 0..nz {
+                            let target: f64 = coarse
+                                [s * nc + zg * per_z..s * nc + (zg + 1) * per_z]
+                                .iter()
+                                .map(|&v| v as f64)
+                                .sum();
+                            let layers = &mut le[s * nl + zg * gl..s * nl + (zg + 1) * gl];
+                            let have: f64 = layers.iter().sum();
+                            for e in layers.iter_mut() {
+                                *e = if have > 0.0 {
+                                    *e / have * target
+                                } else {
+                                    target / gl as f64
+                                };
+                            }
                         }
                     }
                 }
-            }
-            for c in coarse.iter_mut() {
-                if !(c.is_finite() && *c >= 0.0) {
-                    return Err(ModelError::Config(format!(
-                        "a coarse voxel of {c} MeV: energies must be finite and >= 0"
-                    )));
+                for c in coarse.iter_mut() {
+                    if !(c.is_finite() && *c >= 0.0) {
+                        return Err(ModelError::Config(format!(
+                            "a coarse voxel of {c} MeV: energies must be finite and >= 0"
+                        )));
+                    }
+                    *c = self.cfg.cut(*c as f64) as f32;
                 }
-                *c = self.cfg.cut(*c as f64) as f32;
-            }
-            Ok(self.upsample_batch(es, &le, &coarse, rngs))
-        })
+                Ok(self.upsample_batch(es, &le, &coarse, rngs))
+            },
+        )
     }
 }
 
@@ -964,9 +983,14 @@ impl Generator for SuperCalo {
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
         check_energies(energies)?;
-        self.batched(energies.len(), seed, first, batch, progress, |range, rngs| {
-            Ok(self.sample_batch(&energies[range], rngs))
-        })
+        self.batched(
+            energies.len(),
+            seed,
+            first,
+            batch,
+            progress,
+            |range, rngs| Ok(self.sample_batch(&energies[range], rngs)),
+        )
     }
     fn upsample_widths(&self) -> Option<Vec<usize>> {
         Some(vec![self.grid.n_fine(), self.grid.n_coarse()])

@@ -235,6 +235,16 @@ pub struct GenerateArgs {
     /// 50-400 step study; DDIM: N evenly spaced steps of the training schedule).
     #[arg(long)]
     steps: Option<usize>,
+    /// Superresolution models (SuperCalo): upsample the showers of this file instead of
+    /// generating from scratch, keeping each coarse voxel's energy and reusing the incident
+    /// energies; a file on the fine mesh is coarse-grained on reading, a file on the model's
+    /// coarse mesh is read as is.
+    #[arg(long, conflicts_with_all = ["energies_from", "n"])]
+    coarse_from: Option<PathBuf>,
+    /// With --coarse-from: fine showers drawn per input shower, written consecutively (the
+    /// SuperCalo paper's resampling study uses 5).
+    #[arg(long)]
+    resample: Option<usize>,
 }
 
 /// Largest number of showers one command generates or simulates.
@@ -286,16 +296,61 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
         &used_options(&[
             (a.sampler.is_some(), ModelOption::Sampler),
             (a.steps.is_some(), ModelOption::Steps),
+            (a.coarse_from.is_some(), ModelOption::CoarseFrom),
         ]),
     )?;
     let sopts = SampleOptions {
         sampler: a.sampler.clone(),
         steps: a.steps,
     };
-    let inputs: Vec<&Path> = a.energies_from.iter().map(|p| p.as_path()).collect();
+    let inputs: Vec<&Path> = a
+        .energies_from
+        .iter()
+        .chain(&a.coarse_from)
+        .map(|p| p.as_path())
+        .collect();
     check_output(&a.out, &inputs)?;
     let summary_path = summary_path(&a.out, &inputs)?;
-    let e = energies(&a.energies_from, a.n, a.energy_min, a.energy_max, a.seed)?;
+    // --coarse-from: the showers to upsample (checked before anything is written).
+    if a.resample.is_some() && a.coarse_from.is_none() {
+        bail!("--resample draws several fine showers per shower of --coarse-from FILE: give --coarse-from");
+    }
+    let resample = a.resample.unwrap_or(1);
+    let coarse = match &a.coarse_from {
+        Some(p) => {
+            let f = ShowerFile::open(p, None)?;
+            let widths = model.upsample_widths().unwrap_or_default();
+            if !widths.contains(&f.n_voxels) {
+                bail!(
+                    "{}: showers of {} voxels; this model upsamples showers of {} voxels",
+                    p.display(),
+                    f.n_voxels,
+                    widths
+                        .iter()
+                        .map(|w| w.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                );
+            }
+            if resample == 0 || f.len().saturating_mul(resample) > MAX_SHOWERS {
+                bail!(
+                    "--resample must be between 1 and {} for {} input showers",
+                    MAX_SHOWERS / f.len().max(1),
+                    f.len()
+                );
+            }
+            Some(f)
+        }
+        None => None,
+    };
+    let e = match &coarse {
+        Some(f) => f
+            .energies
+            .iter()
+            .flat_map(|&x| std::iter::repeat_n(x, resample))
+            .collect(),
+        None => energies(&a.energies_from, a.n, a.energy_min, a.energy_max, a.seed)?,
+    };
     let v = model.dataset().n_voxels();
     let mut warnings = Vec::new();
     if let Some((lo, hi)) = model.trained_energy_range() {
@@ -323,7 +378,22 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
             inner: &bars,
             offset: start as u64,
         };
-        let showers = model.sample(es, a.seed, start as u64, a.batch, &sopts, &p)?;
+        let showers = match &coarse {
+            None => model.sample(es, a.seed, start as u64, a.batch, &sopts, &p)?,
+            Some(f) => {
+                // Output showers start..start+len are input rows start/r.. (each r times).
+                let r = resample;
+                let (first_in, last_in) = (start / r, (start + es.len() - 1) / r);
+                let rows = f.read_rows(first_in, last_in - first_in + 1)?;
+                let w = f.n_voxels;
+                let mut expanded = Vec::with_capacity(es.len() * w);
+                for k in start..start + es.len() {
+                    let j = k / r - first_in;
+                    expanded.extend(rows[j * w..(j + 1) * w].iter().map(|&x| x as f32));
+                }
+                model.upsample(es, &expanded, w, a.seed, start as u64, a.batch, &p)?
+            }
+        };
         sanity.add(es, &showers, v);
         writer.append(es, &showers)?;
         bars.set("generate", (start + es.len()) as u64, None);
@@ -347,6 +417,8 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
         "batch": a.batch,
         "sampler": a.sampler,
         "steps": a.steps,
+        "coarse_from": a.coarse_from.as_ref().map(|p| p.display().to_string()),
+        "resample": a.coarse_from.as_ref().map(|_| resample),
         "threads": rayon::current_num_threads(),
         "generation_seconds": gen_s,
         "ms_per_shower": gen_s * 1e3 / e.len() as f64,

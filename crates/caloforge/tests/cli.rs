@@ -679,3 +679,124 @@ fn demo_samples_the_pretrained_model() {
     assert!(s.iter().all(|v| v.is_finite() && *v >= 0.0));
     assert!(s.iter().sum::<f64>() > 0.0);
 }
+
+/// SuperCalo from the command line: the tiny preset trains; `generate --coarse-from` upsamples a
+/// fine-mesh file (coarse-grained on reading) and a coarse-mesh file, `--resample` draws several
+/// fine showers per input shower, every coarse voxel keeps its energy (up to the noise and the
+/// 15 keV cut), and bad inputs fail with one error and no output.
+#[test]
+fn supercalo_upsamples_coarse_showers_from_the_cli() {
+    use caloforge_core::{CoarseGrid, DatasetKind, Grouping, ShowerFile};
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    assert!(caloforge(&[
+        "simulate",
+        "-d",
+        "2",
+        "-n",
+        "12",
+        "--seed",
+        "4",
+        "--out",
+        &d("train.h5")
+    ])
+    .status
+    .success());
+    let o = caloforge(&[
+        "train",
+        "--preset",
+        "supercalo-tiny",
+        "--data",
+        &d("train.h5"),
+        "--out",
+        &d("run"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let grid = CoarseGrid::new(&DatasetKind::Ds2.geometry(None).unwrap(), Grouping::A).unwrap();
+    let input = ShowerFile::open(Path::new(&d("train.h5")), Some(6480)).unwrap();
+    let fine: Vec<f32> = input
+        .read_rows(0, 12)
+        .unwrap()
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let mut coarse = vec![0.0f32; 12 * 648];
+    for s in 0..12 {
+        grid.coarse_grain(
+            &fine[s * 6480..(s + 1) * 6480],
+            &mut coarse[s * 648..(s + 1) * 648],
+        );
+    }
+    caloforge_core::io::write_showers(Path::new(&d("coarse.h5")), &input.energies, &coarse, 648)
+        .unwrap();
+    for (src, out) in [("train.h5", "up.h5"), ("coarse.h5", "up2.h5")] {
+        let o = caloforge(&[
+            "generate",
+            "--model",
+            &d("run"),
+            "--coarse-from",
+            &d(src),
+            "--resample",
+            "2",
+            "--batch",
+            "5",
+            "--out",
+            &d(out),
+        ]);
+        assert!(o.status.success(), "{}", err_text(&o));
+        let up = ShowerFile::open(Path::new(&d(out)), Some(6480)).unwrap();
+        assert_eq!(up.len(), 24);
+        let rows = up.read_rows(0, 24).unwrap();
+        let mut c = vec![0.0f32; 648];
+        for k in 0..24 {
+            assert_eq!(up.energies[k], input.energies[k / 2]);
+            let row: Vec<f32> = rows[k * 6480..(k + 1) * 6480]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            grid.coarse_grain(&row, &mut c);
+            for (cv, (&a, &b)) in c
+                .iter()
+                .zip(&coarse[(k / 2) * 648..(k / 2 + 1) * 648])
+                .enumerate()
+            {
+                let diff = a as f64 - b as f64;
+                assert!(
+                    diff < 5e-3 + 1e-3 && diff > -0.15 - 1e-3,
+                    "{src} shower {k} voxel {cv}: {b} -> {a}"
+                );
+            }
+        }
+        // The two draws of one input shower differ (fresh noise per output shower).
+        assert_ne!(rows[..6480], rows[6480..2 * 6480]);
+    }
+    // A file of neither width, and --resample without --coarse-from: one error, no output.
+    caloforge_core::io::write_showers(Path::new(&d("bad.h5")), &[1e4], &[1.0; 100], 100).unwrap();
+    failed_with(
+        &caloforge(&[
+            "generate",
+            "--model",
+            &d("run"),
+            "--coarse-from",
+            &d("bad.h5"),
+            "--out",
+            &d("x.h5"),
+        ]),
+        "showers of 100 voxels",
+    );
+    failed_with(
+        &caloforge(&[
+            "generate",
+            "--model",
+            &d("run"),
+            "--n",
+            "2",
+            "--resample",
+            "3",
+            "--out",
+            &d("x.h5"),
+        ]),
+        "--coarse-from",
+    );
+    assert!(!dir.path().join("x.h5").exists());
+}

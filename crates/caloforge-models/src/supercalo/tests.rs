@@ -51,7 +51,10 @@ fn upsampler_context_matches_a_hand_computed_shower() {
         (y / (1.0 - y)).ln() as f32
     };
     let close = |a: f32, b: f32, what: &str| {
-        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{what}: {a} vs {b}")
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "{what}: {a} vs {b}"
+        )
     };
     close(ctx[0], (2e4f64.log10() - 4.5) as f32, "E_inc");
     for (j, l) in (5..10).enumerate() {
@@ -71,12 +74,12 @@ fn upsampler_context_matches_a_hand_computed_shower() {
         e
     };
     let expect = [
-        0.0,                  // r − 1: beyond the mesh
-        coarse_at(1, 1, 7),   // r + 1
-        coarse_at(0, 0, 7),   // z − 1
-        coarse_at(2, 0, 7),   // z + 1
-        coarse_at(1, 0, 6),   // α − 1
-        coarse_at(1, 0, 0),   // α + 1 (cyclic)
+        0.0,                // r − 1: beyond the mesh
+        coarse_at(1, 1, 7), // r + 1
+        coarse_at(0, 0, 7), // z − 1
+        coarse_at(2, 0, 7), // z + 1
+        coarse_at(1, 0, 6), // α − 1
+        coarse_at(1, 0, 0), // α + 1 (cyclic)
     ];
     for (j, e) in expect.iter().enumerate() {
         close(ctx[7 + j], logit(e / 28048.0), &format!("neighbour {j}"));
