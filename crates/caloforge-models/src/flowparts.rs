@@ -31,6 +31,57 @@ pub(crate) struct Job<'a> {
     pub teacher: Option<(&'a Flow, DistillLoss)>,
 }
 
+/// A fixed-noise copy of (a random subset of at most `max` of) the samples of `src`: the
+/// validation set of a flow.
+pub(crate) fn materialise(src: &dyn BatchSource, max: usize, seed: u64) -> FlowData {
+    let (d, c) = src.dims();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..src.len()).collect();
+    if order.len() > max {
+        use rand::seq::SliceRandom;
+        order.shuffle(&mut rng);
+        order.truncate(max);
+        order.sort_unstable();
+    }
+    let (x, ctx) = src.batch(&order, &mut rng);
+    FlowData { x, ctx, d, c }
+}
+
+/// Checks training `parts` into a directory whose model card (at `card_path`) records flows
+/// `trained` from a file of SHA-256 `card_sha`: the data must be the same file (unless
+/// `--force` without `--resume`), and a trained flow is only continued with `--resume` or
+/// replaced with `--force`.
+pub(crate) fn check_previous(
+    card_path: &std::path::Path,
+    card_sha: &str,
+    trained: &std::collections::BTreeMap<String, crate::icaloflow::FlowCard>,
+    data_sha: &str,
+    parts: &[usize],
+    opts: &TrainOptions,
+) -> Result<()> {
+    if (opts.resume || !opts.force) && card_sha != data_sha {
+        return Err(ModelError::file(
+            &opts.data,
+            format!(
+                "not the file the flows in {} were trained on (SHA-256 differs); train into a new directory or pass --force",
+                opts.out.display()
+            ),
+        ));
+    }
+    if !opts.resume && !opts.force {
+        if let Some(k) = parts
+            .iter()
+            .find(|k| trained.contains_key(&format!("flow{k}")))
+        {
+            return Err(ModelError::file(
+                card_path,
+                format!("flow{k} is already trained: --resume continues it, --force replaces it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `s` with a OneCycle `total_steps` of 0 replaced by epochs × steps per epoch over `n` samples.
 pub(crate) fn settings_with_steps(s: &TrainSettings, n: usize) -> TrainSettings {
     let mut s = s.clone();

@@ -24,7 +24,11 @@
 //! (x-pass, z-pass, intermediate states and MADE outputs; the small CPU presets' Flow-3 uses
 //! the x-pass only). Flow-1 is never distilled: students reuse the teacher's.
 
-use crate::registry::{ModelInfo, PartTimer, StepTiming};
+use crate::flowparts::{
+    check_previous, materialise, report_line, settings_with_steps, time_flow, train_concurrently,
+    Job,
+};
+use crate::registry::{ModelInfo, StepTiming};
 use crate::{
     file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError, ModelKind,
     ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
@@ -33,16 +37,13 @@ use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
 use caloforge_nn::flow::fast::FastFlow;
 use caloforge_nn::flow::train::{
-    distill, load_flow, save_flow, train_maf, BatchSource, DistillLoss, FlowData, Run, TrainReport,
-    TrainSettings,
+    load_flow, save_flow, BatchSource, DistillLoss, TrainReport, TrainSettings,
 };
 use caloforge_nn::flow::{Flow, FlowConfig, FlowKind};
-use caloforge_nn::schedule::LrSchedule;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use std::path::Path;
-use std::time::Duration;
 
 const LAYERS: usize = 45;
 
@@ -429,20 +430,6 @@ impl StageSource<'_> {
             }
         }
     }
-    /// A fixed-noise copy of (a random subset of at most `max` of) the samples.
-    fn materialise(&self, max: usize, seed: u64) -> FlowData {
-        let (d, c) = self.cfg.dims(self.stage);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        if order.len() > max {
-            use rand::seq::SliceRandom;
-            order.shuffle(&mut rng);
-            order.truncate(max);
-            order.sort_unstable();
-        }
-        let (x, ctx) = self.batch(&order, &mut rng);
-        FlowData { x, ctx, d, c }
-    }
 }
 
 impl BatchSource for StageSource<'_> {
@@ -467,16 +454,6 @@ impl BatchSource for StageSource<'_> {
         }
         (x, ctx)
     }
-}
-
-fn settings_with_steps(s: &TrainSettings, n: usize) -> TrainSettings {
-    let mut s = s.clone();
-    if let LrSchedule::OneCycle { total_steps, .. } = &mut s.schedule {
-        if *total_steps == 0 {
-            *total_steps = (n.div_ceil(s.batch_size.max(1)) * s.epochs).max(1);
-        }
-    }
-    s
 }
 
 fn flow_path(dir: &Path, k: usize) -> std::path::PathBuf {
@@ -708,7 +685,6 @@ impl ICaloFlow {
         seed: u64,
         progress: &dyn Progress,
     ) -> Result<Vec<StepTiming>> {
-        let device = cpu_autodiff(Precision::F32, seed);
         let teacher_cfg = match cfg.role {
             Role::Teacher => None,
             Role::Student => Some(ICaloFlowConfig::from_toml(&crate::preset_text(&format!(
@@ -728,54 +704,26 @@ impl ICaloFlow {
             };
             let (d, c) = cfg.dims(k);
             let bs = batch.unwrap_or(st.train.batch_size).max(1);
-            let mut r = ChaCha8Rng::seed_from_u64(seed.wrapping_add(k as u64));
-            let mut data = |n: usize| FlowData {
-                x: (0..n * d).map(|_| r.sample(StandardNormal)).collect(),
-                ctx: (0..n * c).map(|_| r.sample(StandardNormal)).collect(),
-                d,
-                c,
-            };
-            let train = data(bs * (steps + 1));
-            let val = data(bs.min(64));
-            let settings = TrainSettings::timing(bs, 1e-4);
-            let control = caloforge_nn::train::Control {
-                seed,
-                ..Default::default()
-            };
-            let run = Run {
-                train: &train,
-                val: &val,
-                settings: &settings,
-                control: &control,
-            };
-            let mut timer = PartTimer::new(&format!("flow{k}"), steps + 1, progress);
-            let mut tick = |p: caloforge_nn::flow::train::Progress| timer.tick(&p);
-            let what = match &teacher_cfg {
+            let timing = match &teacher_cfg {
                 None => {
-                    let flow = Flow::new(st.flow_config(d, c, FlowKind::Maf, seed), &device);
-                    train_maf(flow, run, &mut tick)?;
-                    "maximum likelihood"
+                    let fc = st.flow_config(d, c, FlowKind::Maf, seed);
+                    time_flow(k, fc, None, bs, steps, seed, progress)?
                 }
                 Some(t) => {
                     let ts = if k == 2 { &t.flow2 } else { &t.flow3 };
-                    let teacher = Flow::new(ts.flow_config(d, c, FlowKind::Maf, seed), &device);
-                    let student = Flow::new(
-                        FlowConfig {
-                            hidden: st.hidden,
-                            n_hidden: st.n_hidden,
-                            kind: FlowKind::Iaf,
-                            ..teacher.cfg.clone()
-                        },
-                        &device,
-                    );
+                    let tc = ts.flow_config(d, c, FlowKind::Maf, seed);
+                    let fc = FlowConfig {
+                        hidden: st.hidden,
+                        n_hidden: st.n_hidden,
+                        ..tc.clone()
+                    };
                     let terms = st.distill.ok_or_else(|| {
                         ModelError::Config(format!("flow{k}: a student needs [flow{k}.distill]"))
                     })?;
-                    distill(student, &teacher, terms, run, &mut tick)?;
-                    "distillation"
+                    time_flow(k, fc, Some((tc, terms)), bs, steps, seed, progress)?
                 }
             };
-            rows.push(timer.finish(what, bs)?);
+            rows.push(timing);
         }
         Ok(rows)
     }
@@ -849,26 +797,7 @@ impl ICaloFlow {
         };
         let data_sha256 = file_sha256(&opts.data)?;
         if let Some(c) = &old_card {
-            if (opts.resume || !opts.force) && c.data_sha256 != data_sha256 {
-                return Err(ModelError::file(
-                    &opts.data,
-                    format!(
-                        "not the file the flows in {} were trained on (SHA-256 differs); train into a new directory or pass --force",
-                        opts.out.display()
-                    ),
-                ));
-            }
-            if !opts.resume && !opts.force {
-                if let Some(k) = parts
-                    .iter()
-                    .find(|k| c.flows.contains_key(&format!("flow{k}")))
-                {
-                    return Err(ModelError::file(
-                        &mp,
-                        format!("flow{k} is already trained: --resume continues it, --force replaces it"),
-                    ));
-                }
-            }
+            check_previous(&mp, &c.data_sha256, &c.flows, &data_sha256, &parts, opts)?;
         }
         let mut card = ModelCard {
             model: "icaloflow".into(),
@@ -895,20 +824,27 @@ impl ICaloFlow {
             .copied()
             .filter(|&k| !(k == 1 && teacher.is_some()))
             .collect();
-        // The flows are independent: train them concurrently (burn's CPU kernels use one core
-        // at these sizes), each with the whole remaining time budget.
-        let deadline = opts
-            .max_minutes
-            .map(|m| t0 + Duration::from_secs_f64(m * 60.0));
         let stage_of = |k: usize| match k {
             1 => cfg.flow1.clone(),
             2 => Some(cfg.flow2.clone()),
             _ => Some(cfg.flow3.clone()),
         };
+        let sources: Vec<(StageSource, StageSource)> = to_train
+            .iter()
+            .map(|&k| {
+                let src = |idx| StageSource {
+                    cfg: &cfg,
+                    s: &showers,
+                    idx,
+                    stage: k,
+                };
+                (src(&train_idx), src(&val_idx))
+            })
+            .collect();
         // Initial weights are drawn here, one flow after the other, from the device's seeded
         // RNG: drawn inside the concurrent threads they would depend on thread timing.
-        let mut initial = Vec::with_capacity(to_train.len());
-        for &k in &to_train {
+        let mut jobs = Vec::with_capacity(to_train.len());
+        for (&k, (train, val)) in to_train.iter().zip(&sources) {
             let st = stage_of(k).ok_or_else(|| {
                 ModelError::Config(format!("flow{k}: this preset has no [flow{k}]"))
             })?;
@@ -923,92 +859,32 @@ impl ICaloFlow {
                 },
             };
             fc.validate()?;
-            let flow = Flow::new(fc, &device);
-            caloforge_nn::weights::initialize(&flow.net);
-            initial.push((k, st, flow));
-        }
-        let train_one = |k: usize, st: Stage, flow0: Flow| -> Result<(Flow, TrainReport)> {
-            let src = StageSource {
-                cfg: &cfg,
-                s: &showers,
-                idx: &train_idx,
-                stage: k,
-            };
-            let val = StageSource {
-                cfg: &cfg,
-                s: &showers,
-                idx: &val_idx,
-                stage: k,
-            }
-            .materialise(cfg.max_validation_samples, opts.seed ^ 0x5eed);
-            let settings = settings_with_steps(&st.train, src.len());
-            let name = format!("flow{k}");
-            let seed = opts.seed.wrapping_add(k as u64);
-            let control = opts.control(seed, deadline, &format!("{name}.ckpt"));
-            let run = Run {
-                train: &src,
-                val: &val,
-                settings: &settings,
-                control: &control,
-            };
-            let steps = (src.len().div_ceil(settings.batch_size) * settings.epochs) as u64;
-            let mut bar = |p: caloforge_nn::flow::train::Progress| {
-                if p.step == 0 || p.val_loss.is_some() || p.step % 5 == 0 {
-                    progress.set(
-                        &name,
-                        p.step as u64,
-                        p.val_loss
-                            .map(|v| format!("{name} step {}: validation loss {v:.4}", p.step)),
-                    );
-                }
-            };
-            let out = match &teacher {
-                None => {
-                    progress.start(&name, &format!("train {name}"), steps);
-                    train_maf(flow0, run, &mut bar)?
-                }
-                Some(t) => {
-                    let tf = t.flow(k);
-                    let terms = st.distill.ok_or_else(|| {
+            let flow0 = Flow::new(fc, &device);
+            caloforge_nn::weights::initialize(&flow0.net);
+            let teacher = match &teacher {
+                None => None,
+                Some(t) => Some((
+                    t.flow(k),
+                    st.distill.ok_or_else(|| {
                         ModelError::Config(format!("flow{k}: a student needs [flow{k}.distill]"))
-                    })?;
-                    progress.start(&name, &format!("distill {name}"), steps);
-                    distill(flow0, tf, terms, run, &mut bar)?
-                }
+                    })?,
+                )),
             };
-            progress.finish(&name);
-            Ok(out)
-        };
-        let results: Vec<(usize, Result<(Flow, TrainReport)>)> = std::thread::scope(|sc| {
-            let handles: Vec<_> = initial
-                .into_iter()
-                .map(|(k, st, flow0)| (k, sc.spawn(move || train_one(k, st, flow0))))
-                .collect();
-            handles
-                .into_iter()
-                .map(|(k, h)| {
-                    (
-                        k,
-                        h.join().unwrap_or_else(|_| {
-                            Err(ModelError::Config(format!("training flow{k} panicked")))
-                        }),
-                    )
-                })
-                .collect()
-        });
+            jobs.push(Job {
+                k,
+                flow0,
+                settings: settings_with_steps(&st.train, train.len()),
+                train,
+                val: materialise(val, cfg.max_validation_samples, opts.seed ^ 0x5eed),
+                teacher,
+            });
+        }
         let mut outcome = TrainOutcome::default();
-        for (k, r) in results {
+        for (k, r) in train_concurrently(jobs, opts, t0, progress) {
             let (flow, report) = r?;
             save_flow(&flow, &flow_path(&opts.out, k))?;
             outcome.interrupted |= report.interrupted;
-            outcome.lines.push(format!(
-                "flow{k}: {} parameters, {} steps, best validation loss {:.4} at step {}{}",
-                flow.num_params(),
-                report.steps,
-                report.best_val_loss,
-                report.best_step,
-                crate::stop_note(report.interrupted, report.stopped_at_budget)
-            ));
+            outcome.lines.push(report_line(k, &flow, &report));
             card.flows.insert(
                 format!("flow{k}"),
                 FlowCard {

@@ -32,7 +32,10 @@
 //! voxels in this module's order) takes its layer energies from Flow-1, rescaled within each
 //! z-group to the group's coarse energy.
 
-use crate::flowparts::{report_line, settings_with_steps, time_flow, train_concurrently, Job};
+use crate::flowparts::{
+    check_previous, materialise, report_line, settings_with_steps, time_flow, train_concurrently,
+    Job,
+};
 use crate::icaloflow::{FlowCard, Stage};
 use crate::registry::{ModelInfo, StepTiming};
 use crate::{
@@ -42,9 +45,9 @@ use crate::{
 use caloforge_core::{CoarseGrid, DatasetKind, Grouping};
 use caloforge_nn::device::{cpu_autodiff, Precision};
 use caloforge_nn::flow::fast::FastFlow;
-use caloforge_nn::flow::train::{load_flow, save_flow, BatchSource, FlowData};
+use caloforge_nn::flow::train::{load_flow, save_flow, BatchSource};
 use caloforge_nn::flow::{Flow, FlowKind};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use std::path::Path;
@@ -208,6 +211,7 @@ impl SuperCaloConfig {
     /// The upsampler's context of coarse voxel `cv` of one shower: E_inc, the layer energies
     /// `layer_e` of the shower (all layers), the voxel's own (noisy) energy `own`, and the
     /// neighbour energies read from `coarse`.
+    #[allow(clippy::too_many_arguments)]
     fn push_upsampler_context(
         &self,
         grid: &CoarseGrid,
@@ -249,18 +253,13 @@ struct Showers {
 impl Showers {
     fn new(e_inc: Vec<f64>, vox: Vec<f32>, grid: &CoarseGrid) -> Self {
         let (nv, nc) = (grid.n_fine(), grid.n_coarse());
-        let (nl, na, nr) = grid.fine;
+        let nl = grid.fine.0;
         let n = e_inc.len();
         let mut layer_e = vec![0.0; n * nl];
         let mut coarse = vec![0.0f32; n * nc];
         for s in 0..n {
             let row = &vox[s * nv..(s + 1) * nv];
-            for (l, e) in layer_e[s * nl..(s + 1) * nl].iter_mut().enumerate() {
-                *e = row[l * na * nr..(l + 1) * na * nr]
-                    .iter()
-                    .map(|&v| v as f64)
-                    .sum();
-            }
+            layer_sums(row, &mut layer_e[s * nl..(s + 1) * nl]);
             grid.coarse_grain(row, &mut coarse[s * nc..(s + 1) * nc]);
         }
         Showers {
@@ -340,21 +339,6 @@ impl Source<'_> {
                 );
             }
         }
-    }
-
-    /// A fixed-noise copy of (a random subset of at most `max` of) the samples.
-    fn materialise(&self, max: usize, seed: u64) -> FlowData {
-        let (d, c) = self.dims();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        if order.len() > max {
-            use rand::seq::SliceRandom;
-            order.shuffle(&mut rng);
-            order.truncate(max);
-            order.sort_unstable();
-        }
-        let (x, ctx) = self.batch(&order, &mut rng);
-        FlowData { x, ctx, d, c }
     }
 }
 
@@ -530,10 +514,13 @@ impl SuperCalo {
         let (x3, _) = self.fast[2].sample_from_base(&z, &ctx);
         let mut out = vec![0.0f32; n * nv];
         let mut grouped = vec![0.0f32; nv];
+        let mut frac = vec![0.0f64; g];
         for s in 0..n {
             for cv in 0..nc {
                 let row = &x3[(s * nc + cv) * g..(s * nc + cv + 1) * g];
-                let frac: Vec<f64> = row.iter().map(|&v| cfg.inverse_logit(v)).collect();
+                for (f, &v) in frac.iter_mut().zip(row) {
+                    *f = cfg.inverse_logit(v);
+                }
                 let sum: f64 = frac.iter().sum();
                 let e = noisy[s * nc + cv] as f64;
                 for (o, f) in grouped[cv * g..(cv + 1) * g].iter_mut().zip(&frac) {
@@ -575,6 +562,7 @@ impl SuperCalo {
     /// values, either the fine mesh (coarse-grained here; its layer energies condition the
     /// upsampler) or the coarse mesh in this model's order (layer energies from Flow-1, rescaled
     /// within each z-group to the group's coarse energy).
+    #[allow(clippy::too_many_arguments)]
     pub fn upsample_showers(
         &self,
         energies: &[f64],
@@ -588,7 +576,6 @@ impl SuperCalo {
         check_energies(energies)?;
         let grid = &self.grid;
         let (nv, nc, nl) = (grid.n_fine(), grid.n_coarse(), grid.fine.0);
-        let (na, nr) = (grid.fine.1, grid.fine.2);
         if width != nv && width != nc {
             return Err(ModelError::Config(format!(
                 "showers of {width} voxels: this SuperCalo upsamples dataset-{} showers of {nv} voxels or coarse showers of {nc}",
@@ -618,12 +605,7 @@ impl SuperCalo {
                     for s in 0..n {
                         let row = &rows[s * nv..(s + 1) * nv];
                         grid.coarse_grain(row, &mut coarse[s * nc..(s + 1) * nc]);
-                        for (l, e) in le[s * nl..(s + 1) * nl].iter_mut().enumerate() {
-                            *e = row[l * na * nr..(l + 1) * na * nr]
-                                .iter()
-                                .map(|&v| v as f64)
-                                .sum();
-                        }
+                        layer_sums(row, &mut le[s * nl..(s + 1) * nl]);
                     }
                 } else {
                     coarse.copy_from_slice(rows);
@@ -659,6 +641,14 @@ impl SuperCalo {
                 Ok(self.upsample_batch(es, &le, &coarse, rngs))
             },
         )
+    }
+}
+
+/// The energy of each layer of a shower (`out.len()` equal layers).
+fn layer_sums(row: &[f32], out: &mut [f64]) {
+    let per_layer = row.len() / out.len().max(1);
+    for (e, layer) in out.iter_mut().zip(row.chunks(per_layer.max(1))) {
+        *e = layer.iter().map(|&v| v as f64).sum();
     }
 }
 
@@ -851,26 +841,7 @@ impl SuperCalo {
         };
         let data_sha256 = file_sha256(&opts.data)?;
         if let Some(c) = &old_card {
-            if (opts.resume || !opts.force) && c.data_sha256 != data_sha256 {
-                return Err(ModelError::file(
-                    &opts.data,
-                    format!(
-                        "not the file the flows in {} were trained on (SHA-256 differs); train into a new directory or pass --force",
-                        opts.out.display()
-                    ),
-                ));
-            }
-            if !opts.resume && !opts.force {
-                if let Some(k) = parts
-                    .iter()
-                    .find(|k| c.flows.contains_key(&format!("flow{k}")))
-                {
-                    return Err(ModelError::file(
-                        &mp,
-                        format!("flow{k} is already trained: --resume continues it, --force replaces it"),
-                    ));
-                }
-            }
+            check_previous(&mp, &c.data_sha256, &c.flows, &data_sha256, &parts, opts)?;
         }
         let mut card = ModelCard {
             data_file: opts.data.display().to_string(),
@@ -911,7 +882,7 @@ impl SuperCalo {
                 flow0,
                 settings: settings_with_steps(&st.train, train.len()),
                 train,
-                val: val.materialise(cfg.max_validation_samples, opts.seed ^ 0x5eed),
+                val: materialise(val, cfg.max_validation_samples, opts.seed ^ 0x5eed),
                 teacher: None,
             });
         }

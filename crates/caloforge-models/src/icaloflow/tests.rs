@@ -1,6 +1,7 @@
 use super::*;
 use crate::{preset_text, NoProgress};
 use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
+use rand::SeedableRng;
 
 #[test]
 fn every_preset_parses_and_dims_match_the_paper() {

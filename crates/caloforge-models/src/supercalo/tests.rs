@@ -1,5 +1,6 @@
 use super::*;
 use crate::NoProgress;
+use rand::SeedableRng;
 
 fn tiny() -> SuperCaloConfig {
     SuperCaloConfig::from_toml(&crate::preset_text("supercalo-tiny").unwrap()).unwrap()
