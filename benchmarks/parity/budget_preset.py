@@ -7,7 +7,9 @@ max 1e-3 and torch's OneCycleLR defaults (pct 0.3, div 25, final div 1e4); the v
 capped at MAXVAL samples.
 
 usage: budget_preset.py SRC.toml OUT.toml FLOW N BATCH EPOCHS EVAL MAXVAL [--torch-default-shape]
-  (N showers, 30 % of them held out; Flow-3 has 44 samples per shower)
+  (N showers, 30 % of them held out; iCaloFlow's Flow-3 has 44 samples per shower, SuperCalo's
+  upsampler one per coarse voxel; a SuperCalo Flow-II CyclicLR keeps its rates and gets
+  step_size_up = total / 8, four triangular2 cycles as in the reference)
 
 A CaloDiffusion preset (model = "calodiffusion") instead gets its top-level batch_size, epochs
 and, if given, validation_fraction replaced (its learning rate is constant):
@@ -41,23 +43,39 @@ if tomllib.loads(open(src_path).read()).get("model") == "calodiffusion":
     sys.exit(0)
 flow, n, batch, epochs, ev, maxval = map(int, args[2:8])
 src = open(src_path).read()
-sched = tomllib.loads(src)[f"flow{flow}"]["train"]["schedule"]
+preset = tomllib.loads(src)
+sched = preset[f"flow{flow}"]["train"]["schedule"]
 n_train = n - round(0.3 * n)
-total = math.ceil(n_train * (44 if flow == 3 else 1) / batch) * epochs
-if "--torch-default-shape" in sys.argv:
+per_shower = 1
+if flow == 3 and preset.get("model") == "supercalo":
+    assert preset["dataset"] == 2, "SuperCalo budgets: dataset 2 only"
+    g = preset["group"]
+    per_shower = 45 // g["layers"] * (16 // g["alpha"]) * (9 // g["r"])
+elif flow == 3:
+    per_shower = 44
+total = math.ceil(n_train * per_shower / batch) * epochs
+if sched["type"] == "cyclic":
+    # CyclicLR: the preset's base and max rates, step_size_up = total / 8 (the reference's
+    # Flow-II runs 4 triangular2 cycles: 2800 steps, step_size_up 350).
+    shape = None
+elif "--torch-default-shape" in sys.argv:
     shape = {"max_lr": 1e-3, "pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4}
 else:
     keys = ("max_lr", "pct_start", "div_factor", "final_div_factor", "three_phase",
             "cycle_momentum", "base_momentum", "max_momentum")
     shape = {k: sched[k] for k in keys if k in sched}
-lines = [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in shape.items()]
+if shape is None:
+    sched_lines = ['type = "cyclic"', f"base_lr = {sched['base_lr']}",
+                   f"max_lr = {sched['max_lr']}", f"step_size_up = {max(1, total // 8)}"]
+else:
+    sched_lines = ['type = "one_cycle"', f"total_steps = {total}"] + [
+        f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in shape.items()]
 train = "\n".join([f"[flow{flow}.train]", f"batch_size = {batch}", f"epochs = {epochs}",
-                   f"eval_every = {ev}", f"[flow{flow}.train.schedule]", 'type = "one_cycle"',
-                   f"total_steps = {total}", *lines])
+                   f"eval_every = {ev}", f"[flow{flow}.train.schedule]", *sched_lines])
 # Replace the [flowK.train] and [flowK.train.schedule] tables of the preset.
 out = re.sub(rf"\[flow{flow}\.train\]\n.*?(?=\n\[flow(?!{flow}\.train)|\Z)", train, src,
              flags=re.S)
 out = re.sub(r"max_validation_samples = \d+", f"max_validation_samples = {maxval}", out)
 check = tomllib.loads(out)[f"flow{flow}"]["train"]
-assert check["batch_size"] == batch and check["schedule"]["total_steps"] == total
+assert check["batch_size"] == batch and check["epochs"] == epochs
 open(out_path, "w").write(out)
