@@ -303,6 +303,39 @@ def schedule(opt, sched, total_steps, momentum):
         three_phase=sched.get("three_phase", False))
 
 
+def fit(train, loss_fn, validate, opt, lr, batch, epochs, eval_every, gen, dtype, seed,
+        on_eval=None):
+    """The reference's training loop: shuffled mini-batches of `train` (a Stage), Adam step and
+    scheduler step per batch, validation at step 0, every `eval_every` steps and at the end
+    (`on_eval(val_loss)` after each but the first). Returns (history, steps, seconds)."""
+    steps_per_epoch = math.ceil(len(train) / batch)
+    total = steps_per_epoch * epochs
+    history = [{"step": 0, "val_loss": validate()}]
+    step, t0, run = 0, time.time(), 0.0
+    for _ in range(epochs):
+        order = torch.randperm(len(train), generator=gen)
+        for b in range(steps_per_epoch):
+            x, c = train.batch(order[b * batch:(b + 1) * batch], gen, dtype)
+            loss = loss_fn(x, c)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            lr.step()
+            step += 1
+            run += loss.item()
+            if step % eval_every == 0 or step == total:
+                history.append({"step": step, "train_loss": run / eval_every,
+                                "val_loss": validate()})
+                if on_eval:
+                    on_eval(history[-1]["val_loss"])
+                run = 0.0
+                el = time.time() - t0
+                print(f"\rreference seed {seed}: step {step}/{total}, validation loss "
+                      f"{history[-1]['val_loss']:.3f}, ETA {el / step * (total - step):.0f} s",
+                      end="", file=sys.stderr, flush=True)
+    return history, step, time.time() - t0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -399,36 +432,20 @@ def main():
                 for i in range(0, len(xv), 5000)]).mean().item()
         print(f"teacher {a.student_of}: validation NLL {extra['teacher_val_nll']:.3f} "
               "in PyTorch", file=sys.stderr)
-    history = [{"step": 0, "val_loss": validate()}]
-    best_state, best_val = None, history[0]["val_loss"]
-    step, t0, run = 0, time.time(), 0.0
-    for _ in range(epochs):
-        order = torch.randperm(len(train), generator=gen)
-        for b in range(steps_per_epoch):
-            rows = order[b * batch:(b + 1) * batch]
-            x, c = train.batch(rows, gen, dtype)
-            if teacher is None:
-                loss = -flow.log_prob(x, c).mean()
-            else:
-                loss = student_loss(teacher, flow, x, c, beta, gen)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            lr.step()
-            step += 1
-            run += loss.item()
-            if step % eval_every == 0 or step == total:
-                history.append({"step": step, "train_loss": run / eval_every,
-                                "val_loss": validate()})
-                if a.save_model and history[-1]["val_loss"] < best_val:
-                    best_val = history[-1]["val_loss"]
-                    best_state = {k: v.clone() for k, v in flow.state_dict().items()}
-                run = 0.0
-                el = time.time() - t0
-                print(f"\rreference seed {a.seed}: step {step}/{total}, validation loss "
-                      f"{history[-1]['val_loss']:.3f}, ETA {el / step * (total - step):.0f} s",
-                      end="", file=sys.stderr, flush=True)
-    wall = time.time() - t0
+    if teacher is None:
+        loss_fn = lambda x, c: -flow.log_prob(x, c).mean()  # noqa: E731
+    else:
+        loss_fn = lambda x, c: student_loss(teacher, flow, x, c, beta, gen)  # noqa: E731
+    best_state, best_val = None, math.inf
+
+    def on_eval(val_loss):
+        nonlocal best_state, best_val
+        if a.save_model and val_loss < best_val:
+            best_val = val_loss
+            best_state = {k: v.clone() for k, v in flow.state_dict().items()}
+
+    history, step, wall = fit(train, loss_fn, validate, opt, lr, batch, epochs, eval_every,
+                              gen, dtype, a.seed, on_eval)
     best = min(h["val_loss"] for h in history)
     if a.save_model:
         torch.save(best_state or flow.state_dict(), a.save_model)

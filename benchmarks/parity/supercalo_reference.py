@@ -38,7 +38,6 @@ import json
 import math
 import os
 import sys
-import time
 import tomllib
 
 import h5py
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from icaloflow_reference import build_flow, logit, schedule as one_cycle  # noqa: E402
+from icaloflow_reference import build_flow, fit, logit, schedule as one_cycle  # noqa: E402
 
 
 def coarse_grain(showers, n_alpha, n_r, g):
@@ -190,28 +189,8 @@ def main():
         flow.train()
         return nll
 
-    history = [{"step": 0, "val_loss": validate()}]
-    step, t0, run = 0, time.time(), 0.0
-    for _ in range(epochs):
-        order = torch.randperm(len(train), generator=gen)
-        for b in range(steps_per_epoch):
-            x, cc = train.batch(order[b * batch:(b + 1) * batch], gen, dtype)
-            loss = -flow.log_prob(x, cc).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            lr.step()
-            step += 1
-            run += loss.item()
-            if step % eval_every == 0 or step == total:
-                history.append({"step": step, "train_loss": run / eval_every,
-                                "val_loss": validate()})
-                run = 0.0
-                el = time.time() - t0
-                print(f"\rreference seed {a.seed}: step {step}/{total}, validation loss "
-                      f"{history[-1]['val_loss']:.3f}, ETA {el / step * (total - step):.0f} s",
-                      end="", file=sys.stderr, flush=True)
-    wall = time.time() - t0
+    history, step, wall = fit(train, lambda x, cc: -flow.log_prob(x, cc).mean(), validate,
+                              opt, lr, batch, epochs, eval_every, gen, dtype, a.seed)
     best = min(h["val_loss"] for h in history)
     json.dump({"implementation": "reference (PyTorch + nflows)", "model": "supercalo",
                "flow": name, "seed": a.seed, "role": "teacher", "dtype": a.dtype,
