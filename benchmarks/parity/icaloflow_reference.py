@@ -336,6 +336,17 @@ def fit(train, loss_fn, validate, opt, lr, batch, epochs, eval_every, gen, dtype
     return history, step, time.time() - t0
 
 
+def write_result(path, seed, history, steps, wall, **fields):
+    """Writes a reference run's JSON (read by compare.py) and prints its summary line."""
+    best = min(h["val_loss"] for h in history)
+    json.dump({"implementation": "reference (PyTorch + nflows)", "seed": seed, **fields,
+               "steps": steps, "seconds_per_step": wall / max(steps, 1),
+               "best_val_loss": best, "history": history}, open(path, "w"), indent=1)
+    print(file=sys.stderr)
+    print(f"reference seed {seed}: best validation loss {best:.3f} after {steps} steps "
+          f"({wall / max(steps, 1) * 1e3:.1f} ms/step)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -446,17 +457,11 @@ def main():
 
     history, step, wall = fit(train, loss_fn, validate, opt, lr, batch, epochs, eval_every,
                               gen, dtype, a.seed, on_eval)
-    best = min(h["val_loss"] for h in history)
     if a.save_model:
         torch.save(best_state or flow.state_dict(), a.save_model)
-    json.dump({"implementation": "reference (PyTorch + nflows)", "flow": name, "seed": a.seed,
-               "role": "student" if teacher is not None else "teacher", **extra,
-               "dtype": a.dtype, "momentum_cycle": not a.no_momentum_cycle,
-               "steps": step, "seconds_per_step": wall / max(step, 1),
-               "best_val_loss": best, "history": history}, open(a.out, "w"), indent=1)
-    print(file=sys.stderr)
-    print(f"reference seed {a.seed}: best validation loss {best:.3f} after {step} steps "
-          f"({wall / max(step, 1) * 1e3:.1f} ms/step)")
+    write_result(a.out, a.seed, history, step, wall, flow=name,
+                 role="student" if teacher is not None else "teacher", **extra, dtype=a.dtype,
+                 momentum_cycle=not a.no_momentum_cycle)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ usage: supercalo_reference.py --flow {2,3} --data F.h5 --preset P.toml --seed S 
 needs: torch, nflows, h5py, numpy
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -45,7 +44,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from icaloflow_reference import build_flow, fit, logit, schedule as one_cycle  # noqa: E402
+from icaloflow_reference import (  # noqa: E402
+    build_flow, fit, logit, schedule as one_cycle, write_result)
 
 
 def coarse_grain(showers, n_alpha, n_r, g):
@@ -191,15 +191,8 @@ def main():
 
     history, step, wall = fit(train, lambda x, cc: -flow.log_prob(x, cc).mean(), validate,
                               opt, lr, batch, epochs, eval_every, gen, dtype, a.seed)
-    best = min(h["val_loss"] for h in history)
-    json.dump({"implementation": "reference (PyTorch + nflows)", "model": "supercalo",
-               "flow": name, "seed": a.seed, "role": "teacher", "dtype": a.dtype,
-               "steps": step, "seconds_per_step": wall / max(step, 1),
-               "best_val_loss": best, "history": history}, open(a.out, "w"), indent=1)
-    print(file=sys.stderr)
-    print(f"reference seed {a.seed}: best validation loss {best:.3f} after {step} steps "
-          f"({wall / max(step, 1) * 1e3:.1f} ms/step)")
-
+    write_result(a.out, a.seed, history, step, wall, model="supercalo", flow=name,
+                 role="teacher", dtype=a.dtype)
 
 if __name__ == "__main__":
     main()
