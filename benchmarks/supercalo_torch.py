@@ -18,22 +18,13 @@ needs: torch, nflows
 import argparse
 import os
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "parity"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "parity")]
 from icaloflow_reference import build_flow  # noqa: E402
-
-
-def timed(flow, ctx, reps):
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            flow.sample(1, ctx)
-        best = min(best, time.perf_counter() - t0)
-    return best
+from icaloflow_torch import timed  # noqa: E402
 
 
 def main():
