@@ -22,6 +22,22 @@ fn failed_with(o: &Output, needle: &str) {
     assert!(!e.contains("panicked"), "{e}");
 }
 
+/// Simulates `n` dataset-2 training showers (seed 4) into `out`.
+fn simulate_ds2(out: &str, n: usize) {
+    let o = caloforge(&[
+        "simulate",
+        "-d",
+        "2",
+        "-n",
+        &n.to_string(),
+        "--seed",
+        "4",
+        "--out",
+        out,
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+}
+
 fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -256,19 +272,7 @@ fn tiny_preset(dir: &Path, student: bool) -> String {
 fn train_generate_bench_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    assert!(caloforge(&[
-        "simulate",
-        "-d",
-        "2",
-        "-n",
-        "120",
-        "--seed",
-        "4",
-        "--out",
-        &d("train.h5")
-    ])
-    .status
-    .success());
+    simulate_ds2(&d("train.h5"), 120);
     let teacher = tiny_preset(dir.path(), false);
     let o = caloforge(&[
         "train",
@@ -522,19 +526,7 @@ fn train_generate_bench_end_to_end() {
 fn calodiffusion_trains_and_generates_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    assert!(caloforge(&[
-        "simulate",
-        "-d",
-        "2",
-        "-n",
-        "12",
-        "--seed",
-        "4",
-        "--out",
-        &d("train.h5")
-    ])
-    .status
-    .success());
+    simulate_ds2(&d("train.h5"), 12);
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../caloforge-models/presets/calodiffusion-small.toml"),
@@ -689,19 +681,7 @@ fn supercalo_upsamples_coarse_showers_from_the_cli() {
     use caloforge_core::{CoarseGrid, DatasetKind, Grouping, ShowerFile};
     let dir = tempfile::tempdir().unwrap();
     let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    assert!(caloforge(&[
-        "simulate",
-        "-d",
-        "2",
-        "-n",
-        "12",
-        "--seed",
-        "4",
-        "--out",
-        &d("train.h5")
-    ])
-    .status
-    .success());
+    simulate_ds2(&d("train.h5"), 12);
     let o = caloforge(&[
         "train",
         "--preset",
