@@ -1,6 +1,9 @@
 //! caloforge-sim: a parametric (Grindhammer–Peters / GFlash) electromagnetic shower simulator of
 //! the CaloChallenge dataset-2/3 detector (Geant4 Par04: 90 alternating layers of 1.4 mm W and
-//! 0.3 mm Si read out as 45 layers, electrons entering perpendicular to the layers).
+//! 0.3 mm Si read out as 45 layers, electrons entering perpendicular to the layers), and of
+//! photons in an ATLAS-like barrel read out on the dataset-1 photon mesh
+//! ([`SimParams::ds1_photons`]: readout layers at given depths with dead material between
+//! them, conversion depth drawn from the pair-production length, non-uniform radial bins).
 //!
 //! Per shower: the longitudinal profile is a gamma distribution whose two parameters (T, α) are
 //! drawn log-normally with correlation; each layer's energy gets a sampling fluctuation
@@ -101,6 +104,15 @@ pub struct SimParams {
 
     /// Readout threshold (MeV).
     pub threshold_mev: f64,
+    /// Depth span [start, end] of each readout layer in X0, in layer order, with dead material
+    /// (energy not read out) between spans; empty: contiguous layers of `layer_mm / x0_mm` each
+    /// from depth 0 (the dataset-2/3 stack).
+    #[serde(default)]
+    pub layer_spans_x0: Vec<[f64; 2]>,
+    /// Photons: the shower starts at a depth drawn from the pair-production length 9/7 X0
+    /// (false: electrons, which shower from the front face).
+    #[serde(default)]
+    pub photon: bool,
 }
 
 fn one() -> usize {
@@ -130,6 +142,8 @@ impl SimParams {
             hits_per_spot: 1,
             hit_sigma_mm: 0.0,
             threshold_mev: 0.5e-3 / 0.033,
+            layer_spans_x0: Vec::new(),
+            photon: false,
         };
         match tune {
             Tune::Stock => stock,
@@ -151,39 +165,142 @@ impl SimParams {
     }
 }
 
-/// A readout mesh: 45 layers × n_alpha × n_r, radial cell dr (mm).
-#[derive(Debug, Clone, Copy)]
-pub struct Mesh {
-    /// Number of layers.
-    pub n_layers: usize,
+/// One readout layer of a mesh: its voxels start at `offset`, `n_alpha` angular bins × the radial
+/// bins of `r_edges` (mm, from 0), r fastest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshLayer {
+    /// First voxel of the layer in the shower vector.
+    pub offset: usize,
     /// Angular bins.
     pub n_alpha: usize,
+    /// Radial bin edges (mm), increasing from 0.
+    pub r_edges: Vec<f64>,
+    /// 1/dr when the radial bins are uniform (a division instead of a search), else 0.
+    inv_dr: f64,
+}
+
+impl MeshLayer {
+    /// A layer with the given radial edges.
+    pub fn new(offset: usize, n_alpha: usize, r_edges: Vec<f64>) -> Self {
+        let n = r_edges.len().saturating_sub(1);
+        let dr = r_edges.get(1).copied().unwrap_or(0.0) - r_edges.first().copied().unwrap_or(0.0);
+        let uniform = n > 0
+            && r_edges[0] == 0.0
+            && r_edges
+                .iter()
+                .enumerate()
+                .all(|(i, &e)| (e - i as f64 * dr).abs() <= 1e-9 * dr.max(1.0));
+        MeshLayer {
+            offset,
+            n_alpha,
+            inv_dr: if uniform { 1.0 / dr } else { 0.0 },
+            r_edges,
+        }
+    }
     /// Radial bins.
-    pub n_r: usize,
-    /// Radial cell size (mm).
-    pub dr: f64,
+    pub fn n_r(&self) -> usize {
+        self.r_edges.len().saturating_sub(1)
+    }
+    /// The radial bin of `r_mm`, `None` beyond the outer edge.
+    #[inline]
+    fn r_bin(&self, r_mm: f64) -> Option<usize> {
+        let n = self.n_r();
+        let ir = if self.inv_dr > 0.0 {
+            (r_mm * self.inv_dr) as usize
+        } else {
+            self.r_edges.partition_point(|&e| e <= r_mm).wrapping_sub(1)
+        };
+        (ir < n).then_some(ir)
+    }
+}
+
+impl SimParams {
+    /// The parameters of the detector of dataset `ds`: `new(tune)` for the dataset-2/3 detector,
+    /// [`SimParams::ds1_photons`] for dataset-1 photons (`tune` does not apply there). Dataset-1
+    /// pions need a hadronic shower model, which this simulator does not have.
+    pub fn for_dataset(ds: DatasetKind, tune: Tune) -> Result<SimParams, String> {
+        match ds {
+            DatasetKind::Ds2 | DatasetKind::Ds3 => Ok(SimParams::new(tune)),
+            DatasetKind::Photons1 => Ok(SimParams::ds1_photons()),
+            DatasetKind::Pions1 => Err(
+                "the simulator models electromagnetic showers only: dataset 1-pions needs a hadronic model it does not have (use -d 1-photons, 2 or 3)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Photons in an ATLAS-like barrel (dataset 1, |η| ≈ 0.2): a lead/liquid-argon sampling
+    /// calorimeter read out as the presampler (layer 0), strips (1), middle (2) and back (3)
+    /// layers and the first tile layer (12). Depths (X0) are rough figures of the ATLAS barrel
+    /// at this η: 2 X0 of material before the presampler, 0.6 X0 between it and the strips, then
+    /// 4.3 / 16 / 2 X0, and 2.2 X0 of cryostat before the tile calorimeter; energy deposited in
+    /// dead material is lost. The energy scale is calibrated (vis_scale 1), the sampling term is
+    /// ATLAS' 10 %/√E, the Molière radius 40 mm, GFlash's shapes for a Pb/LAr mixture
+    /// (Z_eff 60, E_c 10 MeV, F_S 3). Not tuned to any Geant4 sample.
+    pub fn ds1_photons() -> SimParams {
+        SimParams {
+            x0_mm: 20.0,
+            rm_mm: 40.0,
+            ec_mev: 10.0,
+            z_eff: 60.0,
+            fs: 3.0,
+            ehat: 0.7,
+            layer_mm: 20.0,
+            c_s: 0.10,
+            vis_scale: 1.0,
+            t_scale: 1.0,
+            rc_scale: 1.0,
+            rt_scale: 1.0,
+            p_shift: 0.0,
+            spot_factor: 1.0,
+            spot_exponent: 0.959,
+            spot_gamma_k: None,
+            hits_per_spot: 1,
+            hit_sigma_mm: 0.0,
+            threshold_mev: 1e-2,
+            layer_spans_x0: vec![[2.0, 2.4], [3.0, 7.3], [7.3, 23.3], [23.3, 25.3], [27.5, 60.0]],
+            photon: true,
+        }
+    }
+}
+
+/// A readout mesh: the relevant (voxelised) layers of a dataset, in depth order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mesh {
+    /// Readout layers.
+    pub layers: Vec<MeshLayer>,
 }
 
 impl Mesh {
-    /// The mesh of dataset 2 or 3, from its embedded binning file.
+    /// The mesh of a dataset, from its embedded binning file (the layers with voxels).
     pub fn of(ds: DatasetKind) -> Result<Mesh, String> {
-        if !matches!(ds, DatasetKind::Ds2 | DatasetKind::Ds3) {
-            return Err(format!(
-                "the simulator models the dataset-2/3 detector, not dataset {ds}"
-            ));
-        }
         let g = ds.geometry(None).map_err(|e| e.to_string())?;
-        let l = &g.layers[0];
-        Ok(Mesh {
-            n_layers: g.layers.len(),
-            n_alpha: l.n_alpha,
-            n_r: l.n_r(),
-            dr: l.r_edges[1] - l.r_edges[0],
-        })
+        let mut layers = Vec::new();
+        for &l in &g.relevant_layers {
+            let gl = &g.layers[l];
+            layers.push(MeshLayer::new(g.bin_edges[l], gl.n_alpha, gl.r_edges.clone()));
+        }
+        Ok(Mesh { layers })
+    }
+    /// `n_layers` identical layers of `n_alpha` × `n_r` bins of width `dr` (mm).
+    pub fn uniform(n_layers: usize, n_alpha: usize, n_r: usize, dr: f64) -> Mesh {
+        let edges: Vec<f64> = (0..=n_r).map(|i| i as f64 * dr).collect();
+        Mesh {
+            layers: (0..n_layers)
+                .map(|l| MeshLayer::new(l * n_alpha * n_r, n_alpha, edges.clone()))
+                .collect(),
+        }
+    }
+    /// Readout layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
     }
     /// Voxels per shower.
     pub fn n_voxels(&self) -> usize {
-        self.n_layers * self.n_alpha * self.n_r
+        self.layers
+            .last()
+            .map(|l| l.offset + l.n_alpha * l.n_r())
+            .unwrap_or(0)
     }
 }
 
@@ -197,6 +314,8 @@ pub struct Longitudinal {
     pub alpha: f64,
     /// Mean ᾱ = exp⟨ln α⟩ (enters τ).
     pub alpha_mean: f64,
+    /// Depth (X0) where the shower starts (photon conversion; 0 for electrons).
+    pub start_x0: f64,
     /// Layer energies (MeV) before the sampling fluctuation.
     pub layer_energy: Vec<f64>,
 }
@@ -237,11 +356,11 @@ impl Simulator {
     }
 
     /// Draws the longitudinal profile of one shower of `e_inc` MeV (`rng = None`: the mean one).
-    pub fn longitudinal(&self, e_inc: f64, rng: Option<&mut ChaCha8Rng>) -> Longitudinal {
+    pub fn longitudinal(&self, e_inc: f64, mut rng: Option<&mut ChaCha8Rng>) -> Longitudinal {
         let p = &self.p;
         let e_vis = e_inc * p.vis_scale;
         let (t_mean, a_mean, s_t, s_a, l) = self.means(e_inc);
-        let (z1, z2) = match rng {
+        let (z1, z2) = match rng.as_deref_mut() {
             Some(r) => (
                 r.sample::<f64, _>(StandardNormal),
                 r.sample::<f64, _>(StandardNormal),
@@ -253,18 +372,66 @@ impl Simulator {
         let t = (t_mean.ln() + s_t * (cp * z1 + cm * z2)).exp().max(1.0);
         let alpha = (a_mean.ln() + s_a * (cp * z1 - cm * z2)).exp().max(1.1);
         let beta = (alpha - 1.0) / t;
-        let n = self.meshes.first().map(|m| m.n_layers).unwrap_or(45);
-        let step = p.layer_mm / p.x0_mm;
-        let cdf: Vec<f64> = (0..=n)
-            .map(|i| gamma_p(alpha, beta * step * i as f64))
+        let start_x0 = match rng {
+            // Pair-production length 9/7 X0 (drawn after the profile, so electron streams are
+            // unchanged).
+            Some(r) if p.photon => -(1.0 - r.random::<f64>()).ln() * 9.0 / 7.0,
+            _ => 0.0,
+        };
+        let n = self.n_layers();
+        let layer_energy = (0..n)
+            .map(|i| e_vis * self.layer_fraction(alpha, beta, i, start_x0))
             .collect();
-        let layer_energy = cdf.windows(2).map(|w| e_vis * (w[1] - w[0])).collect();
         Longitudinal {
             t,
             alpha,
             alpha_mean: a_mean,
+            start_x0,
             layer_energy,
         }
+    }
+
+    /// Readout layers (those of the first mesh; 45 without a mesh).
+    pub fn n_layers(&self) -> usize {
+        self.meshes.first().map(|m| m.n_layers()).unwrap_or(45)
+    }
+
+    /// The gamma(shape, rate) depth distribution of a shower starting at `t0` X0, integrated to
+    /// the start (`end` false) or end of readout layer `i`.
+    fn depth_cdf(&self, shape: f64, rate: f64, i: usize, end: bool, t0: f64) -> f64 {
+        let p = &self.p;
+        let d = match p.layer_spans_x0.get(i) {
+            Some(span) => span[end as usize] - t0,
+            None => {
+                let step = p.layer_mm / p.x0_mm;
+                let k = (i + end as usize) as f64;
+                if t0 == 0.0 {
+                    // Kept in this form so dataset-2/3 showers stay bit-identical.
+                    return gamma_p(shape, rate * step * k);
+                }
+                step * k - t0
+            }
+        };
+        if d <= 0.0 {
+            0.0
+        } else {
+            gamma_p(shape, rate * d)
+        }
+    }
+
+    /// Fraction of the profile inside readout layer `i`.
+    fn layer_fraction(&self, shape: f64, rate: f64, i: usize, t0: f64) -> f64 {
+        self.depth_cdf(shape, rate, i, true, t0) - self.depth_cdf(shape, rate, i, false, t0)
+    }
+
+    /// Depth (X0) of the middle of readout layer `i`, measured from the shower start `t0`.
+    fn layer_middle(&self, i: usize, t0: f64) -> f64 {
+        let p = &self.p;
+        let mid = match p.layer_spans_x0.get(i) {
+            Some(s) => 0.5 * (s[0] + s[1]),
+            None => (i as f64 + 0.5) * (p.layer_mm / p.x0_mm),
+        };
+        (mid - t0).max(1e-3)
     }
 
     fn radial(&self, e_gev: f64, tau: f64) -> Radial {
@@ -329,23 +496,18 @@ impl Simulator {
         let t_s = lon.t * (0.813 + 0.0019 * p.z_eff);
         let a_s = (lon.alpha * (0.844 + 0.0026 * p.z_eff)).max(1.01);
         let b_s = (a_s - 1.0) / t_s;
-        let step = p.layer_mm / p.x0_mm;
         let spot_gamma = p.spot_gamma_k.and_then(|k| Gamma::new(k, 1.0 / k).ok());
         let normals = &*NORMAL_PAIRS;
-        let inv_dr: Vec<f64> = self.meshes.iter().map(|m| 1.0 / m.dr).collect();
         let mut weights: Vec<f64> = Vec::new();
         let mut total = 0.0;
-        let mut prev_cdf = 0.0;
         for (i, &e_i) in layer_e.iter().enumerate() {
-            let cdf = gamma_p(a_s, b_s * step * (i + 1) as f64);
-            let frac = cdf - prev_cdf;
-            prev_cdf = cdf;
             if e_i <= 0.0 {
                 continue;
             }
+            let frac = self.layer_fraction(a_s, b_s, i, lon.start_x0);
             total += e_i;
             let n_i = ((n_spots * frac).round() as usize).max(1);
-            let t_mid = (i as f64 + 0.5) * step;
+            let t_mid = self.layer_middle(i, lon.start_x0);
             let tau = (t_mid / lon.t)
                 * ((lon.alpha - 1.0) / lon.alpha)
                 * (lon.alpha_mean / (lon.alpha_mean - 1.0));
@@ -368,7 +530,7 @@ impl Simulator {
                 let phi_u: f64 = rng.random::<f64>();
                 let e_spot = w * scale;
                 if p.hits_per_spot <= 1 {
-                    self.deposit(out, &inv_dr, i, r_mm, phi_u, e_spot as f32);
+                    self.deposit(out, i, r_mm, phi_u, e_spot as f32);
                     continue;
                 }
                 let e_hit = (e_spot / p.hits_per_spot as f64) as f32;
@@ -390,7 +552,7 @@ impl Simulator {
                         let [nx, ny] = next_normals(h);
                         let (x, y) = (x0 + sigma * nx, y0 + sigma * ny);
                         let u = (fast_atan2(y, x) + PI) * (1.0 / TAU);
-                        self.deposit(out, &inv_dr, i, (x * x + y * y).sqrt(), u, e_hit);
+                        self.deposit(out, i, (x * x + y * y).sqrt(), u, e_hit);
                     }
                 } else {
                     // Further out: the same displacement to first order in σ/r, radial and
@@ -401,7 +563,6 @@ impl Simulator {
                         let u = phi_u + k * ny;
                         self.deposit(
                             out,
-                            &inv_dr,
                             i,
                             (r_mm + sigma * nx).abs(),
                             u - u.floor(),
@@ -422,26 +583,19 @@ impl Simulator {
         total
     }
 
-    /// Adds `e` MeV at radius `r_mm`, azimuth fraction `phi_u` ∈ [0, 1) of layer `layer` to
-    /// every mesh (dropped outside the outer radius).
-    /// `inv_dr[k]` is 1/dr of mesh k.
+    /// Adds `e` MeV at radius `r_mm`, azimuth fraction `phi_u` ∈ [0, 1) of readout layer
+    /// `layer` to every mesh (dropped outside the outer radius).
     #[inline]
-    fn deposit(
-        &self,
-        out: &mut [&mut [f32]],
-        inv_dr: &[f64],
-        layer: usize,
-        r_mm: f64,
-        phi_u: f64,
-        e: f32,
-    ) {
-        for ((m, buf), &inv) in self.meshes.iter().zip(out.iter_mut()).zip(inv_dr) {
-            let ir = (r_mm * inv) as usize;
-            if ir >= m.n_r {
+    fn deposit(&self, out: &mut [&mut [f32]], layer: usize, r_mm: f64, phi_u: f64, e: f32) {
+        for (m, buf) in self.meshes.iter().zip(out.iter_mut()) {
+            let Some(l) = m.layers.get(layer) else {
                 continue;
-            }
-            let ia = ((phi_u * m.n_alpha as f64) as usize).min(m.n_alpha - 1);
-            buf[(layer * m.n_alpha + ia) * m.n_r + ir] += e;
+            };
+            let Some(ir) = l.r_bin(r_mm) else {
+                continue;
+            };
+            let ia = ((phi_u * l.n_alpha as f64) as usize).min(l.n_alpha - 1);
+            buf[l.offset + ia * l.n_r() + ir] += e;
         }
     }
 
@@ -549,6 +703,31 @@ pub fn log_uniform_energies(n: usize, lo: f64, hi: f64, seed: u64) -> Vec<f64> {
         .collect()
 }
 
+/// Showers per incident energy 2^8 … 2^22 MeV in a dataset-1 photon file (121,000 in all).
+pub const DS1_ENERGY_COUNTS: [u32; 15] = [
+    10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 5_000,
+    3_000, 2_000, 1_000,
+];
+
+/// `n` incident energies drawn from dataset 1's 15 discrete values 2^8 … 2^22 MeV with the
+/// proportions of its photon files ([`DS1_ENERGY_COUNTS`]), from the energy stream of `seed`.
+pub fn ds1_energies(n: usize, seed: u64) -> Vec<f64> {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(u64::MAX);
+    let total: u32 = DS1_ENERGY_COUNTS.iter().sum();
+    (0..n)
+        .map(|_| {
+            let mut u = r.random_range(0..total);
+            let mut k = 0;
+            while u >= DS1_ENERGY_COUNTS[k] {
+                u -= DS1_ENERGY_COUNTS[k];
+                k += 1;
+            }
+            (1u64 << (8 + k)) as f64
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,12 +773,7 @@ mod tests {
         let mut s = sim(Tune::Geant4);
         s.p.threshold_mev = 0.0;
         // A huge mesh radius catches every spot: voxel sum = deposited energy.
-        s.meshes = vec![Mesh {
-            n_layers: 45,
-            n_alpha: 4,
-            n_r: 1,
-            dr: 1e12,
-        }];
+        s.meshes = vec![Mesh::uniform(45, 4, 1, 1e12)];
         let mut buf = vec![0.0f32; s.meshes[0].n_voxels()];
         let mut rng = shower_rng(7, 0);
         let dep = s.shower(2e4, &mut rng, &mut [&mut buf]);
@@ -613,13 +787,8 @@ mod tests {
         // A one-layer mesh with spots only in the first radial ring shows r fastest.
         let mut s = sim(Tune::Geant4);
         s.p.threshold_mev = 0.0;
-        let m = Mesh {
-            n_layers: 45,
-            n_alpha: 3,
-            n_r: 2,
-            dr: 1e12,
-        };
-        s.meshes = vec![m];
+        let m = Mesh::uniform(45, 3, 2, 1e12);
+        s.meshes = vec![m.clone()];
         let mut buf = vec![0.0f32; m.n_voxels()];
         s.shower(5e3, &mut shower_rng(1, 0), &mut [&mut buf]);
         // Every spot falls in r bin 0 (dr huge): odd indices (r = 1) stay empty.
@@ -667,5 +836,82 @@ mod tests {
         // Shower k only depends on (seed, k): simulating a suffix alone gives the same rows.
         let tail = s.simulate(&e[30..], 11, 30, &|_| {});
         assert_eq!(&a[0][30 * 6480..], &tail[0][..]);
+    }
+
+    #[test]
+    fn mesh_of_dataset1_follows_the_binning() {
+        let m = Mesh::of(DatasetKind::Photons1).unwrap();
+        assert_eq!(m.n_layers(), 5);
+        assert_eq!(m.n_voxels(), 368);
+        let offs: Vec<usize> = m.layers.iter().map(|l| l.offset).collect();
+        assert_eq!(offs, [0, 8, 168, 358, 363]);
+        // Non-uniform radial edges: bins by search, beyond the last edge dropped.
+        let l2 = &m.layers[2];
+        assert_eq!(l2.n_alpha, 10);
+        assert_eq!(l2.r_bin(0.0), Some(0));
+        assert_eq!(l2.r_bin(1.99), Some(0));
+        assert_eq!(l2.r_bin(2.0), Some(1));
+        assert_eq!(l2.r_bin(399.0), Some(18));
+        assert_eq!(l2.r_bin(400.0), None);
+        // Uniform meshes take the division path and agree with the search.
+        let u = &Mesh::of(DatasetKind::Ds2).unwrap().layers[0];
+        assert!(u.inv_dr > 0.0);
+        let searched = MeshLayer {
+            inv_dr: 0.0,
+            ..u.clone()
+        };
+        for r in [0.0, 1.0, 4.64, 20.0, 60.0, 1e3] {
+            assert_eq!(u.r_bin(r), searched.r_bin(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn dataset1_photons_conserve_energy_and_convert() {
+        let mut p = SimParams::ds1_photons();
+        p.threshold_mev = 0.0;
+        let mut s = Simulator::new(p, vec![Mesh::of(DatasetKind::Photons1).unwrap()]);
+        // Mean profile: the layers and the dead material between them share the energy; the
+        // readout sees most of it, and the middle layer the largest part.
+        let lon = s.longitudinal(65536.0, None);
+        let seen: f64 = lon.layer_energy.iter().sum::<f64>() / 65536.0;
+        assert!(seen > 0.85 && seen < 1.0, "{seen}");
+        let max = lon.layer_energy.iter().cloned().fold(0.0, f64::max);
+        assert_eq!(max, lon.layer_energy[2]);
+        // A mesh with huge radii catches every spot: voxel sum = deposited energy.
+        s.meshes = vec![Mesh {
+            layers: (0..5)
+                .map(|l| MeshLayer::new(l * 10, 10, vec![0.0, 1e12]))
+                .collect(),
+        }];
+        let mut buf = vec![0.0f32; 50];
+        let dep = s.shower(16384.0, &mut shower_rng(3, 0), &mut [&mut buf]);
+        let sum: f64 = buf.iter().map(|&v| v as f64).sum();
+        assert!((sum / dep - 1.0).abs() < 1e-5, "{sum} vs {dep}");
+        // Conversion depths follow the pair-production length: mean 9/7 X0.
+        let n = 4000;
+        let mean = (0..n)
+            .map(|k| s.longitudinal(1e4, Some(&mut shower_rng(9, k))).start_x0)
+            .sum::<f64>()
+            / n as f64;
+        assert!((mean / (9.0 / 7.0) - 1.0).abs() < 0.05, "{mean}");
+    }
+
+    #[test]
+    fn dataset1_energies_have_the_file_proportions() {
+        let e = ds1_energies(121_000, 4);
+        assert_eq!(e, ds1_energies(121_000, 4));
+        let count = |v: f64| e.iter().filter(|&&x| x == v).count() as f64;
+        assert!((count(256.0) / 10_000.0 - 1.0).abs() < 0.05);
+        assert!((count(4_194_304.0) / 1_000.0 - 1.0).abs() < 0.15);
+        assert_eq!(
+            e.iter().filter(|&&x| !(256.0..=4_194_304.0).contains(&x)).count(),
+            0
+        );
+    }
+
+    #[test]
+    fn pions_are_refused() {
+        let err = SimParams::for_dataset(DatasetKind::Pions1, Tune::Geant4).unwrap_err();
+        assert!(err.contains("hadronic"), "{err}");
     }
 }

@@ -15,7 +15,8 @@ fn bar(quiet: bool, len: u64, msg: &str) -> ProgressBar {
 
 #[derive(clap::Args, Clone)]
 pub struct SimulateArgs {
-    /// Dataset mesh: 2 or 3.
+    /// Dataset: 2 or 3 (electrons in the dataset-2/3 detector), or 1-photons (photons in an
+    /// ATLAS-like barrel, with dataset 1's 15 discrete energies unless a range is given).
     #[arg(long, short = 'd', default_value = "2", value_parser = crate::parse_dataset)]
     dataset: DatasetKind,
     /// Number of showers (default 1000; with --energies-from, all of that file's showers).
@@ -27,12 +28,12 @@ pub struct SimulateArgs {
     /// Output file (with --both: F_ds2.h5 and F_ds3.h5 next to it).
     #[arg(long, short = 'o')]
     out: PathBuf,
-    /// Smallest incident energy (MeV), log-uniform spectrum.
-    #[arg(long, default_value_t = 1e3)]
-    energy_min: f64,
-    /// Largest incident energy (MeV).
-    #[arg(long, default_value_t = 1e6)]
-    energy_max: f64,
+    /// Smallest incident energy (MeV), log-uniform spectrum [default: 1000; dataset 1: 256].
+    #[arg(long)]
+    energy_min: Option<f64>,
+    /// Largest incident energy (MeV) [default: 1000000; dataset 1: 4194304].
+    #[arg(long)]
+    energy_max: Option<f64>,
     /// Fixed incident energy (MeV) instead of a spectrum.
     #[arg(long)]
     energy: Option<f64>,
@@ -111,10 +112,21 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
         }
         caloforge_core::io::check_energy_range(e, e).context("--energy")?;
         vec![e; n]
+    } else if ds.is_ds1() && a.energy_min.is_none() && a.energy_max.is_none() {
+        caloforge_sim::ds1_energies(n, a.seed)
     } else {
-        caloforge_core::io::check_energy_range(a.energy_min, a.energy_max)?;
-        log_uniform_energies(n, a.energy_min, a.energy_max, a.seed)
+        let (lo, hi) = if ds.is_ds1() {
+            (256.0, 4_194_304.0)
+        } else {
+            (1e3, 1e6)
+        };
+        let (lo, hi) = (a.energy_min.unwrap_or(lo), a.energy_max.unwrap_or(hi));
+        caloforge_core::io::check_energy_range(lo, hi)?;
+        log_uniform_energies(n, lo, hi, a.seed)
     };
+    if a.both && ds.is_ds1() {
+        bail!("--both writes the dataset-2 and dataset-3 meshes of one detector; it does not apply to -d {ds}");
+    }
     let kinds: Vec<DatasetKind> = if a.both {
         vec![DatasetKind::Ds2, DatasetKind::Ds3]
     } else {
@@ -137,13 +149,8 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
         .map(|p| p.as_path())
         .collect();
     let json_path = caloforge_core::io::summary_path(&a.out, &inputs)?;
-    let mut writers = Vec::new();
-    for (p, m) in outs.iter().zip(&meshes) {
-        caloforge_core::io::check_output(p, &inputs)?;
-        writers.push(ShowerWriter::create(p, m.n_voxels(), energies.len())?);
-    }
     let params = match &a.params {
-        None => SimParams::new(tune),
+        None => SimParams::for_dataset(ds, tune).map_err(anyhow::Error::msg)?,
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -151,6 +158,22 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
                 .with_context(|| format!("{}: not a valid parameter set", p.display()))?
         }
     };
+    let spans = params.layer_spans_x0.len();
+    if spans != 0 && spans != meshes[0].n_layers() {
+        bail!(
+            "{}: layer_spans_x0 has {spans} layers, the dataset-{ds} mesh {}",
+            a.params
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "simulator parameters".into()),
+            meshes[0].n_layers()
+        );
+    }
+    let mut writers = Vec::new();
+    for (p, m) in outs.iter().zip(&meshes) {
+        caloforge_core::io::check_output(p, &inputs)?;
+        writers.push(ShowerWriter::create(p, m.n_voxels(), energies.len())?);
+    }
     let sim = Simulator::new(params.clone(), meshes.clone());
     let pb = bar(quiet, energies.len() as u64, "simulate");
     // Batches bound memory: about 256 MB of float32 per batch.
@@ -368,8 +391,8 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
         n: Some(a.n),
         seed: a.seed,
         out: reference.clone(),
-        energy_min: 1e3,
-        energy_max: 1e6,
+        energy_min: None,
+        energy_max: None,
         energy: None,
         energies_from: None,
         both: false,

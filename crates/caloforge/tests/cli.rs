@@ -65,8 +65,12 @@ fn simulate_rejects_bad_arguments_without_output() {
         "--energy-min",
     );
     failed_with(
-        &caloforge(&["simulate", "-n", "5", "-d", "1-photons", "--out", o]),
-        "dataset-2/3 detector",
+        &caloforge(&["simulate", "-n", "5", "-d", "1-pions", "--out", o]),
+        "hadronic",
+    );
+    failed_with(
+        &caloforge(&["simulate", "-n", "5", "-d", "1-photons", "--both", "--out", o]),
+        "--both",
     );
     failed_with(
         &caloforge(&["simulate", "-n", "5", "--tune", "best", "--out", o]),
@@ -162,6 +166,31 @@ fn simulate_is_deterministic_across_threads_and_energies_round_trip() {
             .energies,
         vec![5000.0; 3]
     );
+    // Dataset-1 photons: 368 voxels, dataset 1's discrete energies; a range makes them
+    // log-uniform instead.
+    let g = caloforge(&["simulate", "-d", "1-photons", "-n", "40", "--out", &p("g.h5")]);
+    assert!(g.status.success(), "{}", err_text(&g));
+    let fg = caloforge_core::ShowerFile::open(Path::new(&p("g.h5")), Some(368)).unwrap();
+    assert!(fg
+        .energies
+        .iter()
+        .all(|&e| (8..=22).any(|k| e == (1u64 << k) as f64)));
+    assert!(fg.read_rows(0, 40).unwrap().iter().sum::<f64>() > 0.0);
+    let h = caloforge(&[
+        "simulate",
+        "-d",
+        "1-photons",
+        "-n",
+        "40",
+        "--energy-min",
+        "300",
+        "--out",
+        &p("h.h5"),
+    ]);
+    assert!(h.status.success(), "{}", err_text(&h));
+    let fh = caloforge_core::ShowerFile::open(Path::new(&p("h.h5")), Some(368)).unwrap();
+    assert!(fh.energies.iter().all(|&e| (300.0..=4_194_304.0).contains(&e)));
+    assert!(fh.energies.iter().any(|&e| e.fract() != 0.0));
 }
 
 #[test]
