@@ -97,6 +97,8 @@ impl Stage {
             tail_bound: self.tail_bound,
             kind,
             permutation_seed,
+            permutation: Default::default(),
+            dropout: 0.0,
         }
     }
 }

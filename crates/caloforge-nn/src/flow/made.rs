@@ -1,5 +1,5 @@
 //! MADE (masked autoencoder for distribution estimation) with a context input, as nflows'
-//! `MADE` with `use_residual_blocks=False`, no batch norm, no dropout:
+//! `MADE` with `use_residual_blocks=False`, no batch norm (dropout optional, training only):
 //! `h = relu(MaskedLinear_in(x) + relu(Linear_ctx(c)))`, then `n_hidden` × `h = relu(MaskedLinear(h))`,
 //! then `MaskedLinear_out(h)` giving `params_per_feature` outputs per feature (feature-major:
 //! output index = i·P + k). Degrees are deterministic: inputs 1..D, hidden
@@ -122,13 +122,28 @@ impl Made {
 
     /// Outputs [B, D·P] for inputs [B, D] and context [B, C].
     pub fn forward(&self, x: Tensor<2>, ctx: Option<Tensor<2>>) -> Tensor<2> {
+        self.forward_dropout(x, ctx, &[])
+    }
+
+    /// The forward pass with dropout: hidden-to-hidden layer j's output (after its ReLU) is
+    /// multiplied by `keep[j]` ([B, H]: 0 or 1/(1−p)), as nflows' `MaskedFeedforwardBlock`
+    /// (linear, ReLU, dropout). Layers without a mask are left as they are.
+    pub fn forward_dropout(
+        &self,
+        x: Tensor<2>,
+        ctx: Option<Tensor<2>>,
+        keep: &[Tensor<2>],
+    ) -> Tensor<2> {
         let mut h = self.input.forward(x);
         if let (Some(l), Some(c)) = (&self.context, ctx) {
             h = h + relu(l.forward(c));
         }
         h = relu(h);
-        for l in &self.hidden {
+        for (j, l) in self.hidden.iter().enumerate() {
             h = relu(l.forward(h));
+            if let Some(m) = keep.get(j) {
+                h = h * m.clone();
+            }
         }
         self.output.forward(h)
     }

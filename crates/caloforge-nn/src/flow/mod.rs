@@ -20,7 +20,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use made::{Made, MadeShape};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use spline::{Direction, SplineConfig};
 
 /// MAF or IAF.
@@ -54,6 +55,31 @@ pub struct FlowConfig {
     pub kind: FlowKind,
     /// Seed of the random permutations.
     pub permutation_seed: u64,
+    /// Where the permutations between blocks go.
+    #[serde(default)]
+    pub permutation: PermutationLayout,
+    /// Dropout probability after each MADE hidden-to-hidden layer while training by maximum
+    /// likelihood (nflows' `MaskedFeedforwardBlock`: linear, ReLU, dropout); 0: none.
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+/// Where the permutations between a flow's blocks go (`y_j = x_{perm[j]}`, nflows'
+/// `Permutation`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PermutationLayout {
+    /// All features reversed after even blocks, seeded at random after odd ones, none after
+    /// the last (iCaloFlow, SuperCalo).
+    #[default]
+    Alternating,
+    /// A seeded random permutation of all features after every block, the last one included
+    /// (nflows' `RandomPermutation` after each block: CaloFlow's energy flow).
+    RandomAfterEach,
+    /// Features come in groups of these sizes (calorimeter layers): after even blocks each
+    /// group is reversed in place, after odd ones permuted at random within itself, none after
+    /// the last (CaloFlow's `InversionLayer` / `RandomPermutationLayer`): layers never mix.
+    WithinGroups(Vec<usize>),
 }
 
 impl FlowConfig {
@@ -71,16 +97,38 @@ impl FlowConfig {
             params_per_feature: 3 * self.bins - 1,
         }
     }
-    /// The permutation after block k (`y_j = x_{perm[j]}`), for k < blocks − 1.
+    /// The permutation after block k (`y_j = x_{perm[j]}`): one per block but the last, or
+    /// one per block with [`PermutationLayout::RandomAfterEach`].
     pub fn permutations(&self) -> Vec<Vec<usize>> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.permutation_seed);
-        (0..self.blocks.saturating_sub(1))
+        let n = match self.permutation {
+            PermutationLayout::RandomAfterEach => self.blocks,
+            _ => self.blocks.saturating_sub(1),
+        };
+        (0..n)
             .map(|k| {
                 let mut p: Vec<usize> = (0..self.features).collect();
-                if k % 2 == 0 {
-                    p.reverse();
-                } else {
-                    p.shuffle(&mut rng);
+                match &self.permutation {
+                    PermutationLayout::Alternating => {
+                        if k % 2 == 0 {
+                            p.reverse();
+                        } else {
+                            p.shuffle(&mut rng);
+                        }
+                    }
+                    PermutationLayout::RandomAfterEach => p.shuffle(&mut rng),
+                    PermutationLayout::WithinGroups(sizes) => {
+                        let mut off = 0;
+                        for &g in sizes {
+                            let seg = &mut p[off..(off + g).min(self.features)];
+                            if k % 2 == 0 {
+                                seg.reverse();
+                            } else {
+                                seg.shuffle(&mut rng);
+                            }
+                            off += g;
+                        }
+                    }
                 }
                 p
             })
@@ -106,6 +154,17 @@ impl FlowConfig {
                 "tail_bound must be positive, got {}",
                 self.tail_bound
             ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if let PermutationLayout::WithinGroups(g) = &self.permutation {
+            if g.contains(&0) || g.iter().sum::<usize>() != self.features {
+                return Err(format!(
+                    "permutation groups {g:?} must be positive and sum to the {} features",
+                    self.features
+                ));
+            }
         }
         Ok(())
     }
@@ -181,15 +240,58 @@ impl Flow {
     }
 
     fn params(&self, k: usize, side: Tensor<2>, ctx: &Option<Tensor<2>>) -> Tensor<3> {
+        self.params_dropout(k, side, ctx, &[])
+    }
+
+    fn params_dropout(
+        &self,
+        k: usize,
+        side: Tensor<2>,
+        ctx: &Option<Tensor<2>>,
+        keep: &[Tensor<2>],
+    ) -> Tensor<3> {
         let [b, d] = side.dims();
         self.net.made[k]
-            .forward(side, ctx.clone())
+            .forward_dropout(side, ctx.clone(), keep)
             .reshape([b, d, 3 * self.cfg.bins - 1])
+    }
+
+    /// Dropout keep-masks (0 or 1/(1 − p)) for `b` samples: one [b, H] tensor per hidden-to-
+    /// hidden layer of each block, drawn from `rng` (block by block, row-major), so that they
+    /// depend on the seed only.
+    pub fn dropout_masks(&self, b: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<Tensor<2>>> {
+        let p = self.cfg.dropout;
+        let h = self.cfg.hidden;
+        let device = self.device();
+        let scale = (1.0 / (1.0 - p)) as f32;
+        (0..self.cfg.blocks)
+            .map(|_| {
+                (0..self.cfg.n_hidden)
+                    .map(|_| {
+                        let v: Vec<f32> = (0..b * h)
+                            .map(|_| if rng.random::<f64>() < p { 0.0 } else { scale })
+                            .collect();
+                        Tensor::<2>::from_data(TensorData::new(v, [b, h]), &device)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// x → z in one pass (a MAF's density direction). Panics for an IAF (whose x → z needs D
     /// passes: use the fast engine).
     pub fn forward_trace(&self, x: Tensor<2>, ctx: Option<Tensor<2>>) -> Trace {
+        self.forward_trace_dropout(x, ctx, &[])
+    }
+
+    /// [`Flow::forward_trace`] with dropout masks `keep[k]` in block k (from
+    /// [`Flow::dropout_masks`]; empty: none).
+    pub fn forward_trace_dropout(
+        &self,
+        x: Tensor<2>,
+        ctx: Option<Tensor<2>>,
+        keep: &[Vec<Tensor<2>>],
+    ) -> Trace {
         assert_eq!(self.cfg.kind, FlowKind::Maf, "one-pass x -> z needs a MAF");
         let spl = self.cfg.spline();
         let [b, _] = x.dims();
@@ -198,7 +300,7 @@ impl Flow {
         let mut x_side = Vec::with_capacity(self.cfg.blocks);
         let mut params = Vec::with_capacity(self.cfg.blocks);
         for k in 0..self.cfg.blocks {
-            let p = self.params(k, s.clone(), &ctx);
+            let p = self.params_dropout(k, s.clone(), &ctx, keep.get(k).map_or(&[], |v| v));
             let (u, ld) = crate::ops::rqs(s.clone(), p.clone(), &spl, Direction::Forward);
             logdet = logdet + ld.sum_dim(1).squeeze_dim(1);
             x_side.push(s);

@@ -15,6 +15,8 @@ fn cfg(kind: FlowKind, d: usize, c: usize) -> FlowConfig {
         tail_bound: 3.0,
         kind,
         permutation_seed: 5,
+        permutation: Default::default(),
+        dropout: 0.0,
     }
 }
 
@@ -170,6 +172,116 @@ fn permutations_alternate_reverse_and_random() {
     assert_eq!(c.permutations(), p, "seeded");
 }
 
+#[test]
+fn caloflow_permutation_layouts() {
+    // Within groups: even blocks reverse each group, odd ones shuffle inside it, none after the
+    // last; groups never mix.
+    let c = FlowConfig {
+        permutation: PermutationLayout::WithinGroups(vec![3, 1, 4]),
+        ..cfg(FlowKind::Maf, 8, 0)
+    };
+    c.validate().unwrap();
+    let p = c.permutations();
+    assert_eq!(p.len(), 3);
+    assert_eq!(p[0], vec![2, 1, 0, 3, 7, 6, 5, 4]);
+    for q in &p {
+        let mut g: Vec<usize> = q[..3].to_vec();
+        g.sort();
+        assert_eq!(g, [0, 1, 2]);
+        assert_eq!(q[3], 3);
+        let mut g: Vec<usize> = q[4..].to_vec();
+        g.sort();
+        assert_eq!(g, [4, 5, 6, 7]);
+    }
+    assert!(FlowConfig {
+        permutation: PermutationLayout::WithinGroups(vec![3, 4]),
+        ..c.clone()
+    }
+    .validate()
+    .is_err());
+    // Random after each block, the last included.
+    let r = FlowConfig {
+        permutation: PermutationLayout::RandomAfterEach,
+        ..cfg(FlowKind::Maf, 6, 0)
+    };
+    assert_eq!(r.permutations().len(), 4);
+    assert_ne!(r.permutations()[3], (0..6).collect::<Vec<_>>());
+}
+
+#[test]
+fn new_layouts_keep_burn_and_fast_flows_inverse_to_each_other() {
+    let dev = Device::flex();
+    let (n, d, c) = (10, 5, 2);
+    for layout in [
+        PermutationLayout::RandomAfterEach,
+        PermutationLayout::WithinGroups(vec![2, 3]),
+    ] {
+        for kind in [FlowKind::Maf, FlowKind::Iaf] {
+            let fc = FlowConfig {
+                permutation: layout.clone(),
+                ..cfg(kind, d, c)
+            };
+            let flow = perturbed(Flow::new(fc, &dev), &dev);
+            let fast = FastFlow::from_flow(&flow);
+            let ctx = randn(n * c, 2, 1.0);
+            let (x, z) = match kind {
+                FlowKind::Maf => {
+                    let x = randn(n * d, 1, 1.5);
+                    let tr = flow.forward_trace(t2(&x, n, d, &dev), Some(t2(&ctx, n, c, &dev)));
+                    (x, tr.z.into_data().iter::<f32>().collect::<Vec<f32>>())
+                }
+                FlowKind::Iaf => {
+                    let z = randn(n * d, 3, 1.0);
+                    let tr = flow.inverse_trace(t2(&z, n, d, &dev), Some(t2(&ctx, n, c, &dev)));
+                    (tr.x_side[0].clone().into_data().iter::<f32>().collect(), z)
+                }
+            };
+            let (zf, _) = fast.log_prob(&x, &ctx);
+            let (xf, _) = fast.sample_from_base(&z, &ctx);
+            for i in 0..n * d {
+                assert!((z[i] - zf[i]).abs() < 1e-4, "{layout:?} {kind:?} z {i}");
+                assert!((x[i] - xf[i]).abs() < 1e-4, "{layout:?} {kind:?} x {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dropout_masks_scale_kept_units_and_depend_on_the_seed_only() {
+    let dev = Device::flex();
+    let fc = FlowConfig {
+        dropout: 0.25,
+        n_hidden: 2,
+        ..cfg(FlowKind::Maf, 4, 1)
+    };
+    let flow = perturbed(Flow::new(fc, &dev), &dev);
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let m = flow.dropout_masks(500, &mut r);
+    assert_eq!((m.len(), m[0].len()), (4, 2));
+    let v: Vec<f64> = m.iter().flatten().flat_map(|t| vals(t.clone())).collect();
+    assert!(v
+        .iter()
+        .all(|&x| x == 0.0 || (x - 1.0 / 0.75).abs() < 1e-6));
+    let dropped = v.iter().filter(|&&x| x == 0.0).count() as f64 / v.len() as f64;
+    assert!((dropped - 0.25).abs() < 0.01, "{dropped}");
+    let mut r2 = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let m2 = flow.dropout_masks(500, &mut r2);
+    assert_eq!(vals(m[3][1].clone()), vals(m2[3][1].clone()));
+    // Masks of ones leave the pass unchanged; real masks change it.
+    let (n, d) = (6, 4);
+    let x = t2(&randn(n * d, 1, 1.0), n, d, &dev);
+    let ctx = Some(t2(&randn(n, 2, 1.0), n, 1, &dev));
+    let ones: Vec<Vec<Tensor<2>>> = (0..4)
+        .map(|_| (0..2).map(|_| Tensor::<2>::ones([n, 24], &dev)).collect())
+        .collect();
+    let plain = vals(flow.forward_trace(x.clone(), ctx.clone()).z);
+    let same = vals(flow.forward_trace_dropout(x.clone(), ctx.clone(), &ones).z);
+    assert_eq!(plain, same);
+    let keep = flow.dropout_masks(n, &mut r);
+    let dropped = vals(flow.forward_trace_dropout(x, ctx, &keep).z);
+    assert!(plain.iter().zip(&dropped).any(|(a, b)| (a - b).abs() > 1e-4));
+}
+
 mod training {
     use super::super::train::*;
     use super::*;
@@ -205,6 +317,8 @@ mod training {
             tail_bound: 5.0,
             kind,
             permutation_seed: 1,
+            permutation: Default::default(),
+            dropout: 0.0,
         }
     }
 

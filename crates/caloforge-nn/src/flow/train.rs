@@ -3,7 +3,7 @@
 //! kept, a wall-clock budget, and safetensors checkpoints.
 
 use super::fast::FastFlow;
-use super::{Flow, FlowConfig, FlowKind, FlowNet, Trace};
+use super::{log_normal, Flow, FlowConfig, FlowKind, FlowNet, Trace};
 use crate::train::{fit, Control, NnError, Result, Task};
 pub use crate::train::{Progress, TrainReport, TrainSettings, ValPoint};
 use burn::module::Module;
@@ -170,6 +170,11 @@ pub fn train_maf(
     let device = flow.device();
     let loss = |f: &Flow, idx: &[usize], rng: &mut ChaCha8Rng| {
         let (x, c) = batch_tensors(train, idx, rng, &device);
+        if f.cfg.dropout > 0.0 {
+            let keep = f.dropout_masks(idx.len(), rng);
+            let t = f.forward_trace_dropout(x, c, &keep);
+            return (log_normal(t.z) + t.logdet).mean().neg();
+        }
         f.log_prob(x, c).mean().neg()
     };
     let val_fn = |f: &Flow| mean_nll(&FastFlow::from_flow(f), val);
