@@ -76,6 +76,13 @@ pub struct Stage {
     /// Distillation terms (students).
     #[serde(default)]
     pub distill: Option<DistillLoss>,
+    /// Dropout after each MADE hidden-to-hidden layer in maximum-likelihood training.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropout: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Stage {
@@ -98,7 +105,7 @@ impl Stage {
             kind,
             permutation_seed,
             permutation: Default::default(),
-            dropout: 0.0,
+            dropout: self.dropout,
         }
     }
 }
@@ -568,6 +575,7 @@ impl ICaloFlow {
             tail_bound: 14.0,
             train: cfg.flow2.train.clone(),
             distill: None,
+            dropout: 0.0,
         };
         let mut flows = Vec::new();
         for k in 1..=3 {

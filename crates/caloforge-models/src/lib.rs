@@ -6,6 +6,8 @@
 //!   and network in `caloforge_nn::{diffusion, unet}`).
 //! - [`supercalo`]: SuperCalo (Pang, Raine, Shih): coarse showers from a flow, upsampled by a
 //!   superresolution flow; datasets 2 and 3.
+//! - [`caloflow`]: CaloFlow (Krause, Pang, Shih) for dataset 1 (photons, pions): an energy flow
+//!   and a MAF over the whole shower, IAF students.
 //!
 //! Every model family is a [`ModelKind`] in the [`registry`]; a trained model is a
 //! [`Generator`] and, on disk, a directory with safetensors weights, the TOML configuration
@@ -13,6 +15,7 @@
 //! ones for tests and the demo) are TOML files embedded from `presets/`, named after the paper.
 
 pub mod calodiffusion;
+pub mod caloflow;
 pub(crate) mod flowparts;
 /// Device (backend) selection, re-exported for the CLI.
 pub use caloforge_nn::device;

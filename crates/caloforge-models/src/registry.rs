@@ -244,6 +244,7 @@ pub static REGISTRY: &[&dyn ModelKind] = &[
     &crate::icaloflow::ICaloFlowKind,
     &crate::calodiffusion::CaloDiffusionKind,
     &crate::supercalo::SuperCaloKind,
+    &crate::caloflow::CaloFlowKind,
 ];
 
 /// The model family named `name`.

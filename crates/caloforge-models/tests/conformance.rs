@@ -17,7 +17,7 @@ use caloforge_models::{ModelKind, NoProgress, Progress, SampleOptions, TrainOpti
 use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
 use std::path::{Path, PathBuf};
 
-/// Training showers of `kind`: simulated for datasets 2/3, synthetic for dataset 1.
+/// Training showers of `kind`: simulated for datasets 2/3 and 1-photons, synthetic for pions.
 fn data(kind: DatasetKind, dir: &Path) -> PathBuf {
     let p = dir.join(format!("train_{}.h5", kind.name()));
     if p.exists() {
@@ -27,8 +27,9 @@ fn data(kind: DatasetKind, dir: &Path) -> PathBuf {
     let nv = kind.n_voxels();
     let e = log_uniform_energies(n, 1e3, 1e5, 1);
     let vox = match kind {
-        DatasetKind::Ds2 | DatasetKind::Ds3 => {
-            let sim = Simulator::new(SimParams::new(Tune::Geant4), vec![Mesh::of(kind).unwrap()]);
+        DatasetKind::Ds2 | DatasetKind::Ds3 | DatasetKind::Photons1 => {
+            let p = SimParams::for_dataset(kind, Tune::Geant4).unwrap();
+            let sim = Simulator::new(p, vec![Mesh::of(kind).unwrap()]);
             sim.simulate(&e, 2, 0, &|_| {}).swap_remove(0)
         }
         _ => (0..n * nv)
