@@ -9,7 +9,8 @@ capped at MAXVAL samples.
 usage: budget_preset.py SRC.toml OUT.toml FLOW N BATCH EPOCHS EVAL MAXVAL [--torch-default-shape]
   (N showers, 30 % of them held out; iCaloFlow's Flow-3 has 44 samples per shower, SuperCalo's
   upsampler one per coarse voxel; a SuperCalo Flow-II CyclicLR keeps its rates and gets
-  step_size_up = total / 8, four triangular2 cycles as in the reference)
+  step_size_up = total / 8, four triangular2 cycles as in the reference; CaloFlow's photon
+  teacher step_size_up = total x 850 / 42400, its 25 cycles)
 
 A CaloDiffusion preset (model = "calodiffusion") instead gets its top-level batch_size, epochs
 and, if given, validation_fraction replaced (its learning rate is constant):
@@ -54,6 +55,11 @@ if flow == 3 and preset.get("model") == "supercalo":
 elif flow == 3:
     per_shower = 44
 total = math.ceil(n_train * per_shower / batch) * epochs
+cyclic_up = max(1, total // 8)
+if sched["type"] == "cyclic" and preset.get("model") == "caloflow":
+    # CaloFlow's photon teacher: step_size_up 850 of 42400 steps (25 triangular2 cycles),
+    # scaled to the budget.
+    cyclic_up = max(1, round(total * 850 / 42400))
 if sched["type"] == "cyclic":
     # CyclicLR: the preset's base and max rates, step_size_up = total / 8 (the reference's
     # Flow-II runs 4 triangular2 cycles: 2800 steps, step_size_up 350).
@@ -66,7 +72,7 @@ else:
     shape = {k: sched[k] for k in keys if k in sched}
 if shape is None:
     sched_lines = ['type = "cyclic"', f"base_lr = {sched['base_lr']}",
-                   f"max_lr = {sched['max_lr']}", f"step_size_up = {max(1, total // 8)}"]
+                   f"max_lr = {sched['max_lr']}", f"step_size_up = {cyclic_up}"]
 else:
     sched_lines = ['type = "one_cycle"', f"total_steps = {total}"] + [
         f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in shape.items()]
