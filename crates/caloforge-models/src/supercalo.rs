@@ -589,6 +589,12 @@ impl SuperCalo {
                 energies.len()
             )));
         }
+        // Checked before any network runs: one clear error, no partial work.
+        if let Some(v) = showers.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+            return Err(ModelError::Config(format!(
+                "a voxel of {v} MeV: energies must be finite and >= 0"
+            )));
+        }
         self.batched(
             energies.len(),
             seed,
@@ -631,11 +637,6 @@ impl SuperCalo {
                     }
                 }
                 for c in coarse.iter_mut() {
-                    if !(c.is_finite() && *c >= 0.0) {
-                        return Err(ModelError::Config(format!(
-                            "a coarse voxel of {c} MeV: energies must be finite and >= 0"
-                        )));
-                    }
                     *c = self.cfg.cut(*c as f64) as f32;
                 }
                 Ok(self.upsample_batch(es, &le, &coarse, rngs))

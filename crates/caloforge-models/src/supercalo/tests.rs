@@ -166,4 +166,11 @@ fn upsampling_keeps_every_coarse_energy() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("100 voxels") && e.contains("648"), "{e}");
+    let mut bad = cin.clone();
+    bad[300] = f32::NAN;
+    let e = model
+        .upsample_showers(&[2e4], &bad, 648, 1, 0, 1, &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("finite and >= 0"), "{e}");
 }
