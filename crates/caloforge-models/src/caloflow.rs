@@ -717,6 +717,7 @@ pub const PRESETS: &[Preset] = crate::presets!(
     "caloflow-ds1-pions",
     "caloflow-ds1-pions-student",
     "caloflow-small",
+    "caloflow-small-student",
     "caloflow-tiny",
     "caloflow-tiny-student",
 );
