@@ -29,10 +29,9 @@
 //! student trains without dropout.
 
 use crate::flowparts::{
-    check_previous, materialise, report_line, settings_with_steps, time_flow, train_concurrently,
-    Job,
+    check_previous, flow_path, materialise, run_jobs, settings_with_steps, time_flow, Job,
 };
-use crate::icaloflow::{FlowCard, ModelCard, Role, Stage};
+use crate::icaloflow::{ModelCard, Role, Stage};
 use crate::registry::{ModelInfo, StepTiming};
 use crate::{
     file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError, ModelKind,
@@ -335,9 +334,6 @@ pub struct CaloFlow {
     fast: Vec<FastFlow>,
 }
 
-fn flow_path(dir: &Path, k: usize) -> std::path::PathBuf {
-    dir.join(format!("flow{k}.safetensors"))
-}
 
 fn normals(rng: &mut ChaCha8Rng, k: usize, out: &mut Vec<f32>) {
     out.extend((0..k).map(|_| rng.sample::<f32, _>(StandardNormal)))
@@ -628,27 +624,8 @@ impl CaloFlow {
                     .map(|t| (&t[1].0, st.distill.expect("validated: students distil"))),
             });
         }
-        let mut outcome = TrainOutcome::default();
-        for (k, r) in train_concurrently(jobs, opts, t0, progress) {
-            let (flow, report) = r?;
-            save_flow(&flow, &flow_path(&opts.out, k))?;
-            outcome.interrupted |= report.interrupted;
-            outcome.lines.push(report_line(k, &flow, &report));
-            card.flows.insert(
-                format!("flow{k}"),
-                FlowCard {
-                    config: flow.cfg.clone(),
-                    parameters: flow.num_params(),
-                    report,
-                },
-            );
-        }
+        let outcome = run_jobs(jobs, opts, t0, progress, &mut card.flows, 2)?;
         card.updated_unix = unix_time();
-        let missing: Vec<String> = (1..=2)
-            .filter(|k| !card.flows.contains_key(&format!("flow{k}")))
-            .map(|k| k.to_string())
-            .collect();
-        outcome.complete = missing.is_empty();
         let model = CaloFlow {
             sizes,
             cfg,
@@ -657,13 +634,6 @@ impl CaloFlow {
             fast: vec![],
         };
         model.write_meta(&opts.out)?;
-        if !outcome.complete {
-            outcome.lines.push(format!(
-                "flow {} is not trained yet (--flows {}); generation needs both",
-                missing.join(", "),
-                missing.join(",")
-            ));
-        }
         Ok(outcome)
     }
 

@@ -159,6 +159,57 @@ pub(crate) fn train_concurrently(
     })
 }
 
+/// The weights file of flow `k` in a model directory.
+pub(crate) fn flow_path(dir: &std::path::Path, k: usize) -> std::path::PathBuf {
+    dir.join(format!("flow{k}.safetensors"))
+}
+
+/// Trains `jobs` concurrently ([`train_concurrently`]), saves each best flow into `opts.out`
+/// and records it in `flows` (the model card's). The outcome is complete when flows 1..=`n`
+/// are all trained; otherwise its last line names the missing ones.
+pub(crate) fn run_jobs(
+    jobs: Vec<Job>,
+    opts: &TrainOptions,
+    t0: Instant,
+    progress: &dyn Progress,
+    flows: &mut std::collections::BTreeMap<String, crate::icaloflow::FlowCard>,
+    n: usize,
+) -> Result<crate::TrainOutcome> {
+    let mut outcome = crate::TrainOutcome::default();
+    for (k, r) in train_concurrently(jobs, opts, t0, progress) {
+        let (flow, report) = r?;
+        caloforge_nn::flow::train::save_flow(&flow, &flow_path(&opts.out, k))?;
+        outcome.interrupted |= report.interrupted;
+        outcome.lines.push(report_line(k, &flow, &report));
+        flows.insert(
+            format!("flow{k}"),
+            crate::icaloflow::FlowCard {
+                config: flow.cfg.clone(),
+                parameters: flow.num_params(),
+                report,
+            },
+        );
+    }
+    let missing: Vec<String> = (1..=n)
+        .filter(|k| !flows.contains_key(&format!("flow{k}")))
+        .map(|k| k.to_string())
+        .collect();
+    outcome.complete = missing.is_empty();
+    if !outcome.complete {
+        let all = match n {
+            2 => "both",
+            3 => "all three",
+            _ => "all of them",
+        };
+        outcome.lines.push(format!(
+            "flows {} are not trained yet (--flows {}); generation needs {all}",
+            missing.join(", "),
+            missing.join(",")
+        ));
+    }
+    Ok(outcome)
+}
+
 /// The report line of a trained flow.
 pub(crate) fn report_line(k: usize, flow: &Flow, report: &TrainReport) -> String {
     format!(

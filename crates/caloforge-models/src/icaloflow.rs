@@ -25,8 +25,7 @@
 //! the x-pass only). Flow-1 is never distilled: students reuse the teacher's.
 
 use crate::flowparts::{
-    check_previous, materialise, report_line, settings_with_steps, time_flow, train_concurrently,
-    Job,
+    check_previous, flow_path, materialise, run_jobs, settings_with_steps, time_flow, Job,
 };
 use crate::registry::{ModelInfo, StepTiming};
 use crate::{
@@ -465,9 +464,6 @@ impl BatchSource for StageSource<'_> {
     }
 }
 
-fn flow_path(dir: &Path, k: usize) -> std::path::PathBuf {
-    dir.join(format!("flow{k}.safetensors"))
-}
 
 impl ICaloFlow {
     fn write_meta(&self, dir: &Path) -> Result<()> {
@@ -889,23 +885,8 @@ impl ICaloFlow {
                 teacher,
             });
         }
-        let mut outcome = TrainOutcome::default();
-        for (k, r) in train_concurrently(jobs, opts, t0, progress) {
-            let (flow, report) = r?;
-            save_flow(&flow, &flow_path(&opts.out, k))?;
-            outcome.interrupted |= report.interrupted;
-            outcome.lines.push(report_line(k, &flow, &report));
-            card.flows.insert(
-                format!("flow{k}"),
-                FlowCard {
-                    config: flow.cfg.clone(),
-                    parameters: flow.num_params(),
-                    report,
-                },
-            );
-        }
+        let outcome = run_jobs(jobs, opts, t0, progress, &mut card.flows, 3)?;
         card.updated_unix = unix_time();
-        outcome.complete = (1..=3).all(|k| card.flows.contains_key(&format!("flow{k}")));
         let model = ICaloFlow {
             cfg,
             card,
@@ -913,17 +894,6 @@ impl ICaloFlow {
             fast: vec![],
         };
         model.write_meta(&opts.out)?;
-        if !outcome.complete {
-            let missing: Vec<String> = (1..=3)
-                .filter(|k| !model.card.flows.contains_key(&format!("flow{k}")))
-                .map(|k| k.to_string())
-                .collect();
-            outcome.lines.push(format!(
-                "flows {} are not trained yet (--flows {}); generation needs all three",
-                missing.join(", "),
-                missing.join(",")
-            ));
-        }
         Ok(outcome)
     }
 }

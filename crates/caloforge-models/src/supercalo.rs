@@ -33,8 +33,7 @@
 //! z-group to the group's coarse energy.
 
 use crate::flowparts::{
-    check_previous, materialise, report_line, settings_with_steps, time_flow, train_concurrently,
-    Job,
+    check_previous, flow_path, materialise, run_jobs, settings_with_steps, time_flow, Job,
 };
 use crate::icaloflow::{FlowCard, Stage};
 use crate::registry::{ModelInfo, StepTiming};
@@ -403,9 +402,6 @@ pub struct SuperCalo {
     fast: Vec<FastFlow>,
 }
 
-fn flow_path(dir: &Path, k: usize) -> std::path::PathBuf {
-    dir.join(format!("flow{k}.safetensors"))
-}
 
 fn normals(rng: &mut ChaCha8Rng, k: usize, out: &mut Vec<f32>) {
     out.extend((0..k).map(|_| rng.sample::<f32, _>(StandardNormal)))
@@ -887,27 +883,8 @@ impl SuperCalo {
                 teacher: None,
             });
         }
-        let mut outcome = TrainOutcome::default();
-        for (k, r) in train_concurrently(jobs, opts, t0, progress) {
-            let (flow, report) = r?;
-            save_flow(&flow, &flow_path(&opts.out, k))?;
-            outcome.interrupted |= report.interrupted;
-            outcome.lines.push(report_line(k, &flow, &report));
-            card.flows.insert(
-                format!("flow{k}"),
-                FlowCard {
-                    config: flow.cfg.clone(),
-                    parameters: flow.num_params(),
-                    report,
-                },
-            );
-        }
+        let outcome = run_jobs(jobs, opts, t0, progress, &mut card.flows, 3)?;
         card.updated_unix = unix_time();
-        let missing: Vec<String> = (1..=3)
-            .filter(|k| !card.flows.contains_key(&format!("flow{k}")))
-            .map(|k| k.to_string())
-            .collect();
-        outcome.complete = missing.is_empty();
         let model = SuperCalo {
             cfg,
             card,
@@ -916,13 +893,6 @@ impl SuperCalo {
             fast: vec![],
         };
         model.write_meta(&opts.out)?;
-        if !outcome.complete {
-            outcome.lines.push(format!(
-                "flows {} are not trained yet (--flows {}); generation needs all three",
-                missing.join(", "),
-                missing.join(",")
-            ));
-        }
         Ok(outcome)
     }
 }
