@@ -31,7 +31,6 @@ usage: caloflow_reference.py --flow {1,2} --data F.h5 --preset P.toml --seed S -
 needs: torch, nflows, h5py, numpy
 """
 import argparse
-import math
 import os
 import sys
 import tomllib
@@ -42,8 +41,8 @@ import torch
 from nflows import distributions, flows, transforms
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from icaloflow_reference import fit, logit, write_result  # noqa: E402
-from supercalo_reference import schedule  # noqa: E402
+from icaloflow_reference import logit  # noqa: E402
+from supercalo_reference import train_and_write  # noqa: E402
 
 UNIT = 1e5
 LAYERS = {"1-photons": [8, 160, 190, 5, 5], "1-pions": [8, 100, 100, 5, 150, 160, 10]}
@@ -154,25 +153,8 @@ def main():
         val_rows = val_rows.sort().values
     xv, cv = val.batch(val_rows, gen, dtype)
     flow = build(a.flow, sizes, fc).to(dtype)
-    batch, epochs = tc["batch_size"], tc["epochs"]
-    steps_per_epoch = math.ceil(len(train) / batch)
-    total = steps_per_epoch * epochs
-    opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
-    lr = schedule(opt, tc["schedule"], total)
-    eval_every = tc.get("eval_every", 0) or steps_per_epoch
-
-    @torch.no_grad()
-    def validate():
-        flow.eval()
-        nll = -torch.cat([flow.log_prob(xv[i:i + 5000], cv[i:i + 5000])
-                          for i in range(0, len(xv), 5000)]).mean().item()
-        flow.train()
-        return nll
-
-    history, step, wall = fit(train, lambda x, cc: -flow.log_prob(x, cc).mean(), validate,
-                              opt, lr, batch, epochs, eval_every, gen, dtype, a.seed)
-    write_result(a.out, a.seed, history, step, wall, model="caloflow", flow=name,
-                 role="teacher", dtype=a.dtype)
+    train_and_write(flow, train, xv, cv, tc, gen, dtype, a.seed, a.out, model="caloflow",
+                    flow=name, role="teacher", dtype=a.dtype)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,29 @@ def schedule(opt, sched, total):
     return one_cycle(opt, sched, total, sched.get("cycle_momentum", True))
 
 
+def train_and_write(net, train, xv, cv, tc, gen, torch_dtype, seed, out, **fields):
+    """Trains `net` by maximum likelihood on `train` (a Stage) with the batch, epochs,
+    validation interval and schedule of the preset table `tc`, validating on (xv, cv) with
+    dropout off, and writes the result JSON `out` (with `fields`)."""
+    batch, epochs = tc["batch_size"], tc["epochs"]
+    steps_per_epoch = math.ceil(len(train) / batch)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)  # the scheduler sets the rate
+    lr = schedule(opt, tc["schedule"], steps_per_epoch * epochs)
+    eval_every = tc.get("eval_every", 0) or steps_per_epoch
+
+    @torch.no_grad()
+    def validate():
+        net.eval()
+        nll = -torch.cat([net.log_prob(xv[i:i + 5000], cv[i:i + 5000])
+                          for i in range(0, len(xv), 5000)]).mean().item()
+        net.train()
+        return nll
+
+    history, step, wall = fit(train, lambda x, c: -net.log_prob(x, c).mean(), validate,
+                              opt, lr, batch, epochs, eval_every, gen, torch_dtype, seed)
+    write_result(out, seed, history, step, wall, **fields)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -174,25 +197,9 @@ def main():
     d, c = train.dims
     flow = build_flow(d, c, fc["hidden"], fc["n_hidden"], fc["blocks"], fc["bins"],
                       fc["tail_bound"]).to(dtype)
-    batch, epochs = tc["batch_size"], tc["epochs"]
-    steps_per_epoch = math.ceil(len(train) / batch)
-    total = steps_per_epoch * epochs
-    opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
-    lr = schedule(opt, tc["schedule"], total)
-    eval_every = tc.get("eval_every", 0) or steps_per_epoch
+    train_and_write(flow, train, xv, cv, tc, gen, dtype, a.seed, a.out, model="supercalo",
+                    flow=name, role="teacher", dtype=a.dtype)
 
-    @torch.no_grad()
-    def validate():
-        flow.eval()
-        nll = -torch.cat([flow.log_prob(xv[i:i + 5000], cv[i:i + 5000])
-                          for i in range(0, len(xv), 5000)]).mean().item()
-        flow.train()
-        return nll
-
-    history, step, wall = fit(train, lambda x, cc: -flow.log_prob(x, cc).mean(), validate,
-                              opt, lr, batch, epochs, eval_every, gen, dtype, a.seed)
-    write_result(a.out, a.seed, history, step, wall, model="supercalo", flow=name,
-                 role="teacher", dtype=a.dtype)
 
 if __name__ == "__main__":
     main()
