@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use caloforge_core::io::MAX_CHUNK_ROWS;
 use caloforge_core::{DatasetKind, Features, ShowerFile, ShowerWriter};
 use caloforge_eval::{EvalConfig, EvalSummary, Mode};
-use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
+use caloforge_sim::{Mesh, SimParams, Simulator, Tune};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -112,17 +112,8 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
         }
         caloforge_core::io::check_energy_range(e, e).context("--energy")?;
         vec![e; n]
-    } else if ds.is_ds1() && a.energy_min.is_none() && a.energy_max.is_none() {
-        caloforge_sim::ds1_energies(n, a.seed)
     } else {
-        let (lo, hi) = if ds.is_ds1() {
-            (256.0, 4_194_304.0)
-        } else {
-            (1e3, 1e6)
-        };
-        let (lo, hi) = (a.energy_min.unwrap_or(lo), a.energy_max.unwrap_or(hi));
-        caloforge_core::io::check_energy_range(lo, hi)?;
-        log_uniform_energies(n, lo, hi, a.seed)
+        crate::models::spectrum(ds, n, a.energy_min, a.energy_max, a.seed)?
     };
     if a.both && ds.is_ds1() {
         bail!("--both writes the dataset-2 and dataset-3 meshes of one detector; it does not apply to -d {ds}");

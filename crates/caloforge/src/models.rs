@@ -210,15 +210,16 @@ pub struct GenerateArgs {
     /// Reuse the incident energies of this file, in order.
     #[arg(long)]
     energies_from: Option<PathBuf>,
-    /// Number of showers (incident energies log-uniform in [--energy-min, --energy-max]).
+    /// Number of showers (incident energies log-uniform in [--energy-min, --energy-max]; for a
+    /// dataset-1 model without a range, dataset 1's 15 discrete energies).
     #[arg(long, short = 'n')]
     n: Option<usize>,
-    /// Lowest incident energy (MeV).
-    #[arg(long, default_value_t = 1e3)]
-    energy_min: f64,
-    /// Highest incident energy (MeV).
-    #[arg(long, default_value_t = 1e6)]
-    energy_max: f64,
+    /// Lowest incident energy (MeV) [default: 1000; dataset 1: 256].
+    #[arg(long)]
+    energy_min: Option<f64>,
+    /// Highest incident energy (MeV) [default: 1000000; dataset 1: 4194304].
+    #[arg(long)]
+    energy_max: Option<f64>,
     /// Output HDF5 file (a JSON summary is written to OUT.json, e.g. gen.h5.json).
     #[arg(long)]
     out: PathBuf,
@@ -250,11 +251,35 @@ pub struct GenerateArgs {
 /// Largest number of showers one command generates or simulates.
 pub const MAX_SHOWERS: usize = 100_000_000;
 
+/// `n` incident energies of dataset `ds` from the energy stream of `seed`: log-uniform in
+/// [lo, hi] (defaults 1 GeV – 1 TeV, dataset 1: 256 MeV – 4.2 TeV), or, for dataset 1 without
+/// a range, dataset 1's 15 discrete energies in its files' proportions.
+pub fn spectrum(
+    ds: caloforge_core::DatasetKind,
+    n: usize,
+    lo: Option<f64>,
+    hi: Option<f64>,
+    seed: u64,
+) -> Result<Vec<f64>> {
+    if ds.is_ds1() && lo.is_none() && hi.is_none() {
+        return Ok(caloforge_sim::ds1_energies(n, seed));
+    }
+    let (dlo, dhi) = if ds.is_ds1() {
+        (256.0, 4_194_304.0)
+    } else {
+        (1e3, 1e6)
+    };
+    let (lo, hi) = (lo.unwrap_or(dlo), hi.unwrap_or(dhi));
+    caloforge_core::io::check_energy_range(lo, hi)?;
+    Ok(caloforge_sim::log_uniform_energies(n, lo, hi, seed))
+}
+
 pub fn energies(
+    ds: caloforge_core::DatasetKind,
     from: &Option<PathBuf>,
     n: Option<usize>,
-    lo: f64,
-    hi: f64,
+    lo: Option<f64>,
+    hi: Option<f64>,
     seed: u64,
 ) -> Result<Vec<f64>> {
     match (from, n) {
@@ -264,10 +289,7 @@ pub fn energies(
         (None, Some(n)) if n > MAX_SHOWERS => {
             bail!("--n {n} is more than the {MAX_SHOWERS} showers one run makes; split the work into several files")
         }
-        (None, Some(n)) => {
-            caloforge_core::io::check_energy_range(lo, hi)?;
-            Ok(caloforge_sim::log_uniform_energies(n, lo, hi, seed))
-        }
+        (None, Some(n)) => spectrum(ds, n, lo, hi, seed),
         (None, None) => bail!("give --energies-from REF.h5 or --n N"),
     }
 }
@@ -349,7 +371,14 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
             .iter()
             .flat_map(|&x| std::iter::repeat_n(x, resample))
             .collect(),
-        None => energies(&a.energies_from, a.n, a.energy_min, a.energy_max, a.seed)?,
+        None => energies(
+            model.dataset(),
+            &a.energies_from,
+            a.n,
+            a.energy_min,
+            a.energy_max,
+            a.seed,
+        )?,
     };
     let v = model.dataset().n_voxels();
     let mut warnings = Vec::new();
