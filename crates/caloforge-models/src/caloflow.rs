@@ -29,13 +29,14 @@
 //! student trains without dropout.
 
 use crate::flowparts::{
-    check_previous, flow_path, materialise, run_jobs, settings_with_steps, time_flow, Job,
+    batched, check_energies, check_previous, flow_path, materialise, run_jobs, settings_with_steps,
+    time_flow, write_model_dir, Job,
 };
 use crate::icaloflow::{ModelCard, Role, Stage};
 use crate::registry::{ModelInfo, StepTiming};
 use crate::{
-    file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError, ModelKind,
-    ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
+    file_sha256, read_showers, unix_time, Generator, ModelError, ModelKind, ModelOption, Preset,
+    Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
 };
 use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
@@ -155,7 +156,10 @@ impl CaloFlowConfig {
         if self.role == Role::Student && self.flow2.distill.is_none() {
             return bad("a student needs [flow2.distill]".into());
         }
-        for (k, s) in [self.flow1.as_ref(), Some(&self.flow2)].into_iter().enumerate() {
+        for (k, s) in [self.flow1.as_ref(), Some(&self.flow2)]
+            .into_iter()
+            .enumerate()
+        {
             let Some(s) = s else { continue };
             s.train
                 .validate(&format!("CaloFlow configuration: flow{}.train", k + 1))?;
@@ -334,7 +338,6 @@ pub struct CaloFlow {
     fast: Vec<FastFlow>,
 }
 
-
 fn normals(rng: &mut ChaCha8Rng, k: usize, out: &mut Vec<f32>) {
     out.extend((0..k).map(|_| rng.sample::<f32, _>(StandardNormal)))
 }
@@ -375,11 +378,7 @@ impl CaloFlow {
     }
 
     fn write_meta(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
-        write_text(&dir.join("config.toml"), &crate::to_toml(&self.cfg)?)?;
-        let card = serde_json::to_string_pretty(&self.card)
-            .map_err(|e| ModelError::Config(e.to_string()))?;
-        write_text(&dir.join("model_card.json"), &card)
+        write_model_dir(dir, &self.cfg, &self.card, &[])
     }
 
     /// A model with freshly initialised (untrained) weights, for timing. A student gets an
@@ -517,10 +516,15 @@ impl CaloFlow {
                     let fc = tcard.flows.get(&format!("flow{k}")).ok_or_else(|| {
                         ModelError::file(
                             &tmp,
-                            format!("the teacher's flow{k} was not trained (train it with --flows {k})"),
+                            format!(
+                                "the teacher's flow{k} was not trained (train it with --flows {k})"
+                            ),
                         )
                     })?;
-                    loaded.push((load_flow(&flow_path(t, k), &fc.config, &device)?, fc.clone()));
+                    loaded.push((
+                        load_flow(&flow_path(t, k), &fc.config, &device)?,
+                        fc.clone(),
+                    ));
                 }
                 Some(loaded)
             }
@@ -670,7 +674,15 @@ impl CaloFlow {
                 };
                 let terms = cfg.flow2.distill.expect("validated: students distil");
                 let bs = batch.unwrap_or(cfg.flow2.train.batch_size).max(1);
-                rows.push(time_flow(2, fc, Some((tc, terms)), bs, steps, seed, progress)?);
+                rows.push(time_flow(
+                    2,
+                    fc,
+                    Some((tc, terms)),
+                    bs,
+                    steps,
+                    seed,
+                    progress,
+                )?);
             }
         }
         Ok(rows)
@@ -762,31 +774,19 @@ impl Generator for CaloFlow {
         _opts: &SampleOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
-        if let Some(e) = energies.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
-            return Err(ModelError::Config(format!(
-                "incident energies must be positive, got {e}"
-            )));
-        }
-        let nv = self.cfg.dataset.n_voxels();
-        let mut out = Vec::with_capacity(energies.len() * nv);
-        progress.start("generate", "generate", energies.len() as u64);
-        let b = batch.max(1);
-        for (ci, chunk) in energies.chunks(b).enumerate() {
-            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
-                .map(|j| shower_rng(seed, first + (ci * b + j) as u64))
-                .collect();
-            out.extend(self.sample_batch(chunk, &mut rngs));
-            progress.set("generate", (ci * b + chunk.len()) as u64, None);
-        }
-        progress.finish("generate");
-        Ok(out)
+        check_energies(energies)?;
+        batched(
+            energies.len(),
+            self.cfg.dataset.n_voxels(),
+            seed,
+            first,
+            batch,
+            progress,
+            |range, rngs| Ok(self.sample_batch(&energies[range], rngs)),
+        )
     }
     fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
-        for (k, f) in self.flows.iter().enumerate() {
-            save_flow(f, &flow_path(dir, k + 1))?;
-        }
-        self.write_meta(dir)
+        write_model_dir(dir, &self.cfg, &self.card, &self.flows)
     }
 }
 

@@ -159,6 +159,60 @@ pub(crate) fn train_concurrently(
     })
 }
 
+/// Refuses incident energies that are not finite and positive.
+pub(crate) fn check_energies(energies: &[f64]) -> Result<()> {
+    match energies.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
+        Some(e) => Err(ModelError::Config(format!(
+            "incident energies must be positive, got {e}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Generates `n` showers of `width` voxels `batch` at a time, with a progress bar: `f(range,
+/// rngs)` makes the showers of `range`, shower j drawing from
+/// [`crate::shower_rng`]`(seed, first + j)`.
+pub(crate) fn batched(
+    n: usize,
+    width: usize,
+    seed: u64,
+    first: u64,
+    batch: usize,
+    progress: &dyn Progress,
+    mut f: impl FnMut(std::ops::Range<usize>, &mut [ChaCha8Rng]) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(n * width);
+    progress.start("generate", "generate", n as u64);
+    let b = batch.max(1);
+    for start in (0..n).step_by(b) {
+        let end = (start + b).min(n);
+        let mut rngs: Vec<ChaCha8Rng> = (start..end)
+            .map(|j| crate::shower_rng(seed, first + j as u64))
+            .collect();
+        out.extend(f(start..end, &mut rngs)?);
+        progress.set("generate", end as u64, None);
+    }
+    progress.finish("generate");
+    Ok(out)
+}
+
+/// Writes a flow model's directory: the configuration (`config.toml`), the model card
+/// (`model_card.json`) and the weights of `flows` as flow1, flow2, … (none: metadata only).
+pub(crate) fn write_model_dir<C: serde::Serialize, M: serde::Serialize>(
+    dir: &std::path::Path,
+    cfg: &C,
+    card: &M,
+    flows: &[Flow],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
+    for (k, f) in flows.iter().enumerate() {
+        caloforge_nn::flow::train::save_flow(f, &flow_path(dir, k + 1))?;
+    }
+    crate::write_text(&dir.join("config.toml"), &crate::to_toml(cfg)?)?;
+    let card = serde_json::to_string_pretty(card).map_err(|e| ModelError::Config(e.to_string()))?;
+    crate::write_text(&dir.join("model_card.json"), &card)
+}
+
 /// The weights file of flow `k` in a model directory.
 pub(crate) fn flow_path(dir: &std::path::Path, k: usize) -> std::path::PathBuf {
     dir.join(format!("flow{k}.safetensors"))

@@ -25,12 +25,13 @@
 //! the x-pass only). Flow-1 is never distilled: students reuse the teacher's.
 
 use crate::flowparts::{
-    check_previous, flow_path, materialise, run_jobs, settings_with_steps, time_flow, Job,
+    batched, check_energies, check_previous, flow_path, materialise, run_jobs, settings_with_steps,
+    time_flow, write_model_dir, Job,
 };
 use crate::registry::{ModelInfo, StepTiming};
 use crate::{
-    file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError, ModelKind,
-    ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
+    file_sha256, read_showers, unix_time, Generator, ModelError, ModelKind, ModelOption, Preset,
+    Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
 };
 use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
@@ -464,15 +465,9 @@ impl BatchSource for StageSource<'_> {
     }
 }
 
-
 impl ICaloFlow {
     fn write_meta(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
-        let toml = toml::to_string(&self.cfg).map_err(|e| ModelError::Config(e.to_string()))?;
-        write_text(&dir.join("config.toml"), &toml)?;
-        let card = serde_json::to_string_pretty(&self.card)
-            .map_err(|e| ModelError::Config(e.to_string()))?;
-        write_text(&dir.join("model_card.json"), &card)
+        write_model_dir(dir, &self.cfg, &self.card, &[])
     }
 
     /// Generates layer energies and voxels for showers `energies`, using per-shower RNG
@@ -934,11 +929,7 @@ impl Generator for ICaloFlow {
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
-        for (k, f) in self.flows.iter().enumerate() {
-            save_flow(f, &flow_path(dir, k + 1))?;
-        }
-        self.write_meta(dir)
+        write_model_dir(dir, &self.cfg, &self.card, &self.flows)
     }
 }
 
@@ -953,24 +944,16 @@ impl ICaloFlow {
         batch: usize,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
-        if let Some(e) = energies.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
-            return Err(ModelError::Config(format!(
-                "incident energies must be positive, got {e}"
-            )));
-        }
-        let v = self.cfg.kind().n_voxels();
-        let mut out = Vec::with_capacity(energies.len() * v);
-        progress.start("generate", "generate", energies.len() as u64);
-        let b = batch.max(1);
-        for (ci, chunk) in energies.chunks(b).enumerate() {
-            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
-                .map(|j| shower_rng(seed, first + (ci * b + j) as u64))
-                .collect();
-            out.extend(self.sample_batch(chunk, &mut rngs));
-            progress.set("generate", ((ci * b) + chunk.len()) as u64, None);
-        }
-        progress.finish("generate");
-        Ok(out)
+        check_energies(energies)?;
+        batched(
+            energies.len(),
+            self.cfg.kind().n_voxels(),
+            seed,
+            first,
+            batch,
+            progress,
+            |range, rngs| Ok(self.sample_batch(&energies[range], rngs)),
+        )
     }
 
     /// Reads a model directory (all three flows must be trained).

@@ -33,18 +33,19 @@
 //! z-group to the group's coarse energy.
 
 use crate::flowparts::{
-    check_previous, flow_path, materialise, run_jobs, settings_with_steps, time_flow, Job,
+    batched, check_energies, check_previous, flow_path, materialise, run_jobs, settings_with_steps,
+    time_flow, write_model_dir, Job,
 };
 use crate::icaloflow::{FlowCard, Stage};
 use crate::registry::{ModelInfo, StepTiming};
 use crate::{
-    file_sha256, read_showers, shower_rng, unix_time, write_text, Generator, ModelError, ModelKind,
+    file_sha256, read_showers, shower_rng, unix_time, Generator, ModelError, ModelKind,
     ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
 };
 use caloforge_core::{CoarseGrid, DatasetKind, Grouping};
 use caloforge_nn::device::{cpu_autodiff, Precision};
 use caloforge_nn::flow::fast::FastFlow;
-use caloforge_nn::flow::train::{load_flow, save_flow, BatchSource};
+use caloforge_nn::flow::train::{load_flow, BatchSource};
 use caloforge_nn::flow::{Flow, FlowKind};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -402,18 +403,13 @@ pub struct SuperCalo {
     fast: Vec<FastFlow>,
 }
 
-
 fn normals(rng: &mut ChaCha8Rng, k: usize, out: &mut Vec<f32>) {
     out.extend((0..k).map(|_| rng.sample::<f32, _>(StandardNormal)))
 }
 
 impl SuperCalo {
     fn write_meta(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
-        write_text(&dir.join("config.toml"), &crate::to_toml(&self.cfg)?)?;
-        let card = serde_json::to_string_pretty(&self.card)
-            .map_err(|e| ModelError::Config(e.to_string()))?;
-        write_text(&dir.join("model_card.json"), &card)
+        write_model_dir(dir, &self.cfg, &self.card, &[])
     }
 
     /// Flow-1 layer energies (15 keV cut) of showers `energies`, n × L.
@@ -529,31 +525,6 @@ impl SuperCalo {
         out
     }
 
-    /// Runs `f` over chunks of `batch` showers with their per-shower RNG streams, with progress.
-    fn batched(
-        &self,
-        n: usize,
-        seed: u64,
-        first: u64,
-        batch: usize,
-        progress: &dyn Progress,
-        mut f: impl FnMut(std::ops::Range<usize>, &mut [ChaCha8Rng]) -> Result<Vec<f32>>,
-    ) -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(n * self.grid.n_fine());
-        progress.start("generate", "generate", n as u64);
-        let b = batch.max(1);
-        for start in (0..n).step_by(b) {
-            let end = (start + b).min(n);
-            let mut rngs: Vec<ChaCha8Rng> = (start..end)
-                .map(|j| shower_rng(seed, first + j as u64))
-                .collect();
-            out.extend(f(start..end, &mut rngs)?);
-            progress.set("generate", end as u64, None);
-        }
-        progress.finish("generate");
-        Ok(out)
-    }
-
     /// Upsamples showers `first..` of a file: `showers` holds `energies.len()` rows of `width`
     /// values, either the fine mesh (coarse-grained here; its layer energies condition the
     /// upsampler) or the coarse mesh in this model's order (layer energies from Flow-1, rescaled
@@ -591,8 +562,9 @@ impl SuperCalo {
                 "a voxel of {v} MeV: energies must be finite and >= 0"
             )));
         }
-        self.batched(
+        batched(
             energies.len(),
+            self.grid.n_fine(),
             seed,
             first,
             batch,
@@ -646,15 +618,6 @@ fn layer_sums(row: &[f32], out: &mut [f64]) {
     let per_layer = row.len() / out.len().max(1);
     for (e, layer) in out.iter_mut().zip(row.chunks(per_layer.max(1))) {
         *e = layer.iter().map(|&v| v as f64).sum();
-    }
-}
-
-fn check_energies(energies: &[f64]) -> Result<()> {
-    match energies.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
-        Some(e) => Err(ModelError::Config(format!(
-            "incident energies must be positive, got {e}"
-        ))),
-        None => Ok(()),
     }
 }
 
@@ -925,8 +888,9 @@ impl Generator for SuperCalo {
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
         check_energies(energies)?;
-        self.batched(
+        batched(
             energies.len(),
+            self.grid.n_fine(),
             seed,
             first,
             batch,
@@ -950,11 +914,7 @@ impl Generator for SuperCalo {
         self.upsample_showers(energies, showers, width, seed, first, batch, progress)
     }
     fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
-        for (k, f) in self.flows.iter().enumerate() {
-            save_flow(f, &flow_path(dir, k + 1))?;
-        }
-        self.write_meta(dir)
+        write_model_dir(dir, &self.cfg, &self.card, &self.flows)
     }
 }
 

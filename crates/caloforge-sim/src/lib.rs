@@ -258,7 +258,13 @@ impl SimParams {
             hits_per_spot: 1,
             hit_sigma_mm: 0.0,
             threshold_mev: 1e-2,
-            layer_spans_x0: vec![[2.0, 2.4], [3.0, 7.3], [7.3, 23.3], [23.3, 25.3], [27.5, 60.0]],
+            layer_spans_x0: vec![
+                [2.0, 2.4],
+                [3.0, 7.3],
+                [7.3, 23.3],
+                [23.3, 25.3],
+                [27.5, 60.0],
+            ],
             photon: true,
         }
     }
@@ -278,7 +284,11 @@ impl Mesh {
         let mut layers = Vec::new();
         for &l in &g.relevant_layers {
             let gl = &g.layers[l];
-            layers.push(MeshLayer::new(g.bin_edges[l], gl.n_alpha, gl.r_edges.clone()));
+            layers.push(MeshLayer::new(
+                g.bin_edges[l],
+                gl.n_alpha,
+                gl.r_edges.clone(),
+            ));
         }
         Ok(Mesh { layers })
     }
@@ -561,13 +571,7 @@ impl Simulator {
                     for h in 0..p.hits_per_spot {
                         let [nx, ny] = next_normals(h);
                         let u = phi_u + k * ny;
-                        self.deposit(
-                            out,
-                            i,
-                            (r_mm + sigma * nx).abs(),
-                            u - u.floor(),
-                            e_hit,
-                        );
+                        self.deposit(out, i, (r_mm + sigma * nx).abs(), u - u.floor(), e_hit);
                     }
                 }
             }
@@ -904,7 +908,9 @@ mod tests {
         assert!((count(256.0) / 10_000.0 - 1.0).abs() < 0.05);
         assert!((count(4_194_304.0) / 1_000.0 - 1.0).abs() < 0.15);
         assert_eq!(
-            e.iter().filter(|&&x| !(256.0..=4_194_304.0).contains(&x)).count(),
+            e.iter()
+                .filter(|&&x| !(256.0..=4_194_304.0).contains(&x))
+                .count(),
             0
         );
     }

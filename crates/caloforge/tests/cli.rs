@@ -69,7 +69,16 @@ fn simulate_rejects_bad_arguments_without_output() {
         "hadronic",
     );
     failed_with(
-        &caloforge(&["simulate", "-n", "5", "-d", "1-photons", "--both", "--out", o]),
+        &caloforge(&[
+            "simulate",
+            "-n",
+            "5",
+            "-d",
+            "1-photons",
+            "--both",
+            "--out",
+            o,
+        ]),
         "--both",
     );
     failed_with(
@@ -168,7 +177,15 @@ fn simulate_is_deterministic_across_threads_and_energies_round_trip() {
     );
     // Dataset-1 photons: 368 voxels, dataset 1's discrete energies; a range makes them
     // log-uniform instead.
-    let g = caloforge(&["simulate", "-d", "1-photons", "-n", "40", "--out", &p("g.h5")]);
+    let g = caloforge(&[
+        "simulate",
+        "-d",
+        "1-photons",
+        "-n",
+        "40",
+        "--out",
+        &p("g.h5"),
+    ]);
     assert!(g.status.success(), "{}", err_text(&g));
     let fg = caloforge_core::ShowerFile::open(Path::new(&p("g.h5")), Some(368)).unwrap();
     assert!(fg
@@ -189,7 +206,10 @@ fn simulate_is_deterministic_across_threads_and_energies_round_trip() {
     ]);
     assert!(h.status.success(), "{}", err_text(&h));
     let fh = caloforge_core::ShowerFile::open(Path::new(&p("h.h5")), Some(368)).unwrap();
-    assert!(fh.energies.iter().all(|&e| (300.0..=4_194_304.0).contains(&e)));
+    assert!(fh
+        .energies
+        .iter()
+        .all(|&e| (300.0..=4_194_304.0).contains(&e)));
     assert!(fh.energies.iter().any(|&e| e.fract() != 0.0));
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::shower_rng;
 
 fn tiny() -> CaloFlowConfig {
     CaloFlowConfig::from_toml(&crate::preset_text("caloflow-tiny").unwrap()).unwrap()
@@ -16,8 +17,8 @@ fn presets_parse_with_the_reference_shapes() {
         assert_eq!(cfg.dims(2), (d, c), "{name}");
         assert_eq!(cfg.flow2.hidden, hidden, "{name}");
     }
-    let g = CaloFlowConfig::from_toml(&crate::preset_text("caloflow-ds1-photons").unwrap())
-        .unwrap();
+    let g =
+        CaloFlowConfig::from_toml(&crate::preset_text("caloflow-ds1-photons").unwrap()).unwrap();
     assert_eq!(g.layer_sizes(), [8, 160, 190, 5, 5]);
     assert_eq!(g.dims(1), (5, 1));
     // Parameter counts of the reference's flows (docs/design/caloflow-ds1.md §2).
@@ -44,7 +45,13 @@ fn unit_space_matches_hand_computation_and_round_trips() {
     let mut x = Vec::new();
     cfg.unit_space(&le, e_inc, &mut x);
     let u: Vec<f64> = x.iter().map(|&v| cfg.unlogit(v)).collect();
-    let want = [15.0 / (2.42 * 20.0), 1.0 / 15.0, 2.0 / 14.0, 3.0 / 12.0, 4.0 / 9.0];
+    let want = [
+        15.0 / (2.42 * 20.0),
+        1.0 / 15.0,
+        2.0 / 14.0,
+        3.0 / 12.0,
+        4.0 / 9.0,
+    ];
     for (a, b) in u.iter().zip(want) {
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
     }
@@ -119,8 +126,7 @@ fn generated_showers_respect_layer_energies_cut_and_cap() {
             let sum: f64 = layer.iter().map(|&v| v as f64).sum();
             let capped = layer.iter().any(|&v| v as f64 >= cfg.max_voxel);
             assert!(
-                capped ||
-                (sum - le[k]).abs() <= n as f64 * cfg.threshold + 1e-4 * le[k],
+                capped || (sum - le[k]).abs() <= n as f64 * cfg.threshold + 1e-4 * le[k],
                 "shower {s} layer {k}: {sum} vs {}",
                 le[k]
             );

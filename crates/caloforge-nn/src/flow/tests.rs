@@ -259,9 +259,7 @@ fn dropout_masks_scale_kept_units_and_depend_on_the_seed_only() {
     let m = flow.dropout_masks(500, &mut r);
     assert_eq!((m.len(), m[0].len()), (4, 2));
     let v: Vec<f64> = m.iter().flatten().flat_map(|t| vals(t.clone())).collect();
-    assert!(v
-        .iter()
-        .all(|&x| x == 0.0 || (x - 1.0 / 0.75).abs() < 1e-6));
+    assert!(v.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.75).abs() < 1e-6));
     let dropped = v.iter().filter(|&&x| x == 0.0).count() as f64 / v.len() as f64;
     assert!((dropped - 0.25).abs() < 0.01, "{dropped}");
     let mut r2 = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -279,7 +277,10 @@ fn dropout_masks_scale_kept_units_and_depend_on_the_seed_only() {
     assert_eq!(plain, same);
     let keep = flow.dropout_masks(n, &mut r);
     let dropped = vals(flow.forward_trace_dropout(x, ctx, &keep).z);
-    assert!(plain.iter().zip(&dropped).any(|(a, b)| (a - b).abs() > 1e-4));
+    assert!(plain
+        .iter()
+        .zip(&dropped)
+        .any(|(a, b)| (a - b).abs() > 1e-4));
 }
 
 mod training {
