@@ -29,8 +29,8 @@
 //! student trains without dropout.
 
 use crate::flowparts::{
-    batched, check_energies, check_previous, flow_path, materialise, run_jobs, settings_with_steps,
-    time_flow, write_model_dir, Job,
+    batched, check_energies, check_previous, flow_path, load_flows, materialise, run_jobs,
+    settings_with_steps, time_flow, write_model_dir, Job,
 };
 use crate::icaloflow::{ModelCard, Role, Stage};
 use crate::registry::{ModelInfo, StepTiming};
@@ -41,7 +41,7 @@ use crate::{
 use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
 use caloforge_nn::flow::fast::FastFlow;
-use caloforge_nn::flow::train::{load_flow, save_flow, BatchSource};
+use caloforge_nn::flow::train::{save_flow, BatchSource};
 use caloforge_nn::flow::{Flow, FlowConfig, FlowKind, PermutationLayout};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -412,18 +412,10 @@ impl CaloFlow {
     /// Reads a model directory (both flows must be trained).
     pub fn load(dir: &Path) -> Result<Self> {
         let (cfg, card, mp) = read_model_dir(dir)?;
-        let device = caloforge_nn::burn::tensor::Device::flex();
-        let mut flows = Vec::new();
-        for k in 1..=2 {
-            let name = format!("flow{k}");
-            let fc = card.flows.get(&name).ok_or_else(|| {
-                ModelError::file(
-                    &mp,
-                    format!("{name} was not trained (train it with --flows {k})"),
-                )
-            })?;
-            flows.push(load_flow(&flow_path(dir, k), &fc.config, &device)?);
-        }
+        let flows: Vec<Flow> = load_flows(dir, &card.flows, &mp, 2, "")?
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
         let fast = flows.iter().map(FastFlow::from_flow).collect();
         Ok(CaloFlow {
             sizes: cfg.layer_sizes(),
@@ -510,22 +502,7 @@ impl CaloFlow {
                         cfg.dataset
                     )));
                 }
-                let device = caloforge_nn::burn::tensor::Device::flex();
-                let mut loaded = Vec::new();
-                for k in 1..=2 {
-                    let fc = tcard.flows.get(&format!("flow{k}")).ok_or_else(|| {
-                        ModelError::file(
-                            &tmp,
-                            format!(
-                                "the teacher's flow{k} was not trained (train it with --flows {k})"
-                            ),
-                        )
-                    })?;
-                    loaded.push((
-                        load_flow(&flow_path(t, k), &fc.config, &device)?,
-                        fc.clone(),
-                    ));
-                }
+                let loaded = load_flows(t, &tcard.flows, &tmp, 2, "the teacher's ")?;
                 Some(loaded)
             }
             (Role::Student, None) => {

@@ -213,6 +213,32 @@ pub(crate) fn write_model_dir<C: serde::Serialize, M: serde::Serialize>(
     crate::write_text(&dir.join("model_card.json"), &card)
 }
 
+/// Loads flows 1..=`n` of the model directory `dir` (for inference, on the CPU) with the
+/// configurations its model card (`card_path`, flows `cards`) records; a flow the card lacks is
+/// one error naming the card ("`whose`flowK was not trained").
+pub(crate) fn load_flows(
+    dir: &std::path::Path,
+    cards: &std::collections::BTreeMap<String, crate::icaloflow::FlowCard>,
+    card_path: &std::path::Path,
+    n: usize,
+    whose: &str,
+) -> Result<Vec<(Flow, crate::icaloflow::FlowCard)>> {
+    let device = caloforge_nn::burn::tensor::Device::flex();
+    (1..=n)
+        .map(|k| {
+            let fc = cards.get(&format!("flow{k}")).ok_or_else(|| {
+                ModelError::file(
+                    card_path,
+                    format!("{whose}flow{k} was not trained (train it with --flows {k})"),
+                )
+            })?;
+            let flow =
+                caloforge_nn::flow::train::load_flow(&flow_path(dir, k), &fc.config, &device)?;
+            Ok((flow, fc.clone()))
+        })
+        .collect()
+}
+
 /// The weights file of flow `k` in a model directory.
 pub(crate) fn flow_path(dir: &std::path::Path, k: usize) -> std::path::PathBuf {
     dir.join(format!("flow{k}.safetensors"))

@@ -25,8 +25,8 @@
 //! the x-pass only). Flow-1 is never distilled: students reuse the teacher's.
 
 use crate::flowparts::{
-    batched, check_energies, check_previous, flow_path, materialise, run_jobs, settings_with_steps,
-    time_flow, write_model_dir, Job,
+    batched, check_energies, check_previous, flow_path, load_flows, materialise, run_jobs,
+    settings_with_steps, time_flow, write_model_dir, Job,
 };
 use crate::registry::{ModelInfo, StepTiming};
 use crate::{
@@ -959,18 +959,10 @@ impl ICaloFlow {
     /// Reads a model directory (all three flows must be trained).
     pub fn load(dir: &Path) -> Result<Self> {
         let (cfg, card, mp) = read_model_dir(dir)?;
-        let device = caloforge_nn::burn::tensor::Device::flex();
-        let mut flows = Vec::new();
-        for k in 1..=3 {
-            let name = format!("flow{k}");
-            let fc = card.flows.get(&name).ok_or_else(|| {
-                ModelError::file(
-                    &mp,
-                    format!("{name} was not trained (train it with --flows {k})"),
-                )
-            })?;
-            flows.push(load_flow(&flow_path(dir, k), &fc.config, &device)?);
-        }
+        let flows: Vec<Flow> = load_flows(dir, &card.flows, &mp, 3, "")?
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
         let fast = flows.iter().map(FastFlow::from_flow).collect();
         Ok(ICaloFlow {
             cfg,

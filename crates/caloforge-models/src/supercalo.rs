@@ -33,8 +33,8 @@
 //! z-group to the group's coarse energy.
 
 use crate::flowparts::{
-    batched, check_energies, check_previous, flow_path, materialise, run_jobs, settings_with_steps,
-    time_flow, write_model_dir, Job,
+    batched, check_energies, check_previous, load_flows, materialise, run_jobs,
+    settings_with_steps, time_flow, write_model_dir, Job,
 };
 use crate::icaloflow::{FlowCard, Stage};
 use crate::registry::{ModelInfo, StepTiming};
@@ -45,7 +45,7 @@ use crate::{
 use caloforge_core::{CoarseGrid, DatasetKind, Grouping};
 use caloforge_nn::device::{cpu_autodiff, Precision};
 use caloforge_nn::flow::fast::FastFlow;
-use caloforge_nn::flow::train::{load_flow, BatchSource};
+use caloforge_nn::flow::train::BatchSource;
 use caloforge_nn::flow::{Flow, FlowKind};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -733,18 +733,10 @@ impl SuperCalo {
         let cfg = SuperCaloConfig::from_toml(&text).map_err(|e| ModelError::file(&cp, e))?;
         let mp = dir.join("model_card.json");
         let card: ModelCard = crate::read_card(&mp)?;
-        let device = caloforge_nn::burn::tensor::Device::flex();
-        let mut flows = Vec::new();
-        for k in 1..=3 {
-            let name = format!("flow{k}");
-            let fc = card.flows.get(&name).ok_or_else(|| {
-                ModelError::file(
-                    &mp,
-                    format!("{name} was not trained (train it with --flows {k})"),
-                )
-            })?;
-            flows.push(load_flow(&flow_path(dir, k), &fc.config, &device)?);
-        }
+        let flows: Vec<Flow> = load_flows(dir, &card.flows, &mp, 3, "")?
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
         let fast = flows.iter().map(FastFlow::from_flow).collect();
         Ok(SuperCalo {
             grid: cfg.grid()?,
