@@ -134,3 +134,52 @@ fn generated_showers_respect_layer_energies_cut_and_cap() {
         }
     }
 }
+
+#[test]
+fn a_student_refuses_a_teacher_that_is_not_a_caloflow_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let student = crate::preset_text("caloflow-tiny-student").unwrap();
+    let opts = |teacher: &Path| TrainOptions {
+        data: dir.path().join("unused.h5"),
+        out: dir.path().join("student"),
+        teacher: Some(teacher.to_path_buf()),
+        quiet: true,
+        ..Default::default()
+    };
+    // Another model's directory: its config.toml is named.
+    let other = dir.path().join("icaloflow");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("config.toml"),
+        crate::preset_text("icaloflow-tiny").unwrap(),
+    )
+    .unwrap();
+    let e = CaloFlow::train(&student, &opts(&other), &crate::NoProgress)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("config.toml") && e.contains("caloflow"), "{e}");
+    // A CaloFlow student given as the teacher.
+    let st = dir.path().join("student_as_teacher");
+    std::fs::create_dir_all(&st).unwrap();
+    std::fs::write(st.join("config.toml"), &student).unwrap();
+    let mut card = CaloFlow::empty_card(&CaloFlowConfig::from_toml(&student).unwrap(), 1);
+    card.role = Role::Student;
+    std::fs::write(
+        st.join("model_card.json"),
+        serde_json::to_string(&card).unwrap(),
+    )
+    .unwrap();
+    let e = CaloFlow::train(&student, &opts(&st), &crate::NoProgress)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("must be a dataset-1-photons CaloFlow teacher"),
+        "{e}"
+    );
+    assert!(
+        !dir.path().join("student").exists(),
+        "no output for a refused teacher"
+    );
+}
