@@ -629,6 +629,7 @@ pub const PRESETS: &[Preset] = crate::presets!(
     "supercalo-ds2",
     "supercalo-ds2-b",
     "supercalo-ds3",
+    "supercalo-ds3-small",
     "supercalo-small",
     "supercalo-tiny",
 );

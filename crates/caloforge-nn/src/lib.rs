@@ -19,6 +19,7 @@ pub mod mlp;
 pub mod ops;
 pub mod optim;
 pub mod schedule;
+pub mod sde;
 pub mod train;
 pub mod twin;
 pub mod unet;
