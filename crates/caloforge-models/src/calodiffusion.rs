@@ -258,8 +258,12 @@ pub struct DiffusionCard {
 impl DiffusionCard {
     /// An empty card for a network of `parameters` parameters.
     fn new(parameters: usize) -> Self {
+        Self::of("calodiffusion", parameters)
+    }
+    /// An empty card of model family `model` (the diffusion models share it).
+    pub(crate) fn of(model: &str, parameters: usize) -> Self {
         DiffusionCard {
-            model: "calodiffusion".into(),
+            model: model.into(),
             data_file: String::new(),
             data_sha256: String::new(),
             n_train: 0,
@@ -337,12 +341,12 @@ fn loc_tensor(loc: &[f32], shape: [usize; 3], device: &Device) -> Tensor<5> {
     )
 }
 
-fn rows(x: Vec<f32>, n: usize, device: &Device) -> Tensor<2> {
+pub(crate) fn rows(x: Vec<f32>, n: usize, device: &Device) -> Tensor<2> {
     let v = x.len() / n.max(1);
     Tensor::<2>::from_data(TensorData::new(x, [n, v]), device)
 }
 
-fn column(v: Vec<f32>, device: &Device) -> Tensor<2> {
+pub(crate) fn column(v: Vec<f32>, device: &Device) -> Tensor<2> {
     let n = v.len();
     Tensor::<2>::from_data(TensorData::new(v, [n, 1]), device)
 }
@@ -1015,6 +1019,15 @@ impl Transform {
         } else {
             v as f32
         }
+    }
+
+    /// log |du/dv| of [`Transform::forward`] at voxel energy `v_mev` (MeV): what a density
+    /// over the transformed value u gains as a density over the voxel energy.
+    pub fn log_jacobian(&self, v_mev: f64, e_inc_mev: f64) -> f64 {
+        let scale = self.max_dep * e_inc_mev;
+        let x = (v_mev / scale).clamp(0.0, 1.0);
+        let y = self.alpha + (1.0 - 2.0 * self.alpha) * x;
+        ((1.0 - 2.0 * self.alpha) / (scale * y * (1.0 - y) * self.logit_std)).ln()
     }
 
     /// Conditioning value of an incident energy.

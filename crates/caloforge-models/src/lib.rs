@@ -16,6 +16,7 @@
 
 pub mod calodiffusion;
 pub mod caloflow;
+pub mod caloscore;
 pub(crate) mod flowparts;
 /// Device (backend) selection, re-exported for the CLI.
 pub use caloforge_nn::device;
@@ -23,7 +24,9 @@ pub mod icaloflow;
 pub mod registry;
 pub mod supercalo;
 
-pub use registry::{Generator, ModelKind, ModelOption, Preset, SampleOptions, TrainOutcome};
+pub use registry::{
+    Generator, LikelihoodOptions, ModelKind, ModelOption, Preset, SampleOptions, TrainOutcome,
+};
 
 /// The embedded presets `presets/<name>.toml` of the given names, as a `&[Preset]`.
 #[macro_export]

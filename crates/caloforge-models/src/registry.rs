@@ -46,6 +46,29 @@ pub struct SampleOptions {
     pub steps: Option<usize>,
 }
 
+/// Settings of [`Generator::log_likelihood`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LikelihoodOptions {
+    /// The exact trace of the Jacobian (one vector-Jacobian product per voxel) instead of
+    /// Hutchinson's estimator.
+    pub exact_trace: bool,
+    /// Relative tolerance of the ODE solver.
+    pub rtol: f64,
+    /// Absolute tolerance of the ODE solver.
+    pub atol: f64,
+}
+
+impl Default for LikelihoodOptions {
+    /// Hutchinson, rtol = atol = 1e-5 (Song et al.).
+    fn default() -> Self {
+        LikelihoodOptions {
+            exact_trace: false,
+            rtol: 1e-5,
+            atol: 1e-5,
+        }
+    }
+}
+
 /// An embedded preset: a TOML file named after the paper.
 #[derive(Debug, Clone, Copy)]
 pub struct Preset {
@@ -213,6 +236,25 @@ pub trait Generator: Send + Sync {
     fn macs_per_shower(&self, _opts: &SampleOptions) -> Option<f64> {
         None
     }
+    /// log p (nats) of each given shower (`energies.len()` rows of the dataset's voxels, MeV)
+    /// under the model, as a density over the voxel energies; shower j of the call draws any
+    /// randomness from [`crate::shower_rng`]`(seed, first + j)`.
+    #[allow(clippy::too_many_arguments)]
+    fn log_likelihood(
+        &self,
+        _energies: &[f64],
+        _showers: &[f32],
+        _seed: u64,
+        _first: u64,
+        _batch: usize,
+        _opts: &LikelihoodOptions,
+        _progress: &dyn Progress,
+    ) -> Result<Vec<f64>> {
+        Err(ModelError::Config(format!(
+            "{} does not compute likelihoods",
+            self.kind().name()
+        )))
+    }
     /// Superresolution models: the shower widths (voxels per shower) that
     /// [`Generator::upsample`] takes; `None` for models that do not upsample.
     fn upsample_widths(&self) -> Option<Vec<usize>> {
@@ -245,6 +287,7 @@ pub static REGISTRY: &[&dyn ModelKind] = &[
     &crate::calodiffusion::CaloDiffusionKind,
     &crate::supercalo::SuperCaloKind,
     &crate::caloflow::CaloFlowKind,
+    &crate::caloscore::CaloScoreKind,
 ];
 
 /// The model family named `name`.

@@ -142,7 +142,9 @@ impl Sde {
     }
 
     /// Per-step α of the reference's Langevin corrector (1 − β_i/N for VP and sub-VP, 1 for VE),
-    /// indexed by the step from t = 0.
+    /// indexed by the step from t = 0. With fewer steps than β_max (N < 20) this discretisation
+    /// turns negative at large t; α is then clamped to 0 (no corrector move) instead of the
+    /// reference's NaN.
     fn corrector_alphas(&self, n: usize) -> Vec<f64> {
         match *self {
             Sde::Vp { beta_min, beta_max } | Sde::SubVp { beta_min, beta_max } => (0..n)
@@ -152,7 +154,7 @@ impl Sde {
                     } else {
                         0.0
                     };
-                    1.0 - (beta_min + f * (beta_max - beta_min)) / n as f64
+                    (1.0 - (beta_min + f * (beta_max - beta_min)) / n as f64).max(0.0)
                 })
                 .collect(),
             Sde::Ve { .. } => vec![1.0; n],

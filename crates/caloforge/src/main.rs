@@ -76,6 +76,9 @@ enum Command {
     Train(models::TrainArgs),
     /// Generate showers with a trained model.
     Generate(models::GenerateArgs),
+    /// Log-likelihood of given showers under a trained model (CaloScore: the probability-flow
+    /// ODE).
+    Likelihood(models::LikelihoodArgs),
     /// Time generation of a trained model at several batch sizes (ms per shower).
     Bench(models::BenchArgs),
     /// List the models and their presets (paper, dataset).
@@ -245,6 +248,7 @@ fn run() -> Result<()> {
         Command::Demo(a) => commands::demo(a, cli.quiet),
         Command::Train(a) => models::train(a, cli.quiet),
         Command::Generate(a) => models::generate(a, cli.quiet),
+        Command::Likelihood(a) => models::likelihood(a, cli.quiet),
         Command::Bench(a) => models::bench(a, cli.quiet),
         Command::Models => models::list_models(),
     }

@@ -12,6 +12,7 @@
 //! level's shape; a final ResNet block and a 1×1×1 conv.
 
 pub mod fast;
+pub mod score;
 
 use crate::conv::{circular_pad, CylindricalConv3d};
 use burn::module::Module;

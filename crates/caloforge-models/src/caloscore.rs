@@ -1,0 +1,750 @@
+//! CaloScore v1 (Mikuni & Nachman, "Score-based generative models for calorimeter shower
+//! simulation", arXiv:2206.11898; reference `ViniciusMikuni/CaloScore`): a continuous-time
+//! score model with the VP, sub-VP or VE SDE (`caloforge_nn::sde`), the reference's score
+//! network (`caloforge_nn::unet::score`) on the native cylindrical grid, the denoising
+//! score-matching loss `mean((n(x_t, t, E) + z)²)` with t ~ U(1e-5, 1) (the score is n/σ(t)),
+//! and three samplers: the reference's predictor-corrector loop (`pc`, 200 steps, snr 0.2), the
+//! probability-flow ODE with adaptive RK45 (`ode`) and with N Heun steps (`heun`, the few-step
+//! sampler). It also gives the exact log-likelihood of given showers through the ODE
+//! ([`CaloScore::log_likelihood`]).
+//!
+//! Preprocessing as the reference: voxel / (2·E_inc), logit with α = 1e-6 (no
+//! standardisation), E → log10(E / 1 GeV)/log10(100) (the reference's EMAX = 100 GeV, so the
+//! condition reaches 1.5 at 1 TeV). Differences from the reference are listed in
+//! `docs/design/caloscore.md` §5.
+
+use crate::calodiffusion::{column, rows, DiffusionCard, Transform};
+use crate::registry::{LikelihoodOptions, ModelInfo, PartTimer, StepTiming};
+use crate::{
+    read_showers, unix_time, write_text, Generator, ModelError, ModelKind, ModelOption, Preset,
+    Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
+};
+use burn::module::Module;
+use burn::store::SafetensorsStore;
+use burn::tensor::{Device, Tensor};
+use caloforge_core::DatasetKind;
+use caloforge_nn::burn;
+use caloforge_nn::device::{backend, compute_device, Precision};
+use caloforge_nn::schedule::LrSchedule;
+use caloforge_nn::sde::{
+    log_likelihood, ode_sample, pc_sample, OdeSolver, PcConfig, Score, ScoreVjp, Sde, Trace,
+};
+use caloforge_nn::train::{fit, Task, TrainSettings};
+use caloforge_nn::unet::score::{ScoreNet, ScoreNetConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use std::path::Path;
+use std::time::Instant;
+
+/// Smallest training time (the reference's 1e-5).
+const T_EPS: f64 = 1e-5;
+/// Start time of the likelihood ODE and end time of the ODE samplers.
+const ODE_EPS: f64 = 1e-5;
+
+/// Which sampler generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreSampler {
+    /// The reference's predictor-corrector loop.
+    Pc,
+    /// Probability-flow ODE, adaptive RK45 (rtol = atol = 1e-5).
+    Ode,
+    /// Probability-flow ODE, fixed Heun steps (2 network calls each).
+    Heun,
+}
+
+/// The model configuration (what a preset holds).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaloScoreConfig {
+    /// Always "caloscore".
+    pub model: String,
+    /// Dataset: 2 or 3.
+    #[serde(with = "crate::dataset_key")]
+    pub dataset: DatasetKind,
+    /// The SDE.
+    pub sde: Sde,
+    /// Channels of the three levels of the score network.
+    pub channels: [usize; 3],
+    /// Average-pooling factors (z, α, r).
+    pub pool: [usize; 3],
+    /// Embedding width.
+    pub embed: usize,
+    /// Adam learning rate (constant, as the reference).
+    pub lr: f64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Epochs.
+    pub epochs: usize,
+    /// Fraction of showers held out for validation.
+    pub validation_fraction: f64,
+    /// Default sampler.
+    pub sampler: ScoreSampler,
+    /// Predictor-corrector settings.
+    pub pc: PcConfig,
+    /// Default number of Heun steps.
+    pub heun_steps: usize,
+    /// Data transform (logit_mean 0, logit_std 1: the reference does not standardise).
+    pub transform: Transform,
+}
+
+impl CaloScoreConfig {
+    /// Parses and checks a preset.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let err = |m: &str| ModelError::Config(format!("CaloScore configuration: {m}"));
+        let c: CaloScoreConfig = toml::from_str(text).map_err(|e| err(&e.to_string()))?;
+        if c.model != "caloscore" {
+            return Err(err("model must be \"caloscore\""));
+        }
+        if !matches!(c.dataset, DatasetKind::Ds2 | DatasetKind::Ds3) {
+            return Err(err("CaloScore v1 runs on datasets 2 and 3"));
+        }
+        LrSchedule::Constant { lr: c.lr }
+            .validate()
+            .map_err(|m| err(&m))?;
+        if c.channels.contains(&0)
+            || c.pool.contains(&0)
+            || c.embed < 2
+            || c.batch_size == 0
+            || c.pc.steps < 2
+            || c.heun_steps == 0
+            || !(c.pc.eps > 0.0 && c.pc.eps < 1.0 && c.pc.snr > 0.0)
+            || !(c.validation_fraction > 0.0 && c.validation_fraction < 1.0)
+        {
+            return Err(err("need channels, pool, batch_size, heun_steps > 0, embed >= 2, pc.steps >= 2, 0 < pc.eps < 1, pc.snr > 0, 0 < validation_fraction < 1"));
+        }
+        Ok(c)
+    }
+    fn shape(&self) -> [usize; 3] {
+        match self.dataset {
+            DatasetKind::Ds3 => [45, 50, 18],
+            _ => [45, 16, 9],
+        }
+    }
+    fn net(&self) -> ScoreNetConfig {
+        ScoreNetConfig {
+            shape: self.shape(),
+            channels: self.channels,
+            pool: self.pool,
+            embed: self.embed,
+        }
+    }
+}
+
+/// A trained CaloScore.
+pub struct CaloScore {
+    /// Configuration.
+    pub cfg: CaloScoreConfig,
+    /// Model card.
+    pub card: DiffusionCard,
+    net: ScoreNet,
+    device: Device,
+}
+
+/// The score s = n(x, t, E)/σ(t) of a network on the inference device, for the rows of one
+/// batch with conditions `e`.
+struct NetScore<'a> {
+    net: &'a ScoreNet,
+    dev: Device,
+    sde: Sde,
+    e: &'a [f32],
+}
+
+impl NetScore<'_> {
+    fn inputs(&self, t: &[f64], rows_: &[usize]) -> (Tensor<2>, Tensor<2>) {
+        let tv: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+        let ev: Vec<f32> = rows_.iter().map(|&r| self.e[r]).collect();
+        (column(tv, &self.dev), column(ev, &self.dev))
+    }
+    fn divide(&self, out: Vec<f32>, t: &[f64]) -> Vec<f32> {
+        let d = out.len() / t.len().max(1);
+        out.chunks(d)
+            .zip(t)
+            .flat_map(|(r, &tj)| {
+                let s = self.sde.marginal(tj).1;
+                r.iter().map(move |&v| (v as f64 / s) as f32)
+            })
+            .collect()
+    }
+}
+
+impl Score for NetScore<'_> {
+    fn score(&mut self, x: &[f32], t: &[f64], rows_: &[usize]) -> Vec<f32> {
+        let (tt, et) = self.inputs(t, rows_);
+        let out: Vec<f32> = self
+            .net
+            .forward(rows(x.to_vec(), t.len(), &self.dev), tt, et)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        self.divide(out, t)
+    }
+}
+
+impl ScoreVjp for NetScore<'_> {
+    fn score_vjp(
+        &mut self,
+        x: &[f32],
+        t: &[f64],
+        rows_: &[usize],
+        v: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let n = t.len();
+        let (tt, et) = self.inputs(t, rows_);
+        let xt = rows(x.to_vec(), n, &self.dev).require_grad();
+        let out = self.net.forward(xt.clone(), tt, et);
+        let obj = (out.clone() * rows(v.to_vec(), n, &self.dev)).sum();
+        let grads = obj.backward();
+        let g: Vec<f32> = xt
+            .grad(&grads)
+            .map(|g| g.into_data().iter::<f32>().collect())
+            .unwrap_or_else(|| vec![0.0; x.len()]);
+        let s: Vec<f32> = out.inner().into_data().iter::<f32>().collect();
+        (self.divide(s, t), self.divide(g, t))
+    }
+}
+
+impl CaloScore {
+    fn loss(
+        net: &ScoreNet,
+        sde: &Sde,
+        x0: &[f32],
+        e: &[f32],
+        t: &[f64],
+        z: &[f32],
+        device: &Device,
+    ) -> Tensor<1> {
+        let n = e.len();
+        let v = x0.len() / n;
+        let mut xt = Vec::with_capacity(x0.len());
+        for b in 0..n {
+            let (m, s) = sde.marginal(t[b]);
+            xt.extend(
+                x0[b * v..(b + 1) * v]
+                    .iter()
+                    .zip(&z[b * v..(b + 1) * v])
+                    .map(|(&a, &zz)| (m * a as f64 + s * zz as f64) as f32),
+            );
+        }
+        let tv: Vec<f32> = t.iter().map(|&x| x as f32).collect();
+        let out = net.forward(
+            rows(xt, n, device),
+            column(tv, device),
+            column(e.to_vec(), device),
+        );
+        // (score·σ + z)² = (n + z)², averaged over voxels and showers.
+        (out + rows(z.to_vec(), n, device)).powf_scalar(2.0).mean()
+    }
+
+    fn sampler(&self, opts: &SampleOptions) -> Result<ScoreSampler> {
+        match opts.sampler.as_deref() {
+            None => Ok(self.cfg.sampler),
+            Some("pc") => Ok(ScoreSampler::Pc),
+            Some("ode") => Ok(ScoreSampler::Ode),
+            Some("heun") => Ok(ScoreSampler::Heun),
+            Some(o) => Err(ModelError::Config(format!(
+                "--sampler: unknown sampler {o:?}: expected pc, ode or heun"
+            ))),
+        }
+    }
+
+    /// Generates one shower per energy with `sampler` (`steps`: predictor steps of `pc`, Heun
+    /// steps of `heun`; ignored by the adaptive `ode`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_with(
+        &self,
+        energies: &[f64],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        sampler: ScoreSampler,
+        steps: Option<usize>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        if steps == Some(0) || (sampler == ScoreSampler::Pc && steps == Some(1)) {
+            return Err(ModelError::Config(
+                "--steps: need at least 2 predictor-corrector steps or 1 Heun step".into(),
+            ));
+        }
+        let v = self.cfg.dataset.n_voxels();
+        let tr = self.cfg.transform;
+        let dev = self.device.clone().inner();
+        let net = self.net.valid();
+        let mut out = Vec::with_capacity(energies.len() * v);
+        progress.start("generate", "generate", energies.len() as u64);
+        let batch = batch.max(1);
+        for (ci, chunk) in energies.chunks(batch).enumerate() {
+            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
+                .map(|j| crate::shower_rng(seed, first + (ci * batch + j) as u64))
+                .collect();
+            let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
+            let mut score = NetScore {
+                net: &net,
+                dev: dev.clone(),
+                sde: self.cfg.sde,
+                e: &e,
+            };
+            let x = match sampler {
+                ScoreSampler::Pc => {
+                    let pc = PcConfig {
+                        steps: steps.unwrap_or(self.cfg.pc.steps),
+                        ..self.cfg.pc
+                    };
+                    pc_sample(&self.cfg.sde, v, &pc, &mut rngs, &mut score)
+                }
+                ScoreSampler::Ode | ScoreSampler::Heun => {
+                    let solver = if sampler == ScoreSampler::Ode {
+                        OdeSolver::default()
+                    } else {
+                        OdeSolver::Heun {
+                            steps: steps.unwrap_or(self.cfg.heun_steps),
+                        }
+                    };
+                    ode_sample(&self.cfg.sde, v, &solver, ODE_EPS, &mut rngs, &mut score).0
+                }
+            };
+            for (b, &ei) in chunk.iter().enumerate() {
+                out.extend(x[b * v..(b + 1) * v].iter().map(|&u| tr.inverse(u, ei)));
+            }
+            progress.set("generate", (ci * batch + chunk.len()) as u64, None);
+        }
+        progress.finish("generate");
+        Ok(out)
+    }
+
+    /// log p of each shower (nats), over the voxel energies in MeV: the probability-flow ODE's
+    /// log-density of the preprocessed shower plus the log-Jacobian of the preprocessing.
+    /// Shower j draws its Hutchinson probe from `shower_rng(seed, first + j)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn log_likelihood(
+        &self,
+        energies: &[f64],
+        showers: &[f32],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        opts: &LikelihoodOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f64>> {
+        let v = self.cfg.dataset.n_voxels();
+        if showers.len() != energies.len() * v {
+            return Err(ModelError::Config(format!(
+                "{} showers of {v} voxels expected",
+                energies.len()
+            )));
+        }
+        let tr = self.cfg.transform;
+        let dev = self.device.clone();
+        let solver = OdeSolver::Rk45 {
+            rtol: opts.rtol,
+            atol: opts.atol,
+        };
+        let trace = if opts.exact_trace {
+            Trace::Exact
+        } else {
+            Trace::Hutchinson
+        };
+        let batch = batch.max(1);
+        let mut out = Vec::with_capacity(energies.len());
+        progress.start("likelihood", "likelihood", energies.len() as u64);
+        for (ci, chunk) in energies.chunks(batch).enumerate() {
+            let off = ci * batch;
+            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
+                .map(|j| crate::shower_rng(seed, first + (off + j) as u64))
+                .collect();
+            let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
+            let raw = &showers[off * v..(off + chunk.len()) * v];
+            let x: Vec<f32> = raw
+                .chunks(v)
+                .zip(chunk)
+                .flat_map(|(r, &ei)| r.iter().map(move |&u| tr.forward(u as f64, ei)))
+                .collect();
+            let mut score = NetScore {
+                net: &self.net,
+                dev: dev.clone(),
+                sde: self.cfg.sde,
+                e: &e,
+            };
+            let l = log_likelihood(
+                &self.cfg.sde,
+                &x,
+                v,
+                &solver,
+                ODE_EPS,
+                trace,
+                &mut rngs,
+                &mut score,
+            );
+            for ((lp, r), &ei) in l.log_likelihood.iter().zip(raw.chunks(v)).zip(chunk) {
+                out.push(
+                    lp + r
+                        .iter()
+                        .map(|&u| tr.log_jacobian(u as f64, ei))
+                        .sum::<f64>(),
+                );
+            }
+            progress.set("likelihood", (off + chunk.len()) as u64, None);
+        }
+        progress.finish("likelihood");
+        Ok(out)
+    }
+}
+
+/// The family in the registry.
+pub struct CaloScoreKind;
+
+/// CaloScore's embedded presets.
+pub const PRESETS: &[Preset] = crate::presets!(
+    "caloscore-ds2",
+    "caloscore-ds2-subvp",
+    "caloscore-ds2-ve",
+    "caloscore-ds3",
+    "caloscore-small",
+    "caloscore-tiny",
+);
+
+impl ModelKind for CaloScoreKind {
+    fn info(&self) -> &'static ModelInfo {
+        &ModelInfo {
+            name: "caloscore",
+            paper: "Mikuni & Nachman, arXiv 2206.11898 (score-based SDEs, predictor-corrector, likelihood)",
+            presets: PRESETS,
+            options: &[ModelOption::Sampler, ModelOption::Steps],
+        }
+    }
+    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
+        let c = CaloScoreConfig::from_toml(config)?;
+        Ok((c.dataset, crate::to_toml(&c)?))
+    }
+    fn train(
+        &self,
+        config: &str,
+        opts: &TrainOptions,
+        progress: &dyn Progress,
+    ) -> Result<TrainOutcome> {
+        let m = CaloScore::train(config, opts, progress)?;
+        let c = &m.card;
+        Ok(TrainOutcome {
+            lines: vec![format!(
+                "caloscore: {} parameters, {} steps ({} full epochs, {:.2} s per step overall), best validation loss {:.4}{}",
+                c.parameters,
+                c.steps,
+                c.epochs,
+                c.seconds / c.steps.max(1) as f64,
+                c.val_loss.iter().copied().fold(f64::INFINITY, f64::min),
+                crate::stop_note(c.interrupted, c.stopped_at_budget)
+            )],
+            complete: true,
+            interrupted: c.interrupted,
+        })
+    }
+    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
+        Ok(Box::new(CaloScore::load(dir)?))
+    }
+    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
+        let cfg = CaloScoreConfig::from_toml(config)?;
+        Ok(Box::new(CaloScore::untrained(&cfg, seed)))
+    }
+    fn bench_train(
+        &self,
+        config: &str,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<StepTiming>> {
+        CaloScore::bench_train(
+            &CaloScoreConfig::from_toml(config)?,
+            steps,
+            batch,
+            seed,
+            progress,
+        )
+    }
+}
+
+/// Denoising score matching on the training file, as a task of the one training loop.
+struct ScoreTask<'a> {
+    cfg: &'a CaloScoreConfig,
+    x: &'a [f32],
+    e: &'a [f32],
+    n_train: usize,
+    device: Device,
+    val_t: Vec<f64>,
+    val_z: Vec<f32>,
+}
+
+impl<'a> ScoreTask<'a> {
+    fn new(
+        cfg: &'a CaloScoreConfig,
+        x: &'a [f32],
+        e: &'a [f32],
+        n_train: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        let v = cfg.dataset.n_voxels();
+        let n_val = e.len() - n_train;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let val_t = (0..n_val).map(|_| draw_t(&mut rng)).collect();
+        let val_z = (0..n_val * v).map(|_| rng.sample(StandardNormal)).collect();
+        ScoreTask {
+            cfg,
+            x,
+            e,
+            n_train,
+            device: device.clone(),
+            val_t,
+            val_z,
+        }
+    }
+}
+
+/// t ~ U(1e-5, 1), as the reference.
+fn draw_t(rng: &mut ChaCha8Rng) -> f64 {
+    rng.random::<f64>() * (1.0 - T_EPS) + T_EPS
+}
+
+impl Task<ScoreNet> for ScoreTask<'_> {
+    fn n_train(&self) -> usize {
+        self.n_train
+    }
+    fn loss(&mut self, net: &ScoreNet, idx: &[usize], rng: &mut ChaCha8Rng) -> Tensor<1> {
+        let v = self.cfg.dataset.n_voxels();
+        let xb: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| self.x[i * v..(i + 1) * v].iter().copied())
+            .collect();
+        let eb: Vec<f32> = idx.iter().map(|&i| self.e[i]).collect();
+        let t: Vec<f64> = idx.iter().map(|_| draw_t(rng)).collect();
+        let z: Vec<f32> = (0..idx.len() * v)
+            .map(|_| rng.sample(StandardNormal))
+            .collect();
+        CaloScore::loss(net, &self.cfg.sde, &xb, &eb, &t, &z, &self.device)
+    }
+    fn validate(&mut self, net: &ScoreNet) -> f64 {
+        let v = self.cfg.dataset.n_voxels();
+        let n = self.e.len();
+        let valid = net.valid();
+        let vdev = self.device.clone().inner();
+        let mut sum = 0.0;
+        let val_rows: Vec<usize> = (self.n_train..n).collect();
+        for (j, chunk) in val_rows.chunks(self.cfg.batch_size).enumerate() {
+            let xs: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&i| self.x[i * v..(i + 1) * v].iter().copied())
+                .collect();
+            let es: Vec<f32> = chunk.iter().map(|&i| self.e[i]).collect();
+            let off = j * self.cfg.batch_size;
+            let l = CaloScore::loss(
+                &valid,
+                &self.cfg.sde,
+                &xs,
+                &es,
+                &self.val_t[off..off + chunk.len()],
+                &self.val_z[off * v..(off + chunk.len()) * v],
+                &vdev,
+            );
+            sum += l.into_data().iter::<f64>().next().unwrap_or(f64::NAN) * chunk.len() as f64;
+        }
+        sum / (n - self.n_train) as f64
+    }
+}
+
+impl CaloScore {
+    /// A model with freshly initialised weights.
+    pub fn untrained(cfg: &CaloScoreConfig, seed: u64) -> Self {
+        let device = compute_device(Precision::F32, seed);
+        let net = ScoreNet::new(&cfg.net(), seed, &device);
+        CaloScore {
+            card: DiffusionCard::of("caloscore", net.num_params()),
+            cfg: cfg.clone(),
+            net,
+            device,
+        }
+    }
+
+    /// Times `steps` optimizer steps of `cfg`'s network on synthetic inputs.
+    pub fn bench_train(
+        cfg: &CaloScoreConfig,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<StepTiming>> {
+        let bs = batch.unwrap_or(cfg.batch_size).max(1);
+        let (n_train, v) = (bs * (steps + 1), cfg.dataset.n_voxels());
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let x: Vec<f32> = (0..(n_train + 1) * v)
+            .map(|_| rng.sample(StandardNormal))
+            .collect();
+        let e: Vec<f32> = (0..=n_train).map(|_| rng.random::<f32>()).collect();
+        let device = compute_device(Precision::F32, seed);
+        let net = ScoreNet::new(&cfg.net(), seed, &device);
+        let mut task = ScoreTask::new(cfg, &x, &e, n_train, seed, &device);
+        let control = caloforge_nn::train::Control {
+            seed,
+            ..Default::default()
+        };
+        let mut timer = PartTimer::new("score network", steps + 1, progress);
+        fit(
+            net,
+            &mut task,
+            &TrainSettings::timing(bs, cfg.lr),
+            &control,
+            &mut |p| timer.tick(&p),
+        )?;
+        Ok(vec![timer.finish(
+            &format!("score matching ({:?} backend)", backend()).to_lowercase(),
+            bs,
+        )?])
+    }
+
+    /// Trains from a configuration into `opts.out` (checkpoint `checkpoints/score.ckpt`).
+    pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
+        let cfg = CaloScoreConfig::from_toml(config)?;
+        let t0 = Instant::now();
+        std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
+        let (e_inc, vox) = read_showers(&opts.data, cfg.dataset, opts.max_showers)?;
+        let n = e_inc.len();
+        if n < 2 {
+            return Err(ModelError::file(&opts.data, "need at least 2 showers"));
+        }
+        let v = cfg.dataset.n_voxels();
+        let tr = cfg.transform;
+        let x: Vec<f32> = vox
+            .chunks(v)
+            .zip(&e_inc)
+            .flat_map(|(row, &e)| row.iter().map(move |&u| tr.forward(u as f64, e)))
+            .collect();
+        drop(vox);
+        let e: Vec<f32> = e_inc.iter().map(|&x| tr.energy(x)).collect();
+        let n_val = ((n as f64 * cfg.validation_fraction).round() as usize).clamp(1, n - 1);
+        let n_train = n - n_val;
+        let mut model = CaloScore::untrained(&cfg, opts.seed);
+        let mut card = DiffusionCard {
+            data_file: opts.data.display().to_string(),
+            data_sha256: crate::file_sha256(&opts.data)?,
+            n_train,
+            n_validation: n_val,
+            energy_range: Some(crate::energy_range(&e_inc)),
+            ..model.card.clone()
+        };
+        let mut task = ScoreTask::new(&cfg, &x, &e, n_train, opts.seed, &model.device);
+        let settings = TrainSettings {
+            batch_size: cfg.batch_size,
+            epochs: cfg.epochs,
+            schedule: LrSchedule::Constant { lr: cfg.lr },
+            eval_every: 0,
+            grad_clip: None,
+        };
+        let deadline = opts
+            .max_minutes
+            .map(|m| t0 + std::time::Duration::from_secs_f64(m * 60.0));
+        let control = opts.control(opts.seed, deadline, "score.ckpt");
+        progress.start(
+            "train",
+            "train caloscore",
+            (n_train.div_ceil(cfg.batch_size) * cfg.epochs) as u64,
+        );
+        let fitted = fit(model.net, &mut task, &settings, &control, &mut |p| {
+            progress.set(
+                "train",
+                p.step as u64,
+                p.val_loss
+                    .map(|v| format!("step {}: validation loss {v:.4}", p.step)),
+            )
+        })?;
+        progress.finish("train");
+        let r = &fitted.report;
+        card.epochs = r.epochs;
+        card.steps = r.steps as u64;
+        card.train_loss = r.history.iter().skip(1).map(|p| p.train_loss).collect();
+        card.val_loss = r.history.iter().skip(1).map(|p| p.val_loss).collect();
+        card.stopped_at_budget = r.stopped_at_budget;
+        card.interrupted = r.interrupted;
+        card.seconds = r.seconds;
+        card.updated_unix = unix_time();
+        model.net = fitted.best;
+        model.card = card;
+        model.save(&opts.out)?;
+        Ok(model)
+    }
+
+    /// Reads a model directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cp = dir.join("config.toml");
+        let cfg = CaloScoreConfig::from_toml(
+            &std::fs::read_to_string(&cp).map_err(|e| ModelError::file(&cp, e))?,
+        )
+        .map_err(|e| ModelError::file(&cp, e))?;
+        let card: DiffusionCard = crate::read_card(&dir.join("model_card.json"))?;
+        // The autodiff device: the likelihood needs vector-Jacobian products.
+        let device = compute_device(Precision::F32, 0);
+        let net = caloforge_nn::weights::load(
+            ScoreNet::new(&cfg.net(), 0, &device),
+            &dir.join("score.safetensors"),
+            "this score network (config.toml)",
+        )?;
+        Ok(CaloScore {
+            cfg,
+            card,
+            net,
+            device,
+        })
+    }
+}
+
+impl Generator for CaloScore {
+    fn kind(&self) -> &'static dyn ModelKind {
+        &CaloScoreKind
+    }
+    fn dataset(&self) -> DatasetKind {
+        self.cfg.dataset
+    }
+    fn trained_energy_range(&self) -> Option<(f64, f64)> {
+        self.card.energy_range
+    }
+    fn sample(
+        &self,
+        energies: &[f64],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        opts: &SampleOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        let sampler = self.sampler(opts)?;
+        self.sample_with(energies, seed, first, batch, sampler, opts.steps, progress)
+    }
+    fn log_likelihood(
+        &self,
+        energies: &[f64],
+        showers: &[f32],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        opts: &LikelihoodOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f64>> {
+        CaloScore::log_likelihood(self, energies, showers, seed, first, batch, opts, progress)
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
+        caloforge_nn::weights::save(
+            &self.net.valid(),
+            SafetensorsStore::from_bytes(None),
+            &dir.join("score.safetensors"),
+        )?;
+        write_text(&dir.join("config.toml"), &crate::to_toml(&self.cfg)?)?;
+        write_text(
+            &dir.join("model_card.json"),
+            &serde_json::to_string_pretty(&self.card)
+                .map_err(|e| ModelError::Config(e.to_string()))?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;
