@@ -829,3 +829,79 @@ fn supercalo_upsamples_coarse_showers_from_the_cli() {
     );
     assert!(!dir.path().join("x.h5").exists());
 }
+
+/// CaloScore from the command line: train the tiny preset, generate with the few-step Heun
+/// sampler, and compute likelihoods; bad likelihood arguments and inputs fail with one error
+/// and no output.
+#[test]
+fn caloscore_trains_generates_and_computes_likelihoods_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    simulate_ds2(&d("train.h5"), 12);
+    let o = caloforge(&[
+        "train",
+        "--preset",
+        "caloscore-tiny",
+        "--data",
+        &d("train.h5"),
+        "--out",
+        &d("run"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let o = caloforge(&[
+        "generate",
+        "--model",
+        &d("run"),
+        "--n",
+        "2",
+        "--out",
+        &d("g.h5"),
+        "--sampler",
+        "heun",
+        "--steps",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let run = d("run");
+    let lik = |input: &str, out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "likelihood",
+            "--model",
+            &*run,
+            "--input",
+            input,
+            "--out",
+            out,
+            "--max-showers",
+            "2",
+            "--rtol",
+            "1e-3",
+            "--atol",
+            "1e-3",
+        ];
+        a.extend_from_slice(extra);
+        caloforge(&a)
+    };
+    let o = lik(&d("train.h5"), &d("l.h5"), &[]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("l.h5.json")).unwrap()).unwrap();
+    assert_eq!(summary["n"], 2);
+    assert!(summary["mean_log_likelihood"].as_f64().unwrap().is_finite());
+    assert_eq!(summary["trace"], "hutchinson");
+    failed_with(&lik(&d("train.h5"), &d("m.h5"), &["--rtol", "0"]), "--rtol");
+    // A dataset-1 file for a dataset-2 model.
+    let o = caloforge(&[
+        "simulate",
+        "-d",
+        "1-photons",
+        "-n",
+        "2",
+        "--out",
+        &d("p.h5"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    failed_with(&lik(&d("p.h5"), &d("m.h5"), &[]), "p.h5");
+    assert!(!dir.path().join("m.h5").exists());
+    assert!(!dir.path().join("m.h5.json").exists());
+}

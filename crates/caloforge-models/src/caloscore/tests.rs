@@ -141,3 +141,24 @@ fn likelihood_is_finite_and_independent_of_the_batch() {
         .log_likelihood(&e, &vox[..100], 4, 0, 3, &opts, &NoProgress)
         .is_err());
 }
+
+#[test]
+fn models_without_a_density_refuse_likelihoods() {
+    let kind = crate::registry::kind("calodiffusion").unwrap();
+    let m = kind
+        .untrained(&preset_text("calodiffusion-tiny").unwrap(), 1)
+        .unwrap();
+    let e = m
+        .log_likelihood(
+            &[1e4],
+            &vec![0.0; 6480],
+            1,
+            0,
+            1,
+            &LikelihoodOptions::default(),
+            &NoProgress,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not compute likelihoods"), "{e}");
+}

@@ -179,6 +179,19 @@ fn pc_sampler_recovers_a_gaussian_target() {
             );
         }
     }
+    // Fewer steps than β_max: the reference's corrector α = 1 − β/N would turn negative (NaN
+    // steps); it is clamped to 0 there.
+    let few = PcConfig {
+        steps: 10,
+        ..PcConfig::default()
+    };
+    let mut net = Normal1 {
+        sde: Sde::vp(),
+        mu: 1.5,
+        sd: 0.4,
+    };
+    let x = pc_sample(&Sde::vp(), 64, &few, &mut rngs(20, 3), &mut net);
+    assert!(x.iter().all(|v| v.is_finite()));
     // Per-shower step sizes: the same streams give the same samples whatever the batch split.
     let sde = Sde::vp();
     let cfg = PcConfig {
