@@ -177,6 +177,11 @@ impl ScoreNet {
         }
     }
 
+    /// (grid, padded grid, pooling factors).
+    pub fn grid(&self) -> ([usize; 3], [usize; 3], [usize; 3]) {
+        (self.shape, self.padded, self.pool)
+    }
+
     fn fourier_features(&self, v: Tensor<2>) -> Tensor<2> {
         let w = self.fourier.val();
         let h = w.dims()[0];
