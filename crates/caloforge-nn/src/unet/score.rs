@@ -16,6 +16,7 @@
 //!   then tc(d, s0) and a 3×3×3 conv to one channel.
 //!
 //! The network output n(x, t, E) is the reference's; the score is n/σ(t) (see `caloforge_nn::sde`).
+//! Weights start as Keras' defaults (Glorot uniform, zero biases), as the reference's.
 
 use crate::conv::CylindricalConv3d;
 use burn::module::{Module, Param};
@@ -60,12 +61,37 @@ pub struct TimeConv {
     pub(crate) beta: Param<Tensor<1>>,
 }
 
+/// Keras' default initialisation (the reference is TensorFlow): Glorot-uniform weights
+/// (limit √(6/(fan_in + fan_out)), fans counting the kernel's taps), zero biases.
+fn glorot<const D: usize>(
+    shape: [usize; D],
+    fan_in: usize,
+    fan_out: usize,
+    device: &Device,
+) -> Param<Tensor<D>> {
+    let l = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    Param::from_tensor(Tensor::random(
+        shape,
+        burn::tensor::Distribution::Uniform(-l, l),
+        device,
+    ))
+}
+
 fn conv(ci: usize, co: usize, k: usize, bias: bool, device: &Device) -> CylindricalConv3d {
     let mut c = CylindricalConv3d::new(ci, co, [k; 3], [1; 3], [k / 2; 3], device);
-    if !bias {
-        c.conv.bias = None;
-    }
+    let taps = k * k * k;
+    c.conv.weight = glorot([co, ci, k, k, k], ci * taps, co * taps, device);
+    c.conv.bias = bias.then(|| Param::from_tensor(Tensor::zeros([co], device)));
     c
+}
+
+fn dense(i: usize, o: usize, bias: bool, device: &Device) -> Linear {
+    let mut l = LinearConfig::new(i, o).with_bias(bias).init(device);
+    l.weight = glorot([i, o], i, o, device);
+    if bias {
+        l.bias = Some(Param::from_tensor(Tensor::zeros([o], device)));
+    }
+    l
 }
 
 impl TimeConv {
@@ -148,7 +174,7 @@ impl ScoreNet {
             .collect();
         let fourier = Param::from_tensor(Tensor::from_data(TensorData::new(w, [half]), device))
             .set_require_grad(false);
-        let lin = |i: usize, o: usize| LinearConfig::new(i, o).init(device);
+        let lin = |i: usize, o: usize| dense(i, o, true, device);
         ScoreNet {
             fourier,
             dense_t: lin(2 * half, e),
