@@ -32,10 +32,18 @@ CF=target/release/caloforge
 mkdir -p "$W"
 DATA=$W/ds2_${N}_seed101.h5
 [ -f "$DATA" ] || $CF simulate -d 2 -n "$N" --seed 101 --out "$DATA" --quiet
-TAG=cd_n${N}${MAXSHOWERS:+m$MAXSHOWERS}_b${BATCH}_e${EPOCHS}_v${VALFRAC}
+# MODEL=caloscore (benchmarks/parity/caloscore.sh) runs the same protocol for CaloScore.
+MODEL=${MODEL:-calodiffusion}
+PRESET=${PRESET:-calodiffusion-ds2}
+case $MODEL in
+  calodiffusion) PFX=cd; REFPY=calodiffusion_reference.py; YL="epsilon MSE"; NAME=CaloDiffusion ;;
+  caloscore) PFX=cs_${PRESET#caloscore-}; REFPY=caloscore_reference.py; YL="(n + z)^2 score matching"; NAME=CaloScore ;;
+  *) echo "MODEL must be calodiffusion or caloscore" >&2; exit 2 ;;
+esac
+TAG=${PFX}_n${N}${MAXSHOWERS:+m$MAXSHOWERS}_b${BATCH}_e${EPOCHS}_v${VALFRAC}
 # The calodiffusion-ds2 preset (the paper network) with the budget's batch, epochs and split.
 P=$W/${TAG}.toml
-python3 benchmarks/parity/budget_preset.py crates/caloforge-models/presets/calodiffusion-ds2.toml \
+python3 benchmarks/parity/budget_preset.py crates/caloforge-models/presets/$PRESET.toml \
     "$P" "$BATCH" "$EPOCHS" "$VALFRAC"
 MAX=(); [ -n "$MAXSHOWERS" ] && MAX=(--max-showers "$MAXSHOWERS")
 # caloforge and the reference run side by side, one thread each (one core each on a 2-core
@@ -52,11 +60,11 @@ for s in $SEEDS; do cfs+=("$W/${TAG}_cf_s$s/model_card.json"); refs+=("$W/${TAG}
 cfpid=$!
 for s in $SEEDS; do
   [ -f "$W/${TAG}_ref_s$s.json" ] && [ -z "${FORCE:-}" ] && continue
-  python3 benchmarks/parity/calodiffusion_reference.py --data "$DATA" --preset "$P" \
+  python3 benchmarks/parity/$REFPY --data "$DATA" --preset "$P" \
       --seed "$s" --out "$W/${TAG}_ref_s$s.json" --threads 1 "${MAX[@]}"
 done
 wait "$cfpid"
 python3 benchmarks/parity/compare.py --caloforge "$(IFS=,; echo "${cfs[*]}")" \
     --reference "$(IFS=,; echo "${refs[*]}")" --png "$W/${TAG}.png" --digits 4 --ypad 0.02 \
-    --markers --ylabel "validation loss (epsilon MSE, fixed t and noise)" \
-    --title "CaloDiffusion ds2, ${MAXSHOWERS:-$N} simulator showers, batch $BATCH, $EPOCHS epochs"
+    --markers --ylabel "validation loss ($YL, fixed t and noise)" \
+    --title "$NAME $PRESET, ${MAXSHOWERS:-$N} simulator showers, batch $BATCH, $EPOCHS epochs"
