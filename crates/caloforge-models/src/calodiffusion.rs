@@ -21,10 +21,11 @@
 //! Dataset 1 runs through GLaM ([`Denoiser`]): learnable per-layer maps onto a regular grid
 //! around the U-Net. On the CPU, sampling uses the plain-Rust engine `unet::fast`.
 
+use crate::diffusionparts;
 use crate::registry::{ModelInfo, PartTimer, StepTiming};
 use crate::{
-    read_showers, unix_time, write_text, Generator, ModelError, ModelKind, ModelOption, Preset,
-    Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
+    unix_time, write_text, Generator, ModelError, ModelKind, ModelOption, Preset, Progress, Result,
+    SampleOptions, TrainOptions, TrainOutcome,
 };
 use burn::module::Module;
 use burn::store::SafetensorsStore;
@@ -554,21 +555,9 @@ impl ModelKind for CaloDiffusionKind {
         opts: &TrainOptions,
         progress: &dyn Progress,
     ) -> Result<TrainOutcome> {
-        let m = CaloDiffusion::train(config, opts, progress)?;
-        let c = &m.card;
-        Ok(TrainOutcome {
-            lines: vec![format!(
-                "calodiffusion: {} parameters, {} steps ({} full epochs, {:.2} s per step overall), best validation loss {:.4}{}",
-                c.parameters,
-                c.steps,
-                c.epochs,
-                c.seconds / c.steps.max(1) as f64,
-                c.val_loss.iter().copied().fold(f64::INFINITY, f64::min),
-                crate::stop_note(c.interrupted, c.stopped_at_budget)
-            )],
-            complete: true,
-            interrupted: c.interrupted,
-        })
+        Ok(diffusionparts::outcome(
+            &CaloDiffusion::train(config, opts, progress)?.card,
+        ))
     }
     fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
         Ok(Box::new(CaloDiffusion::load(dir)?))
@@ -678,34 +667,31 @@ impl Task<Denoiser> for DiffusionTask<'_> {
     /// Validation loss with fixed t and noise.
     fn validate(&mut self, net: &Denoiser) -> f64 {
         let (cfg, v) = (self.cfg, self.cfg.kind().n_voxels());
-        let n = self.e.len();
-        let n_val = n - self.n_train;
         let valid = net.valid();
         let vdev = self.device.clone().inner();
         let vloc = loc_tensor(&self.loc, cfg.shape(), &vdev);
-        let mut vs = 0.0;
-        let val_rows: Vec<usize> = (self.n_train..n).collect();
-        for (j, chunk) in val_rows.chunks(cfg.batch_size).enumerate() {
-            let xs: Vec<f32> = chunk
+        diffusionparts::validation_loss(self.n_train, self.e.len(), cfg.batch_size, |rows, off| {
+            let xs: Vec<f32> = rows
                 .iter()
-                .flat_map(|&i| self.x[i * v..(i + 1) * v].to_vec())
+                .flat_map(|&i| self.x[i * v..(i + 1) * v].iter().copied())
                 .collect();
-            let es: Vec<f32> = chunk.iter().map(|&i| self.e[i]).collect();
-            let off = j * cfg.batch_size;
-            let l = CaloDiffusion::loss(
+            let es: Vec<f32> = rows.iter().map(|&i| self.e[i]).collect();
+            CaloDiffusion::loss(
                 cfg,
                 &valid,
                 &self.sched,
                 &xs,
                 &es,
-                &self.val_t[off..off + chunk.len()],
-                &self.val_eps[off * v..(off + chunk.len()) * v],
+                &self.val_t[off..off + rows.len()],
+                &self.val_eps[off * v..(off + rows.len()) * v],
                 &vloc,
                 &vdev,
-            );
-            vs += l.into_data().iter::<f64>().next().unwrap_or(f64::NAN) * chunk.len() as f64;
-        }
-        vs / n_val as f64
+            )
+            .into_data()
+            .iter::<f64>()
+            .next()
+            .unwrap_or(f64::NAN)
+        })
     }
 }
 
@@ -767,34 +753,11 @@ impl CaloDiffusion {
     pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
         let cfg = CaloDiffusionConfig::from_toml(config)?;
         let t0 = Instant::now();
-        std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
-        let (e_inc, vox) = read_showers(&opts.data, cfg.kind(), opts.max_showers)?;
-        let n = e_inc.len();
-        if n < 2 {
-            return Err(ModelError::file(&opts.data, "need at least 2 showers"));
-        }
-        let v = cfg.kind().n_voxels();
-        let tr = cfg.transform;
-        let x: Vec<f32> = vox
-            .chunks(v)
-            .zip(&e_inc)
-            .flat_map(|(row, &e)| row.iter().map(move |&u| tr.forward(u as f64, e)))
-            .collect();
-        drop(vox);
-        let e: Vec<f32> = e_inc.iter().map(|&x| tr.energy(x)).collect();
-        let n_val = ((n as f64 * cfg.validation_fraction).round() as usize).clamp(1, n - 1);
-        let n_train = n - n_val;
+        let p = diffusionparts::prepare(opts, cfg.kind(), &cfg.transform, cfg.validation_fraction)?;
         let device = compute_device(Precision::F32, opts.seed);
         let net = Denoiser::new(&cfg, &device)?;
-        let mut card = DiffusionCard {
-            data_file: opts.data.display().to_string(),
-            data_sha256: crate::file_sha256(&opts.data)?,
-            n_train,
-            n_validation: n_val,
-            energy_range: Some(crate::energy_range(&e_inc)),
-            ..DiffusionCard::new(net.num_params())
-        };
-        let mut task = DiffusionTask::new(&cfg, &x, &e, n_train, opts.seed, &device);
+        let mut card = diffusionparts::card("calodiffusion", net.num_params(), opts, &p)?;
+        let mut task = DiffusionTask::new(&cfg, &p.x, &p.e, p.n_train, opts.seed, &device);
         let settings = TrainSettings {
             batch_size: cfg.batch_size,
             epochs: cfg.epochs,
@@ -802,37 +765,20 @@ impl CaloDiffusion {
             eval_every: 0,
             grad_clip: None,
         };
-        let deadline = opts
-            .max_minutes
-            .map(|m| t0 + std::time::Duration::from_secs_f64(m * 60.0));
-        let control = opts.control(opts.seed, deadline, "denoiser.ckpt");
-        progress.start(
-            "train",
-            "train calodiffusion",
-            (n_train.div_ceil(cfg.batch_size) * cfg.epochs) as u64,
-        );
-        let fitted = fit(net, &mut task, &settings, &control, &mut |p| {
-            progress.set(
-                "train",
-                p.step as u64,
-                p.val_loss
-                    .map(|v| format!("step {}: validation loss {v:.4}", p.step)),
-            )
-        })?;
-        progress.finish("train");
-        let r = &fitted.report;
-        card.epochs = r.epochs;
-        card.steps = r.steps as u64;
-        card.train_loss = r.history.iter().skip(1).map(|p| p.train_loss).collect();
-        card.val_loss = r.history.iter().skip(1).map(|p| p.val_loss).collect();
-        card.stopped_at_budget = r.stopped_at_budget;
-        card.interrupted = r.interrupted;
-        card.seconds = r.seconds;
-        card.updated_unix = unix_time();
+        let net = diffusionparts::run(
+            net,
+            &mut task,
+            &settings,
+            opts,
+            t0,
+            "denoiser.ckpt",
+            &mut card,
+            progress,
+        )?;
         let model = CaloDiffusion {
             card,
             cfg,
-            net: fitted.best,
+            net,
             device,
             fast: std::sync::OnceLock::new(),
             macs_per_eval: std::sync::OnceLock::new(),

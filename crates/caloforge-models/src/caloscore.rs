@@ -14,10 +14,11 @@
 //! `docs/design/caloscore.md` §5.
 
 use crate::calodiffusion::{column, rows, DiffusionCard, Transform};
+use crate::diffusionparts;
 use crate::registry::{LikelihoodOptions, ModelInfo, PartTimer, StepTiming};
 use crate::{
-    read_showers, unix_time, write_text, Generator, ModelError, ModelKind, ModelOption, Preset,
-    Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
+    write_text, Generator, ModelError, ModelKind, ModelOption, Preset, Progress, Result,
+    SampleOptions, TrainOptions, TrainOutcome,
 };
 use burn::module::Module;
 use burn::store::SafetensorsStore;
@@ -438,21 +439,9 @@ impl ModelKind for CaloScoreKind {
         opts: &TrainOptions,
         progress: &dyn Progress,
     ) -> Result<TrainOutcome> {
-        let m = CaloScore::train(config, opts, progress)?;
-        let c = &m.card;
-        Ok(TrainOutcome {
-            lines: vec![format!(
-                "caloscore: {} parameters, {} steps ({} full epochs, {:.2} s per step overall), best validation loss {:.4}{}",
-                c.parameters,
-                c.steps,
-                c.epochs,
-                c.seconds / c.steps.max(1) as f64,
-                c.val_loss.iter().copied().fold(f64::INFINITY, f64::min),
-                crate::stop_note(c.interrupted, c.stopped_at_budget)
-            )],
-            complete: true,
-            interrupted: c.interrupted,
-        })
+        Ok(diffusionparts::outcome(
+            &CaloScore::train(config, opts, progress)?.card,
+        ))
     }
     fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
         Ok(Box::new(CaloScore::load(dir)?))
@@ -540,30 +529,33 @@ impl Task<ScoreNet> for ScoreTask<'_> {
     }
     fn validate(&mut self, net: &ScoreNet) -> f64 {
         let v = self.cfg.dataset.n_voxels();
-        let n = self.e.len();
         let valid = net.valid();
         let vdev = self.device.clone().inner();
-        let mut sum = 0.0;
-        let val_rows: Vec<usize> = (self.n_train..n).collect();
-        for (j, chunk) in val_rows.chunks(self.cfg.batch_size).enumerate() {
-            let xs: Vec<f32> = chunk
-                .iter()
-                .flat_map(|&i| self.x[i * v..(i + 1) * v].iter().copied())
-                .collect();
-            let es: Vec<f32> = chunk.iter().map(|&i| self.e[i]).collect();
-            let off = j * self.cfg.batch_size;
-            let l = CaloScore::loss(
-                &valid,
-                &self.cfg.sde,
-                &xs,
-                &es,
-                &self.val_t[off..off + chunk.len()],
-                &self.val_z[off * v..(off + chunk.len()) * v],
-                &vdev,
-            );
-            sum += l.into_data().iter::<f64>().next().unwrap_or(f64::NAN) * chunk.len() as f64;
-        }
-        sum / (n - self.n_train) as f64
+        diffusionparts::validation_loss(
+            self.n_train,
+            self.e.len(),
+            self.cfg.batch_size,
+            |rows, off| {
+                let xs: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&i| self.x[i * v..(i + 1) * v].iter().copied())
+                    .collect();
+                let es: Vec<f32> = rows.iter().map(|&i| self.e[i]).collect();
+                CaloScore::loss(
+                    &valid,
+                    &self.cfg.sde,
+                    &xs,
+                    &es,
+                    &self.val_t[off..off + rows.len()],
+                    &self.val_z[off * v..(off + rows.len()) * v],
+                    &vdev,
+                )
+                .into_data()
+                .iter::<f64>()
+                .next()
+                .unwrap_or(f64::NAN)
+            },
+        )
     }
 }
 
@@ -621,33 +613,11 @@ impl CaloScore {
     pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
         let cfg = CaloScoreConfig::from_toml(config)?;
         let t0 = Instant::now();
-        std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
-        let (e_inc, vox) = read_showers(&opts.data, cfg.dataset, opts.max_showers)?;
-        let n = e_inc.len();
-        if n < 2 {
-            return Err(ModelError::file(&opts.data, "need at least 2 showers"));
-        }
-        let v = cfg.dataset.n_voxels();
-        let tr = cfg.transform;
-        let x: Vec<f32> = vox
-            .chunks(v)
-            .zip(&e_inc)
-            .flat_map(|(row, &e)| row.iter().map(move |&u| tr.forward(u as f64, e)))
-            .collect();
-        drop(vox);
-        let e: Vec<f32> = e_inc.iter().map(|&x| tr.energy(x)).collect();
-        let n_val = ((n as f64 * cfg.validation_fraction).round() as usize).clamp(1, n - 1);
-        let n_train = n - n_val;
+        let p =
+            diffusionparts::prepare(opts, cfg.dataset, &cfg.transform, cfg.validation_fraction)?;
         let mut model = CaloScore::untrained(&cfg, opts.seed);
-        let mut card = DiffusionCard {
-            data_file: opts.data.display().to_string(),
-            data_sha256: crate::file_sha256(&opts.data)?,
-            n_train,
-            n_validation: n_val,
-            energy_range: Some(crate::energy_range(&e_inc)),
-            ..model.card.clone()
-        };
-        let mut task = ScoreTask::new(&cfg, &x, &e, n_train, opts.seed, &model.device);
+        let mut card = diffusionparts::card("caloscore", model.card.parameters, opts, &p)?;
+        let mut task = ScoreTask::new(&cfg, &p.x, &p.e, p.n_train, opts.seed, &model.device);
         let settings = TrainSettings {
             batch_size: cfg.batch_size,
             epochs: cfg.epochs,
@@ -655,34 +625,16 @@ impl CaloScore {
             eval_every: 0,
             grad_clip: None,
         };
-        let deadline = opts
-            .max_minutes
-            .map(|m| t0 + std::time::Duration::from_secs_f64(m * 60.0));
-        let control = opts.control(opts.seed, deadline, "score.ckpt");
-        progress.start(
-            "train",
-            "train caloscore",
-            (n_train.div_ceil(cfg.batch_size) * cfg.epochs) as u64,
-        );
-        let fitted = fit(model.net, &mut task, &settings, &control, &mut |p| {
-            progress.set(
-                "train",
-                p.step as u64,
-                p.val_loss
-                    .map(|v| format!("step {}: validation loss {v:.4}", p.step)),
-            )
-        })?;
-        progress.finish("train");
-        let r = &fitted.report;
-        card.epochs = r.epochs;
-        card.steps = r.steps as u64;
-        card.train_loss = r.history.iter().skip(1).map(|p| p.train_loss).collect();
-        card.val_loss = r.history.iter().skip(1).map(|p| p.val_loss).collect();
-        card.stopped_at_budget = r.stopped_at_budget;
-        card.interrupted = r.interrupted;
-        card.seconds = r.seconds;
-        card.updated_unix = unix_time();
-        model.net = fitted.best;
+        model.net = diffusionparts::run(
+            model.net,
+            &mut task,
+            &settings,
+            opts,
+            t0,
+            "score.ckpt",
+            &mut card,
+            progress,
+        )?;
         model.card = card;
         model.save(&opts.out)?;
         Ok(model)

@@ -17,6 +17,7 @@
 pub mod calodiffusion;
 pub mod caloflow;
 pub mod caloscore;
+mod diffusionparts;
 pub(crate) mod flowparts;
 /// Device (backend) selection, re-exported for the CLI.
 pub use caloforge_nn::device;
