@@ -22,7 +22,7 @@
 //! around the U-Net. On the CPU, sampling uses the plain-Rust engine `unet::fast`.
 
 use crate::diffusionparts;
-use crate::registry::{ModelInfo, PartTimer, StepTiming};
+use crate::registry::{ModelInfo, StepTiming};
 use crate::{
     unix_time, write_text, Generator, ModelError, ModelKind, ModelOption, Preset, Progress, Result,
     SampleOptions, TrainOptions, TrainOutcome,
@@ -37,7 +37,7 @@ use caloforge_nn::device::{backend, compute_device, inference_device, Backend, P
 use caloforge_nn::diffusion::{ddim_sample, ddpm_sample, NoiseSchedule, ScheduleKind};
 use caloforge_nn::glam::GlamNet;
 use caloforge_nn::schedule::LrSchedule;
-use caloforge_nn::train::{fit, Task, TrainSettings};
+use caloforge_nn::train::{Task, TrainSettings};
 use caloforge_nn::twin::Twin;
 use caloforge_nn::unet::fast::UNet as FastUNet;
 use caloforge_nn::unet::{UNet, UNetConfig};
@@ -719,33 +719,23 @@ impl CaloDiffusion {
         progress: &dyn Progress,
     ) -> Result<Vec<StepTiming>> {
         let bs = batch.unwrap_or(cfg.batch_size).max(1);
-        let (n_train, v) = (bs * (steps + 1), cfg.kind().n_voxels());
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let x: Vec<f32> = (0..(n_train + 1) * v)
-            .map(|_| rng.sample(StandardNormal))
-            .collect();
-        let e: Vec<f32> = (0..=n_train)
-            .map(|_| cfg.transform.energy(1e3 * 1e3f64.powf(rng.random::<f64>())))
-            .collect();
+        let n_train = bs * (steps + 1);
+        let (x, e) =
+            diffusionparts::synthetic(n_train + 1, cfg.kind().n_voxels(), &cfg.transform, seed);
         let device = compute_device(Precision::F32, seed);
         let net = Denoiser::new(cfg, &device)?;
         let mut task = DiffusionTask::new(cfg, &x, &e, n_train, seed, &device);
-        let control = caloforge_nn::train::Control {
-            seed,
-            ..Default::default()
-        };
-        let mut timer = PartTimer::new("denoiser", steps + 1, progress);
-        fit(
+        diffusionparts::time_steps(
             net,
             &mut task,
-            &TrainSettings::timing(bs, cfg.lr),
-            &control,
-            &mut |p| timer.tick(&p),
-        )?;
-        Ok(vec![timer.finish(
-            &format!("denoising loss ({:?} backend)", backend()).to_lowercase(),
             bs,
-        )?])
+            cfg.lr,
+            steps,
+            seed,
+            "denoiser",
+            "denoising loss",
+            progress,
+        )
     }
 
     /// Trains a denoiser from a configuration into `opts.out` through the one training loop

@@ -15,7 +15,7 @@
 
 use crate::calodiffusion::{column, rows, DiffusionCard, Transform};
 use crate::diffusionparts;
-use crate::registry::{LikelihoodOptions, ModelInfo, PartTimer, StepTiming};
+use crate::registry::{LikelihoodOptions, ModelInfo, StepTiming};
 use crate::{
     write_text, Generator, ModelError, ModelKind, ModelOption, Preset, Progress, Result,
     SampleOptions, TrainOptions, TrainOutcome,
@@ -30,7 +30,7 @@ use caloforge_nn::schedule::LrSchedule;
 use caloforge_nn::sde::{
     log_likelihood, ode_sample, pc_sample, OdeSolver, PcConfig, Score, ScoreVjp, Sde, Trace,
 };
-use caloforge_nn::train::{fit, Task, TrainSettings};
+use caloforge_nn::train::{Task, TrainSettings};
 use caloforge_nn::twin::Twin;
 use caloforge_nn::unet::score::{ScoreNet, ScoreNetConfig};
 use caloforge_nn::unet::score_fast::ScoreNet as FastScoreNet;
@@ -582,31 +582,23 @@ impl CaloScore {
         progress: &dyn Progress,
     ) -> Result<Vec<StepTiming>> {
         let bs = batch.unwrap_or(cfg.batch_size).max(1);
-        let (n_train, v) = (bs * (steps + 1), cfg.dataset.n_voxels());
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let x: Vec<f32> = (0..(n_train + 1) * v)
-            .map(|_| rng.sample(StandardNormal))
-            .collect();
-        let e: Vec<f32> = (0..=n_train).map(|_| rng.random::<f32>()).collect();
+        let n_train = bs * (steps + 1);
+        let (x, e) =
+            diffusionparts::synthetic(n_train + 1, cfg.dataset.n_voxels(), &cfg.transform, seed);
         let device = compute_device(Precision::F32, seed);
         let net = ScoreNet::new(&cfg.net(), seed, &device);
         let mut task = ScoreTask::new(cfg, &x, &e, n_train, seed, &device);
-        let control = caloforge_nn::train::Control {
-            seed,
-            ..Default::default()
-        };
-        let mut timer = PartTimer::new("score network", steps + 1, progress);
-        fit(
+        diffusionparts::time_steps(
             net,
             &mut task,
-            &TrainSettings::timing(bs, cfg.lr),
-            &control,
-            &mut |p| timer.tick(&p),
-        )?;
-        Ok(vec![timer.finish(
-            &format!("score matching ({:?} backend)", backend()).to_lowercase(),
             bs,
-        )?])
+            cfg.lr,
+            steps,
+            seed,
+            "score network",
+            "score matching",
+            progress,
+        )
     }
 
     /// Trains from a configuration into `opts.out` (checkpoint `checkpoints/score.ckpt`).

@@ -148,3 +148,50 @@ pub(crate) fn validation_loss(
     }
     sum / (n - n_train).max(1) as f64
 }
+
+/// Synthetic training data for timing a step: `n` standard-normal showers of `v` voxels and
+/// the conditions of log-uniform 1 GeV – 1 TeV energies (a step costs the same whatever the
+/// values).
+pub(crate) fn synthetic(n: usize, v: usize, tr: &Transform, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let x = (0..n * v)
+        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
+        .collect();
+    let e = (0..n)
+        .map(|_| tr.energy(1e3 * 1e3f64.powf(rng.random::<f64>())))
+        .collect();
+    (x, e)
+}
+
+/// Times `steps` optimizer steps (after one untimed) of `net` on `task` at batch `bs` through
+/// the one training loop; `part` names the network, `what` the loss.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn time_steps<M: Module, T: Task<M>>(
+    net: M,
+    task: &mut T,
+    bs: usize,
+    lr: f64,
+    steps: usize,
+    seed: u64,
+    part: &str,
+    what: &str,
+    progress: &dyn Progress,
+) -> Result<Vec<crate::registry::StepTiming>> {
+    let control = caloforge_nn::train::Control {
+        seed,
+        ..Default::default()
+    };
+    let mut timer = crate::registry::PartTimer::new(part, steps + 1, progress);
+    fit(
+        net,
+        task,
+        &TrainSettings::timing(bs, lr),
+        &control,
+        &mut |p| timer.tick(&p),
+    )?;
+    let backend = format!("{:?}", caloforge_nn::device::backend()).to_lowercase();
+    Ok(vec![
+        timer.finish(&format!("{what} ({backend} backend)"), bs)?
+    ])
+}

@@ -593,6 +593,7 @@ pub struct Likelihood {
 /// log p(x) of each row of `x` (dimension `d`) under the model: the probability-flow ODE
 /// integrated from t = eps to 1 with the divergence of its drift,
 /// log p_eps(x) = log p_1(x(1)) + ∫_eps^1 ∇·F(x(t), t) dt.
+#[allow(clippy::too_many_arguments)]
 pub fn log_likelihood(
     sde: &Sde,
     x: &[f32],
