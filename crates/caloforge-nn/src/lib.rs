@@ -23,6 +23,7 @@ pub mod sde;
 pub mod train;
 pub mod twin;
 pub mod unet;
+pub mod vdiffusion;
 pub mod weights;
 
 pub use burn;
