@@ -707,5 +707,7 @@ impl Generator for CaloScore {
     }
 }
 
+pub mod prep;
+
 #[cfg(test)]
 mod tests;
