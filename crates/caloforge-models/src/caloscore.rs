@@ -667,6 +667,26 @@ impl Generator for CaloScore {
     fn trained_energy_range(&self) -> Option<(f64, f64)> {
         self.card.energy_range
     }
+    fn macs_per_shower(&self, opts: &SampleOptions) -> Option<f64> {
+        // One network evaluation counted by the kernels, times the sampler's evaluations (the
+        // adaptive ODE's count depends on the shower: not counted).
+        if backend() != Backend::Cpu {
+            return None;
+        }
+        let calls = match self.sampler(opts).ok()? {
+            ScoreSampler::Pc => PcConfig {
+                steps: opts.steps.unwrap_or(self.cfg.pc.steps),
+                ..self.cfg.pc
+            }
+            .calls(),
+            ScoreSampler::Heun => 2 * opts.steps.unwrap_or(self.cfg.heun_steps),
+            ScoreSampler::Ode => return None,
+        };
+        let fast = self.fast.get_or_init(|| self.net.valid().twin());
+        let x = vec![0.0f32; self.cfg.dataset.n_voxels()];
+        let per = caloforge_nn::kernels::macs::count(|| fast.forward_one(&x, 0.5, 0.5)).1;
+        Some(per as f64 * calls as f64)
+    }
     fn sample(
         &self,
         energies: &[f64],
