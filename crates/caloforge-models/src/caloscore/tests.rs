@@ -1,6 +1,7 @@
 use super::*;
-use crate::{preset_text, NoProgress};
+use crate::{preset_text, read_showers, NoProgress};
 use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
+use rand::{Rng, SeedableRng};
 
 #[test]
 fn presets_parse() {
@@ -161,4 +162,51 @@ fn models_without_a_density_refuse_likelihoods() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not compute likelihoods"), "{e}");
+}
+
+/// Diagnostic (run by hand): CALOSCORE_DIAG=RUN,SHOWERS.h5 prints the denoising loss of the
+/// burn network and of its fast twin at several t on the first showers of the file.
+#[test]
+#[ignore]
+fn diagnose_denoising_by_t() {
+    let Ok(spec) = std::env::var("CALOSCORE_DIAG") else {
+        return;
+    };
+    let (run, file) = spec.split_once(',').unwrap();
+    let m = CaloScore::load(std::path::Path::new(run)).unwrap();
+    let (e_inc, vox) = read_showers(std::path::Path::new(file), DatasetKind::Ds2, Some(8)).unwrap();
+    let tr = m.cfg.transform;
+    let x: Vec<f32> = vox
+        .chunks(6480)
+        .zip(&e_inc)
+        .flat_map(|(r, &e)| r.iter().map(move |&u| tr.forward(u as f64, e)))
+        .collect();
+    let e: Vec<f32> = e_inc.iter().map(|&v| tr.energy(v)).collect();
+    let dev = m.device.clone().inner();
+    let net = m.net.valid();
+    let fast = net.twin();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for t in [1e-4, 1e-3, 1e-2, 0.1, 0.3, 0.6, 0.9] {
+        let tt = vec![t; 8];
+        let z: Vec<f32> = (0..x.len()).map(|_| rng.sample(StandardNormal)).collect();
+        let lb = CaloScore::loss(&net, &m.cfg.sde, &x, &e, &tt, &z, &dev)
+            .into_data()
+            .iter::<f64>()
+            .next()
+            .unwrap();
+        let (mm, s) = m.cfg.sde.marginal(t);
+        let xt: Vec<f32> = x
+            .iter()
+            .zip(&z)
+            .map(|(&a, &b)| (mm * a as f64 + s * b as f64) as f32)
+            .collect();
+        let o = fast.forward(&xt, &vec![t as f32; 8], &e);
+        let lf = o
+            .iter()
+            .zip(&z)
+            .map(|(a, b)| ((a + b) as f64).powi(2))
+            .sum::<f64>()
+            / o.len() as f64;
+        eprintln!("t {t:e}: burn loss {lb:.4}, fast loss {lf:.4}");
+    }
 }
