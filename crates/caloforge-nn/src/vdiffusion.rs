@@ -75,6 +75,9 @@ pub fn ddim_step(z: &[f32], v: &[f32], from: (f64, f64), to: (f64, f64)) -> (Vec
     (zn, xh)
 }
 
+/// A v-prediction network over rows: v(x, per-row t, row indices in the batch).
+pub type VNet<'a> = dyn FnMut(&[f32], &[f64], &[usize]) -> Vec<f32> + 'a;
+
 /// DDIM sampling with `steps` network calls at t = k/N, k = N … 1, from x ~ N(0, 1); returns
 /// the last x̂ (the reference's output). `v(x, t, rows)` is the network (per-row time, row
 /// indices in the batch); row k draws its start from `rngs[k]`.
@@ -83,7 +86,7 @@ pub fn ddim_v_sample(
     d: usize,
     steps: usize,
     rngs: &mut [ChaCha8Rng],
-    v: &mut dyn FnMut(&[f32], &[f64], &[usize]) -> Vec<f32>,
+    v: &mut VNet,
 ) -> Vec<f32> {
     let n = rngs.len();
     let rows: Vec<usize> = (0..n).collect();

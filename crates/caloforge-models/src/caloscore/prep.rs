@@ -74,9 +74,9 @@ impl Normaliser {
         let mut min = vec![f64::INFINITY; d];
         let mut max = vec![f64::NEG_INFINITY; d];
         for r in rows.chunks(d) {
-            for k in 0..d {
-                min[k] = min[k].min(r[k]);
-                max[k] = max[k].max(r[k]);
+            for ((lo, hi), &v) in min.iter_mut().zip(max.iter_mut()).zip(r) {
+                *lo = lo.min(v);
+                *hi = hi.max(v);
             }
         }
         let mut me = Normaliser {
@@ -95,14 +95,14 @@ impl Normaliser {
             })
             .collect();
         for r in logits.chunks(d) {
-            for k in 0..d {
-                me.mean[k] += r[k] / n;
+            for (m, &l) in me.mean.iter_mut().zip(r) {
+                *m += l / n;
             }
         }
         let mut var = vec![0.0; d];
         for r in logits.chunks(d) {
-            for k in 0..d {
-                var[k] += (r[k] - me.mean[k]).powi(2) / n;
+            for ((v, &m), &l) in var.iter_mut().zip(&me.mean).zip(r) {
+                *v += (l - m).powi(2) / n;
             }
         }
         me.std = var.into_iter().map(f64::sqrt).collect();
