@@ -327,84 +327,6 @@ impl CaloScore {
         progress.finish("generate");
         Ok(out)
     }
-
-    /// log p of each shower (nats), over the voxel energies in MeV: the probability-flow ODE's
-    /// log-density of the preprocessed shower plus the log-Jacobian of the preprocessing.
-    /// Shower j draws its Hutchinson probe from `shower_rng(seed, first + j)`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn log_likelihood(
-        &self,
-        energies: &[f64],
-        showers: &[f32],
-        seed: u64,
-        first: u64,
-        batch: usize,
-        opts: &LikelihoodOptions,
-        progress: &dyn Progress,
-    ) -> Result<Vec<f64>> {
-        let v = self.cfg.dataset.n_voxels();
-        if showers.len() != energies.len() * v {
-            return Err(ModelError::Config(format!(
-                "{} showers of {v} voxels expected",
-                energies.len()
-            )));
-        }
-        let tr = self.cfg.transform;
-        let dev = self.device.clone();
-        let solver = OdeSolver::Rk45 {
-            rtol: opts.rtol,
-            atol: opts.atol,
-        };
-        let trace = if opts.exact_trace {
-            Trace::Exact
-        } else {
-            Trace::Hutchinson
-        };
-        let batch = batch.max(1);
-        let mut out = Vec::with_capacity(energies.len());
-        progress.start("likelihood", "likelihood", energies.len() as u64);
-        for (ci, chunk) in energies.chunks(batch).enumerate() {
-            let off = ci * batch;
-            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
-                .map(|j| crate::shower_rng(seed, first + (off + j) as u64))
-                .collect();
-            let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
-            let raw = &showers[off * v..(off + chunk.len()) * v];
-            let x: Vec<f32> = raw
-                .chunks(v)
-                .zip(chunk)
-                .flat_map(|(r, &ei)| r.iter().map(move |&u| tr.forward(u as f64, ei)))
-                .collect();
-            let mut score = NetScore {
-                net: &self.net,
-                fast: None,
-                dev: dev.clone(),
-                sde: self.cfg.sde,
-                e: &e,
-            };
-            let l = log_likelihood(
-                &self.cfg.sde,
-                &x,
-                v,
-                &solver,
-                ODE_EPS,
-                trace,
-                &mut rngs,
-                &mut score,
-            );
-            for ((lp, r), &ei) in l.log_likelihood.iter().zip(raw.chunks(v)).zip(chunk) {
-                out.push(
-                    lp + r
-                        .iter()
-                        .map(|&u| tr.log_jacobian(u as f64, ei))
-                        .sum::<f64>(),
-                );
-            }
-            progress.set("likelihood", (off + chunk.len()) as u64, None);
-        }
-        progress.finish("likelihood");
-        Ok(out)
-    }
 }
 
 /// The family in the registry.
@@ -699,6 +621,9 @@ impl Generator for CaloScore {
         let sampler = self.sampler(opts)?;
         self.sample_with(energies, seed, first, batch, sampler, opts.steps, progress)
     }
+    /// log p of each shower (nats), over the voxel energies in MeV: the probability-flow ODE's
+    /// log-density of the preprocessed shower plus the log-Jacobian of the preprocessing.
+    /// Shower j draws its Hutchinson probe from `shower_rng(seed, first + j)`.
     fn log_likelihood(
         &self,
         energies: &[f64],
@@ -709,7 +634,68 @@ impl Generator for CaloScore {
         opts: &LikelihoodOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<f64>> {
-        CaloScore::log_likelihood(self, energies, showers, seed, first, batch, opts, progress)
+        let v = self.cfg.dataset.n_voxels();
+        if showers.len() != energies.len() * v {
+            return Err(ModelError::Config(format!(
+                "{} showers of {v} voxels expected",
+                energies.len()
+            )));
+        }
+        let tr = self.cfg.transform;
+        let dev = self.device.clone();
+        let solver = OdeSolver::Rk45 {
+            rtol: opts.rtol,
+            atol: opts.atol,
+        };
+        let trace = if opts.exact_trace {
+            Trace::Exact
+        } else {
+            Trace::Hutchinson
+        };
+        let batch = batch.max(1);
+        let mut out = Vec::with_capacity(energies.len());
+        progress.start("likelihood", "likelihood", energies.len() as u64);
+        for (ci, chunk) in energies.chunks(batch).enumerate() {
+            let off = ci * batch;
+            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
+                .map(|j| crate::shower_rng(seed, first + (off + j) as u64))
+                .collect();
+            let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
+            let raw = &showers[off * v..(off + chunk.len()) * v];
+            let x: Vec<f32> = raw
+                .chunks(v)
+                .zip(chunk)
+                .flat_map(|(r, &ei)| r.iter().map(move |&u| tr.forward(u as f64, ei)))
+                .collect();
+            let mut score = NetScore {
+                net: &self.net,
+                fast: None,
+                dev: dev.clone(),
+                sde: self.cfg.sde,
+                e: &e,
+            };
+            let l = log_likelihood(
+                &self.cfg.sde,
+                &x,
+                v,
+                &solver,
+                ODE_EPS,
+                trace,
+                &mut rngs,
+                &mut score,
+            );
+            for ((lp, r), &ei) in l.log_likelihood.iter().zip(raw.chunks(v)).zip(chunk) {
+                out.push(
+                    lp + r
+                        .iter()
+                        .map(|&u| tr.log_jacobian(u as f64, ei))
+                        .sum::<f64>(),
+                );
+            }
+            progress.set("likelihood", (off + chunk.len()) as u64, None);
+        }
+        progress.finish("likelihood");
+        Ok(out)
     }
     fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;

@@ -232,12 +232,7 @@ pub fn ddim_sample(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rngs(n: usize, seed: u64) -> Vec<ChaCha8Rng> {
-        (0..n)
-            .map(|k| caloforge_core::rng::shower_rng(seed, k as u64))
-            .collect()
-    }
+    use crate::testutil::{moments, rngs};
 
     #[test]
     fn cosine_schedule_matches_closed_form() {
@@ -303,15 +298,6 @@ mod tests {
                 })
                 .collect()
         }
-    }
-
-    fn moments(x: &[f32]) -> (f64, f64) {
-        let n = x.len() as f64;
-        let m = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-        (
-            m,
-            (x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n).sqrt(),
-        )
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub mod ops;
 pub mod optim;
 pub mod schedule;
 pub mod sde;
+#[cfg(test)]
+mod testutil;
 pub mod train;
 pub mod twin;
 pub mod unet;

@@ -142,12 +142,7 @@ pub fn distill_target(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rngs(n: usize, seed: u64) -> Vec<ChaCha8Rng> {
-        (0..n)
-            .map(|k| caloforge_core::rng::shower_rng(seed, k as u64))
-            .collect()
-    }
+    use crate::testutil::{moments, rngs};
 
     #[test]
     fn schedule_endpoints_and_closed_form() {
@@ -188,15 +183,6 @@ mod tests {
                 })
                 .collect()
         }
-    }
-
-    fn moments(x: &[f32]) -> (f64, f64) {
-        let n = x.len() as f64;
-        let m = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-        (
-            m,
-            (x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n).sqrt(),
-        )
     }
 
     #[test]

@@ -1,18 +1,6 @@
 use super::*;
+use crate::testutil::{moments, rngs};
 use nalgebra::{Matrix3, Vector3};
-
-fn rngs(n: usize, seed: u64) -> Vec<ChaCha8Rng> {
-    (0..n)
-        .map(|k| caloforge_core::rng::shower_rng(seed, k as u64))
-        .collect()
-}
-
-fn moments(x: &[f32]) -> (f64, f64) {
-    let n = x.len() as f64;
-    let m = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let v = x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n;
-    (m, v.sqrt())
-}
 
 /// The exact score of data N(μ, Σ) (dimension 3) under `sde`:
 /// s_t(x) = −(m²Σ + s²I)⁻¹(x − mμ), with (m, s) the SDE's marginal at t.
