@@ -60,6 +60,16 @@ impl DatasetKind {
         }
     }
 
+    /// The regular (layer, α, r) grid of datasets 2 and 3 (45 × 16 × 9, 45 × 50 × 18); `None` for
+    /// dataset 1, whose layers differ.
+    pub fn regular_grid(self) -> Option<[usize; 3]> {
+        match self {
+            Self::Ds2 => Some([45, 16, 9]),
+            Self::Ds3 => Some([45, 50, 18]),
+            Self::Photons1 | Self::Pions1 => None,
+        }
+    }
+
     /// Per-voxel threshold (MeV) below which voxels are zeroed before any metric.
     pub fn min_energy(self) -> f64 {
         match self {

@@ -188,11 +188,10 @@ impl CaloDiffusionConfig {
     }
     /// The grid the U-Net sees: the detector's for datasets 2/3, GLaM's for dataset 1.
     fn shape(&self) -> [usize; 3] {
-        match self.kind() {
-            DatasetKind::Ds2 => [45, 16, 9],
-            DatasetKind::Ds3 => [45, 50, 18],
-            _ => self.glam().map(|g| g.shape()).unwrap_or([1, 1, 1]),
-        }
+        self.kind()
+            .regular_grid()
+            .or_else(|| self.glam().map(|g| g.shape()))
+            .unwrap_or([1, 1, 1])
     }
     /// Location channels: layer and radius, plus the angle for dataset 1 (the reference's
     /// PHI_INPUT).

@@ -120,10 +120,8 @@ impl CaloScoreConfig {
         Ok(c)
     }
     fn shape(&self) -> [usize; 3] {
-        match self.dataset {
-            DatasetKind::Ds3 => [45, 50, 18],
-            _ => [45, 16, 9],
-        }
+        // from_toml admits datasets 2 and 3 only.
+        self.dataset.regular_grid().unwrap_or([45, 16, 9])
     }
     fn net(&self) -> ScoreNetConfig {
         ScoreNetConfig {
@@ -159,9 +157,15 @@ struct NetScore<'a> {
 }
 
 impl NetScore<'_> {
-    fn inputs(&self, t: &[f64], rows_: &[usize]) -> (Tensor<2>, Tensor<2>) {
-        let tv: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        let ev: Vec<f32> = rows_.iter().map(|&r| self.e[r]).collect();
+    /// The network's time and energy inputs of the rows `rows_`.
+    fn inputs(&self, t: &[f64], rows_: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let tv = t.iter().map(|&v| v as f32).collect();
+        let ev = rows_.iter().map(|&r| self.e[r]).collect();
+        (tv, ev)
+    }
+    /// [`NetScore::inputs`] as burn columns.
+    fn columns(&self, t: &[f64], rows_: &[usize]) -> (Tensor<2>, Tensor<2>) {
+        let (tv, ev) = self.inputs(t, rows_);
         (column(tv, &self.dev), column(ev, &self.dev))
     }
     fn divide(&self, out: Vec<f32>, t: &[f64]) -> Vec<f32> {
@@ -179,11 +183,10 @@ impl NetScore<'_> {
 impl Score for NetScore<'_> {
     fn score(&mut self, x: &[f32], t: &[f64], rows_: &[usize]) -> Vec<f32> {
         if let Some(f) = self.fast {
-            let tv: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-            let ev: Vec<f32> = rows_.iter().map(|&r| self.e[r]).collect();
+            let (tv, ev) = self.inputs(t, rows_);
             return self.divide(f.forward(x, &tv, &ev), t);
         }
-        let (tt, et) = self.inputs(t, rows_);
+        let (tt, et) = self.columns(t, rows_);
         let out: Vec<f32> = self
             .net
             .forward(rows(x.to_vec(), t.len(), &self.dev), tt, et)
@@ -203,7 +206,7 @@ impl ScoreVjp for NetScore<'_> {
         v: &[f32],
     ) -> (Vec<f32>, Vec<f32>) {
         let n = t.len();
-        let (tt, et) = self.inputs(t, rows_);
+        let (tt, et) = self.columns(t, rows_);
         let xt = rows(x.to_vec(), n, &self.dev).require_grad();
         let out = self.net.forward(xt.clone(), tt, et);
         let obj = (out.clone() * rows(v.to_vec(), n, &self.dev)).sum();

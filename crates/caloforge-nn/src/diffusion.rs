@@ -138,7 +138,9 @@ impl NoiseSchedule {
     }
 }
 
-fn normals(rngs: &mut [ChaCha8Rng], d: usize, out: &mut [f32]) {
+/// Fills row k of `out` (width `d`) with standard normals from `rngs[k]` (the samplers' one
+/// per-shower noise draw).
+pub(crate) fn normals(rngs: &mut [ChaCha8Rng], d: usize, out: &mut [f32]) {
     for (r, row) in rngs.iter_mut().zip(out.chunks_mut(d)) {
         for v in row {
             *v = r.sample::<f32, _>(StandardNormal);

@@ -15,9 +15,9 @@
 //! depend on the batch split (except with [`StepNorm::BatchMean`], the reference's batch-wide
 //! Langevin step, offered for fidelity).
 
+use crate::diffusion::normals;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
 
 /// A forward noising SDE dx = f(x, t) dt + g(t) dw on t ∈ [0, 1], with f linear in x.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -237,14 +237,6 @@ impl PcConfig {
         match self.variant {
             PcVariant::Reference => self.steps,
             PcVariant::Fresh => 2 * self.steps,
-        }
-    }
-}
-
-fn normals(rngs: &mut [ChaCha8Rng], d: usize, out: &mut [f32]) {
-    for (r, row) in rngs.iter_mut().zip(out.chunks_mut(d)) {
-        for v in row {
-            *v = r.sample::<f32, _>(StandardNormal);
         }
     }
 }

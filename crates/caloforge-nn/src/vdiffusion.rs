@@ -4,9 +4,7 @@
 //! v = α z − σ x, deterministic DDIM in (α, σ) form, and the progressive-distillation target of
 //! Salimans & Ho (two teacher DDIM half-steps → one student step).
 
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
 
 /// The cosine log-SNR schedule λ(t) = −2 ln tan(a t + b), λ(0) = λ_max, λ(1) = λ_min.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -90,14 +88,8 @@ pub fn ddim_v_sample(
 ) -> Vec<f32> {
     let n = rngs.len();
     let rows: Vec<usize> = (0..n).collect();
-    let mut x: Vec<f32> = rngs
-        .iter_mut()
-        .flat_map(|r| {
-            (0..d)
-                .map(|_| r.sample::<f32, _>(StandardNormal))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut x = vec![0.0f32; n * d];
+    crate::diffusion::normals(rngs, d, &mut x);
     let steps = steps.max(1);
     let mut x0 = x.clone();
     for k in (1..=steps).rev() {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::testutil::{moments, rngs};
+use rand_distr::StandardNormal;
 use nalgebra::{Matrix3, Vector3};
 
 /// The exact score of data N(μ, Σ) (dimension 3) under `sde`:
