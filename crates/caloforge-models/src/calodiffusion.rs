@@ -753,6 +753,7 @@ impl CaloDiffusion {
             schedule: LrSchedule::Constant { lr: cfg.lr },
             eval_every: 0,
             grad_clip: None,
+            ..Default::default()
         };
         let net = diffusionparts::run(
             net,

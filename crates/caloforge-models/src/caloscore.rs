@@ -541,6 +541,7 @@ impl CaloScore {
             schedule: LrSchedule::Constant { lr: cfg.lr },
             eval_every: 0,
             grad_clip: None,
+            ..Default::default()
         };
         model.net = diffusionparts::run(
             model.net,

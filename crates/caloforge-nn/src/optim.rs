@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{AdamState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer};
 use burn::tensor::{Device, Tensor};
 
@@ -51,15 +52,10 @@ impl CycledAdam {
         }
     }
 
-    /// The whole-module optimizer, clipping the gradients' global norm to `grad_clip` if set.
+    /// The whole-module optimizer, clipping each gradient tensor's norm to `grad_clip` if set
+    /// (burn's clipping is per parameter tensor, as Keras' `clip_by_norm`).
     pub fn into_module_optimizer(self, grad_clip: Option<f64>) -> ModuleOptimizer {
-        let optim = ModuleOptimizer::from(self);
-        match grad_clip {
-            Some(c) => optim.with_grad_clipping(
-                burn::optim::grad_clipping::GradientClippingConfig::Norm(c as f32).init(),
-            ),
-            None => optim,
-        }
+        with_clip(ModuleOptimizer::from(self), grad_clip)
     }
 }
 
@@ -113,6 +109,115 @@ impl Optimizer for CycledAdam {
     }
 }
 
+/// Keras' Adamax (CaloScore v2's optimizer): m = β1 m + (1 − β1) g, u = max(β2 u, |g|),
+/// p −= lr/(1 − β1ᵗ) · m/(u + ε), with β1 = 0.9, β2 = 0.999 and Keras' ε = 1e-7. Its state is
+/// burn's [`AdamState`] (u in the second moment).
+#[derive(Clone, Debug)]
+pub struct Adamax {
+    beta1: f64,
+    beta2: f64,
+    epsilon: f64,
+}
+
+impl Default for Adamax {
+    fn default() -> Self {
+        Adamax {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+        }
+    }
+}
+
+impl Adamax {
+    /// The whole-module optimizer, clipping each gradient tensor's norm to `grad_clip` if set.
+    pub fn into_module_optimizer(self, grad_clip: Option<f64>) -> ModuleOptimizer {
+        with_clip(ModuleOptimizer::from(self), grad_clip)
+    }
+}
+
+fn with_clip(optim: ModuleOptimizer, grad_clip: Option<f64>) -> ModuleOptimizer {
+    match grad_clip {
+        Some(c) => optim.with_grad_clipping(
+            burn::optim::grad_clipping::GradientClippingConfig::Norm(c as f32).init(),
+        ),
+        None => optim,
+    }
+}
+
+impl Optimizer for Adamax {
+    type State<const D: usize> = AdamState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let (b1, b2) = (self.beta1, self.beta2);
+        let m = match state {
+            Some(AdamState { mut momentum }) => {
+                momentum.moment_1 = momentum
+                    .moment_1
+                    .mul_scalar(b1)
+                    .add(grad.clone().mul_scalar(1.0 - b1));
+                momentum.moment_2 = momentum.moment_2.mul_scalar(b2).max_pair(grad.abs());
+                momentum.time += 1;
+                momentum
+            }
+            None => AdaptiveMomentumState::new(1, grad.clone().mul_scalar(1.0 - b1), grad.abs()),
+        };
+        let factor = lr / (1.0 - b1.powi(m.time as i32));
+        let update = m
+            .moment_1
+            .clone()
+            .mul_scalar(factor)
+            .div(m.moment_2.clone().add_scalar(self.epsilon));
+        (tensor - update, Some(AdamState::new(m)))
+    }
+
+    fn to_device<const D: usize>(mut state: Self::State<D>, device: &Device) -> Self::State<D> {
+        state.momentum = state.momentum.to_device(device);
+        state
+    }
+}
+
+/// One step of an exponential moving average of weights: every float parameter of `ema`
+/// becomes `decay·ema + (1 − decay)·model` (detached from any autodiff graph). `ema` and
+/// `model` must be the same network (parameters are matched in visiting order).
+pub fn ema_update<M: Module>(ema: M, model: &M, decay: f64) -> M {
+    struct Collect(Vec<Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().detach().flatten::<1>(0, D - 1));
+        }
+    }
+    struct Blend {
+        w: std::vec::IntoIter<Tensor<1>>,
+        decay: f64,
+    }
+    impl ModuleMapper for Blend {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let w = self.w.next().expect("EMA of a different network");
+            let d = self.decay;
+            param.map(|e| {
+                let dims = e.dims();
+                e.detach()
+                    .mul_scalar(d)
+                    .add(w.reshape(dims).mul_scalar(1.0 - d))
+                    .detach()
+            })
+        }
+    }
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    ema.map(&mut Blend {
+        w: c.0.into_iter(),
+        decay,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +264,65 @@ mod tests {
                 pe[i]
             );
         }
+    }
+
+    /// Three Keras Adamax steps written out in f64.
+    #[test]
+    fn adamax_matches_keras() {
+        let device = Device::default();
+        let opt = Adamax::default();
+        let p0 = [0.5f64, -1.25, 2.0];
+        let grads = [[0.3f64, -0.2, 1e-3], [-0.1, 0.4, 2e-3], [0.25, 0.05, -5e-4]];
+        let lr = 2e-2;
+        let mut p =
+            Tensor::<1>::from_data(TensorData::new(p0.map(|v| v as f32).to_vec(), [3]), &device);
+        let mut state = None;
+        let (mut pe, mut m, mut u) = (p0, [0.0f64; 3], [0.0f64; 3]);
+        for (k, g) in grads.iter().enumerate() {
+            let gt =
+                Tensor::<1>::from_data(TensorData::new(g.map(|v| v as f32).to_vec(), [3]), &device);
+            let (np, ns) = opt.step(lr, p, gt, state);
+            (p, state) = (np, ns);
+            for i in 0..3 {
+                let gi = g[i] as f32 as f64;
+                m[i] = 0.9 * m[i] + 0.1 * gi;
+                u[i] = (0.999 * u[i]).max(gi.abs());
+                pe[i] -= lr / (1.0 - 0.9f64.powi(k as i32 + 1)) * m[i] / (u[i] + 1e-7);
+            }
+        }
+        let got: Vec<f32> = p.into_data().try_to_vec().unwrap();
+        for i in 0..3 {
+            assert!(
+                (got[i] as f64 - pe[i]).abs() < 1e-6,
+                "{i}: {} vs {}",
+                got[i],
+                pe[i]
+            );
+        }
+    }
+
+    #[derive(burn::module::Module, Debug)]
+    struct Pair {
+        a: Param<Tensor<2>>,
+        b: Param<Tensor<1>>,
+    }
+
+    #[test]
+    fn ema_blends_every_parameter() {
+        let device = Device::default();
+        let pair = |a: [f32; 4], b: [f32; 2]| Pair {
+            a: Param::from_tensor(Tensor::from_data(
+                TensorData::new(a.to_vec(), [2, 2]),
+                &device,
+            )),
+            b: Param::from_tensor(Tensor::from_data(TensorData::new(b.to_vec(), [2]), &device)),
+        };
+        let ema = pair([1.0, 2.0, 3.0, 4.0], [0.0, 10.0]);
+        let model = pair([3.0, 2.0, 1.0, 0.0], [10.0, 0.0]);
+        let out = ema_update(ema, &model, 0.75);
+        let a: Vec<f32> = out.a.val().into_data().try_to_vec().unwrap();
+        let b: Vec<f32> = out.b.val().into_data().try_to_vec().unwrap();
+        assert_eq!(a, vec![1.5, 2.0, 2.5, 3.0]);
+        assert_eq!(b, vec![2.5, 7.5]);
     }
 }

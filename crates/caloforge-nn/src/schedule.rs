@@ -61,6 +61,14 @@ pub enum LrSchedule {
         /// Factor.
         gamma: f64,
     },
+    /// Keras `CosineDecay` with alpha 0: lr·½(1 + cos(π·min(step, decay_steps)/decay_steps)),
+    /// zero from decay_steps on.
+    Cosine {
+        /// Initial rate.
+        lr: f64,
+        /// Steps to reach zero.
+        decay_steps: usize,
+    },
 }
 
 fn pct_default() -> f64 {
@@ -152,6 +160,13 @@ impl LrSchedule {
                 rate("lr", *lr)?;
                 factor("gamma", *gamma)
             }
+            LrSchedule::Cosine { lr, decay_steps } => {
+                rate("lr", *lr)?;
+                if *decay_steps == 0 {
+                    return Err("decay_steps must be > 0".into());
+                }
+                Ok(())
+            }
         }
     }
 
@@ -192,6 +207,10 @@ impl LrSchedule {
                 milestones,
                 gamma,
             } => lr * gamma.powi(milestones.iter().filter(|&&m| step >= m).count() as i32),
+            LrSchedule::Cosine { lr, decay_steps } => {
+                let d = (*decay_steps).max(1);
+                cos_anneal(*lr, 0.0, step.min(d) as f64 / d as f64)
+            }
         }
     }
 
@@ -344,5 +363,28 @@ mod tests {
         assert!(
             matches!(p, LrSchedule::OneCycle { pct_start, div_factor, .. } if pct_start == 0.3 && div_factor == 25.0)
         );
+    }
+
+    /// Keras CosineDecay(3e-4, 100): hand values at 0, a quarter, half, the end and beyond.
+    #[test]
+    fn cosine_decay_hand_values() {
+        let s = LrSchedule::Cosine {
+            lr: 3e-4,
+            decay_steps: 100,
+        };
+        assert!(close(s.lr(0), 3e-4));
+        assert!(close(
+            s.lr(25),
+            3e-4 * 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2)
+        ));
+        assert!(close(s.lr(50), 1.5e-4));
+        assert_eq!(s.lr(100), 0.0);
+        assert_eq!(s.lr(1000), 0.0);
+        assert!(s.beta1(10).is_none());
+        let bad = LrSchedule::Cosine {
+            lr: 1e-3,
+            decay_steps: 0,
+        };
+        assert!(bad.validate().unwrap_err().contains("decay_steps"));
     }
 }

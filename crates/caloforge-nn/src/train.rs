@@ -22,7 +22,7 @@
 //! its step either. Its checkpointer stores exactly what ours does (module and optimizer
 //! records), so this loop reuses burn's records and none of the framework.
 
-use crate::optim::{Beta1, CycledAdam};
+use crate::optim::{Adamax, Beta1, CycledAdam};
 use crate::schedule::LrSchedule;
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -115,9 +115,43 @@ pub struct TrainSettings {
     /// Validate every this many steps (0: after every epoch).
     #[serde(default)]
     pub eval_every: usize,
-    /// Global gradient-norm clip (none if absent).
+    /// Gradient-norm clip of each parameter tensor (burn's clipping, as Keras' per-tensor
+    /// `clip_by_norm`; none if absent).
     #[serde(default)]
     pub grad_clip: Option<f64>,
+    /// Decay of an exponential moving average of the weights, updated after every step: with
+    /// it, the best and last weights that [`fit`] returns are the average's (validation still
+    /// runs on the trained weights, as CaloScore v2's reference).
+    #[serde(default)]
+    pub ema: Option<f64>,
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+}
+
+/// Which optimizer [`fit`] steps with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// PyTorch's Adam (ε = 1e-8), β1 cycled by a OneCycle schedule.
+    #[default]
+    Adam,
+    /// Keras' Adamax (ε = 1e-7).
+    Adamax,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            batch_size: 32,
+            epochs: 1,
+            schedule: LrSchedule::Constant { lr: 1e-3 },
+            eval_every: 0,
+            grad_clip: None,
+            ema: None,
+            optimizer: OptimizerKind::Adam,
+        }
+    }
 }
 
 impl TrainSettings {
@@ -130,6 +164,11 @@ impl TrainSettings {
         if let Some(c) = self.grad_clip {
             if !(c.is_finite() && c > 0.0) {
                 return bad("grad_clip must be a positive number");
+            }
+        }
+        if let Some(d) = self.ema {
+            if !(d > 0.0 && d < 1.0) {
+                return bad("ema must be a decay in (0, 1)");
             }
         }
         self.schedule
@@ -230,6 +269,7 @@ impl TrainSettings {
             schedule: crate::schedule::LrSchedule::Constant { lr },
             eval_every: usize::MAX,
             grad_clip: None,
+            ..Default::default()
         }
     }
 }
@@ -297,6 +337,9 @@ struct LoopState {
     batch_size: usize,
     n_train: usize,
     seed: u64,
+    /// Whether the checkpoint holds EMA weights (a fifth part).
+    #[serde(default)]
+    has_ema: bool,
 }
 
 mod f64_bits {
@@ -372,6 +415,7 @@ fn write_checkpoint<M: Module>(
     model: &M,
     best: &M,
     optim: &ModuleOptimizer,
+    ema: Option<&M>,
 ) -> Result<()> {
     let json = serde_json::to_vec(state).map_err(|e| NnError::format(path, e))?;
     let m = record_bytes(model, path)?;
@@ -385,6 +429,9 @@ fn write_checkpoint<M: Module>(
     put(&mut out, &m);
     put(&mut out, &b);
     put(&mut out, &o);
+    if let Some(e) = ema {
+        put(&mut out, &record_bytes(e, path)?);
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| NnError::io(dir, e))?;
     }
@@ -396,7 +443,7 @@ fn read_checkpoint<M: Module>(
     path: &Path,
     model: M,
     optim: ModuleOptimizer,
-) -> Result<(LoopState, M, M, ModuleOptimizer)> {
+) -> Result<(LoopState, M, M, ModuleOptimizer, Option<M>)> {
     let all = std::fs::read(path).map_err(|e| NnError::io(path, e))?;
     if all.len() < 8 || &all[..8] != MAGIC {
         return Err(NnError::format(path, "not a caloforge checkpoint"));
@@ -408,12 +455,17 @@ fn read_checkpoint<M: Module>(
     let m = take(&mut buf, path)?;
     let b = take(&mut buf, path)?;
     let o = take(&mut buf, path)?;
+    let ema = if state.has_ema {
+        Some(from_record(model.clone(), take(&mut buf, path)?, path)?)
+    } else {
+        None
+    };
     let cur = from_record(model.clone(), m, path)?;
     let best = from_record(model, b, path)?;
     let optim = optim
         .from_bytes(Bytes::from_bytes_vec(o.to_vec()))
         .map_err(|e| NnError::format(path, format!("corrupt optimizer state: {e}")))?;
-    Ok((state, cur, best, optim))
+    Ok((state, cur, best, optim, ema))
 }
 
 /// The shuffle of epoch `epoch`.
@@ -430,7 +482,7 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 pub struct Fitted<M> {
     /// Weights with the best validation loss.
     pub best: M,
-    /// Weights after the last step.
+    /// Weights after the last step (with an EMA: the average's, as `best`).
     pub last: M,
     /// What the run did.
     pub report: TrainReport,
@@ -459,12 +511,23 @@ pub fn fit<M: Module, T: Task<M>>(
     };
     // Adam (ε = 1e-8) whose β1 the schedule may cycle (OneCycle, as PyTorch's OneCycleLR).
     let beta1 = Beta1::new(crate::schedule::DEFAULT_BETA1);
-    let adam = || CycledAdam::new(beta1.clone(), 1e-8).into_module_optimizer(settings.grad_clip);
+    let adam = || match settings.optimizer {
+        OptimizerKind::Adam => {
+            CycledAdam::new(beta1.clone(), 1e-8).into_module_optimizer(settings.grad_clip)
+        }
+        OptimizerKind::Adamax => Adamax::default().into_module_optimizer(settings.grad_clip),
+    };
     let ckpt = control.checkpoint.as_ref();
     let resume_from = ckpt.filter(|c| c.resume && c.path.exists());
-    let (mut st, mut model, mut best, mut optim) = match resume_from {
+    let (mut st, mut model, mut best, mut optim, mut ema) = match resume_from {
         Some(c) => {
-            let (st, m, b, o) = read_checkpoint(&c.path, model, adam())?;
+            let (st, m, b, o, e) = read_checkpoint(&c.path, model, adam())?;
+            if e.is_some() != settings.ema.is_some() {
+                return Err(NnError::format(
+                    &c.path,
+                    "checkpoint of a run with a different EMA setting (ema)",
+                ));
+            }
             if st.seed != control.seed {
                 return Err(NnError::format(
                     &c.path,
@@ -483,7 +546,7 @@ pub fn fit<M: Module, T: Task<M>>(
                     ),
                 ));
             }
-            (st, m, b, o)
+            (st, m, b, o, e)
         }
         None => {
             let v = task.validate(&model);
@@ -504,9 +567,11 @@ pub fn fit<M: Module, T: Task<M>>(
                 batch_size: bs,
                 n_train,
                 seed: control.seed,
+                has_ema: settings.ema.is_some(),
             };
             let best = model.clone();
-            (st, model, best, adam())
+            let ema = settings.ema.map(|_| model.clone());
+            (st, model, best, adam(), ema)
         }
     };
     let seconds_before = st.seconds;
@@ -517,13 +582,20 @@ pub fn fit<M: Module, T: Task<M>>(
     });
     let mut last_ckpt = Instant::now();
     let (mut stopped_at_budget, mut interrupted) = (false, false);
-    let save = |st: &mut LoopState, model: &M, best: &M, optim: &ModuleOptimizer| -> Result<()> {
+    let save = |st: &mut LoopState,
+                model: &M,
+                best: &M,
+                optim: &ModuleOptimizer,
+                ema: Option<&M>|
+     -> Result<()> {
         if let Some(c) = ckpt {
             st.seconds = seconds_before + t0.elapsed().as_secs_f64();
-            write_checkpoint(&c.path, st, model, best, optim)?;
+            write_checkpoint(&c.path, st, model, best, optim, ema)?;
         }
         Ok(())
     };
+    // The weights kept as "best": the EMA's where there is one.
+    let keep = |model: &M, ema: &Option<M>| ema.clone().unwrap_or_else(|| model.clone());
     'epochs: while st.epoch < settings.epochs {
         let order = epoch_order(n_train, control.seed, st.epoch);
         let chunks: Vec<&[usize]> = order.chunks(bs).collect();
@@ -543,6 +615,9 @@ pub fn fit<M: Module, T: Task<M>>(
                 beta1.set(b);
             }
             model = optim.step(settings.schedule.lr(st.step), model, grads);
+            if let (Some(d), Some(e)) = (settings.ema, ema.take()) {
+                ema = Some(crate::optim::ema_update(e, &model, d));
+            }
             st.step += 1;
             st.batch_in_epoch += 1;
             if st.batch_in_epoch == chunks.len() {
@@ -562,7 +637,7 @@ pub fn fit<M: Module, T: Task<M>>(
                 if v < st.best_val || !st.best_val.is_finite() {
                     st.best_val = v;
                     st.best_step = st.step;
-                    best = model.clone();
+                    best = keep(&model, &ema);
                 }
                 val = Some(v);
             }
@@ -580,7 +655,7 @@ pub fn fit<M: Module, T: Task<M>>(
                 break 'epochs;
             }
             if ckpt.is_some_and(|c| last_ckpt.elapsed() >= c.every) {
-                save(&mut st, &model, &best, &optim)?;
+                save(&mut st, &model, &best, &optim, ema.as_ref())?;
                 last_ckpt = Instant::now();
             }
             if st.batch_in_epoch == 0 {
@@ -600,10 +675,10 @@ pub fn fit<M: Module, T: Task<M>>(
         if v < st.best_val {
             st.best_val = v;
             st.best_step = st.step;
-            best = model.clone();
+            best = keep(&model, &ema);
         }
     }
-    save(&mut st, &model, &best, &optim)?;
+    save(&mut st, &model, &best, &optim, ema.as_ref())?;
     let report = TrainReport {
         steps: st.step,
         epochs: st.epoch,
@@ -616,7 +691,7 @@ pub fn fit<M: Module, T: Task<M>>(
     };
     Ok(Fitted {
         best,
-        last: model,
+        last: ema.unwrap_or(model),
         report,
     })
 }
@@ -692,6 +767,7 @@ mod tests {
             schedule: LrSchedule::Constant { lr: 0.2 },
             eval_every: 5,
             grad_clip: Some(10.0),
+            ..Default::default()
         }
     }
 
@@ -790,5 +866,88 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("corrupt") && e.contains('d'), "{e}");
+    }
+
+    /// With an EMA and Adamax: the returned weights are the average's (they lag the trained
+    /// weights), a run resumed from a checkpoint ends bit-identically, and a checkpoint without
+    /// EMA weights is refused by a run that wants them.
+    #[test]
+    fn ema_with_adamax_resumes_bit_identically() {
+        let device = cpu_autodiff(Precision::F32, 3);
+        let x: Vec<f32> = (0..40).map(|i| i as f32 / 40.0).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let ck = |name: &str, resume: bool| Control {
+            seed: 4,
+            checkpoint: Some(Checkpointing {
+                path: dir.path().join(name),
+                every: Duration::ZERO,
+                resume,
+            }),
+            ..Default::default()
+        };
+        let ema = |epochs| TrainSettings {
+            ema: Some(0.8),
+            optimizer: OptimizerKind::Adamax,
+            schedule: LrSchedule::Cosine {
+                lr: 0.3,
+                decay_steps: 60,
+            },
+            ..settings(epochs)
+        };
+        let mut task = Fit {
+            x,
+            device: device.clone(),
+        };
+        let full = fit(
+            Line::new(&device),
+            &mut task,
+            &ema(12),
+            &ck("a", false),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(
+            full.report.best_val_loss < 0.1 * full.report.history[0].val_loss,
+            "{:?}",
+            full.report
+        );
+        let plain = fit(
+            Line::new(&device),
+            &mut task,
+            &settings(12),
+            &ck("p", false),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_ne!(weights(&full.last), weights(&plain.last));
+        fit(
+            Line::new(&device),
+            &mut task,
+            &ema(3),
+            &ck("b", false),
+            &mut |_| {},
+        )
+        .unwrap();
+        let resumed = fit(
+            Line::new(&device),
+            &mut task,
+            &ema(12),
+            &ck("b", true),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(weights(&resumed.last), weights(&full.last));
+        assert_eq!(weights(&resumed.best), weights(&full.best));
+        let e = fit(
+            Line::new(&device),
+            &mut task,
+            &ema(12),
+            &ck("p", true),
+            &mut |_| {},
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("EMA"), "{e}");
     }
 }

@@ -340,6 +340,7 @@ mod training {
             },
             eval_every: 0,
             grad_clip: None,
+            ..Default::default()
         }
     }
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::testutil::{moments, rngs};
-use rand_distr::StandardNormal;
 use nalgebra::{Matrix3, Vector3};
+use rand_distr::StandardNormal;
 
 /// The exact score of data N(μ, Σ) (dimension 3) under `sde`:
 /// s_t(x) = −(m²Σ + s²I)⁻¹(x − mμ), with (m, s) the SDE's marginal at t.
