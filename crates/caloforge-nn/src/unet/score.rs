@@ -63,7 +63,7 @@ pub struct TimeConv {
 
 /// Keras' default initialisation (the reference is TensorFlow): Glorot-uniform weights
 /// (limit √(6/(fan_in + fan_out)), fans counting the kernel's taps), zero biases.
-fn glorot<const D: usize>(
+pub(crate) fn glorot<const D: usize>(
     shape: [usize; D],
     fan_in: usize,
     fan_out: usize,
@@ -77,7 +77,7 @@ fn glorot<const D: usize>(
     ))
 }
 
-fn conv(ci: usize, co: usize, k: usize, bias: bool, device: &Device) -> CylindricalConv3d {
+pub(crate) fn conv(ci: usize, co: usize, k: usize, bias: bool, device: &Device) -> CylindricalConv3d {
     let mut c = CylindricalConv3d::new(ci, co, [k; 3], [1; 3], [k / 2; 3], device);
     let taps = k * k * k;
     c.conv.weight = glorot([co, ci, k, k, k], ci * taps, co * taps, device);
@@ -85,7 +85,7 @@ fn conv(ci: usize, co: usize, k: usize, bias: bool, device: &Device) -> Cylindri
     c
 }
 
-fn dense(i: usize, o: usize, bias: bool, device: &Device) -> Linear {
+pub(crate) fn dense(i: usize, o: usize, bias: bool, device: &Device) -> Linear {
     let mut l = LinearConfig::new(i, o).with_bias(bias).init(device);
     l.weight = glorot([i, o], i, o, device);
     if bias {
@@ -144,7 +144,7 @@ pub struct ScoreNet {
 }
 
 /// Average pooling by `f` on (z, α, r) via a reshape (burn has no 3-D pooling).
-fn pool(x: Tensor<5>, f: [usize; 3]) -> Tensor<5> {
+pub(crate) fn pool(x: Tensor<5>, f: [usize; 3]) -> Tensor<5> {
     let [b, c, z, a, r] = x.dims();
     let (z2, a2, r2) = (z / f[0], a / f[1], r / f[2]);
     let y: Tensor<8> = x.reshape([b, c, z2, f[0], a2, f[1], r2, f[2]]);
@@ -155,7 +155,7 @@ fn pool(x: Tensor<5>, f: [usize; 3]) -> Tensor<5> {
 }
 
 /// Nearest up-sampling by `f`.
-fn upsample(x: Tensor<5>, f: [usize; 3]) -> Tensor<5> {
+pub(crate) fn upsample(x: Tensor<5>, f: [usize; 3]) -> Tensor<5> {
     let [b, c, z, a, r] = x.dims();
     let y: Tensor<8> = x.reshape([b, c, z, 1, a, 1, r, 1]);
     y.expand([b, c, z, f[0], a, f[1], r, f[2]])
