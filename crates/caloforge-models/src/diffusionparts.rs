@@ -60,12 +60,24 @@ pub(crate) fn card(
     opts: &TrainOptions,
     p: &Prepared,
 ) -> Result<DiffusionCard> {
+    card_of(model, parameters, opts, &p.e_inc, p.n_train)
+}
+
+/// The card of a run of `model` on the showers of incident energies `e_inc`, the first
+/// `n_train` of which train.
+pub(crate) fn card_of(
+    model: &str,
+    parameters: usize,
+    opts: &TrainOptions,
+    e_inc: &[f64],
+    n_train: usize,
+) -> Result<DiffusionCard> {
     Ok(DiffusionCard {
         data_file: opts.data.display().to_string(),
         data_sha256: crate::file_sha256(&opts.data)?,
-        n_train: p.n_train,
-        n_validation: p.e_inc.len() - p.n_train,
-        energy_range: Some(crate::energy_range(&p.e_inc)),
+        n_train,
+        n_validation: e_inc.len() - n_train,
+        energy_range: Some(crate::energy_range(e_inc)),
         ..DiffusionCard::of(model, parameters)
     })
 }

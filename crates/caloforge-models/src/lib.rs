@@ -17,6 +17,7 @@
 pub mod calodiffusion;
 pub mod caloflow;
 pub mod caloscore;
+pub mod caloscore2;
 mod diffusionparts;
 pub(crate) mod flowparts;
 /// Device (backend) selection, re-exported for the CLI.
@@ -94,6 +95,8 @@ pub struct TrainOptions {
     pub parts: Vec<usize>,
     /// A trained teacher (for distilled students).
     pub teacher: Option<PathBuf>,
+    /// Step reduction of a progressive distillation (a power of two; default 2).
+    pub factor: Option<usize>,
     /// Use at most this many showers of the file.
     pub max_showers: Option<usize>,
     /// Hide progress bars.

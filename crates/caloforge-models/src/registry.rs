@@ -22,6 +22,8 @@ pub enum ModelOption {
     Steps,
     /// `--coarse-from`: upsample given (coarse or coarse-grained) showers.
     CoarseFrom,
+    /// `--factor`: the step reduction of a progressive distillation.
+    Factor,
 }
 
 impl ModelOption {
@@ -33,6 +35,7 @@ impl ModelOption {
             ModelOption::Sampler => "--sampler",
             ModelOption::Steps => "--steps",
             ModelOption::CoarseFrom => "--coarse-from",
+            ModelOption::Factor => "--factor",
         }
     }
 }
@@ -288,6 +291,7 @@ pub static REGISTRY: &[&dyn ModelKind] = &[
     &crate::supercalo::SuperCaloKind,
     &crate::caloflow::CaloFlowKind,
     &crate::caloscore::CaloScoreKind,
+    &crate::caloscore2::CaloScore2Kind,
 ];
 
 /// The model family named `name`.

@@ -1,5 +1,5 @@
 //! Conformance: every registered model, through each of its tiny presets (names containing
-//! "-tiny"; a "-student" preset is trained with the model's tiny teacher), must
+//! "-tiny"; a "-student" or "-distill" preset is trained with the model's tiny teacher), must
 //! - train into a directory that can generate;
 //! - generate showers that depend only on (seed, shower index): not on batch size, thread count
 //!   or where a chunk starts;
@@ -153,12 +153,15 @@ fn every_registered_model_conforms() {
         assert!(!tiny.is_empty(), "{} has no tiny preset", kind.name());
         let (teachers, students): (Vec<&caloforge_models::Preset>, Vec<_>) = tiny
             .into_iter()
-            .partition(|p| !p.name.ends_with("-student"));
+            .partition(|p| !p.name.ends_with("-student") && !p.name.ends_with("-distill"));
         for p in &teachers {
             conform(*kind, p.name, p.text, None, dir.path());
         }
         for p in students {
-            let base = p.name.trim_end_matches("-student");
+            let base = p
+                .name
+                .trim_end_matches("-student")
+                .trim_end_matches("-distill");
             let t = dir.path().join(format!("{base}-a"));
             assert!(t.exists(), "{}: no teacher {base}", p.name);
             conform(*kind, p.name, p.text, Some(t), dir.path());

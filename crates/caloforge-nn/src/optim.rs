@@ -201,12 +201,20 @@ pub fn ema_update<M: Module>(ema: M, model: &M, decay: f64) -> M {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             let w = self.w.next().expect("EMA of a different network");
             let d = self.decay;
+            let trainable = param.is_require_grad();
             param.map(|e| {
                 let dims = e.dims();
-                e.detach()
+                let avg = e
+                    .detach()
                     .mul_scalar(d)
                     .add(w.reshape(dims).mul_scalar(1.0 - d))
-                    .detach()
+                    .detach();
+                // A leaf that can be trained further (e.g. a distilled student's start).
+                if trainable {
+                    avg.require_grad()
+                } else {
+                    avg
+                }
             })
         }
     }

@@ -81,6 +81,28 @@ pub fn initialize<M: Module>(module: &M) {
     module.visit(&mut Touch);
 }
 
+/// A copy of `module` on `device` whose parameters are fresh autodiff leaves (the same values,
+/// no history): a network to train further from weights that come out of other computations
+/// (an EMA, another device), as a distilled student starts from its teacher.
+pub fn trainable_copy<M: Module>(module: &M, device: &burn::tensor::Device) -> M {
+    struct Leaves<'a>(&'a burn::tensor::Device);
+    impl burn::module::ModuleMapper for Leaves<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dev = self.0;
+            let trainable = param.is_require_grad();
+            param.map(|t| {
+                let t = t.detach().to_device(dev).detach();
+                if trainable {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            })
+        }
+    }
+    module.clone().map(&mut Leaves(device))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

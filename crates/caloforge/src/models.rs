@@ -73,9 +73,13 @@ pub struct TrainArgs {
     /// Sub-networks to train, comma-separated (iCaloFlow: flows 1,2,3; default all).
     #[arg(long, value_delimiter = ',')]
     flows: Vec<usize>,
-    /// Trained teacher directory (student presets).
+    /// Trained teacher directory (student and distillation presets).
     #[arg(long)]
     teacher: Option<PathBuf>,
+    /// Progressive distillation (caloscore2-*-distill): divide the teacher's sampling steps by
+    /// this power of two, one halving round after another (default 2).
+    #[arg(long)]
+    factor: Option<usize>,
     /// Wall-clock budget in minutes; training stops cleanly with the best weights.
     #[arg(long)]
     max_minutes: Option<f64>,
@@ -109,6 +113,7 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
         &used_options(&[
             (!a.flows.is_empty(), ModelOption::Parts),
             (a.teacher.is_some(), ModelOption::Teacher),
+            (a.factor.is_some(), ModelOption::Factor),
         ]),
     )?;
     if let Some(m) = a.max_minutes {
@@ -140,6 +145,7 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
         max_minutes: a.max_minutes,
         parts: a.flows.clone(),
         teacher: a.teacher.clone(),
+        factor: a.factor,
         max_showers: a.max_showers,
         quiet,
         resume: a.resume,

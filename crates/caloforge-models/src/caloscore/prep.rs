@@ -68,13 +68,14 @@ impl Normaliser {
         }
     }
 
-    /// Fits on `rows` (row-major, `d` per row).
-    pub fn fit(rows: &[f64], d: usize) -> Self {
+    /// Fits on `rows` (row-major, `d` per row; f32 or f64): two passes, no copy of the data.
+    pub fn fit<T: Copy + Into<f64>>(rows: &[T], d: usize) -> Self {
         let n = (rows.len() / d).max(1) as f64;
         let mut min = vec![f64::INFINITY; d];
         let mut max = vec![f64::NEG_INFINITY; d];
         for r in rows.chunks(d) {
             for ((lo, hi), &v) in min.iter_mut().zip(max.iter_mut()).zip(r) {
+                let v: f64 = v.into();
                 *lo = lo.min(v);
                 *hi = hi.max(v);
             }
@@ -85,27 +86,22 @@ impl Normaliser {
             mean: vec![0.0; d],
             std: vec![1.0; d],
         };
-        // Two passes (mean, then squared deviations): a constant dimension gets std 0 exactly.
-        let logits: Vec<f64> = rows
-            .chunks(d)
-            .flat_map(|r| {
-                (0..d)
-                    .map(|k| logit(me.scaled(k, r[k])))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for r in logits.chunks(d) {
-            for (m, &l) in me.mean.iter_mut().zip(r) {
-                *m += l / n;
+        // Two passes over the logits (mean, then squared deviations): a constant dimension
+        // gets std 0 exactly.
+        let mut sum = vec![0.0; d];
+        for r in rows.chunks(d) {
+            for (k, (m, &v)) in sum.iter_mut().zip(r).enumerate() {
+                *m += logit(me.scaled(k, v.into()));
             }
         }
+        me.mean = sum.into_iter().map(|s| s / n).collect();
         let mut var = vec![0.0; d];
-        for r in logits.chunks(d) {
-            for ((v, &m), &l) in var.iter_mut().zip(&me.mean).zip(r) {
-                *v += (l - m).powi(2) / n;
+        for r in rows.chunks(d) {
+            for (k, (q, &v)) in var.iter_mut().zip(r).enumerate() {
+                *q += (logit(me.scaled(k, v.into())) - me.mean[k]).powi(2);
             }
         }
-        me.std = var.into_iter().map(f64::sqrt).collect();
+        me.std = var.into_iter().map(|q| (q / n).sqrt()).collect();
         for k in 0..d {
             if me.max[k] <= me.min[k] {
                 // A constant dimension (all y = 0): no spread.

@@ -397,6 +397,25 @@ impl LayerNet {
     }
 }
 
+/// The two networks of CaloScore v2, trained together (one optimizer step updates both).
+#[derive(Module, Debug)]
+pub struct ScoreV2Nets {
+    /// The layer-energy network.
+    pub layer: LayerNet,
+    /// The voxel network.
+    pub voxel: VoxelNet,
+}
+
+impl ScoreV2Nets {
+    /// Both networks for `cfg` (Keras initialisation from the device's seed).
+    pub fn new(cfg: &ScoreV2Config, device: &Device) -> Self {
+        ScoreV2Nets {
+            layer: LayerNet::new(cfg, device),
+            voxel: VoxelNet::new(cfg, device),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

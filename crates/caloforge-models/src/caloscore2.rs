@@ -1,0 +1,1007 @@
+//! CaloScore v2 (Mikuni & Nachman, "CaloScore v2: single-shot calorimeter shower simulation
+//! with diffusion models", arXiv:2308.03847; reference `ViniciusMikuni/CaloScoreV2`;
+//! `docs/design/caloscore.md` §2): two v-prediction diffusion models on the cosine log-SNR
+//! schedule λ ∈ [−20, 20] (`caloforge_nn::vdiffusion`): one for the 45 layer energies
+//! (stick-breaking code, FiLM ResNet) and one for the voxels given the layer energies (U-Net,
+//! `caloforge_nn::unet::score2`), trained together (one t per shower for both) with an EMA of
+//! the weights; generation by deterministic DDIM (512 steps in the paper), layers first; and
+//! progressive distillation (each round halves the DDIM steps) from a trained teacher.
+//!
+//! Preprocessing as the reference (`caloscore::prep`): voxel energies divided by their layer's
+//! energy; layer energies stick-break coded (u₀ = ΣE/(MAXDEP·E_inc)); both through a
+//! per-dimension min-max → logit(α = 1e-6) → standardisation fitted on the training showers;
+//! the condition log10(E/EMIN)/log10(EMAX/EMIN). Generated voxel fractions are renormalised per
+//! layer, multiplied by the layer energies, and cut below `cut_mev`.
+
+use crate::calodiffusion::{column, rows, DiffusionCard};
+use crate::caloscore::prep::{stick_decode, stick_encode, Normaliser};
+use crate::diffusionparts;
+use crate::registry::{ModelInfo, StepTiming};
+use crate::{
+    write_text, Generator, ModelError, ModelKind, ModelOption, Preset, Progress, Result,
+    SampleOptions, TrainOptions, TrainOutcome,
+};
+use burn::module::Module;
+use burn::store::SafetensorsStore;
+use burn::tensor::{Device, Tensor};
+use caloforge_core::DatasetKind;
+use caloforge_nn::burn;
+use caloforge_nn::device::{compute_device, Precision};
+use caloforge_nn::schedule::LrSchedule;
+use caloforge_nn::train::{OptimizerKind, Task, TrainSettings};
+use caloforge_nn::unet::score2::{LayerNet, ScoreV2Config, ScoreV2Nets, VoxelNet, VoxelUNetConfig};
+use caloforge_nn::vdiffusion::{ddim_step, ddim_v_sample, distill_target, LogSnrCosine};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How a distilled student starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StudentInit {
+    /// From the teacher's (EMA) weights (Salimans & Ho).
+    Teacher,
+    /// Freshly initialised (the reference's `clone_model`).
+    Random,
+}
+
+/// Progressive-distillation settings (a distillation preset's `[distill]` table).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Epochs per round.
+    pub epochs: usize,
+    /// Initial learning rate of each round (the cosine restarts every round).
+    pub lr: f64,
+    /// How each round's student starts.
+    pub student_init: StudentInit,
+}
+
+/// The model configuration (what a preset holds).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaloScore2Config {
+    /// Always "caloscore2".
+    pub model: String,
+    /// Dataset: 2 or 3.
+    #[serde(with = "crate::dataset_key")]
+    pub dataset: DatasetKind,
+    /// Embedding width of t, E and the layer energies.
+    pub embed: usize,
+    /// The voxel U-Net.
+    pub unet: VoxelUNetConfig,
+    /// Width of the layer model.
+    pub mlp: usize,
+    /// FiLM blocks of the layer model.
+    pub blocks: usize,
+    /// Initial learning rate (cosine decay to 0).
+    pub lr: f64,
+    /// Fraction of the run's steps over which the cosine decays to 0 (the reference: 0.5, as
+    /// its two optimizer updates per batch advance Keras' step counter twice).
+    pub decay_fraction: f64,
+    /// Optimizer (the reference: Adamax).
+    pub optimizer: OptimizerKind,
+    /// Per-tensor gradient-norm clip (the reference: 1).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// EMA decay of the weights that sample (the reference: 0.999).
+    pub ema: f64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Epochs.
+    pub epochs: usize,
+    /// Fraction of showers held out for validation.
+    pub validation_fraction: f64,
+    /// DDIM steps of generation.
+    pub steps: usize,
+    /// The log-SNR range.
+    pub schedule: LogSnrCosine,
+    /// MAXDEP: the largest deposited fraction ΣE/E_inc the code represents.
+    pub max_dep: f64,
+    /// Energy range (MeV) of the condition log10(E/e_min)/log10(e_max/e_min).
+    pub e_min: f64,
+    /// See `e_min`.
+    pub e_max: f64,
+    /// Generated voxels below this energy (MeV) are set to 0.
+    pub cut_mev: f64,
+    /// Progressive distillation (distillation presets only; needs `--teacher`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
+}
+
+impl CaloScore2Config {
+    /// Parses and checks a preset.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let err = |m: &str| ModelError::Config(format!("CaloScore v2 configuration: {m}"));
+        let c: CaloScore2Config = toml::from_str(text).map_err(|e| err(&e.to_string()))?;
+        if c.model != "caloscore2" {
+            return Err(err("model must be \"caloscore2\""));
+        }
+        if !matches!(c.dataset, DatasetKind::Ds2 | DatasetKind::Ds3) {
+            return Err(err("CaloScore v2 runs on datasets 2 and 3"));
+        }
+        c.nets().validate().map_err(|m| err(&m))?;
+        LrSchedule::Constant { lr: c.lr }
+            .validate()
+            .map_err(|m| err(&m))?;
+        if let Some(g) = c.grad_clip {
+            if !(g.is_finite() && g > 0.0) {
+                return Err(err("grad_clip must be a positive number"));
+            }
+        }
+        if c.batch_size == 0
+            || c.steps == 0
+            || !(c.ema > 0.0 && c.ema < 1.0)
+            || !(c.decay_fraction > 0.0 && c.decay_fraction <= 1.0)
+            || !(c.validation_fraction > 0.0 && c.validation_fraction < 1.0)
+            || !(c.max_dep > 0.0 && c.e_min > 0.0 && c.e_max > c.e_min && c.cut_mev >= 0.0)
+            || !(c.schedule.logsnr_min < c.schedule.logsnr_max)
+        {
+            return Err(err("need batch_size, steps > 0, 0 < ema < 1, 0 < decay_fraction <= 1, 0 < validation_fraction < 1, max_dep > 0, 0 < e_min < e_max, cut_mev >= 0, schedule.logsnr_min < logsnr_max"));
+        }
+        if let Some(d) = &c.distill {
+            LrSchedule::Constant { lr: d.lr }
+                .validate()
+                .map_err(|m| err(&format!("distill: {m}")))?;
+        }
+        Ok(c)
+    }
+
+    fn shape(&self) -> [usize; 3] {
+        // from_toml admits datasets 2 and 3 only.
+        self.dataset.regular_grid().unwrap_or([45, 16, 9])
+    }
+
+    fn nets(&self) -> ScoreV2Config {
+        let shape = self.shape();
+        ScoreV2Config {
+            shape,
+            layers: shape[0],
+            embed: self.embed,
+            unet: self.unet.clone(),
+            mlp: self.mlp,
+            blocks: self.blocks,
+        }
+    }
+
+    /// The energy condition of incident energy `e` (MeV).
+    fn condition(&self, e: f64) -> f32 {
+        ((e / self.e_min).log10() / (self.e_max / self.e_min).log10()) as f32
+    }
+
+    /// Everything that fixes the networks and their data (a student must share it with its
+    /// teacher).
+    fn architecture(&self) -> CaloScore2Config {
+        CaloScore2Config {
+            lr: 0.0,
+            decay_fraction: 0.0,
+            optimizer: OptimizerKind::Adam,
+            grad_clip: None,
+            ema: 0.0,
+            batch_size: 0,
+            epochs: 0,
+            validation_fraction: 0.0,
+            steps: 0,
+            cut_mev: 0.0,
+            distill: None,
+            ..self.clone()
+        }
+    }
+
+    fn settings(&self, n_train: usize, lr: f64, epochs: usize) -> TrainSettings {
+        let total = n_train.div_ceil(self.batch_size.clamp(1, n_train.max(1))) * epochs;
+        TrainSettings {
+            batch_size: self.batch_size,
+            epochs,
+            schedule: LrSchedule::Cosine {
+                lr,
+                decay_steps: ((total as f64 * self.decay_fraction).round() as usize).max(1),
+            },
+            eval_every: 0,
+            grad_clip: self.grad_clip,
+            ema: Some(self.ema),
+            optimizer: self.optimizer,
+        }
+    }
+}
+
+/// The fitted preprocessing (`preprocessing.json` of a model directory).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Preprocessing {
+    /// Normaliser of the stick-breaking layer codes.
+    pub layer: Normaliser,
+    /// Normaliser of the voxel fractions of their layer's energy.
+    pub voxel: Normaliser,
+}
+
+/// A trained CaloScore v2.
+pub struct CaloScore2 {
+    /// Configuration.
+    pub cfg: CaloScore2Config,
+    /// Model card.
+    pub card: DiffusionCard,
+    /// The fitted preprocessing.
+    pub prep: Preprocessing,
+    nets: ScoreV2Nets,
+    device: Device,
+}
+
+/// A training file, preprocessed.
+struct Prepared {
+    e_inc: Vec<f64>,
+    /// Conditions.
+    c: Vec<f32>,
+    /// Normalised layer codes (L per shower).
+    xl: Vec<f32>,
+    /// Normalised voxel fractions (V per shower).
+    xv: Vec<f32>,
+    n_train: usize,
+    prep: Preprocessing,
+}
+
+/// Layer energies of one shower (sums over each layer's α·r voxels).
+fn layer_sums(row: &[f32], layers: usize) -> Vec<f64> {
+    let per = row.len() / layers;
+    row.chunks(per)
+        .map(|l| l.iter().map(|&v| v as f64).sum())
+        .collect()
+}
+
+/// Reads and preprocesses `opts.data` (creating `opts.out`); fits the normalisers on the
+/// training showers unless `prep` is given (a student uses its teacher's).
+fn prepare(
+    cfg: &CaloScore2Config,
+    opts: &TrainOptions,
+    prep: Option<Preprocessing>,
+) -> Result<Prepared> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
+    let (e_inc, mut vox) = crate::read_showers(&opts.data, cfg.dataset, opts.max_showers)?;
+    let n = e_inc.len();
+    if n < 2 {
+        return Err(ModelError::file(&opts.data, "need at least 2 showers"));
+    }
+    let n_val = ((n as f64 * cfg.validation_fraction).round() as usize).clamp(1, n - 1);
+    let n_train = n - n_val;
+    let v = cfg.dataset.n_voxels();
+    let l = cfg.shape()[0];
+    let mut u = Vec::with_capacity(n * l);
+    // Voxels → fractions of their layer's energy, in place.
+    for (row, &e) in vox.chunks_mut(v).zip(&e_inc) {
+        let sums = layer_sums(row, l);
+        u.extend(stick_encode(&sums, e, cfg.max_dep));
+        for (lay, &s) in row.chunks_mut(v / l).zip(&sums) {
+            for x in lay {
+                *x = if s > 0.0 { (*x as f64 / s) as f32 } else { 0.0 };
+            }
+        }
+    }
+    let prep = prep.unwrap_or_else(|| Preprocessing {
+        layer: Normaliser::fit(&u[..n_train * l], l),
+        voxel: Normaliser::fit(&vox[..n_train * v], v),
+    });
+    let xl = u.chunks(l).flat_map(|r| prep.layer.forward(r)).collect();
+    let mut buf = vec![0.0f64; v];
+    for row in vox.chunks_mut(v) {
+        for (b, &x) in buf.iter_mut().zip(row.iter()) {
+            *b = x as f64;
+        }
+        row.copy_from_slice(&prep.voxel.forward(&buf));
+    }
+    Ok(Prepared {
+        c: e_inc.iter().map(|&e| cfg.condition(e)).collect(),
+        e_inc,
+        xl,
+        xv: vox,
+        n_train,
+        prep,
+    })
+}
+
+fn gather(x: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+        .collect()
+}
+
+fn to_vec(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+/// v of the layer network for rows `x` at per-row times `t` and conditions `c`.
+fn eval_layer(net: &LayerNet, x: &[f32], t: &[f64], c: &[f32], dev: &Device) -> Vec<f32> {
+    let n = t.len();
+    let tv = t.iter().map(|&v| v as f32).collect();
+    to_vec(net.forward(
+        rows(x.to_vec(), n, dev),
+        column(tv, dev),
+        column(c.to_vec(), dev),
+    ))
+}
+
+/// v of the voxel network for rows `x` at times `t`, conditions `c`, layer codes `l`.
+fn eval_voxel(
+    net: &VoxelNet,
+    x: &[f32],
+    t: &[f64],
+    c: &[f32],
+    l: &[f32],
+    dev: &Device,
+) -> Vec<f32> {
+    let n = t.len();
+    let tv = t.iter().map(|&v| v as f32).collect();
+    to_vec(net.forward(
+        rows(x.to_vec(), n, dev),
+        column(tv, dev),
+        column(c.to_vec(), dev),
+        rows(l.to_vec(), n, dev),
+    ))
+}
+
+/// Per row: x_t = α x + σ z and the target v = α z − σ x at the row's (α, σ).
+fn noised(x: &[f32], z: &[f32], ab: &[(f64, f64)]) -> (Vec<f32>, Vec<f32>) {
+    let d = x.len() / ab.len().max(1);
+    let mut xt = Vec::with_capacity(x.len());
+    let mut tg = Vec::with_capacity(x.len());
+    for (k, &(a, s)) in ab.iter().enumerate() {
+        for (&xv, &zv) in x[k * d..(k + 1) * d].iter().zip(&z[k * d..(k + 1) * d]) {
+            xt.push((a * xv as f64 + s * zv as f64) as f32);
+            tg.push((a * zv as f64 - s * xv as f64) as f32);
+        }
+    }
+    (xt, tg)
+}
+
+fn mse(out: Tensor<2>, target: Vec<f32>, n: usize, dev: &Device) -> Tensor<1> {
+    (out - rows(target, n, dev)).powf_scalar(2.0).mean()
+}
+
+/// One batch of the joint loss: inputs x_t of both models at times `t`, their targets.
+struct Batch {
+    t: Vec<f64>,
+    c: Vec<f32>,
+    /// Clean layer codes (the voxel model's condition).
+    l: Vec<f32>,
+    xl: Vec<f32>,
+    tl: Vec<f32>,
+    xv: Vec<f32>,
+    tv: Vec<f32>,
+}
+
+impl Batch {
+    /// mean((v_layer − target)²) + mean((v_voxel − target)²).
+    fn loss(&self, nets: &ScoreV2Nets, dev: &Device) -> Tensor<1> {
+        let n = self.t.len();
+        let tt = column(self.t.iter().map(|&v| v as f32).collect(), dev);
+        let cc = column(self.c.clone(), dev);
+        let ol = nets
+            .layer
+            .forward(rows(self.xl.clone(), n, dev), tt.clone(), cc.clone());
+        let ov = nets.voxel.forward(
+            rows(self.xv.clone(), n, dev),
+            tt,
+            cc,
+            rows(self.l.clone(), n, dev),
+        );
+        mse(ol, self.tl.clone(), n, dev) + mse(ov, self.tv.clone(), n, dev)
+    }
+}
+
+/// Fixed or per-step random draws of a batch: times (or distillation step indices) and noise.
+struct Draws {
+    /// U[0, 1) (base training) or the step index i (distillation), per shower.
+    t: Vec<f64>,
+    zl: Vec<f32>,
+    zv: Vec<f32>,
+}
+
+fn draw(n: usize, l: usize, v: usize, students: Option<usize>, rng: &mut ChaCha8Rng) -> Draws {
+    let t = (0..n)
+        .map(|_| match students {
+            Some(ns) => rng.random_range(0..ns) as f64,
+            None => rng.random::<f64>(),
+        })
+        .collect();
+    let zl = (0..n * l).map(|_| rng.sample(StandardNormal)).collect();
+    let zv = (0..n * v).map(|_| rng.sample(StandardNormal)).collect();
+    Draws { t, zl, zv }
+}
+
+/// The training task: the v-loss of both models (base training), or the progressive
+/// distillation loss against a teacher with `student_steps` steps.
+struct V2Task<'a> {
+    cfg: &'a CaloScore2Config,
+    p: &'a Prepared,
+    device: Device,
+    /// (teacher networks on the inference device, student DDIM steps).
+    teacher: Option<(ScoreV2Nets, usize)>,
+    /// The validation batches, built once (fixed draws; distillation: fixed teacher targets).
+    val: Vec<Batch>,
+}
+
+impl<'a> V2Task<'a> {
+    fn new(
+        cfg: &'a CaloScore2Config,
+        p: &'a Prepared,
+        seed: u64,
+        teacher: Option<(ScoreV2Nets, usize)>,
+        device: &Device,
+    ) -> Self {
+        let mut me = V2Task {
+            cfg,
+            p,
+            device: device.clone(),
+            teacher,
+            val: Vec::new(),
+        };
+        let n = p.e_inc.len();
+        let idx: Vec<usize> = (p.n_train..n).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let [l, v] = me.dims();
+        let d = draw(idx.len(), l, v, me.teacher.as_ref().map(|t| t.1), &mut rng);
+        let bs = cfg.batch_size.max(1);
+        me.val = idx
+            .chunks(bs)
+            .enumerate()
+            .map(|(k, rows_)| {
+                let o = k * bs;
+                let m = rows_.len();
+                let dk = Draws {
+                    t: d.t[o..o + m].to_vec(),
+                    zl: d.zl[o * l..(o + m) * l].to_vec(),
+                    zv: d.zv[o * v..(o + m) * v].to_vec(),
+                };
+                me.batch(rows_, &dk)
+            })
+            .collect();
+        me
+    }
+
+    fn dims(&self) -> [usize; 2] {
+        [self.cfg.shape()[0], self.cfg.dataset.n_voxels()]
+    }
+
+    fn batch(&self, idx: &[usize], d: &Draws) -> Batch {
+        let [l, v] = self.dims();
+        let c = gather(&self.p.c, 1, idx);
+        let xl0 = gather(&self.p.xl, l, idx);
+        let xv0 = gather(&self.p.xv, v, idx);
+        let sched = self.cfg.schedule;
+        match &self.teacher {
+            None => {
+                let ab: Vec<(f64, f64)> = d.t.iter().map(|&t| sched.alpha_sigma(t)).collect();
+                let (xl, tl) = noised(&xl0, &d.zl, &ab);
+                let (xv, tv) = noised(&xv0, &d.zv, &ab);
+                Batch {
+                    t: d.t.clone(),
+                    c,
+                    l: xl0,
+                    xl,
+                    tl,
+                    xv,
+                    tv,
+                }
+            }
+            Some((teacher, ns)) => {
+                let ns = *ns as f64;
+                let u: Vec<f64> = d.t.iter().map(|&i| (i + 1.0) / ns).collect();
+                let mid: Vec<f64> = u.iter().map(|&x| x - 0.5 / ns).collect();
+                let s: Vec<f64> = u.iter().map(|&x| x - 1.0 / ns).collect();
+                let dev = self.device.clone().inner();
+                let ab_u: Vec<(f64, f64)> = u.iter().map(|&x| sched.alpha_sigma(x)).collect();
+                let (zl, _) = noised(&xl0, &d.zl, &ab_u);
+                let (zv, _) = noised(&xv0, &d.zv, &ab_u);
+                let target = |z: &[f32], f: &dyn Fn(&[f32], &[f64]) -> Vec<f32>| -> Vec<f32> {
+                    let dd = z.len() / u.len();
+                    let v1 = f(z, &u);
+                    let (zm, _) = per_row_step(z, &v1, &u, &mid, &sched, dd);
+                    let v2 = f(&zm, &mid);
+                    let (zs, xs) = per_row_step(&zm, &v2, &mid, &s, &sched, dd);
+                    let mut out = Vec::with_capacity(z.len());
+                    for k in 0..u.len() {
+                        let r = k * dd..(k + 1) * dd;
+                        let last = (d.t[k] == 0.0).then(|| &xs[r.clone()]);
+                        out.extend(distill_target(
+                            &z[r.clone()],
+                            &zs[r],
+                            sched.alpha_sigma(u[k]),
+                            sched.alpha_sigma(s[k]),
+                            last,
+                        ));
+                    }
+                    out
+                };
+                let tl = target(&zl, &|x, t| eval_layer(&teacher.layer, x, t, &c, &dev));
+                let tv = target(&zv, &|x, t| {
+                    eval_voxel(&teacher.voxel, x, t, &c, &xl0, &dev)
+                });
+                Batch {
+                    t: u,
+                    c,
+                    l: xl0,
+                    xl: zl,
+                    tl,
+                    xv: zv,
+                    tv,
+                }
+            }
+        }
+    }
+}
+
+/// One DDIM move per row from its time `from[k]` to `to[k]` (rows of `d` values).
+fn per_row_step(
+    z: &[f32],
+    v: &[f32],
+    from: &[f64],
+    to: &[f64],
+    sched: &LogSnrCosine,
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut zn = Vec::with_capacity(z.len());
+    let mut xh = Vec::with_capacity(z.len());
+    for k in 0..from.len() {
+        let r = k * d..(k + 1) * d;
+        let (a, b) = ddim_step(
+            &z[r.clone()],
+            &v[r],
+            sched.alpha_sigma(from[k]),
+            sched.alpha_sigma(to[k]),
+        );
+        zn.extend(a);
+        xh.extend(b);
+    }
+    (zn, xh)
+}
+
+impl Task<ScoreV2Nets> for V2Task<'_> {
+    fn n_train(&self) -> usize {
+        self.p.n_train
+    }
+    fn loss(&mut self, nets: &ScoreV2Nets, idx: &[usize], rng: &mut ChaCha8Rng) -> Tensor<1> {
+        let [l, v] = self.dims();
+        let d = draw(idx.len(), l, v, self.teacher.as_ref().map(|t| t.1), rng);
+        self.batch(idx, &d).loss(nets, &self.device)
+    }
+    fn validate(&mut self, nets: &ScoreV2Nets) -> f64 {
+        let valid = nets.valid();
+        let dev = self.device.clone().inner();
+        let n = self.p.e_inc.len() - self.p.n_train;
+        let mut sum = 0.0;
+        for b in &self.val {
+            let l: f64 = b
+                .loss(&valid, &dev)
+                .into_data()
+                .iter::<f64>()
+                .next()
+                .unwrap_or(f64::NAN);
+            sum += l * b.t.len() as f64;
+        }
+        sum / n.max(1) as f64
+    }
+}
+
+impl CaloScore2 {
+    /// A model with freshly initialised weights and an identity-like preprocessing (for
+    /// timing).
+    pub fn untrained(cfg: &CaloScore2Config, seed: u64) -> Self {
+        let device = compute_device(Precision::F32, seed);
+        let nets = ScoreV2Nets::new(&cfg.nets(), &device);
+        let [l, v] = [cfg.shape()[0], cfg.dataset.n_voxels()];
+        let unit = |d: usize| Normaliser {
+            min: vec![0.0; d],
+            max: vec![1.0; d],
+            mean: vec![0.0; d],
+            std: vec![1.0; d],
+        };
+        CaloScore2 {
+            card: DiffusionCard::of("caloscore2", nets.num_params()),
+            cfg: cfg.clone(),
+            prep: Preprocessing {
+                layer: unit(l),
+                voxel: unit(v),
+            },
+            nets,
+            device,
+        }
+    }
+
+    /// Generates one shower per energy with `steps` DDIM steps (default: the configuration's).
+    pub fn sample_with(
+        &self,
+        energies: &[f64],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        steps: Option<usize>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        let steps = steps.unwrap_or(self.cfg.steps);
+        if steps == 0 {
+            return Err(ModelError::Config("--steps must be > 0".into()));
+        }
+        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        let dev = self.device.clone().inner();
+        let nets = self.nets.valid();
+        let sched = self.cfg.schedule;
+        let mut out = Vec::with_capacity(energies.len() * v);
+        progress.start("generate", "generate", energies.len() as u64);
+        let batch = batch.max(1);
+        for (ci, chunk) in energies.chunks(batch).enumerate() {
+            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
+                .map(|j| crate::shower_rng(seed, first + (ci * batch + j) as u64))
+                .collect();
+            let c: Vec<f32> = chunk.iter().map(|&e| self.cfg.condition(e)).collect();
+            let xl = ddim_v_sample(&sched, l, steps, &mut rngs, &mut |x, t, r| {
+                eval_layer(&nets.layer, x, t, &gather(&c, 1, r), &dev)
+            });
+            let xv = ddim_v_sample(&sched, v, steps, &mut rngs, &mut |x, t, r| {
+                eval_voxel(&nets.voxel, x, t, &gather(&c, 1, r), &gather(&xl, l, r), &dev)
+            });
+            for (k, &e) in chunk.iter().enumerate() {
+                out.extend(self.decode(&xl[k * l..(k + 1) * l], &xv[k * v..(k + 1) * v], e));
+            }
+            progress.set("generate", (ci * batch + chunk.len()) as u64, None);
+        }
+        progress.finish("generate");
+        Ok(out)
+    }
+
+    /// A shower (MeV) from normalised layer codes `xl` and voxel fractions `xv` at incident
+    /// energy `e`.
+    fn decode(&self, xl: &[f32], xv: &[f32], e: f64) -> Vec<f32> {
+        let l = xl.len();
+        let layers = stick_decode(&self.prep.layer.inverse(xl), e, self.cfg.max_dep);
+        let f = self.prep.voxel.inverse(xv);
+        let per = f.len() / l;
+        let mut out = Vec::with_capacity(f.len());
+        for (fl, &el) in f.chunks(per).zip(&layers) {
+            let s: f64 = fl.iter().sum();
+            out.extend(fl.iter().map(|&x| {
+                let y = if s > 0.0 { x / s * el } else { 0.0 };
+                if y < self.cfg.cut_mev {
+                    0.0
+                } else {
+                    y as f32
+                }
+            }));
+        }
+        out
+    }
+
+    /// Times `steps` optimizer steps of both networks on synthetic inputs.
+    pub fn bench_train(
+        cfg: &CaloScore2Config,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<StepTiming>> {
+        let bs = batch.unwrap_or(cfg.batch_size).max(1);
+        let n = bs * (steps + 1) + 1;
+        let [l, v] = [cfg.shape()[0], cfg.dataset.n_voxels()];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let normals = |k: usize, rng: &mut ChaCha8Rng| -> Vec<f32> {
+            (0..k).map(|_| rng.sample(StandardNormal)).collect()
+        };
+        let model = CaloScore2::untrained(cfg, seed);
+        let p = Prepared {
+            e_inc: vec![1e4; n],
+            c: (0..n).map(|_| rng.random::<f32>() * 1.5).collect(),
+            xl: normals(n * l, &mut rng),
+            xv: normals(n * v, &mut rng),
+            n_train: n - 1,
+            prep: model.prep.clone(),
+        };
+        let mut task = V2Task::new(cfg, &p, seed, None, &model.device);
+        diffusionparts::time_steps(
+            model.nets,
+            &mut task,
+            bs,
+            cfg.lr,
+            steps,
+            seed,
+            "layer + voxel networks",
+            "v-prediction",
+            progress,
+        )
+    }
+
+    /// Trains from a configuration into `opts.out`: the base models, or (a configuration with
+    /// `[distill]` and `opts.teacher`) progressive distillation.
+    pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<TrainOutcome> {
+        let cfg = CaloScore2Config::from_toml(config)?;
+        if cfg.distill.is_some() {
+            return Self::distill(&cfg, opts, progress);
+        }
+        if opts.teacher.is_some() {
+            return Err(ModelError::Config(
+                "--teacher is for distillation presets (caloscore2-*-distill)".into(),
+            ));
+        }
+        if opts.factor.is_some() {
+            return Err(ModelError::Config(
+                "--factor is for distillation presets (caloscore2-*-distill)".into(),
+            ));
+        }
+        let t0 = Instant::now();
+        let p = prepare(&cfg, opts, None)?;
+        let mut model = CaloScore2::untrained(&cfg, opts.seed);
+        model.prep = p.prep.clone();
+        let mut card =
+            diffusionparts::card_of("caloscore2", model.card.parameters, opts, &p.e_inc, p.n_train)?;
+        let mut task = V2Task::new(&cfg, &p, opts.seed, None, &model.device);
+        let settings = cfg.settings(p.n_train, cfg.lr, cfg.epochs);
+        model.nets = diffusionparts::run(
+            model.nets,
+            &mut task,
+            &settings,
+            opts,
+            t0,
+            "nets.ckpt",
+            &mut card,
+            progress,
+        )?;
+        model.card = card;
+        model.save(&opts.out)?;
+        Ok(diffusionparts::outcome(&model.card))
+    }
+
+    /// Progressive distillation of `opts.teacher` by `opts.factor` (default 2): log2(factor)
+    /// rounds, each training a student with half its teacher's DDIM steps to match two teacher
+    /// steps in one; intermediate students go to `out/rounds/steps_N`, the last to `out`.
+    fn distill(
+        cfg: &CaloScore2Config,
+        opts: &TrainOptions,
+        progress: &dyn Progress,
+    ) -> Result<TrainOutcome> {
+        let Some(dist) = cfg.distill.clone() else {
+            return Err(ModelError::Config("no [distill] table".into()));
+        };
+        let tdir = opts.teacher.as_ref().ok_or_else(|| {
+            ModelError::Config(
+                "a distillation preset needs --teacher RUN (a trained CaloScore v2)".into(),
+            )
+        })?;
+        let teacher = CaloScore2::load(tdir)?;
+        if teacher.cfg.architecture() != cfg.architecture() {
+            return Err(ModelError::file(
+                &tdir.join("config.toml"),
+                "the teacher's networks or preprocessing differ from this distillation preset's (embed, unet, mlp, blocks, schedule, max_dep, e_min, e_max must match)",
+            ));
+        }
+        let factor = opts.factor.unwrap_or(2);
+        if factor < 2 || !factor.is_power_of_two() || teacher.cfg.steps % factor != 0 {
+            return Err(ModelError::Config(format!(
+                "--factor must be a power of two >= 2 that divides the teacher's {} DDIM steps, got {factor}",
+                teacher.cfg.steps
+            )));
+        }
+        let t0 = Instant::now();
+        let p = prepare(cfg, opts, Some(teacher.prep.clone()))?;
+        let rounds = factor.trailing_zeros() as usize;
+        let mut cur = teacher;
+        let mut lines = Vec::new();
+        for r in 0..rounds {
+            let ns = cur.cfg.steps / 2;
+            let last = r + 1 == rounds;
+            let dir: PathBuf = if last {
+                opts.out.clone()
+            } else {
+                opts.out.join("rounds").join(format!("steps_{ns}"))
+            };
+            if !last && dir.join("model_card.json").exists() && opts.resume {
+                let done = CaloScore2::load(&dir)?;
+                if done.cfg.steps == ns && !done.card.interrupted && !done.card.stopped_at_budget {
+                    cur = done;
+                    continue;
+                }
+            }
+            let scfg = CaloScore2Config {
+                steps: ns,
+                distill: None,
+                ..cfg.clone()
+            };
+            let device = compute_device(Precision::F32, opts.seed);
+            let student = match dist.student_init {
+                StudentInit::Teacher => caloforge_nn::weights::trainable_copy(&cur.nets, &device),
+                StudentInit::Random => ScoreV2Nets::new(&cfg.nets(), &device),
+            };
+            let mut card = diffusionparts::card_of(
+                "caloscore2",
+                cur.card.parameters,
+                opts,
+                &p.e_inc,
+                p.n_train,
+            )?;
+            let tnets = cur.nets.valid();
+            let mut task = V2Task::new(cfg, &p, opts.seed, Some((tnets, ns)), &device);
+            let settings = cfg.settings(p.n_train, dist.lr, dist.epochs);
+            let nets = diffusionparts::run(
+                student,
+                &mut task,
+                &settings,
+                opts,
+                t0,
+                &format!("distill_{ns}.ckpt"),
+                &mut card,
+                progress,
+            )?;
+            let model = CaloScore2 {
+                cfg: scfg,
+                card,
+                prep: cur.prep.clone(),
+                nets,
+                device,
+            };
+            let oc = diffusionparts::outcome(&model.card);
+            lines.push(format!("round {} ({} steps): {}", r + 1, ns, oc.lines.join(" ")));
+            let stopped = model.card.interrupted || model.card.stopped_at_budget;
+            if last || !stopped {
+                model.save(&dir)?;
+            }
+            if stopped && !last {
+                lines.push(format!(
+                    "stopped in round {} of {rounds}: --resume continues",
+                    r + 1
+                ));
+                return Ok(TrainOutcome {
+                    lines,
+                    complete: false,
+                    interrupted: model.card.interrupted,
+                });
+            }
+            cur = model;
+        }
+        Ok(TrainOutcome {
+            lines,
+            complete: true,
+            interrupted: cur.card.interrupted,
+        })
+    }
+
+    /// Reads a model directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cp = dir.join("config.toml");
+        let cfg = CaloScore2Config::from_toml(
+            &std::fs::read_to_string(&cp).map_err(|e| ModelError::file(&cp, e))?,
+        )
+        .map_err(|e| ModelError::file(&cp, e))?;
+        let card: DiffusionCard = crate::read_card(&dir.join("model_card.json"))?;
+        let pp = dir.join("preprocessing.json");
+        let prep: Preprocessing = crate::read_card(&pp)?;
+        let [l, v] = [cfg.shape()[0], cfg.dataset.n_voxels()];
+        if [&prep.layer, &prep.voxel]
+            .iter()
+            .zip([l, v])
+            .any(|(n, d)| [&n.min, &n.max, &n.mean, &n.std].iter().any(|x| x.len() != d))
+        {
+            return Err(ModelError::file(
+                &pp,
+                format!("needs {l} layer and {v} voxel values per key"),
+            ));
+        }
+        let device = compute_device(Precision::F32, 0);
+        let nets = caloforge_nn::weights::load(
+            ScoreV2Nets::new(&cfg.nets(), &device),
+            &dir.join("nets.safetensors"),
+            "these CaloScore v2 networks (config.toml)",
+        )?;
+        Ok(CaloScore2 {
+            cfg,
+            card,
+            prep,
+            nets,
+            device,
+        })
+    }
+}
+
+/// The family in the registry.
+pub struct CaloScore2Kind;
+
+/// CaloScore v2's embedded presets.
+pub const PRESETS: &[Preset] = crate::presets!(
+    "caloscore2-ds2",
+    "caloscore2-ds2-distill",
+    "caloscore2-ds3",
+    "caloscore2-small",
+    "caloscore2-small-distill",
+    "caloscore2-tiny",
+    "caloscore2-tiny-distill",
+);
+
+impl ModelKind for CaloScore2Kind {
+    fn info(&self) -> &'static ModelInfo {
+        &ModelInfo {
+            name: "caloscore2",
+            paper: "Mikuni & Nachman, arXiv 2308.03847 (v-prediction diffusion, DDIM, progressive distillation)",
+            presets: PRESETS,
+            options: &[ModelOption::Teacher, ModelOption::Factor, ModelOption::Steps],
+        }
+    }
+    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
+        let c = CaloScore2Config::from_toml(config)?;
+        Ok((c.dataset, crate::to_toml(&c)?))
+    }
+    fn train(
+        &self,
+        config: &str,
+        opts: &TrainOptions,
+        progress: &dyn Progress,
+    ) -> Result<TrainOutcome> {
+        CaloScore2::train(config, opts, progress)
+    }
+    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
+        Ok(Box::new(CaloScore2::load(dir)?))
+    }
+    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
+        let cfg = CaloScore2Config::from_toml(config)?;
+        Ok(Box::new(CaloScore2::untrained(&cfg, seed)))
+    }
+    fn bench_train(
+        &self,
+        config: &str,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<StepTiming>> {
+        CaloScore2::bench_train(
+            &CaloScore2Config::from_toml(config)?,
+            steps,
+            batch,
+            seed,
+            progress,
+        )
+    }
+}
+
+impl Generator for CaloScore2 {
+    fn kind(&self) -> &'static dyn ModelKind {
+        &CaloScore2Kind
+    }
+    fn dataset(&self) -> DatasetKind {
+        self.cfg.dataset
+    }
+    fn trained_energy_range(&self) -> Option<(f64, f64)> {
+        self.card.energy_range
+    }
+    fn sample(
+        &self,
+        energies: &[f64],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        opts: &SampleOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f32>> {
+        if let Some(s) = &opts.sampler {
+            if s != "ddim" {
+                return Err(ModelError::Config(format!(
+                    "--sampler: CaloScore v2 samples with ddim, not {s:?}"
+                )));
+            }
+        }
+        self.sample_with(energies, seed, first, batch, opts.steps, progress)
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;
+        caloforge_nn::weights::save(
+            &self.nets.valid(),
+            SafetensorsStore::from_bytes(None),
+            &dir.join("nets.safetensors"),
+        )?;
+        write_text(&dir.join("preprocessing.json"), &pretty(&self.prep)?)?;
+        write_text(&dir.join("config.toml"), &crate::to_toml(&self.cfg)?)?;
+        write_text(&dir.join("model_card.json"), &pretty(&self.card)?)
+    }
+}
+
+fn pretty<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| ModelError::Config(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;
