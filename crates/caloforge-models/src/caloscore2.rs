@@ -216,10 +216,24 @@ pub struct Preprocessing {
     pub voxel: Normaliser,
 }
 
+/// What a distilled student records (`distilled.json` of its directory; its config.toml is the
+/// distillation configuration it was trained with).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Distilled {
+    /// The student's DDIM steps.
+    pub steps: usize,
+    /// Its teacher's DDIM steps.
+    pub teacher_steps: usize,
+    /// The teacher directory of the distillation run.
+    pub teacher: String,
+}
+
 /// A trained CaloScore v2.
 pub struct CaloScore2 {
     /// Configuration.
     pub cfg: CaloScore2Config,
+    /// Set for a distilled student.
+    pub distilled: Option<Distilled>,
     /// Model card.
     pub card: DiffusionCard,
     /// The fitted preprocessing.
@@ -598,6 +612,7 @@ impl CaloScore2 {
         CaloScore2 {
             card: DiffusionCard::of("caloscore2", nets.num_params()),
             cfg: cfg.clone(),
+            distilled: None,
             prep: Preprocessing {
                 layer: unit(l),
                 voxel: unit(v),
@@ -617,7 +632,7 @@ impl CaloScore2 {
         steps: Option<usize>,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>> {
-        let steps = steps.unwrap_or(self.cfg.steps);
+        let steps = steps.unwrap_or(self.steps());
         if steps == 0 {
             return Err(ModelError::Config("--steps must be > 0".into()));
         }
@@ -637,7 +652,14 @@ impl CaloScore2 {
                 eval_layer(&nets.layer, x, t, &gather(&c, 1, r), &dev)
             });
             let xv = ddim_v_sample(&sched, v, steps, &mut rngs, &mut |x, t, r| {
-                eval_voxel(&nets.voxel, x, t, &gather(&c, 1, r), &gather(&xl, l, r), &dev)
+                eval_voxel(
+                    &nets.voxel,
+                    x,
+                    t,
+                    &gather(&c, 1, r),
+                    &gather(&xl, l, r),
+                    &dev,
+                )
             });
             for (k, &e) in chunk.iter().enumerate() {
                 out.extend(self.decode(&xl[k * l..(k + 1) * l], &xv[k * v..(k + 1) * v], e));
@@ -646,6 +668,11 @@ impl CaloScore2 {
         }
         progress.finish("generate");
         Ok(out)
+    }
+
+    /// The DDIM steps it generates with by default (a distilled student's own).
+    pub fn steps(&self) -> usize {
+        self.distilled.as_ref().map_or(self.cfg.steps, |d| d.steps)
     }
 
     /// A shower (MeV) from normalised layer codes `xl` and voxel fractions `xv` at incident
@@ -710,7 +737,11 @@ impl CaloScore2 {
 
     /// Trains from a configuration into `opts.out`: the base models, or (a configuration with
     /// `[distill]` and `opts.teacher`) progressive distillation.
-    pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<TrainOutcome> {
+    pub fn train(
+        config: &str,
+        opts: &TrainOptions,
+        progress: &dyn Progress,
+    ) -> Result<TrainOutcome> {
         let cfg = CaloScore2Config::from_toml(config)?;
         if cfg.distill.is_some() {
             return Self::distill(&cfg, opts, progress);
@@ -729,8 +760,13 @@ impl CaloScore2 {
         let p = prepare(&cfg, opts, None)?;
         let mut model = CaloScore2::untrained(&cfg, opts.seed);
         model.prep = p.prep.clone();
-        let mut card =
-            diffusionparts::card_of("caloscore2", model.card.parameters, opts, &p.e_inc, p.n_train)?;
+        let mut card = diffusionparts::card_of(
+            "caloscore2",
+            model.card.parameters,
+            opts,
+            &p.e_inc,
+            p.n_train,
+        )?;
         let mut task = V2Task::new(&cfg, &p, opts.seed, None, &model.device);
         let settings = cfg.settings(p.n_train, cfg.lr, cfg.epochs);
         model.nets = diffusionparts::run(
@@ -772,10 +808,10 @@ impl CaloScore2 {
             ));
         }
         let factor = opts.factor.unwrap_or(2);
-        if factor < 2 || !factor.is_power_of_two() || teacher.cfg.steps % factor != 0 {
+        if factor < 2 || !factor.is_power_of_two() || teacher.steps() % factor != 0 {
             return Err(ModelError::Config(format!(
                 "--factor must be a power of two >= 2 that divides the teacher's {} DDIM steps, got {factor}",
-                teacher.cfg.steps
+                teacher.steps()
             )));
         }
         let t0 = Instant::now();
@@ -784,7 +820,7 @@ impl CaloScore2 {
         let mut cur = teacher;
         let mut lines = Vec::new();
         for r in 0..rounds {
-            let ns = cur.cfg.steps / 2;
+            let ns = cur.steps() / 2;
             let last = r + 1 == rounds;
             let dir: PathBuf = if last {
                 opts.out.clone()
@@ -793,16 +829,11 @@ impl CaloScore2 {
             };
             if !last && dir.join("model_card.json").exists() && opts.resume {
                 let done = CaloScore2::load(&dir)?;
-                if done.cfg.steps == ns && !done.card.interrupted && !done.card.stopped_at_budget {
+                if done.steps() == ns && !done.card.interrupted && !done.card.stopped_at_budget {
                     cur = done;
                     continue;
                 }
             }
-            let scfg = CaloScore2Config {
-                steps: ns,
-                distill: None,
-                ..cfg.clone()
-            };
             let device = compute_device(Precision::F32, opts.seed);
             let student = match dist.student_init {
                 StudentInit::Teacher => caloforge_nn::weights::trainable_copy(&cur.nets, &device),
@@ -829,14 +860,24 @@ impl CaloScore2 {
                 progress,
             )?;
             let model = CaloScore2 {
-                cfg: scfg,
+                cfg: cfg.clone(),
+                distilled: Some(Distilled {
+                    steps: ns,
+                    teacher_steps: cur.steps(),
+                    teacher: tdir.display().to_string(),
+                }),
                 card,
                 prep: cur.prep.clone(),
                 nets,
                 device,
             };
             let oc = diffusionparts::outcome(&model.card);
-            lines.push(format!("round {} ({} steps): {}", r + 1, ns, oc.lines.join(" ")));
+            lines.push(format!(
+                "round {} ({} steps): {}",
+                r + 1,
+                ns,
+                oc.lines.join(" ")
+            ));
             let stopped = model.card.interrupted || model.card.stopped_at_budget;
             if last || !stopped {
                 model.save(&dir)?;
@@ -872,11 +913,11 @@ impl CaloScore2 {
         let pp = dir.join("preprocessing.json");
         let prep: Preprocessing = crate::read_card(&pp)?;
         let [l, v] = [cfg.shape()[0], cfg.dataset.n_voxels()];
-        if [&prep.layer, &prep.voxel]
-            .iter()
-            .zip([l, v])
-            .any(|(n, d)| [&n.min, &n.max, &n.mean, &n.std].iter().any(|x| x.len() != d))
-        {
+        if [&prep.layer, &prep.voxel].iter().zip([l, v]).any(|(n, d)| {
+            [&n.min, &n.max, &n.mean, &n.std]
+                .iter()
+                .any(|x| x.len() != d)
+        }) {
             return Err(ModelError::file(
                 &pp,
                 format!("needs {l} layer and {v} voxel values per key"),
@@ -888,8 +929,19 @@ impl CaloScore2 {
             &dir.join("nets.safetensors"),
             "these CaloScore v2 networks (config.toml)",
         )?;
+        let dp = dir.join("distilled.json");
+        let distilled = if cfg.distill.is_some() {
+            let d: Distilled = crate::read_card(&dp)?;
+            if d.steps == 0 {
+                return Err(ModelError::file(&dp, "steps must be > 0"));
+            }
+            Some(d)
+        } else {
+            None
+        };
         Ok(CaloScore2 {
             cfg,
+            distilled,
             card,
             prep,
             nets,
@@ -994,6 +1046,9 @@ impl Generator for CaloScore2 {
             &dir.join("nets.safetensors"),
         )?;
         write_text(&dir.join("preprocessing.json"), &pretty(&self.prep)?)?;
+        if let Some(d) = &self.distilled {
+            write_text(&dir.join("distilled.json"), &pretty(d)?)?;
+        }
         write_text(&dir.join("config.toml"), &crate::to_toml(&self.cfg)?)?;
         write_text(&dir.join("model_card.json"), &pretty(&self.card)?)
     }

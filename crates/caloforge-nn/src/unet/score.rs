@@ -77,7 +77,13 @@ pub(crate) fn glorot<const D: usize>(
     ))
 }
 
-pub(crate) fn conv(ci: usize, co: usize, k: usize, bias: bool, device: &Device) -> CylindricalConv3d {
+pub(crate) fn conv(
+    ci: usize,
+    co: usize,
+    k: usize,
+    bias: bool,
+    device: &Device,
+) -> CylindricalConv3d {
     let mut c = CylindricalConv3d::new(ci, co, [k; 3], [1; 3], [k / 2; 3], device);
     let taps = k * k * k;
     c.conv.weight = glorot([co, ci, k, k, k], ci * taps, co * taps, device);

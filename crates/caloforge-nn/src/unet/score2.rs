@@ -124,7 +124,10 @@ impl TimeEmbedding {
             &t.device(),
         );
         let p = t.mul_scalar(1000.0).mul(f);
-        let h = silu(self.d1.forward(Tensor::cat(vec![p.clone().sin(), p.cos()], 1)));
+        let h = silu(
+            self.d1
+                .forward(Tensor::cat(vec![p.clone().sin(), p.cos()], 1)),
+        );
         self.d2.forward(h)
     }
 }
@@ -165,11 +168,7 @@ impl Attention {
         let q = self.q.forward(g.clone());
         let k = self.k.forward(g.clone());
         let v = self.v.forward(g);
-        let w = softmax(
-            q.matmul(k.swap_dims(1, 2))
-                .div_scalar((c as f64).sqrt()),
-            2,
-        );
+        let w = softmax(q.matmul(k.swap_dims(1, 2)).div_scalar((c as f64).sqrt()), 2);
         let o = self.o.forward(w.matmul(v));
         x + o.swap_dims(1, 2).reshape([b, c, z, a, r])
     }
@@ -279,7 +278,13 @@ impl VoxelNet {
 
     /// v(x, t, E, layers) `[B, V]` for noisy showers `x` `[B, V]` (V = z·α·r), times `t` and
     /// energy conditions `e` `[B, 1]`, normalised layer energies `layers` `[B, L]`.
-    pub fn forward(&self, x: Tensor<2>, t: Tensor<2>, e: Tensor<2>, layers: Tensor<2>) -> Tensor<2> {
+    pub fn forward(
+        &self,
+        x: Tensor<2>,
+        t: Tensor<2>,
+        e: Tensor<2>,
+        layers: Tensor<2>,
+    ) -> Tensor<2> {
         let b = x.dims()[0];
         let [z, a, r] = self.shape;
         let [pz, pa, pr] = self.padded;
@@ -455,7 +460,9 @@ mod tests {
             assert!(y.clone().abs().max().into_scalar::<f32>() < 1e-6);
             let yl = lnet.forward(l, t.clone(), t);
             assert_eq!(yl.dims(), [2, 45]);
-            let loss = (y + Tensor::<2>::ones([2, v], &dev)).powf_scalar(2.0).mean()
+            let loss = (y + Tensor::<2>::ones([2, v], &dev))
+                .powf_scalar(2.0)
+                .mean()
                 + yl.powf_scalar(2.0).mean();
             let g = burn::optim::GradientsParams::from_grads(loss.backward(), &net);
             assert!(!g.is_empty());
@@ -466,7 +473,10 @@ mod tests {
     #[test]
     fn time_frequencies_and_attention_softmax_rows() {
         let f = TimeEmbedding::frequencies(4);
-        assert!((f[0] - 1.0).abs() < 1e-7 && (f[3] - 1e-4).abs() < 1e-9, "{f:?}");
+        assert!(
+            (f[0] - 1.0).abs() < 1e-7 && (f[3] - 1e-4).abs() < 1e-9,
+            "{f:?}"
+        );
         assert!((f[1] as f64 - (1e4f64).powf(-1.0 / 3.0)).abs() < 1e-7);
         // Attention with v = o = identity and q = k = 0: each voxel gets the mean of the
         // normalised input added.
