@@ -104,7 +104,7 @@ impl TimeConv {
     fn new(ci: usize, co: usize, embed: usize, device: &Device) -> Self {
         TimeConv {
             conv: conv(ci, co, 3, false, device),
-            dense: LinearConfig::new(embed, co).with_bias(false).init(device),
+            dense: dense(embed, co, false, device),
             conv1: conv(co, co, 1, true, device),
             // Keras BatchNormalization in inference mode at initialisation: γ/√(1 + 1e-3), β = 0.
             gamma: Param::from_tensor(Tensor::ones([co], device).div_scalar(1.001f64.sqrt())),
