@@ -746,16 +746,7 @@ impl CaloScore2 {
         if cfg.distill.is_some() {
             return Self::distill(&cfg, opts, progress);
         }
-        if opts.teacher.is_some() {
-            return Err(ModelError::Config(
-                "--teacher is for distillation presets (caloscore2-*-distill)".into(),
-            ));
-        }
-        if opts.factor.is_some() {
-            return Err(ModelError::Config(
-                "--factor is for distillation presets (caloscore2-*-distill)".into(),
-            ));
-        }
+        Self::check(&cfg, opts)?;
         let t0 = Instant::now();
         let p = prepare(&cfg, opts, None)?;
         let mut model = CaloScore2::untrained(&cfg, opts.seed);
@@ -787,14 +778,23 @@ impl CaloScore2 {
     /// Progressive distillation of `opts.teacher` by `opts.factor` (default 2): log2(factor)
     /// rounds, each training a student with half its teacher's DDIM steps to match two teacher
     /// steps in one; intermediate students go to `out/rounds/steps_N`, the last to `out`.
-    fn distill(
-        cfg: &CaloScore2Config,
-        opts: &TrainOptions,
-        progress: &dyn Progress,
-    ) -> Result<TrainOutcome> {
-        let Some(dist) = cfg.distill.clone() else {
-            return Err(ModelError::Config("no [distill] table".into()));
-        };
+    /// Checks `opts` against `cfg`: `--teacher` and `--factor` only with a `[distill]` table,
+    /// which needs a teacher of the same networks whose steps `--factor` (a power of two)
+    /// divides. Returns the teacher of a distillation.
+    fn check(cfg: &CaloScore2Config, opts: &TrainOptions) -> Result<Option<CaloScore2>> {
+        if cfg.distill.is_none() {
+            for (given, flag) in [
+                (opts.teacher.is_some(), "--teacher"),
+                (opts.factor.is_some(), "--factor"),
+            ] {
+                if given {
+                    return Err(ModelError::Config(format!(
+                        "{flag} is for distillation presets (caloscore2-*-distill)"
+                    )));
+                }
+            }
+            return Ok(None);
+        }
         let tdir = opts.teacher.as_ref().ok_or_else(|| {
             ModelError::Config(
                 "a distillation preset needs --teacher RUN (a trained CaloScore v2)".into(),
@@ -814,6 +814,19 @@ impl CaloScore2 {
                 teacher.steps()
             )));
         }
+        Ok(Some(teacher))
+    }
+
+    fn distill(
+        cfg: &CaloScore2Config,
+        opts: &TrainOptions,
+        progress: &dyn Progress,
+    ) -> Result<TrainOutcome> {
+        let (Some(dist), Some(teacher)) = (cfg.distill.clone(), Self::check(cfg, opts)?) else {
+            return Err(ModelError::Config("no [distill] table".into()));
+        };
+        let tdir = opts.teacher.clone().unwrap_or_default();
+        let factor = opts.factor.unwrap_or(2);
         let t0 = Instant::now();
         let p = prepare(cfg, opts, Some(teacher.prep.clone()))?;
         let rounds = factor.trailing_zeros() as usize;
@@ -976,6 +989,9 @@ impl ModelKind for CaloScore2Kind {
     fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
         let c = CaloScore2Config::from_toml(config)?;
         Ok((c.dataset, crate::to_toml(&c)?))
+    }
+    fn check_train(&self, config: &str, opts: &TrainOptions) -> Result<()> {
+        CaloScore2::check(&CaloScore2Config::from_toml(config)?, opts).map(|_| ())
     }
     fn train(
         &self,

@@ -128,6 +128,11 @@ pub trait ModelKind: Sync {
     /// Parses and validates a configuration: its dataset and its canonical TOML (what
     /// config.toml holds).
     fn canonical(&self, config: &str) -> Result<(DatasetKind, String)>;
+    /// Checks a training run's options against a configuration before anything is written
+    /// (e.g. a teacher a distillation needs); the default accepts everything.
+    fn check_train(&self, _config: &str, _opts: &TrainOptions) -> Result<()> {
+        Ok(())
+    }
     /// Trains from a configuration (TOML) into `opts.out`.
     fn train(
         &self,

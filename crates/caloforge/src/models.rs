@@ -152,7 +152,9 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
         force: a.force,
         checkpoint_seconds: Some(a.checkpoint_every),
     };
-    // Fail before training when the data cannot be read or the output cannot be written.
+    // Fail before training when the options do not fit, the data cannot be read or the output
+    // cannot be written.
+    kind.check_train(&text, &opts)?;
     ShowerFile::open(&a.data, Some(kind.canonical(&text)?.0.n_voxels()))?;
     registry::prepare_out(kind, &text, &opts)?;
     let t0 = Instant::now();

@@ -905,3 +905,75 @@ fn caloscore_trains_generates_and_computes_likelihoods_from_the_cli() {
     assert!(!dir.path().join("m.h5").exists());
     assert!(!dir.path().join("m.h5.json").exists());
 }
+
+/// CaloScore v2 from the command line: train the tiny preset, distil it by 4 in two rounds
+/// (`--teacher --factor`), generate with the student's 2 steps; `--factor` where it does not
+/// apply fails with one error and no output.
+#[test]
+fn caloscore2_trains_distils_and_generates_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    simulate_ds2(&d("train.h5"), 12);
+    let data = d("train.h5");
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "--data", &*data];
+        a.extend_from_slice(extra);
+        caloforge(&a)
+    };
+    let o = train(&["--preset", "caloscore2-tiny", "--out", &d("base")]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let o = train(&[
+        "--preset",
+        "caloscore2-tiny-distill",
+        "--teacher",
+        &d("base"),
+        "--factor",
+        "4",
+        "--out",
+        &d("student"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    let distilled: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("student/distilled.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            distilled["steps"].as_u64(),
+            distilled["teacher_steps"].as_u64()
+        ),
+        (Some(2), Some(4))
+    );
+    let o = caloforge(&[
+        "generate",
+        "--model",
+        &d("student"),
+        "--n",
+        "2",
+        "--out",
+        &d("g.h5"),
+    ]);
+    assert!(o.status.success(), "{}", err_text(&o));
+    failed_with(
+        &train(&[
+            "--preset",
+            "calodiffusion-tiny",
+            "--factor",
+            "2",
+            "--out",
+            &d("x"),
+        ]),
+        "--factor",
+    );
+    failed_with(
+        &train(&[
+            "--preset",
+            "caloscore2-tiny",
+            "--factor",
+            "2",
+            "--out",
+            &d("x"),
+        ]),
+        "--factor",
+    );
+    assert!(!dir.path().join("x").exists());
+}
