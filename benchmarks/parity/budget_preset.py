@@ -12,7 +12,7 @@ usage: budget_preset.py SRC.toml OUT.toml FLOW N BATCH EPOCHS EVAL MAXVAL [--tor
   step_size_up = total / 8, four triangular2 cycles as in the reference; CaloFlow's photon
   teacher step_size_up = total x 850 / 42400, its 25 cycles)
 
-A CaloDiffusion or CaloScore preset (model = "calodiffusion" / "caloscore") instead gets its top-level batch_size, epochs
+A CaloDiffusion or CaloScore preset (model = "calodiffusion" / "caloscore" / "caloscore2") instead gets its top-level batch_size, epochs
 and, if given, validation_fraction replaced (its learning rate is constant):
        budget_preset.py SRC.toml OUT.toml BATCH EPOCHS [VALIDATION_FRACTION]
 """
@@ -39,7 +39,7 @@ def calodiffusion(src):
     open(out_path, "w").write(out)
 
 
-if tomllib.loads(open(src_path).read()).get("model") in ("calodiffusion", "caloscore"):
+if tomllib.loads(open(src_path).read()).get("model") in ("calodiffusion", "caloscore", "caloscore2"):
     calodiffusion(open(src_path).read())
     sys.exit(0)
 flow, n, batch, epochs, ev, maxval = map(int, args[2:8])

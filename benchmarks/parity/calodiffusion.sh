@@ -32,13 +32,15 @@ CF=target/release/caloforge
 mkdir -p "$W"
 DATA=$W/ds2_${N}_seed101.h5
 [ -f "$DATA" ] || $CF simulate -d 2 -n "$N" --seed 101 --out "$DATA" --quiet
-# MODEL=caloscore (benchmarks/parity/caloscore.sh) runs the same protocol for CaloScore.
+# MODEL=caloscore / caloscore2 (benchmarks/parity/caloscore.sh) runs the same protocol for
+# CaloScore v1 / v2.
 MODEL=${MODEL:-calodiffusion}
 PRESET=${PRESET:-calodiffusion-ds2}
 case $MODEL in
   calodiffusion) PFX=cd; REFPY=calodiffusion_reference.py; YL="epsilon MSE"; NAME=CaloDiffusion ;;
   caloscore) PFX=cs_${PRESET#caloscore-}; REFPY=caloscore_reference.py; YL="(n + z)^2 score matching"; NAME=CaloScore ;;
-  *) echo "MODEL must be calodiffusion or caloscore" >&2; exit 2 ;;
+  caloscore2) PFX=cs2_${PRESET#caloscore2-}; REFPY=caloscore2_reference.py; YL="v-MSE, layers + voxels"; NAME="CaloScore v2" ;;
+  *) echo "MODEL must be calodiffusion, caloscore or caloscore2" >&2; exit 2 ;;
 esac
 TAG=${PFX}_n${N}${MAXSHOWERS:+m$MAXSHOWERS}_b${BATCH}_e${EPOCHS}_v${VALFRAC}
 # The calodiffusion-ds2 preset (the paper network) with the budget's batch, epochs and split.

@@ -40,7 +40,7 @@ def diffusion_card(path, d):
 
 def history(path, flow):
     d = json.load(open(path))
-    if d.get("model") in ("calodiffusion", "caloscore") and "val_loss" in d and "history" not in d:
+    if d.get("model") in ("calodiffusion", "caloscore", "caloscore2") and "val_loss" in d and "history" not in d:
         return diffusion_card(path, d)
     if "flows" in d:
         h = d["flows"][flow]["report"]["history"]
