@@ -26,10 +26,12 @@ use burn::store::SafetensorsStore;
 use burn::tensor::{Device, Tensor};
 use caloforge_core::DatasetKind;
 use caloforge_nn::burn;
-use caloforge_nn::device::{compute_device, Precision};
+use caloforge_nn::device::{backend, compute_device, Backend, Precision};
 use caloforge_nn::schedule::LrSchedule;
 use caloforge_nn::train::{OptimizerKind, Task, TrainSettings};
+use caloforge_nn::twin::Twin;
 use caloforge_nn::unet::score2::{LayerNet, ScoreV2Config, ScoreV2Nets, VoxelNet, VoxelUNetConfig};
+use caloforge_nn::unet::score2_fast::ScoreV2Nets as FastNets;
 use caloforge_nn::vdiffusion::{ddim_step, ddim_v_sample, distill_target, LogSnrCosine};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -240,6 +242,8 @@ pub struct CaloScore2 {
     pub prep: Preprocessing,
     nets: ScoreV2Nets,
     device: Device,
+    /// The CPU sampling engine, built once on first use.
+    fast: std::sync::OnceLock<FastNets>,
 }
 
 /// A training file, preprocessed.
@@ -619,6 +623,7 @@ impl CaloScore2 {
             },
             nets,
             device,
+            fast: std::sync::OnceLock::new(),
         }
     }
 
@@ -639,6 +644,9 @@ impl CaloScore2 {
         let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
         let dev = self.device.clone().inner();
         let nets = self.nets.valid();
+        // On the CPU, the plain-Rust twins on the same weights (tested equal to burn's forward).
+        let fast = (backend() == Backend::Cpu).then(|| self.fast.get_or_init(|| nets.twin()));
+        let f32s = |t: &[f64]| -> Vec<f32> { t.iter().map(|&v| v as f32).collect() };
         let sched = self.cfg.schedule;
         let mut out = Vec::with_capacity(energies.len() * v);
         progress.start("generate", "generate", energies.len() as u64);
@@ -649,17 +657,18 @@ impl CaloScore2 {
                 .collect();
             let c: Vec<f32> = chunk.iter().map(|&e| self.cfg.condition(e)).collect();
             let xl = ddim_v_sample(&sched, l, steps, &mut rngs, &mut |x, t, r| {
-                eval_layer(&nets.layer, x, t, &gather(&c, 1, r), &dev)
+                let cr = gather(&c, 1, r);
+                match fast {
+                    Some(f) => f.layer.forward(x, &f32s(t), &cr),
+                    None => eval_layer(&nets.layer, x, t, &cr, &dev),
+                }
             });
             let xv = ddim_v_sample(&sched, v, steps, &mut rngs, &mut |x, t, r| {
-                eval_voxel(
-                    &nets.voxel,
-                    x,
-                    t,
-                    &gather(&c, 1, r),
-                    &gather(&xl, l, r),
-                    &dev,
-                )
+                let (cr, lr) = (gather(&c, 1, r), gather(&xl, l, r));
+                match fast {
+                    Some(f) => f.voxel.forward(x, &f32s(t), &cr, &lr),
+                    None => eval_voxel(&nets.voxel, x, t, &cr, &lr, &dev),
+                }
             });
             for (k, &e) in chunk.iter().enumerate() {
                 out.extend(self.decode(&xl[k * l..(k + 1) * l], &xv[k * v..(k + 1) * v], e));
@@ -883,6 +892,7 @@ impl CaloScore2 {
                 prep: cur.prep.clone(),
                 nets,
                 device,
+                fast: std::sync::OnceLock::new(),
             };
             let oc = diffusionparts::outcome(&model.card);
             lines.push(format!(
@@ -959,6 +969,7 @@ impl CaloScore2 {
             prep,
             nets,
             device,
+            fast: std::sync::OnceLock::new(),
         })
     }
 }
@@ -1035,6 +1046,21 @@ impl Generator for CaloScore2 {
     }
     fn trained_energy_range(&self) -> Option<(f64, f64)> {
         self.card.energy_range
+    }
+    fn macs_per_shower(&self, opts: &SampleOptions) -> Option<f64> {
+        // One layer-network and one voxel-network call per DDIM step, counted by the kernels.
+        if backend() != Backend::Cpu {
+            return None;
+        }
+        let fast = self.fast.get_or_init(|| self.nets.valid().twin());
+        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        let per = caloforge_nn::kernels::macs::count(|| {
+            fast.layer.forward_one(&vec![0.0; l], 0.5, 0.5);
+            fast.voxel
+                .forward_one(&vec![0.0; v], 0.5, 0.5, &vec![0.0; l])
+        })
+        .1;
+        Some(per as f64 * opts.steps.unwrap_or(self.steps()) as f64)
     }
     fn sample(
         &self,

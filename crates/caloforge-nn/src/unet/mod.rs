@@ -14,6 +14,7 @@
 pub mod fast;
 pub mod score;
 pub mod score2;
+pub mod score2_fast;
 pub mod score_fast;
 
 use crate::conv::{circular_pad, CylindricalConv3d};

@@ -96,7 +96,7 @@ impl ScoreV2Config {
 pub struct TimeEmbedding {
     pub(crate) d1: Linear,
     pub(crate) d2: Linear,
-    half: usize,
+    pub(crate) half: usize,
 }
 
 impl TimeEmbedding {
@@ -223,9 +223,9 @@ pub struct VoxelNet {
     pub(crate) mid: Vec<ResBlock>,
     pub(crate) up: Vec<ResBlock>,
     pub(crate) out: CylindricalConv3d,
-    shape: [usize; 3],
-    padded: [usize; 3],
-    depth: usize,
+    pub(crate) shape: [usize; 3],
+    pub(crate) padded: [usize; 3],
+    pub(crate) depth: usize,
 }
 
 impl VoxelNet {
@@ -348,7 +348,7 @@ pub struct LayerNet {
     pub(crate) input: Linear,
     pub(crate) blocks: Vec<FilmBlock>,
     pub(crate) out: Linear,
-    mlp: usize,
+    pub(crate) mlp: usize,
 }
 
 fn act<const D: usize>(x: Tensor<D>) -> Tensor<D> {

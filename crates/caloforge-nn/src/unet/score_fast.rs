@@ -114,7 +114,7 @@ impl Twin for super::score::ScoreNet {
 }
 
 /// Average pooling by `f` of channels-last `x` (c channels) on grid `d`.
-fn pool(x: &[f32], c: usize, d: [usize; 3], f: [usize; 3]) -> (Buf, [usize; 3]) {
+pub(crate) fn pool(x: &[f32], c: usize, d: [usize; 3], f: [usize; 3]) -> (Buf, [usize; 3]) {
     let o = [d[0] / f[0], d[1] / f[1], d[2] / f[2]];
     let mut y = Buf::zeroed(o.iter().product::<usize>() * c);
     let w = 1.0 / (f[0] * f[1] * f[2]) as f32;
@@ -133,7 +133,7 @@ fn pool(x: &[f32], c: usize, d: [usize; 3], f: [usize; 3]) -> (Buf, [usize; 3]) 
 }
 
 /// Nearest up-sampling by `f`.
-fn upsample(x: &[f32], c: usize, d: [usize; 3], f: [usize; 3]) -> (Buf, [usize; 3]) {
+pub(crate) fn upsample(x: &[f32], c: usize, d: [usize; 3], f: [usize; 3]) -> (Buf, [usize; 3]) {
     let o = [d[0] * f[0], d[1] * f[1], d[2] * f[2]];
     let mut y = Buf::overwritten(o.iter().product::<usize>() * c);
     for z in 0..o[0] {
