@@ -19,6 +19,7 @@
 #   validation loss of a few hundred showers carry a seed-dependent offset of a few 1e-2.
 #   MAXSHOWERS=M uses only the first M showers of the file on both sides (smoke tests, e.g.
 #   N=300 MAXSHOWERS=26 BATCH=8 EPOCHS=1 SEEDS=1: 21 training showers, 3 steps).
+# CF=PATH runs another caloforge binary (a copy, so that rebuilding during a run changes nothing).
 # Outputs go to WORKDIR (default target/parity) under a tag of the budget; runs already done
 # there are kept (FORCE=1 redoes them).
 # needs: a release build (cargo build --release), python3 with torch, h5py, numpy, matplotlib
@@ -28,7 +29,7 @@ W=${1:-target/parity}
 N=${N:-840}; BATCH=${BATCH:-32}; EPOCHS=${EPOCHS:-6}; VALFRAC=${VALFRAC:-0.2}
 MAXSHOWERS=${MAXSHOWERS:-}
 SEEDS=${SEEDS:-"1 2 3"}
-CF=target/release/caloforge
+CF=${CF:-target/release/caloforge}
 mkdir -p "$W"
 DATA=$W/ds2_${N}_seed101.h5
 [ -f "$DATA" ] || $CF simulate -d 2 -n "$N" --seed 101 --out "$DATA" --quiet
