@@ -536,6 +536,7 @@ pub const PRESETS: &[Preset] = crate::presets!(
 );
 
 impl ModelKind for CaloDiffusionKind {
+    crate::forward_kind!(CaloDiffusion, CaloDiffusionConfig, |c| c.kind());
     fn info(&self) -> &'static ModelInfo {
         &ModelInfo {
             name: "calodiffusion",
@@ -543,10 +544,6 @@ impl ModelKind for CaloDiffusionKind {
             presets: PRESETS,
             options: &[ModelOption::Sampler, ModelOption::Steps],
         }
-    }
-    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
-        let c = CaloDiffusionConfig::from_toml(config)?;
-        Ok((c.kind(), crate::to_toml(&c)?))
     }
     fn train(
         &self,
@@ -557,31 +554,6 @@ impl ModelKind for CaloDiffusionKind {
         Ok(diffusionparts::outcome(
             &CaloDiffusion::train(config, opts, progress)?.card,
         ))
-    }
-    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(CaloDiffusion::load(dir)?))
-    }
-    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(CaloDiffusion::untrained(
-            &CaloDiffusionConfig::from_toml(config)?,
-            seed,
-        )?))
-    }
-    fn bench_train(
-        &self,
-        config: &str,
-        steps: usize,
-        batch: Option<usize>,
-        seed: u64,
-        progress: &dyn Progress,
-    ) -> Result<Vec<StepTiming>> {
-        CaloDiffusion::bench_train(
-            &CaloDiffusionConfig::from_toml(config)?,
-            steps,
-            batch,
-            seed,
-            progress,
-        )
     }
 }
 

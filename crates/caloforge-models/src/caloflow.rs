@@ -682,6 +682,7 @@ pub const PRESETS: &[Preset] = crate::presets!(
 );
 
 impl ModelKind for CaloFlowKind {
+    crate::forward_kind!(CaloFlow, CaloFlowConfig, |c| c.dataset);
     fn info(&self) -> &'static ModelInfo {
         &ModelInfo {
             name: "caloflow",
@@ -690,10 +691,6 @@ impl ModelKind for CaloFlowKind {
             options: &[ModelOption::Parts, ModelOption::Teacher],
         }
     }
-    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
-        let c = CaloFlowConfig::from_toml(config)?;
-        Ok((c.dataset, crate::to_toml(&c)?))
-    }
     fn train(
         &self,
         config: &str,
@@ -701,31 +698,6 @@ impl ModelKind for CaloFlowKind {
         progress: &dyn Progress,
     ) -> Result<TrainOutcome> {
         CaloFlow::train(config, opts, progress)
-    }
-    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(CaloFlow::load(dir)?))
-    }
-    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(CaloFlow::untrained(
-            &CaloFlowConfig::from_toml(config)?,
-            seed,
-        )?))
-    }
-    fn bench_train(
-        &self,
-        config: &str,
-        steps: usize,
-        batch: Option<usize>,
-        seed: u64,
-        progress: &dyn Progress,
-    ) -> Result<Vec<StepTiming>> {
-        CaloFlow::bench_train(
-            &CaloFlowConfig::from_toml(config)?,
-            steps,
-            batch,
-            seed,
-            progress,
-        )
     }
 }
 

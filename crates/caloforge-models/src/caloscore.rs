@@ -346,6 +346,7 @@ pub const PRESETS: &[Preset] = crate::presets!(
 );
 
 impl ModelKind for CaloScoreKind {
+    crate::forward_kind!(CaloScore, CaloScoreConfig, |c| c.dataset);
     fn info(&self) -> &'static ModelInfo {
         &ModelInfo {
             name: "caloscore",
@@ -353,10 +354,6 @@ impl ModelKind for CaloScoreKind {
             presets: PRESETS,
             options: &[ModelOption::Sampler, ModelOption::Steps],
         }
-    }
-    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
-        let c = CaloScoreConfig::from_toml(config)?;
-        Ok((c.dataset, crate::to_toml(&c)?))
     }
     fn train(
         &self,
@@ -367,29 +364,6 @@ impl ModelKind for CaloScoreKind {
         Ok(diffusionparts::outcome(
             &CaloScore::train(config, opts, progress)?.card,
         ))
-    }
-    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(CaloScore::load(dir)?))
-    }
-    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
-        let cfg = CaloScoreConfig::from_toml(config)?;
-        Ok(Box::new(CaloScore::untrained(&cfg, seed)))
-    }
-    fn bench_train(
-        &self,
-        config: &str,
-        steps: usize,
-        batch: Option<usize>,
-        seed: u64,
-        progress: &dyn Progress,
-    ) -> Result<Vec<StepTiming>> {
-        CaloScore::bench_train(
-            &CaloScoreConfig::from_toml(config)?,
-            steps,
-            batch,
-            seed,
-            progress,
-        )
     }
 }
 
@@ -486,16 +460,16 @@ impl Task<ScoreNet> for ScoreTask<'_> {
 
 impl CaloScore {
     /// A model with freshly initialised weights.
-    pub fn untrained(cfg: &CaloScoreConfig, seed: u64) -> Self {
+    pub fn untrained(cfg: &CaloScoreConfig, seed: u64) -> Result<Self> {
         let device = compute_device(Precision::F32, seed);
         let net = ScoreNet::new(&cfg.net(), seed, &device);
-        CaloScore {
+        Ok(CaloScore {
             card: DiffusionCard::of("caloscore", net.num_params()),
             cfg: cfg.clone(),
             net,
             device,
             fast: std::sync::OnceLock::new(),
-        }
+        })
     }
 
     /// Times `steps` optimizer steps of `cfg`'s network on synthetic inputs.
@@ -532,7 +506,7 @@ impl CaloScore {
         let t0 = Instant::now();
         let p =
             diffusionparts::prepare(opts, cfg.dataset, &cfg.transform, cfg.validation_fraction)?;
-        let mut model = CaloScore::untrained(&cfg, opts.seed);
+        let mut model = CaloScore::untrained(&cfg, opts.seed)?;
         let mut card = diffusionparts::card("caloscore", model.card.parameters, opts, &p)?;
         let mut task = ScoreTask::new(&cfg, &p.x, &p.e, p.n_train, opts.seed, &model.device);
         let settings = TrainSettings {

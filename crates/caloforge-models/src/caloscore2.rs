@@ -603,7 +603,7 @@ impl Task<ScoreV2Nets> for V2Task<'_> {
 impl CaloScore2 {
     /// A model with freshly initialised weights and an identity-like preprocessing (for
     /// timing).
-    pub fn untrained(cfg: &CaloScore2Config, seed: u64) -> Self {
+    pub fn untrained(cfg: &CaloScore2Config, seed: u64) -> Result<Self> {
         let device = compute_device(Precision::F32, seed);
         let nets = ScoreV2Nets::new(&cfg.nets(), &device);
         let [l, v] = [cfg.shape()[0], cfg.dataset.n_voxels()];
@@ -613,7 +613,7 @@ impl CaloScore2 {
             mean: vec![0.0; d],
             std: vec![1.0; d],
         };
-        CaloScore2 {
+        Ok(CaloScore2 {
             card: DiffusionCard::of("caloscore2", nets.num_params()),
             cfg: cfg.clone(),
             distilled: None,
@@ -624,7 +624,7 @@ impl CaloScore2 {
             nets,
             device,
             fast: std::sync::OnceLock::new(),
-        }
+        })
     }
 
     /// Generates one shower per energy with `steps` DDIM steps (default: the configuration's).
@@ -721,7 +721,7 @@ impl CaloScore2 {
         let normals = |k: usize, rng: &mut ChaCha8Rng| -> Vec<f32> {
             (0..k).map(|_| rng.sample(StandardNormal)).collect()
         };
-        let model = CaloScore2::untrained(cfg, seed);
+        let model = CaloScore2::untrained(cfg, seed)?;
         let p = Prepared {
             e_inc: vec![1e4; n],
             c: (0..n).map(|_| rng.random::<f32>() * 1.5).collect(),
@@ -758,7 +758,7 @@ impl CaloScore2 {
         Self::check(&cfg, opts)?;
         let t0 = Instant::now();
         let p = prepare(&cfg, opts, None)?;
-        let mut model = CaloScore2::untrained(&cfg, opts.seed);
+        let mut model = CaloScore2::untrained(&cfg, opts.seed)?;
         model.prep = p.prep.clone();
         let mut card = diffusionparts::card_of(
             "caloscore2",
@@ -989,6 +989,7 @@ pub const PRESETS: &[Preset] = crate::presets!(
 );
 
 impl ModelKind for CaloScore2Kind {
+    crate::forward_kind!(CaloScore2, CaloScore2Config, |c| c.dataset);
     fn info(&self) -> &'static ModelInfo {
         &ModelInfo {
             name: "caloscore2",
@@ -996,10 +997,6 @@ impl ModelKind for CaloScore2Kind {
             presets: PRESETS,
             options: &[ModelOption::Teacher, ModelOption::Factor, ModelOption::Steps],
         }
-    }
-    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
-        let c = CaloScore2Config::from_toml(config)?;
-        Ok((c.dataset, crate::to_toml(&c)?))
     }
     fn check_train(&self, config: &str, opts: &TrainOptions) -> Result<()> {
         CaloScore2::check(&CaloScore2Config::from_toml(config)?, opts).map(|_| ())
@@ -1011,29 +1008,6 @@ impl ModelKind for CaloScore2Kind {
         progress: &dyn Progress,
     ) -> Result<TrainOutcome> {
         CaloScore2::train(config, opts, progress)
-    }
-    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(CaloScore2::load(dir)?))
-    }
-    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
-        let cfg = CaloScore2Config::from_toml(config)?;
-        Ok(Box::new(CaloScore2::untrained(&cfg, seed)))
-    }
-    fn bench_train(
-        &self,
-        config: &str,
-        steps: usize,
-        batch: Option<usize>,
-        seed: u64,
-        progress: &dyn Progress,
-    ) -> Result<Vec<StepTiming>> {
-        CaloScore2::bench_train(
-            &CaloScore2Config::from_toml(config)?,
-            steps,
-            batch,
-            seed,
-            progress,
-        )
     }
 }
 

@@ -626,6 +626,7 @@ pub const PRESETS: &[Preset] = crate::presets!(
 );
 
 impl ModelKind for ICaloFlowKind {
+    crate::forward_kind!(ICaloFlow, ICaloFlowConfig, |c| c.kind());
     fn info(&self) -> &'static ModelInfo {
         &ModelInfo {
             name: "icaloflow",
@@ -634,10 +635,6 @@ impl ModelKind for ICaloFlowKind {
             options: &[ModelOption::Parts, ModelOption::Teacher],
         }
     }
-    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
-        let c = ICaloFlowConfig::from_toml(config)?;
-        Ok((c.kind(), crate::to_toml(&c)?))
-    }
     fn train(
         &self,
         config: &str,
@@ -645,31 +642,6 @@ impl ModelKind for ICaloFlowKind {
         progress: &dyn Progress,
     ) -> Result<TrainOutcome> {
         ICaloFlow::train(config, opts, progress)
-    }
-    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(ICaloFlow::load(dir)?))
-    }
-    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(ICaloFlow::untrained(
-            &ICaloFlowConfig::from_toml(config)?,
-            seed,
-        )?))
-    }
-    fn bench_train(
-        &self,
-        config: &str,
-        steps: usize,
-        batch: Option<usize>,
-        seed: u64,
-        progress: &dyn Progress,
-    ) -> Result<Vec<StepTiming>> {
-        ICaloFlow::bench_train(
-            &ICaloFlowConfig::from_toml(config)?,
-            steps,
-            batch,
-            seed,
-            progress,
-        )
     }
 }
 

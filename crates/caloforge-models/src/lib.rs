@@ -41,6 +41,43 @@ macro_rules! presets {
     };
 }
 
+/// The [`ModelKind`] methods that only forward to a model type and its configuration type:
+/// `canonical` (`Config::from_toml`, then the dataset expression over the parsed `c`), `load`
+/// (`Model::load`), `untrained` (`Model::untrained(&config, seed)`) and, unless the arm is
+/// `@base`, `bench_train` (`Model::bench_train(&config, steps, batch, seed, progress)`).
+#[macro_export]
+macro_rules! forward_kind {
+    ($model:ident, $config:ident, |$c:ident| $ds:expr) => {
+        $crate::forward_kind!(@base $model, $config, |$c| $ds);
+        fn bench_train(
+            &self,
+            config: &str,
+            steps: usize,
+            batch: Option<usize>,
+            seed: u64,
+            progress: &dyn $crate::Progress,
+        ) -> $crate::Result<Vec<$crate::registry::StepTiming>> {
+            $model::bench_train(&$config::from_toml(config)?, steps, batch, seed, progress)
+        }
+    };
+    (@base $model:ident, $config:ident, |$c:ident| $ds:expr) => {
+        fn canonical(&self, config: &str) -> $crate::Result<(caloforge_core::DatasetKind, String)> {
+            let $c = $config::from_toml(config)?;
+            Ok(($ds, $crate::to_toml(&$c)?))
+        }
+        fn load(&self, dir: &std::path::Path) -> $crate::Result<Box<dyn $crate::Generator>> {
+            Ok(Box::new($model::load(dir)?))
+        }
+        fn untrained(
+            &self,
+            config: &str,
+            seed: u64,
+        ) -> $crate::Result<Box<dyn $crate::Generator>> {
+            Ok(Box::new($model::untrained(&$config::from_toml(config)?, seed)?))
+        }
+    };
+}
+
 use caloforge_core::DatasetKind;
 use std::path::{Path, PathBuf};
 

@@ -635,6 +635,7 @@ pub const PRESETS: &[Preset] = crate::presets!(
 );
 
 impl ModelKind for SuperCaloKind {
+    crate::forward_kind!(@base SuperCalo, SuperCaloConfig, |c| c.dataset);
     fn info(&self) -> &'static ModelInfo {
         &ModelInfo {
             name: "supercalo",
@@ -643,10 +644,6 @@ impl ModelKind for SuperCaloKind {
             options: &[ModelOption::Parts, ModelOption::CoarseFrom],
         }
     }
-    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)> {
-        let c = SuperCaloConfig::from_toml(config)?;
-        Ok((c.dataset, crate::to_toml(&c)?))
-    }
     fn train(
         &self,
         config: &str,
@@ -654,15 +651,6 @@ impl ModelKind for SuperCaloKind {
         progress: &dyn Progress,
     ) -> Result<TrainOutcome> {
         SuperCalo::train(config, opts, progress)
-    }
-    fn load(&self, dir: &Path) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(SuperCalo::load(dir)?))
-    }
-    fn untrained(&self, config: &str, seed: u64) -> Result<Box<dyn Generator>> {
-        Ok(Box::new(SuperCalo::untrained(
-            &SuperCaloConfig::from_toml(config)?,
-            seed,
-        )?))
     }
     fn bench_train(
         &self,

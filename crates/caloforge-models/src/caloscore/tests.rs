@@ -76,7 +76,7 @@ fn trains_samples_deterministically_and_round_trips() {
     assert!(m.card.epochs >= 1 && m.card.val_loss.iter().all(|v| v.is_finite()));
     assert_eq!(m.card.model, "caloscore");
     // The Fourier frequencies are fixed: training left them as initialised from the seed.
-    let init = CaloScore::untrained(&m.cfg, 3);
+    let init = CaloScore::untrained(&m.cfg, 3).unwrap();
     let w = |m: &CaloScore| -> Vec<f32> { m.net.fourier.val().into_data().iter::<f32>().collect() };
     assert_eq!(w(&m), w(&init));
     let nv = 6480;

@@ -79,7 +79,7 @@ fn preprocessing_decodes_to_the_shower() {
     let c = cfg("caloscore2-tiny");
     let p = prepare(&c, &opts, None).unwrap();
     let (e_inc, vox) = crate::read_showers(&opts.data, DatasetKind::Ds2, None).unwrap();
-    let mut m = CaloScore2::untrained(&c, 1);
+    let mut m = CaloScore2::untrained(&c, 1).unwrap();
     m.prep = p.prep.clone();
     // The normalised training data is standardised per dimension.
     let col: Vec<f64> = (0..p.n_train).map(|i| p.xl[i * 45] as f64).collect();
