@@ -357,6 +357,41 @@ fn eval_voxel(
     ))
 }
 
+/// Networks that only evaluate (a teacher, or the generating model): the CPU twins, or burn's
+/// networks on the inference device of another backend.
+enum EvalNets {
+    Fast(FastNets),
+    Burn(ScoreV2Nets, Device),
+}
+
+impl EvalNets {
+    /// `nets` for evaluation on the current backend.
+    fn of(nets: &ScoreV2Nets, device: &Device) -> Self {
+        let valid = nets.valid();
+        if backend() == Backend::Cpu {
+            EvalNets::Fast(valid.twin())
+        } else {
+            EvalNets::Burn(valid, device.clone().inner())
+        }
+    }
+    fn layer(&self, x: &[f32], t: &[f64], c: &[f32]) -> Vec<f32> {
+        match self {
+            EvalNets::Fast(f) => f.layer.forward(x, &f32s(t), c),
+            EvalNets::Burn(n, dev) => eval_layer(&n.layer, x, t, c, dev),
+        }
+    }
+    fn voxel(&self, x: &[f32], t: &[f64], c: &[f32], l: &[f32]) -> Vec<f32> {
+        match self {
+            EvalNets::Fast(f) => f.voxel.forward(x, &f32s(t), c, l),
+            EvalNets::Burn(n, dev) => eval_voxel(&n.voxel, x, t, c, l, dev),
+        }
+    }
+}
+
+fn f32s(t: &[f64]) -> Vec<f32> {
+    t.iter().map(|&v| v as f32).collect()
+}
+
 /// Per row: x_t = α x + σ z and the target v = α z − σ x at the row's (α, σ).
 fn noised(x: &[f32], z: &[f32], ab: &[(f64, f64)]) -> (Vec<f32>, Vec<f32>) {
     let d = x.len() / ab.len().max(1);
@@ -432,8 +467,8 @@ struct V2Task<'a> {
     cfg: &'a CaloScore2Config,
     p: &'a Prepared,
     device: Device,
-    /// (teacher networks on the inference device, student DDIM steps).
-    teacher: Option<(ScoreV2Nets, usize)>,
+    /// (teacher networks, student DDIM steps).
+    teacher: Option<(EvalNets, usize)>,
     /// The validation batches, built once (fixed draws; distillation: fixed teacher targets).
     val: Vec<Batch>,
 }
@@ -443,7 +478,7 @@ impl<'a> V2Task<'a> {
         cfg: &'a CaloScore2Config,
         p: &'a Prepared,
         seed: u64,
-        teacher: Option<(ScoreV2Nets, usize)>,
+        teacher: Option<(EvalNets, usize)>,
         device: &Device,
     ) -> Self {
         let mut me = V2Task {
@@ -506,7 +541,6 @@ impl<'a> V2Task<'a> {
                 let u: Vec<f64> = d.t.iter().map(|&i| (i + 1.0) / ns).collect();
                 let mid: Vec<f64> = u.iter().map(|&x| x - 0.5 / ns).collect();
                 let s: Vec<f64> = u.iter().map(|&x| x - 1.0 / ns).collect();
-                let dev = self.device.clone().inner();
                 let ab_u: Vec<(f64, f64)> = u.iter().map(|&x| sched.alpha_sigma(x)).collect();
                 let (zl, _) = noised(&xl0, &d.zl, &ab_u);
                 let (zv, _) = noised(&xv0, &d.zv, &ab_u);
@@ -530,10 +564,8 @@ impl<'a> V2Task<'a> {
                     }
                     out
                 };
-                let tl = target(&zl, &|x, t| eval_layer(&teacher.layer, x, t, &c, &dev));
-                let tv = target(&zv, &|x, t| {
-                    eval_voxel(&teacher.voxel, x, t, &c, &xl0, &dev)
-                });
+                let tl = target(&zl, &|x, t| teacher.layer(x, t, &c));
+                let tv = target(&zv, &|x, t| teacher.voxel(x, t, &c, &xl0));
                 Batch {
                     t: u,
                     c,
@@ -642,11 +674,13 @@ impl CaloScore2 {
             return Err(ModelError::Config("--steps must be > 0".into()));
         }
         let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
-        let dev = self.device.clone().inner();
-        let nets = self.nets.valid();
         // On the CPU, the plain-Rust twins on the same weights (tested equal to burn's forward).
-        let fast = (backend() == Backend::Cpu).then(|| self.fast.get_or_init(|| nets.twin()));
-        let f32s = |t: &[f64]| -> Vec<f32> { t.iter().map(|&v| v as f32).collect() };
+        let nets = match backend() {
+            Backend::Cpu => {
+                EvalNets::Fast(self.fast.get_or_init(|| self.nets.valid().twin()).clone())
+            }
+            _ => EvalNets::of(&self.nets, &self.device),
+        };
         let sched = self.cfg.schedule;
         let mut out = Vec::with_capacity(energies.len() * v);
         progress.start("generate", "generate", energies.len() as u64);
@@ -657,18 +691,10 @@ impl CaloScore2 {
                 .collect();
             let c: Vec<f32> = chunk.iter().map(|&e| self.cfg.condition(e)).collect();
             let xl = ddim_v_sample(&sched, l, steps, &mut rngs, &mut |x, t, r| {
-                let cr = gather(&c, 1, r);
-                match fast {
-                    Some(f) => f.layer.forward(x, &f32s(t), &cr),
-                    None => eval_layer(&nets.layer, x, t, &cr, &dev),
-                }
+                nets.layer(x, t, &gather(&c, 1, r))
             });
             let xv = ddim_v_sample(&sched, v, steps, &mut rngs, &mut |x, t, r| {
-                let (cr, lr) = (gather(&c, 1, r), gather(&xl, l, r));
-                match fast {
-                    Some(f) => f.voxel.forward(x, &f32s(t), &cr, &lr),
-                    None => eval_voxel(&nets.voxel, x, t, &cr, &lr, &dev),
-                }
+                nets.voxel(x, t, &gather(&c, 1, r), &gather(&xl, l, r))
             });
             for (k, &e) in chunk.iter().enumerate() {
                 out.extend(self.decode(&xl[k * l..(k + 1) * l], &xv[k * v..(k + 1) * v], e));
@@ -784,9 +810,6 @@ impl CaloScore2 {
         Ok(diffusionparts::outcome(&model.card))
     }
 
-    /// Progressive distillation of `opts.teacher` by `opts.factor` (default 2): log2(factor)
-    /// rounds, each training a student with half its teacher's DDIM steps to match two teacher
-    /// steps in one; intermediate students go to `out/rounds/steps_N`, the last to `out`.
     /// Checks `opts` against `cfg`: `--teacher` and `--factor` only with a `[distill]` table,
     /// which needs a teacher of the same networks whose steps `--factor` (a power of two)
     /// divides. Returns the teacher of a distillation.
@@ -826,6 +849,9 @@ impl CaloScore2 {
         Ok(Some(teacher))
     }
 
+    /// Progressive distillation of `opts.teacher` by `opts.factor` (default 2): log2(factor)
+    /// rounds, each training a student with half its teacher's DDIM steps to match two teacher
+    /// steps in one; intermediate students go to `out/rounds/steps_N`, the last to `out`.
     fn distill(
         cfg: &CaloScore2Config,
         opts: &TrainOptions,
@@ -868,7 +894,7 @@ impl CaloScore2 {
                 &p.e_inc,
                 p.n_train,
             )?;
-            let tnets = cur.nets.valid();
+            let tnets = EvalNets::of(&cur.nets, &device);
             let mut task = V2Task::new(cfg, &p, opts.seed, Some((tnets, ns)), &device);
             let settings = cfg.settings(p.n_train, dist.lr, dist.epochs);
             let nets = diffusionparts::run(
