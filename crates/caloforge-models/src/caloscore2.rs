@@ -139,7 +139,8 @@ impl CaloScore2Config {
             || !(c.decay_fraction > 0.0 && c.decay_fraction <= 1.0)
             || !(c.validation_fraction > 0.0 && c.validation_fraction < 1.0)
             || !(c.max_dep > 0.0 && c.e_min > 0.0 && c.e_max > c.e_min && c.cut_mev >= 0.0)
-            || !(c.schedule.logsnr_min < c.schedule.logsnr_max)
+            || c.schedule.logsnr_min.partial_cmp(&c.schedule.logsnr_max)
+                != Some(std::cmp::Ordering::Less)
         {
             return Err(err("need batch_size, steps > 0, 0 < ema < 1, 0 < decay_fraction <= 1, 0 < validation_fraction < 1, max_dep > 0, 0 < e_min < e_max, cut_mev >= 0, schedule.logsnr_min < logsnr_max"));
         }
@@ -360,8 +361,8 @@ fn eval_voxel(
 /// Networks that only evaluate (a teacher, or the generating model): the CPU twins, or burn's
 /// networks on the inference device of another backend.
 enum EvalNets {
-    Fast(FastNets),
-    Burn(ScoreV2Nets, Device),
+    Fast(Box<FastNets>),
+    Burn(Box<ScoreV2Nets>, Device),
 }
 
 impl EvalNets {
@@ -369,9 +370,9 @@ impl EvalNets {
     fn of(nets: &ScoreV2Nets, device: &Device) -> Self {
         let valid = nets.valid();
         if backend() == Backend::Cpu {
-            EvalNets::Fast(valid.twin())
+            EvalNets::Fast(Box::new(valid.twin()))
         } else {
-            EvalNets::Burn(valid, device.clone().inner())
+            EvalNets::Burn(Box::new(valid), device.clone().inner())
         }
     }
     fn layer(&self, x: &[f32], t: &[f64], c: &[f32]) -> Vec<f32> {
@@ -544,7 +545,7 @@ impl<'a> V2Task<'a> {
                 let ab_u: Vec<(f64, f64)> = u.iter().map(|&x| sched.alpha_sigma(x)).collect();
                 let (zl, _) = noised(&xl0, &d.zl, &ab_u);
                 let (zv, _) = noised(&xv0, &d.zv, &ab_u);
-                let target = |z: &[f32], f: &dyn Fn(&[f32], &[f64]) -> Vec<f32>| -> Vec<f32> {
+                let target = |z: &[f32], f: &VFn| -> Vec<f32> {
                     let dd = z.len() / u.len();
                     let v1 = f(z, &u);
                     let (zm, _) = per_row_step(z, &v1, &u, &mid, &sched, dd);
@@ -579,6 +580,9 @@ impl<'a> V2Task<'a> {
         }
     }
 }
+
+/// A network's v of rows at per-row times.
+type VFn<'a> = dyn Fn(&[f32], &[f64]) -> Vec<f32> + 'a;
 
 /// One DDIM move per row from its time `from[k]` to `to[k]` (rows of `d` values).
 fn per_row_step(
@@ -676,9 +680,9 @@ impl CaloScore2 {
         let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
         // On the CPU, the plain-Rust twins on the same weights (tested equal to burn's forward).
         let nets = match backend() {
-            Backend::Cpu => {
-                EvalNets::Fast(self.fast.get_or_init(|| self.nets.valid().twin()).clone())
-            }
+            Backend::Cpu => EvalNets::Fast(Box::new(
+                self.fast.get_or_init(|| self.nets.valid().twin()).clone(),
+            )),
             _ => EvalNets::of(&self.nets, &self.device),
         };
         let sched = self.cfg.schedule;

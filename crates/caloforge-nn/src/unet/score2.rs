@@ -7,8 +7,8 @@
 //!   Dense(2·EMBED), swish, Dense(EMBED).
 //! - [`VoxelNet`]: the voxel U-Net conditioned on the (normalised) layer energies: c =
 //!   Dense(EMBED)([t_emb, swish(Dense(EMBED)(layers)), swish(Dense(EMBED)(E))]) (linear); a
-//!   1×1×1 input conv to `in_emb` channels; per level `depth` residual blocks (swish → conv3 →
-//!   + Dense(c) → swish → conv3, 1×1×1 conv on the skip path where the width changes, no
+//!   1×1×1 input conv to `in_emb` channels; per level `depth` residual blocks (swish → conv3,
+//!   plus Dense(c) → swish → conv3, 1×1×1 conv on the skip path where the width changes, no
 //!   normalisation; with attention, x += MHA(GroupNorm₄(x)) over the level's voxels, one head,
 //!   q/k/v/o projections) and 2× average pooling; `depth` blocks at the bottleneck; per level
 //!   nearest 2× up-sampling and `depth` blocks each on concat(x, skip); a zero-initialised
