@@ -642,10 +642,7 @@ impl Task<Denoiser> for DiffusionTask<'_> {
         let vdev = self.device.clone().inner();
         let vloc = loc_tensor(&self.loc, cfg.shape(), &vdev);
         diffusionparts::validation_loss(self.n_train, self.e.len(), cfg.batch_size, |rows, off| {
-            let xs: Vec<f32> = rows
-                .iter()
-                .flat_map(|&i| self.x[i * v..(i + 1) * v].iter().copied())
-                .collect();
+            let xs = diffusionparts::gather(self.x, v, rows);
             let es: Vec<f32> = rows.iter().map(|&i| self.e[i]).collect();
             CaloDiffusion::loss(
                 cfg,
@@ -813,11 +810,7 @@ impl Generator for CaloDiffusion {
             &dir.join("unet.safetensors"),
         )?;
         write_text(&dir.join("config.toml"), &crate::to_toml(&self.cfg)?)?;
-        write_text(
-            &dir.join("model_card.json"),
-            &serde_json::to_string_pretty(&self.card)
-                .map_err(|e| ModelError::Config(e.to_string()))?,
-        )
+        crate::write_json(&dir.join("model_card.json"), &self.card)
     }
 }
 

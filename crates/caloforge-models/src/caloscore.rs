@@ -415,10 +415,7 @@ impl Task<ScoreNet> for ScoreTask<'_> {
     }
     fn loss(&mut self, net: &ScoreNet, idx: &[usize], rng: &mut ChaCha8Rng) -> Tensor<1> {
         let v = self.cfg.dataset.n_voxels();
-        let xb: Vec<f32> = idx
-            .iter()
-            .flat_map(|&i| self.x[i * v..(i + 1) * v].iter().copied())
-            .collect();
+        let xb = diffusionparts::gather(self.x, v, idx);
         let eb: Vec<f32> = idx.iter().map(|&i| self.e[i]).collect();
         let t: Vec<f64> = idx.iter().map(|_| draw_t(rng)).collect();
         let z: Vec<f32> = (0..idx.len() * v)
@@ -435,10 +432,7 @@ impl Task<ScoreNet> for ScoreTask<'_> {
             self.e.len(),
             self.cfg.batch_size,
             |rows, off| {
-                let xs: Vec<f32> = rows
-                    .iter()
-                    .flat_map(|&i| self.x[i * v..(i + 1) * v].iter().copied())
-                    .collect();
+                let xs = diffusionparts::gather(self.x, v, rows);
                 let es: Vec<f32> = rows.iter().map(|&i| self.e[i]).collect();
                 CaloScore::loss(
                     &valid,
@@ -683,11 +677,7 @@ impl Generator for CaloScore {
             &dir.join("score.safetensors"),
         )?;
         write_text(&dir.join("config.toml"), &crate::to_toml(&self.cfg)?)?;
-        write_text(
-            &dir.join("model_card.json"),
-            &serde_json::to_string_pretty(&self.card)
-                .map_err(|e| ModelError::Config(e.to_string()))?,
-        )
+        crate::write_json(&dir.join("model_card.json"), &self.card)
     }
 }
 

@@ -32,7 +32,7 @@ use caloforge_nn::train::{OptimizerKind, Task, TrainSettings};
 use caloforge_nn::twin::Twin;
 use caloforge_nn::unet::score2::{LayerNet, ScoreV2Config, ScoreV2Nets, VoxelNet, VoxelUNetConfig};
 use caloforge_nn::unet::score2_fast::ScoreV2Nets as FastNets;
-use caloforge_nn::vdiffusion::{ddim_step, ddim_v_sample, distill_target, LogSnrCosine};
+use caloforge_nn::vdiffusion::{ddim_step, ddim_v_sample, distill_target, v_target, LogSnrCosine};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -260,14 +260,6 @@ struct Prepared {
     prep: Preprocessing,
 }
 
-/// Layer energies of one shower (sums over each layer's α·r voxels).
-fn layer_sums(row: &[f32], layers: usize) -> Vec<f64> {
-    let per = row.len() / layers;
-    row.chunks(per)
-        .map(|l| l.iter().map(|&v| v as f64).sum())
-        .collect()
-}
-
 /// Reads and preprocesses `opts.data` (creating `opts.out`); fits the normalisers on the
 /// training showers unless `prep` is given (a student uses its teacher's).
 fn prepare(
@@ -275,20 +267,16 @@ fn prepare(
     opts: &TrainOptions,
     prep: Option<Preprocessing>,
 ) -> Result<Prepared> {
-    std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
-    let (e_inc, mut vox) = crate::read_showers(&opts.data, cfg.dataset, opts.max_showers)?;
+    let (e_inc, mut vox, n_train) =
+        diffusionparts::read_split(opts, cfg.dataset, cfg.validation_fraction)?;
     let n = e_inc.len();
-    if n < 2 {
-        return Err(ModelError::file(&opts.data, "need at least 2 showers"));
-    }
-    let n_val = ((n as f64 * cfg.validation_fraction).round() as usize).clamp(1, n - 1);
-    let n_train = n - n_val;
     let v = cfg.dataset.n_voxels();
     let l = cfg.shape()[0];
     let mut u = Vec::with_capacity(n * l);
     // Voxels → fractions of their layer's energy, in place.
+    let mut sums = vec![0.0; l];
     for (row, &e) in vox.chunks_mut(v).zip(&e_inc) {
-        let sums = layer_sums(row, l);
+        crate::layer_sums(row, &mut sums);
         u.extend(stick_encode(&sums, e, cfg.max_dep));
         for (lay, &s) in row.chunks_mut(v / l).zip(&sums) {
             for x in lay {
@@ -316,12 +304,6 @@ fn prepare(
         n_train,
         prep,
     })
-}
-
-fn gather(x: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
-    idx.iter()
-        .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-        .collect()
 }
 
 fn to_vec(t: Tensor<2>) -> Vec<f32> {
@@ -360,21 +342,12 @@ fn eval_voxel(
 
 /// Networks that only evaluate (a teacher, or the generating model): the CPU twins, or burn's
 /// networks on the inference device of another backend.
-enum EvalNets {
-    Fast(Box<FastNets>),
+enum EvalNets<'a> {
+    Fast(&'a FastNets),
     Burn(Box<ScoreV2Nets>, Device),
 }
 
-impl EvalNets {
-    /// `nets` for evaluation on the current backend.
-    fn of(nets: &ScoreV2Nets, device: &Device) -> Self {
-        let valid = nets.valid();
-        if backend() == Backend::Cpu {
-            EvalNets::Fast(Box::new(valid.twin()))
-        } else {
-            EvalNets::Burn(Box::new(valid), device.clone().inner())
-        }
-    }
+impl EvalNets<'_> {
     fn layer(&self, x: &[f32], t: &[f64], c: &[f32]) -> Vec<f32> {
         match self {
             EvalNets::Fast(f) => f.layer.forward(x, &f32s(t), c),
@@ -399,10 +372,13 @@ fn noised(x: &[f32], z: &[f32], ab: &[(f64, f64)]) -> (Vec<f32>, Vec<f32>) {
     let mut xt = Vec::with_capacity(x.len());
     let mut tg = Vec::with_capacity(x.len());
     for (k, &(a, s)) in ab.iter().enumerate() {
-        for (&xv, &zv) in x[k * d..(k + 1) * d].iter().zip(&z[k * d..(k + 1) * d]) {
-            xt.push((a * xv as f64 + s * zv as f64) as f32);
-            tg.push((a * zv as f64 - s * xv as f64) as f32);
-        }
+        let (xr, zr) = (&x[k * d..(k + 1) * d], &z[k * d..(k + 1) * d]);
+        xt.extend(
+            xr.iter()
+                .zip(zr)
+                .map(|(&xv, &zv)| (a * xv as f64 + s * zv as f64) as f32),
+        );
+        tg.extend(v_target(xr, zr, a, s));
     }
     (xt, tg)
 }
@@ -469,7 +445,7 @@ struct V2Task<'a> {
     p: &'a Prepared,
     device: Device,
     /// (teacher networks, student DDIM steps).
-    teacher: Option<(EvalNets, usize)>,
+    teacher: Option<(EvalNets<'a>, usize)>,
     /// The validation batches, built once (fixed draws; distillation: fixed teacher targets).
     val: Vec<Batch>,
 }
@@ -479,7 +455,7 @@ impl<'a> V2Task<'a> {
         cfg: &'a CaloScore2Config,
         p: &'a Prepared,
         seed: u64,
-        teacher: Option<(EvalNets, usize)>,
+        teacher: Option<(EvalNets<'a>, usize)>,
         device: &Device,
     ) -> Self {
         let mut me = V2Task {
@@ -518,9 +494,9 @@ impl<'a> V2Task<'a> {
 
     fn batch(&self, idx: &[usize], d: &Draws) -> Batch {
         let [l, v] = self.dims();
-        let c = gather(&self.p.c, 1, idx);
-        let xl0 = gather(&self.p.xl, l, idx);
-        let xv0 = gather(&self.p.xv, v, idx);
+        let c = diffusionparts::gather(&self.p.c, 1, idx);
+        let xl0 = diffusionparts::gather(&self.p.xl, l, idx);
+        let xv0 = diffusionparts::gather(&self.p.xv, v, idx);
         let sched = self.cfg.schedule;
         match &self.teacher {
             None => {
@@ -621,18 +597,16 @@ impl Task<ScoreV2Nets> for V2Task<'_> {
     fn validate(&mut self, nets: &ScoreV2Nets) -> f64 {
         let valid = nets.valid();
         let dev = self.device.clone().inner();
-        let n = self.p.e_inc.len() - self.p.n_train;
-        let mut sum = 0.0;
-        for b in &self.val {
-            let l: f64 = b
+        let bs = self.cfg.batch_size.max(1);
+        // The validation batches were built in the chunks validation_loss walks.
+        diffusionparts::validation_loss(self.p.n_train, self.p.e_inc.len(), bs, |_, off| {
+            self.val[off / bs]
                 .loss(&valid, &dev)
                 .into_data()
                 .iter::<f64>()
                 .next()
-                .unwrap_or(f64::NAN);
-            sum += l * b.t.len() as f64;
-        }
-        sum / n.max(1) as f64
+                .unwrap_or(f64::NAN)
+        })
     }
 }
 
@@ -678,13 +652,7 @@ impl CaloScore2 {
             return Err(ModelError::Config("--steps must be > 0".into()));
         }
         let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
-        // On the CPU, the plain-Rust twins on the same weights (tested equal to burn's forward).
-        let nets = match backend() {
-            Backend::Cpu => EvalNets::Fast(Box::new(
-                self.fast.get_or_init(|| self.nets.valid().twin()).clone(),
-            )),
-            _ => EvalNets::of(&self.nets, &self.device),
-        };
+        let nets = self.eval_nets();
         let sched = self.cfg.schedule;
         let mut out = Vec::with_capacity(energies.len() * v);
         progress.start("generate", "generate", energies.len() as u64);
@@ -695,10 +663,15 @@ impl CaloScore2 {
                 .collect();
             let c: Vec<f32> = chunk.iter().map(|&e| self.cfg.condition(e)).collect();
             let xl = ddim_v_sample(&sched, l, steps, &mut rngs, &mut |x, t, r| {
-                nets.layer(x, t, &gather(&c, 1, r))
+                nets.layer(x, t, &diffusionparts::gather(&c, 1, r))
             });
             let xv = ddim_v_sample(&sched, v, steps, &mut rngs, &mut |x, t, r| {
-                nets.voxel(x, t, &gather(&c, 1, r), &gather(&xl, l, r))
+                nets.voxel(
+                    x,
+                    t,
+                    &diffusionparts::gather(&c, 1, r),
+                    &diffusionparts::gather(&xl, l, r),
+                )
             });
             for (k, &e) in chunk.iter().enumerate() {
                 out.extend(self.decode(&xl[k * l..(k + 1) * l], &xv[k * v..(k + 1) * v], e));
@@ -707,6 +680,16 @@ impl CaloScore2 {
         }
         progress.finish("generate");
         Ok(out)
+    }
+
+    /// Its networks for evaluation (generating, or teaching a student): on the CPU the
+    /// plain-Rust twins on the same weights (tested equal to burn's forward), built once.
+    fn eval_nets(&self) -> EvalNets<'_> {
+        if backend() == Backend::Cpu {
+            EvalNets::Fast(self.fast.get_or_init(|| self.nets.valid().twin()))
+        } else {
+            EvalNets::Burn(Box::new(self.nets.valid()), self.device.clone().inner())
+        }
     }
 
     /// The DDIM steps it generates with by default (a distilled student's own).
@@ -898,8 +881,7 @@ impl CaloScore2 {
                 &p.e_inc,
                 p.n_train,
             )?;
-            let tnets = EvalNets::of(&cur.nets, &device);
-            let mut task = V2Task::new(cfg, &p, opts.seed, Some((tnets, ns)), &device);
+            let mut task = V2Task::new(cfg, &p, opts.seed, Some((cur.eval_nets(), ns)), &device);
             let settings = cfg.settings(p.n_train, dist.lr, dist.epochs);
             let nets = diffusionparts::run(
                 student,
@@ -911,6 +893,7 @@ impl CaloScore2 {
                 &mut card,
                 progress,
             )?;
+            drop(task);
             let model = CaloScore2 {
                 cfg: cfg.clone(),
                 distilled: Some(Distilled {
@@ -1052,11 +1035,11 @@ impl Generator for CaloScore2 {
         self.card.energy_range
     }
     fn macs_per_shower(&self, opts: &SampleOptions) -> Option<f64> {
-        // One layer-network and one voxel-network call per DDIM step, counted by the kernels.
-        if backend() != Backend::Cpu {
+        // One layer-network and one voxel-network call per DDIM step, counted by the CPU twins'
+        // kernels.
+        let EvalNets::Fast(fast) = self.eval_nets() else {
             return None;
-        }
-        let fast = self.fast.get_or_init(|| self.nets.valid().twin());
+        };
         let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
         let per = caloforge_nn::kernels::macs::count(|| {
             fast.layer.forward_one(&vec![0.0; l], 0.5, 0.5);
@@ -1091,17 +1074,13 @@ impl Generator for CaloScore2 {
             SafetensorsStore::from_bytes(None),
             &dir.join("nets.safetensors"),
         )?;
-        write_text(&dir.join("preprocessing.json"), &pretty(&self.prep)?)?;
+        crate::write_json(&dir.join("preprocessing.json"), &self.prep)?;
         if let Some(d) = &self.distilled {
-            write_text(&dir.join("distilled.json"), &pretty(d)?)?;
+            crate::write_json(&dir.join("distilled.json"), d)?;
         }
         write_text(&dir.join("config.toml"), &crate::to_toml(&self.cfg)?)?;
-        write_text(&dir.join("model_card.json"), &pretty(&self.card)?)
+        crate::write_json(&dir.join("model_card.json"), &self.card)
     }
-}
-
-fn pretty<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string_pretty(v).map_err(|e| ModelError::Config(e.to_string()))
 }
 
 #[cfg(test)]

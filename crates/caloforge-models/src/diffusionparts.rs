@@ -30,12 +30,7 @@ pub(crate) fn prepare(
     tr: &Transform,
     validation_fraction: f64,
 ) -> Result<Prepared> {
-    std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
-    let (e_inc, vox) = read_showers(&opts.data, kind, opts.max_showers)?;
-    let n = e_inc.len();
-    if n < 2 {
-        return Err(ModelError::file(&opts.data, "need at least 2 showers"));
-    }
+    let (e_inc, vox, n_train) = read_split(opts, kind, validation_fraction)?;
     let v = kind.n_voxels();
     let x: Vec<f32> = vox
         .chunks(v)
@@ -44,13 +39,36 @@ pub(crate) fn prepare(
         .collect();
     drop(vox);
     let e = e_inc.iter().map(|&x| tr.energy(x)).collect();
-    let n_val = ((n as f64 * validation_fraction).round() as usize).clamp(1, n - 1);
     Ok(Prepared {
         e_inc,
         x,
         e,
-        n_train: n - n_val,
+        n_train,
     })
+}
+
+/// Reads `opts.data` (creating `opts.out`): incident energies, voxels, and how many showers
+/// train (the last `validation_fraction` validate, at least one shower each side).
+pub(crate) fn read_split(
+    opts: &TrainOptions,
+    kind: DatasetKind,
+    validation_fraction: f64,
+) -> Result<(Vec<f64>, Vec<f32>, usize)> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| ModelError::file(&opts.out, e))?;
+    let (e_inc, vox) = read_showers(&opts.data, kind, opts.max_showers)?;
+    let n = e_inc.len();
+    if n < 2 {
+        return Err(ModelError::file(&opts.data, "need at least 2 showers"));
+    }
+    let n_val = ((n as f64 * validation_fraction).round() as usize).clamp(1, n - 1);
+    Ok((e_inc, vox, n - n_val))
+}
+
+/// Rows `idx` of `x` (rows of `d` values), concatenated.
+pub(crate) fn gather(x: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+        .collect()
 }
 
 /// The card of a run of `model` (a network of `parameters`) on `p`.

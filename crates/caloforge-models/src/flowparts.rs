@@ -209,8 +209,7 @@ pub(crate) fn write_model_dir<C: serde::Serialize, M: serde::Serialize>(
         caloforge_nn::flow::train::save_flow(f, &flow_path(dir, k + 1))?;
     }
     crate::write_text(&dir.join("config.toml"), &crate::to_toml(cfg)?)?;
-    let card = serde_json::to_string_pretty(card).map_err(|e| ModelError::Config(e.to_string()))?;
-    crate::write_text(&dir.join("model_card.json"), &card)
+    crate::write_json(&dir.join("model_card.json"), card)
 }
 
 /// Loads flows 1..=`n` of the model directory `dir` (for inference, on the CPU) with the

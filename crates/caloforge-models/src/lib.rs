@@ -243,6 +243,21 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Writes `value` as pretty JSON to `path` atomically (model cards, preprocessing).
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| ModelError::Config(e.to_string()))?;
+    write_text(path, &text)
+}
+
+/// The energy of each layer of a shower (`out.len()` equal layers).
+pub(crate) fn layer_sums(row: &[f32], out: &mut [f64]) {
+    let per_layer = row.len() / out.len().max(1);
+    for (e, layer) in out.iter_mut().zip(row.chunks(per_layer.max(1))) {
+        *e = layer.iter().map(|&v| v as f64).sum();
+    }
+}
+
 /// Writes `text` to `path` atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
     Ok(caloforge_core::io::write_bytes_atomic(

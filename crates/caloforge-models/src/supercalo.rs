@@ -259,7 +259,7 @@ impl Showers {
         let mut coarse = vec![0.0f32; n * nc];
         for s in 0..n {
             let row = &vox[s * nv..(s + 1) * nv];
-            layer_sums(row, &mut layer_e[s * nl..(s + 1) * nl]);
+            crate::layer_sums(row, &mut layer_e[s * nl..(s + 1) * nl]);
             grid.coarse_grain(row, &mut coarse[s * nc..(s + 1) * nc]);
         }
         Showers {
@@ -579,7 +579,7 @@ impl SuperCalo {
                     for s in 0..n {
                         let row = &rows[s * nv..(s + 1) * nv];
                         grid.coarse_grain(row, &mut coarse[s * nc..(s + 1) * nc]);
-                        layer_sums(row, &mut le[s * nl..(s + 1) * nl]);
+                        crate::layer_sums(row, &mut le[s * nl..(s + 1) * nl]);
                     }
                 } else {
                     coarse.copy_from_slice(rows);
@@ -610,14 +610,6 @@ impl SuperCalo {
                 Ok(self.upsample_batch(es, &le, &coarse, rngs))
             },
         )
-    }
-}
-
-/// The energy of each layer of a shower (`out.len()` equal layers).
-fn layer_sums(row: &[f32], out: &mut [f64]) {
-    let per_layer = row.len() / out.len().max(1);
-    for (e, layer) in out.iter_mut().zip(row.chunks(per_layer.max(1))) {
-        *e = layer.iter().map(|&v| v as f64).sum();
     }
 }
 
