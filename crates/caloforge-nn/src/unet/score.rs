@@ -160,6 +160,33 @@ pub(crate) fn pool(x: Tensor<5>, f: [usize; 3]) -> Tensor<5> {
         .reshape([b, c, z2, a2, r2])
 }
 
+/// Zero-pads `[b, c, z, α, r]` at the end of each grid axis up to `to`.
+pub(crate) fn pad_end(h: Tensor<5>, to: [usize; 3]) -> Tensor<5> {
+    let [_, _, z, a, r] = h.dims();
+    if [z, a, r] == to {
+        return h;
+    }
+    h.pad(
+        [
+            (0, 0),
+            (0, 0),
+            (0, to[0] - z),
+            (0, to[1] - a),
+            (0, to[2] - r),
+        ],
+        0.0,
+    )
+}
+
+/// The first `shape` of each grid axis of `[b, c, z, α, r]` (undoes [`pad_end`]).
+pub(crate) fn crop(h: Tensor<5>, shape: [usize; 3]) -> Tensor<5> {
+    let [b, c, z, a, r] = h.dims();
+    if [z, a, r] == shape {
+        return h;
+    }
+    h.slice([0..b, 0..c, 0..shape[0], 0..shape[1], 0..shape[2]])
+}
+
 /// Nearest up-sampling by `f`.
 pub(crate) fn upsample(x: Tensor<5>, f: [usize; 3]) -> Tensor<5> {
     let [b, c, z, a, r] = x.dims();
@@ -236,12 +263,8 @@ impl ScoreNet {
     pub fn forward(&self, x: Tensor<2>, t: Tensor<2>, e: Tensor<2>) -> Tensor<2> {
         let b = x.dims()[0];
         let [z, a, r] = self.shape;
-        let [pz, pa, pr] = self.padded;
         let emb = self.embedding(t, e);
-        let mut h: Tensor<5> = x.reshape([b, 1, z, a, r]);
-        if [pz, pa, pr] != [z, a, r] {
-            h = h.pad([(0, 0), (0, 0), (0, pz - z), (0, pa - a), (0, pr - r)], 0.0);
-        }
+        let h = pad_end(x.reshape([b, 1, z, a, r]), self.padded);
         let e0 = self.down[0].forward(h, emb.clone());
         let e1 = pool(self.down[1].forward(e0.clone(), emb.clone()), self.pool);
         let e2 = pool(self.down[2].forward(e1.clone(), emb.clone()), self.pool);
@@ -253,12 +276,7 @@ impl ScoreNet {
             d = silu(lev.conv1.forward(d));
         }
         let d = self.out.forward(self.last.forward(d, emb));
-        let d = if [pz, pa, pr] != [z, a, r] {
-            d.slice([0..b, 0..1, 0..z, 0..a, 0..r])
-        } else {
-            d
-        };
-        d.reshape([b, z * a * r])
+        crop(d, self.shape).reshape([b, z * a * r])
     }
 }
 

@@ -23,7 +23,7 @@
 //! at the end of each axis, and the energy Dense is not shared between the two networks
 //! (the reference shares it while training the base model; its EMA copies do not).
 
-use super::score::{conv, dense, pool, upsample};
+use super::score::{conv, crop, dense, pad_end, pool, upsample};
 use crate::conv::CylindricalConv3d;
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig, Linear};
@@ -287,7 +287,6 @@ impl VoxelNet {
     ) -> Tensor<2> {
         let b = x.dims()[0];
         let [z, a, r] = self.shape;
-        let [pz, pa, pr] = self.padded;
         let c = self.cond.forward(Tensor::cat(
             vec![
                 self.temb.forward(t),
@@ -296,11 +295,9 @@ impl VoxelNet {
             ],
             1,
         ));
-        let mut h: Tensor<5> = x.reshape([b, 1, z, a, r]);
-        if [pz, pa, pr] != [z, a, r] {
-            h = h.pad([(0, 0), (0, 0), (0, pz - z), (0, pa - a), (0, pr - r)], 0.0);
-        }
-        let mut h = self.input.forward(h);
+        let mut h = self
+            .input
+            .forward(pad_end(x.reshape([b, 1, z, a, r]), self.padded));
         let mut skips = Vec::with_capacity(self.down.len());
         for (i, blk) in self.down.iter().enumerate() {
             h = blk.forward(h, c.clone());
@@ -319,13 +316,7 @@ impl VoxelNet {
             let s = skips.pop().expect("one skip per up block");
             h = blk.forward(Tensor::cat(vec![h, s], 1), c.clone());
         }
-        let h = self.out.forward(h);
-        let h = if [pz, pa, pr] != [z, a, r] {
-            h.slice([0..b, 0..1, 0..z, 0..a, 0..r])
-        } else {
-            h
-        };
-        h.reshape([b, z * a * r])
+        crop(self.out.forward(h), self.shape).reshape([b, z * a * r])
     }
 }
 

@@ -3,7 +3,7 @@
 //! the burn blocks, assembled from the shared kernels; channels-last per shower, showers in
 //! parallel with rayon (results independent of batch split and thread count).
 
-use super::score_fast::{pool, upsample};
+use super::score_fast::{add_rows, crop_grid, pad_grid, pool, upsample};
 use crate::kernels::simd::silu;
 use crate::kernels::{softmax_attention, Buf, Conv3d, GroupNorm, Linear};
 use crate::twin::Twin;
@@ -116,12 +116,7 @@ impl ResBlock {
         let mut a = x.to_vec();
         silu(&mut a);
         let (mut h, _) = self.conv1.forward(&a, d);
-        let bias = self.cond.forward(c);
-        for row in h.chunks_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(&bias) {
-                *v += b;
-            }
-        }
+        add_rows(&mut h, &self.cond.forward(c));
         silu(&mut h);
         let (mut h, _) = self.conv2.forward(&h, d);
         for (v, r) in h.iter_mut().zip(res.iter()) {
@@ -174,7 +169,6 @@ impl Twin for super::score2::VoxelNet {
 impl VoxelNet {
     /// One shower `x` `[z][α][r]` at time `t`, energy condition `e`, layer codes `l` → v.
     pub fn forward_one(&self, x: &[f32], t: f32, e: f32, l: &[f32]) -> Vec<f32> {
-        let [z, a, r] = self.shape;
         let p = self.padded;
         let mut c = self.temb.forward(t);
         let mut hl = self.dense_layer.forward(l);
@@ -184,14 +178,7 @@ impl VoxelNet {
         c.extend(hl);
         c.extend(he);
         let c = self.cond.forward(&c);
-        let mut xp = Buf::zeroed(p.iter().product());
-        for iz in 0..z {
-            for ia in 0..a {
-                let src = (iz * a + ia) * r;
-                let dst = (iz * p[1] + ia) * p[2];
-                xp[dst..dst + r].copy_from_slice(&x[src..src + r]);
-            }
-        }
+        let xp = pad_grid(x, self.shape, p);
         let ch = |b: &[f32], d: [usize; 3]| b.len() / d.iter().product::<usize>();
         let mut d = p;
         let (mut h, _) = self.input.forward(&xp, d);
@@ -224,14 +211,7 @@ impl VoxelNet {
             h = blk.forward(&cat, d, &c);
         }
         let (o, _) = self.out.forward(&h, d);
-        let mut out = Vec::with_capacity(z * a * r);
-        for iz in 0..z {
-            for ia in 0..a {
-                let src = (iz * p[1] + ia) * p[2];
-                out.extend_from_slice(&o[src..src + r]);
-            }
-        }
-        out
+        crop_grid(&o, self.shape, p)
     }
 
     /// A batch `x` `[n][z][α][r]` with per-shower times, conditions and layer codes `l`

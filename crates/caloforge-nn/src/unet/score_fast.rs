@@ -31,6 +31,44 @@ impl Twin for super::score::TimeConv {
     }
 }
 
+/// Adds `bias` to every channels-last row of `h`.
+pub(crate) fn add_rows(h: &mut [f32], bias: &[f32]) {
+    for row in h.chunks_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// One-channel shower `x` on grid `shape`, zero-padded at the end of each axis to `padded`.
+pub(crate) fn pad_grid(x: &[f32], shape: [usize; 3], padded: [usize; 3]) -> Buf {
+    let [z, a, r] = shape;
+    let p = padded;
+    let mut xp = Buf::zeroed(p.iter().product());
+    for iz in 0..z {
+        for ia in 0..a {
+            let src = (iz * a + ia) * r;
+            let dst = (iz * p[1] + ia) * p[2];
+            xp[dst..dst + r].copy_from_slice(&x[src..src + r]);
+        }
+    }
+    xp
+}
+
+/// The `shape` corner of a one-channel grid `padded` (undoes [`pad_grid`]).
+pub(crate) fn crop_grid(o: &[f32], shape: [usize; 3], padded: [usize; 3]) -> Vec<f32> {
+    let [z, a, r] = shape;
+    let p = padded;
+    let mut out = Vec::with_capacity(z * a * r);
+    for iz in 0..z {
+        for ia in 0..a {
+            let src = (iz * p[1] + ia) * p[2];
+            out.extend_from_slice(&o[src..src + r]);
+        }
+    }
+    out
+}
+
 impl TimeConv {
     /// Channels-last `x` of grid `d`, embedding `emb`.
     pub fn forward(&self, x: &[f32], d: [usize; 3], emb: &[f32]) -> Buf {
@@ -38,11 +76,7 @@ impl TimeConv {
         silu(&mut h);
         let mut bias = self.dense.forward(emb);
         silu(&mut bias);
-        for row in h.chunks_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(&bias) {
-                *v += b;
-            }
-        }
+        add_rows(&mut h, &bias);
         let (mut h, _) = self.conv1.forward(&h, d);
         for row in h.chunks_mut(self.gamma.len()) {
             for ((v, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
@@ -176,17 +210,9 @@ impl ScoreNet {
 
     /// One shower `x` `[z][α][r]` at time `t` with energy condition `e` → n(x, t, E).
     pub fn forward_one(&self, x: &[f32], t: f32, e: f32) -> Vec<f32> {
-        let [z, a, r] = self.shape;
         let p = self.padded;
         let emb = self.embedding(t, e);
-        let mut xp = Buf::zeroed(p.iter().product());
-        for iz in 0..z {
-            for ia in 0..a {
-                let src = (iz * a + ia) * r;
-                let dst = (iz * p[1] + ia) * p[2];
-                xp[dst..dst + r].copy_from_slice(&x[src..src + r]);
-            }
-        }
+        let xp = pad_grid(x, self.shape, p);
         let ch = |b: &[f32], d: [usize; 3]| b.len() / d.iter().product::<usize>();
         let d0 = p;
         let e0 = self.down[0].forward(&xp, d0, &emb);
@@ -211,14 +237,7 @@ impl ScoreNet {
         }
         let h = self.last.forward(&h, d, &emb);
         let (o, _) = self.out.forward(&h, d);
-        let mut out = Vec::with_capacity(z * a * r);
-        for iz in 0..z {
-            for ia in 0..a {
-                let src = (iz * p[1] + ia) * p[2];
-                out.extend_from_slice(&o[src..src + r]);
-            }
-        }
-        out
+        crop_grid(&o, self.shape, p)
     }
 
     /// A batch `x` `[n][z][α][r]` with per-shower times and conditions.
