@@ -29,14 +29,14 @@
 //! student trains without dropout.
 
 use crate::flowparts::{
-    batched, check_energies, check_previous, flow_path, load_flows, materialise, run_jobs,
-    settings_with_steps, time_flow, write_model_dir, Job,
+    batched, check_energies, check_previous, check_rows, flow_path, load_flows, log_dlogit,
+    materialise, run_jobs, settings_with_steps, time_flow, write_model_dir, Job,
 };
 use crate::icaloflow::{ModelCard, Role, Stage};
-use crate::registry::{ModelInfo, StepTiming};
+use crate::registry::{DensitySpace, ModelInfo, StepTiming};
 use crate::{
-    file_sha256, read_showers, unix_time, Generator, ModelError, ModelKind, ModelOption, Preset,
-    Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
+    file_sha256, read_showers, unix_time, Generator, LikelihoodOptions, ModelError, ModelKind,
+    ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
 };
 use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
@@ -250,6 +250,25 @@ impl CaloFlowConfig {
             rest -= e;
         }
         le.push(rest.max(0.0));
+    }
+
+    /// log |∂x/∂E| of the energy flow's variables x (`unit_space` of `le`) with respect to the
+    /// layer energies `le` (MeV): the stick-breaking map E → (ΣE/(c·E_inc), E_k / Σ_{j≥k} E_j)
+    /// has log-determinant −ln(c·E_inc) − (N − 1) ln ΣE − Σ_k (N − 2 − k) ln(1 − r_k), then
+    /// each logit's.
+    pub fn unit_space_log_jacobian(&self, le: &[f64], e_inc: f64, x: &[f32]) -> f64 {
+        let n = le.len();
+        let total: f64 = le.iter().sum();
+        let mut j = -(self.energy_scale * e_inc).ln() - (n as f64 - 1.0) * total.ln();
+        let mut tail = total;
+        for (k, &e) in le[..n - 1].iter().enumerate() {
+            let next = tail - e;
+            if n - 2 > k {
+                j -= (n - 2 - k) as f64 * (next / tail).ln();
+            }
+            tail = next;
+        }
+        j + x.iter().map(|&v| log_dlogit(self.alpha, v)).sum::<f64>()
     }
 
     /// The shower flow's context: log10(3·E_inc / unit), log10(E_k / unit + offset) − 1.
@@ -725,6 +744,7 @@ impl Generator for CaloFlow {
     ) -> Result<Vec<f32>> {
         check_energies(energies)?;
         batched(
+            "generate",
             energies.len(),
             self.cfg.dataset.n_voxels(),
             seed,
@@ -736,6 +756,97 @@ impl Generator for CaloFlow {
     }
     fn save(&self, dir: &Path) -> Result<()> {
         write_model_dir(dir, &self.cfg, &self.card, &self.flows)
+    }
+    fn density_space(&self) -> Option<DensitySpace> {
+        Some(DensitySpace {
+            dims: self.sizes.len() + self.cfg.dataset.n_voxels(),
+            over: format!(
+                "the {} layer energies (MeV, voxels dequantised with U(0, {} MeV)) and the voxel \
+                 fractions of their layer (voxels dequantised with U(0, {} MeV)), as in training",
+                self.sizes.len(),
+                self.cfg.energy_flow_noise,
+                self.cfg.noise_level
+            ),
+            method: "exact (normalizing flows)",
+        })
+    }
+    /// log p (nats) of each shower as a density over its layer energies (MeV) and the voxel
+    /// fractions of each layer: Flow-1 and Flow-2 on the shower dequantised as each was trained,
+    /// plus the log-Jacobians of the energy flow's unit space and of the logits. Shower j draws
+    /// its noise from `shower_rng(seed, first + j)`.
+    fn log_likelihood(
+        &self,
+        energies: &[f64],
+        showers: &[f32],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        _opts: &LikelihoodOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f64>> {
+        let v = self.cfg.dataset.n_voxels();
+        check_rows(energies, showers, v)?;
+        batched(
+            "likelihood",
+            energies.len(),
+            1,
+            seed,
+            first,
+            batch,
+            progress,
+            |range, rngs| {
+                let rows = &showers[range.start * v..range.end * v];
+                Ok(self.log_prob_batch(&energies[range], rows, rngs))
+            },
+        )
+    }
+}
+
+impl CaloFlow {
+    /// [`Generator::log_likelihood`] of one batch.
+    fn log_prob_batch(&self, energies: &[f64], rows: &[f32], rngs: &mut [ChaCha8Rng]) -> Vec<f64> {
+        let cfg = &self.cfg;
+        let (n, nl, nv) = (energies.len(), self.sizes.len(), cfg.dataset.n_voxels());
+        let idx: Vec<usize> = (0..n).collect();
+        let source = |part| Source {
+            cfg,
+            sizes: &self.sizes,
+            e_inc: energies,
+            vox: rows,
+            idx: &idx,
+            part,
+        };
+        let (mut x1, mut c1) = (Vec::with_capacity(n * nl), Vec::with_capacity(n));
+        let (mut x2, mut c2) = (Vec::with_capacity(n * nv), Vec::with_capacity(n * (nl + 1)));
+        let mut jac = vec![0.0f64; n];
+        let mut le = Vec::with_capacity(nl);
+        for (j, r) in rngs.iter_mut().enumerate() {
+            // Flow-1's variables as its training rows make them, keeping the noisy layer sums.
+            le.clear();
+            let mut off = 0;
+            for &size in &self.sizes {
+                le.push(
+                    rows[j * nv + off..j * nv + off + size]
+                        .iter()
+                        .map(|&v| v as f64 + cfg.energy_flow_noise * r.random::<f64>())
+                        .sum::<f64>(),
+                );
+                off += size;
+            }
+            let start = x1.len();
+            cfg.unit_space(&le, energies[j], &mut x1);
+            c1.push(cfg.inc_feature(energies[j]));
+            jac[j] = cfg.unit_space_log_jacobian(&le, energies[j], &x1[start..]);
+            let start = x2.len();
+            source(2).row(j, r, &mut x2, &mut c2);
+            jac[j] += x2[start..]
+                .iter()
+                .map(|&x| log_dlogit(cfg.alpha, x))
+                .sum::<f64>();
+        }
+        let (_, lp1) = self.fast[0].log_prob(&x1, &c1);
+        let (_, lp2) = self.fast[1].log_prob(&x2, &c2);
+        (0..n).map(|j| jac[j] + lp1[j] + lp2[j]).collect()
     }
 }
 

@@ -593,6 +593,13 @@ impl Generator for CaloScore {
         let sampler = self.sampler(opts)?;
         self.sample_with(energies, seed, first, batch, sampler, opts.steps, progress)
     }
+    fn density_space(&self) -> Option<crate::DensitySpace> {
+        Some(crate::DensitySpace {
+            dims: self.cfg.dataset.n_voxels(),
+            over: "the voxel energies (MeV)".into(),
+            method: "probability-flow ODE",
+        })
+    }
     /// log p of each shower (nats), over the voxel energies in MeV: the probability-flow ODE's
     /// log-density of the preprocessed shower plus the log-Jacobian of the preprocessing.
     /// Shower j draws its Hutchinson probe from `shower_rng(seed, first + j)`.

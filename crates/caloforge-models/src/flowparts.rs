@@ -169,20 +169,22 @@ pub(crate) fn check_energies(energies: &[f64]) -> Result<()> {
     }
 }
 
-/// Generates `n` showers of `width` voxels `batch` at a time, with a progress bar: `f(range,
-/// rngs)` makes the showers of `range`, shower j drawing from
+/// Runs `n` showers through `f`, `batch` at a time, with the progress bar `bar`: `f(range,
+/// rngs)` returns `width` values per shower of `range`, shower j drawing from
 /// [`crate::shower_rng`]`(seed, first + j)`.
-pub(crate) fn batched(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn batched<T>(
+    bar: &str,
     n: usize,
     width: usize,
     seed: u64,
     first: u64,
     batch: usize,
     progress: &dyn Progress,
-    mut f: impl FnMut(std::ops::Range<usize>, &mut [ChaCha8Rng]) -> Result<Vec<f32>>,
-) -> Result<Vec<f32>> {
+    mut f: impl FnMut(std::ops::Range<usize>, &mut [ChaCha8Rng]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
     let mut out = Vec::with_capacity(n * width);
-    progress.start("generate", "generate", n as u64);
+    progress.start(bar, bar, n as u64);
     let b = batch.max(1);
     for start in (0..n).step_by(b) {
         let end = (start + b).min(n);
@@ -190,9 +192,9 @@ pub(crate) fn batched(
             .map(|j| crate::shower_rng(seed, first + j as u64))
             .collect();
         out.extend(f(start..end, &mut rngs)?);
-        progress.set("generate", end as u64, None);
+        progress.set(bar, end as u64, None);
     }
-    progress.finish("generate");
+    progress.finish(bar);
     Ok(out)
 }
 
@@ -356,4 +358,24 @@ pub(crate) fn time_flow(
         }
     };
     timer.finish(what, batch)
+}
+
+/// log |dx/du| of x = logit(α + (1 − 2α)u), from x: ln(1 − 2α) − ln σ(x) − ln σ(−x).
+pub(crate) fn log_dlogit(alpha: f64, x: f32) -> f64 {
+    let softplus = |v: f64| v.max(0.0) + (-v.abs()).exp().ln_1p();
+    let x = x as f64;
+    (1.0 - 2.0 * alpha).ln() + softplus(x) + softplus(-x)
+}
+
+/// Refuses a likelihood call whose showers are not `energies.len()` rows of `width` voxels.
+pub(crate) fn check_rows(energies: &[f64], showers: &[f32], width: usize) -> Result<()> {
+    check_energies(energies)?;
+    if showers.len() != energies.len() * width {
+        return Err(ModelError::Config(format!(
+            "{} showers of {width} voxels expected, got {} values",
+            energies.len(),
+            showers.len()
+        )));
+    }
+    Ok(())
 }

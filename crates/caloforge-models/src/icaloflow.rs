@@ -25,13 +25,13 @@
 //! the x-pass only). Flow-1 is never distilled: students reuse the teacher's.
 
 use crate::flowparts::{
-    batched, check_energies, check_previous, flow_path, load_flows, materialise, run_jobs,
-    settings_with_steps, time_flow, write_model_dir, Job,
+    batched, check_energies, check_previous, check_rows, flow_path, load_flows, log_dlogit,
+    materialise, run_jobs, settings_with_steps, time_flow, write_model_dir, Job,
 };
-use crate::registry::{ModelInfo, StepTiming};
+use crate::registry::{DensitySpace, ModelInfo, StepTiming};
 use crate::{
-    file_sha256, read_showers, unix_time, Generator, ModelError, ModelKind, ModelOption, Preset,
-    Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
+    file_sha256, read_showers, unix_time, Generator, LikelihoodOptions, ModelError, ModelKind,
+    ModelOption, Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
 };
 use caloforge_core::DatasetKind;
 use caloforge_nn::device::{cpu_autodiff, Precision};
@@ -903,9 +903,109 @@ impl Generator for ICaloFlow {
     fn save(&self, dir: &Path) -> Result<()> {
         write_model_dir(dir, &self.cfg, &self.card, &self.flows)
     }
+
+    fn density_space(&self) -> Option<DensitySpace> {
+        Some(DensitySpace {
+            dims: LAYERS * (self.cfg.layer_size() + 1),
+            over: format!(
+                "the 45 layer energies (MeV) and the 45 × {} voxel fractions of their layer, \
+                 dequantised with U(0, {} MeV) noise as in training",
+                self.cfg.layer_size(),
+                self.cfg.noise_level
+            ),
+            method: "exact (normalizing flows)",
+        })
+    }
+
+    /// log p (nats) of each shower as a density over its 45 layer energies (MeV) and the
+    /// voxel fractions of each layer: Flow-1 + Flow-2 + Flow-3 of every later layer, on the
+    /// shower dequantised as in training (fresh U(0, noise) on the layer energies, on the voxels
+    /// before they are normalised, and on the previous layer of Flow-3's context), plus the
+    /// log-Jacobians of the logits. Shower j draws its noise from `shower_rng(seed, first + j)`.
+    fn log_likelihood(
+        &self,
+        energies: &[f64],
+        showers: &[f32],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        _opts: &LikelihoodOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f64>> {
+        let v = self.cfg.kind().n_voxels();
+        check_rows(energies, showers, v)?;
+        batched(
+            "likelihood",
+            energies.len(),
+            1,
+            seed,
+            first,
+            batch,
+            progress,
+            |range, rngs| {
+                let rows = &showers[range.start * v..range.end * v];
+                Ok(self.log_prob_batch(&energies[range], rows, rngs))
+            },
+        )
+    }
 }
 
 impl ICaloFlow {
+    /// [`Generator::log_likelihood`] of one batch.
+    fn log_prob_batch(&self, energies: &[f64], rows: &[f32], rngs: &mut [ChaCha8Rng]) -> Vec<f64> {
+        let cfg = &self.cfg;
+        let (l, n, v) = (cfg.layer_size(), energies.len(), cfg.kind().n_voxels());
+        let (_, c3) = cfg.dims(3);
+        let s = Showers::new(energies.to_vec(), rows.to_vec(), l);
+        let (mut x1, mut c1) = (Vec::with_capacity(n * LAYERS), Vec::with_capacity(n));
+        let (mut x2, mut c2) = (Vec::with_capacity(n * l), Vec::with_capacity(2 * n));
+        let mut x3 = Vec::with_capacity(n * (LAYERS - 1) * l);
+        let mut c3v = Vec::with_capacity(n * (LAYERS - 1) * c3);
+        let mut jac = vec![0.0f64; n];
+        let ln_norm = cfg.normalization.ln();
+        for (j, r) in rngs.iter_mut().enumerate() {
+            let inc = ICaloFlowConfig::inc_feature(energies[j]);
+            let le: Vec<f64> = (0..LAYERS)
+                .map(|i| s.layer_e[j * LAYERS + i] + cfg.noise_level * r.random::<f64>())
+                .collect();
+            let start = x1.len();
+            x1.extend(le.iter().map(|&e| cfg.energy_feature(e)));
+            jac[j] += x1[start..]
+                .iter()
+                .map(|&x| log_dlogit(cfg.alpha, x) - ln_norm)
+                .sum::<f64>();
+            c1.push(inc);
+            push_layer(cfg, s.layer(j, 0), r, &mut x2);
+            c2.extend([inc, cfg.energy_feature(le[0]) / 4.0]);
+            for i in 1..LAYERS {
+                push_layer(cfg, s.layer(j, i), r, &mut x3);
+                c3v.extend([
+                    inc,
+                    cfg.energy_feature(le[i]),
+                    cfg.energy_feature(le[i - 1]),
+                ]);
+                push_layer(cfg, s.layer(j, i - 1), r, &mut c3v);
+                c3v.extend((1..LAYERS).map(|k| if k == i { 1.0 } else { 0.0 }));
+            }
+        }
+        let frac = |x: &[f32]| x.iter().map(|&x| log_dlogit(cfg.alpha, x)).sum::<f64>();
+        let (_, lp1) = self.fast[0].log_prob(&x1, &c1);
+        let (_, lp2) = self.fast[1].log_prob(&x2, &c2);
+        let (_, lp3) = self.fast[2].log_prob(&x3, &c3v);
+        debug_assert_eq!(v, LAYERS * l);
+        (0..n)
+            .map(|j| {
+                let rows3 = j * (LAYERS - 1)..(j + 1) * (LAYERS - 1);
+                jac[j]
+                    + lp1[j]
+                    + lp2[j]
+                    + frac(&x2[j * l..(j + 1) * l])
+                    + lp3[rows3.clone()].iter().sum::<f64>()
+                    + frac(&x3[rows3.start * l..rows3.end * l])
+            })
+            .collect()
+    }
+
     /// Generates showers `first..first + energies.len()` of seed `seed` (see
     /// [`Generator::sample`]).
     pub fn sample_showers(
@@ -918,6 +1018,7 @@ impl ICaloFlow {
     ) -> Result<Vec<f32>> {
         check_energies(energies)?;
         batched(
+            "generate",
             energies.len(),
             self.cfg.kind().n_voxels(),
             seed,

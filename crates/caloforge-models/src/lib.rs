@@ -27,7 +27,8 @@ pub mod registry;
 pub mod supercalo;
 
 pub use registry::{
-    Generator, LikelihoodOptions, ModelKind, ModelOption, Preset, SampleOptions, TrainOutcome,
+    DensitySpace, Generator, LikelihoodOptions, ModelKind, ModelOption, Preset, SampleOptions,
+    TrainOutcome,
 };
 
 /// The embedded presets `presets/<name>.toml` of the given names, as a `&[Preset]`.

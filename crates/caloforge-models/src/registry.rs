@@ -72,6 +72,17 @@ impl Default for LikelihoodOptions {
     }
 }
 
+/// What [`Generator::log_likelihood`] is a density over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DensitySpace {
+    /// Its dimension (bits per dimension divide −log p by dims · ln 2).
+    pub dims: usize,
+    /// The variables, in words.
+    pub over: String,
+    /// How log p is computed.
+    pub method: &'static str,
+}
+
 /// An embedded preset: a TOML file named after the paper.
 #[derive(Debug, Clone, Copy)]
 pub struct Preset {
@@ -242,6 +253,11 @@ pub trait Generator: Send + Sync {
     /// Multiply-adds of the network evaluations that generate one shower with `opts` (masked
     /// weights excluded), for `caloforge bench`'s GFLOP/s; `None` when not counted.
     fn macs_per_shower(&self, _opts: &SampleOptions) -> Option<f64> {
+        None
+    }
+    /// The space of [`Generator::log_likelihood`]'s density; `None` for models that do not
+    /// compute likelihoods.
+    fn density_space(&self) -> Option<DensitySpace> {
         None
     }
     /// log p (nats) of each given shower (`energies.len()` rows of the dataset's voxels, MeV)

@@ -563,6 +563,7 @@ impl SuperCalo {
             )));
         }
         batched(
+            "generate",
             energies.len(),
             self.grid.n_fine(),
             seed,
@@ -862,6 +863,7 @@ impl Generator for SuperCalo {
     ) -> Result<Vec<f32>> {
         check_energies(energies)?;
         batched(
+            "generate",
             energies.len(),
             self.grid.n_fine(),
             seed,

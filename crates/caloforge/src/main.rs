@@ -77,7 +77,7 @@ enum Command {
     /// Generate showers with a trained model.
     Generate(models::GenerateArgs),
     /// Log-likelihood of given showers under a trained model (CaloScore: the probability-flow
-    /// ODE).
+    /// ODE; iCaloFlow and CaloFlow: exactly, from their flows).
     Likelihood(models::LikelihoodArgs),
     /// Time generation of a trained model at several batch sizes (ms per shower).
     Bench(models::BenchArgs),

@@ -483,9 +483,10 @@ pub struct LikelihoodArgs {
     /// Showers to evaluate (CaloChallenge HDF5 of the model's dataset).
     #[arg(long, short = 'i')]
     input: PathBuf,
-    /// Output HDF5 file: `log_likelihood` (nats per shower, in input order, as a density over
-    /// the voxel energies in MeV), `bits_per_dim` and `incident_energies`; a JSON summary is
-    /// written to OUT.json.
+    /// Output HDF5 file: `log_likelihood` (nats per shower, in input order; CaloScore: a density
+    /// over the voxel energies in MeV, flows: over the layer energies in MeV and the voxel
+    /// fractions of each layer, as the summary's `density_over` says), `bits_per_dim` (over the
+    /// density's dimensions) and `incident_energies`; a JSON summary is written to OUT.json.
     #[arg(long)]
     out: PathBuf,
     /// Showers per batch.
@@ -498,12 +499,12 @@ pub struct LikelihoodArgs {
     /// dimensions only) instead of Hutchinson's estimator.
     #[arg(long)]
     exact_trace: bool,
-    /// Relative tolerance of the adaptive ODE solver.
-    #[arg(long, default_value_t = 1e-5)]
-    rtol: f64,
-    /// Absolute tolerance of the adaptive ODE solver.
-    #[arg(long, default_value_t = 1e-5)]
-    atol: f64,
+    /// Relative tolerance of the adaptive ODE solver [default: 1e-5].
+    #[arg(long)]
+    rtol: Option<f64>,
+    /// Absolute tolerance of the adaptive ODE solver [default: 1e-5].
+    #[arg(long)]
+    atol: Option<f64>,
     /// Evaluate at most this many showers (the first ones).
     #[arg(long)]
     max_showers: Option<usize>,
@@ -514,10 +515,26 @@ pub fn likelihood(a: LikelihoodArgs, quiet: bool) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be > 0");
     }
-    if !(a.rtol > 0.0 && a.atol > 0.0 && a.rtol < 1.0 && a.atol < 1.0) {
+    let (rtol, atol) = (a.rtol.unwrap_or(1e-5), a.atol.unwrap_or(1e-5));
+    if !(rtol > 0.0 && atol > 0.0 && rtol < 1.0 && atol < 1.0) {
         bail!("--rtol and --atol must lie in (0, 1)");
     }
     let model = registry::load(&a.model)?;
+    let Some(space) = model.density_space() else {
+        bail!(
+            "{}: {} does not compute likelihoods",
+            a.model.display(),
+            model.kind().name()
+        );
+    };
+    let ode = space.method.contains("ODE");
+    if !ode && (a.exact_trace || a.rtol.is_some() || a.atol.is_some()) {
+        bail!(
+            "--exact-trace, --rtol and --atol set the ODE of diffusion models; {} computes \
+             its likelihood exactly",
+            model.kind().name()
+        );
+    }
     check_output(&a.out, &[&a.input])?;
     let summary_path = summary_path(&a.out, &[&a.input])?;
     let v = model.dataset().n_voxels();
@@ -528,8 +545,8 @@ pub fn likelihood(a: LikelihoodArgs, quiet: bool) -> Result<()> {
     }
     let opts = caloforge_models::LikelihoodOptions {
         exact_trace: a.exact_trace,
-        rtol: a.rtol,
-        atol: a.atol,
+        rtol,
+        atol,
     };
     let bars = Bars::new(quiet);
     bars.start("likelihood", "likelihood", n as u64);
@@ -559,7 +576,7 @@ pub fn likelihood(a: LikelihoodArgs, quiet: bool) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let bpd: Vec<f64> = ll
         .iter()
-        .map(|&l| -l / (v as f64 * std::f64::consts::LN_2))
+        .map(|&l| -l / (space.dims as f64 * std::f64::consts::LN_2))
         .collect();
     let energies = f.energies[..n].to_vec();
     let rows = (n as u64).clamp(1, caloforge_core::io::MAX_CHUNK_ROWS);
@@ -579,19 +596,18 @@ pub fn likelihood(a: LikelihoodArgs, quiet: bool) -> Result<()> {
     let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
     let (m, b) = (mean(&ll), mean(&bpd));
     let sd = (ll.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n as f64).sqrt();
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "caloforge_version": env!("CARGO_PKG_VERSION"),
         "model": a.model.display().to_string(),
         "model_kind": model.kind().name(),
         "input": a.input.display().to_string(),
         "out": a.out.display().to_string(),
         "n": n,
-        "dimensions": v,
+        "dimensions": space.dims,
+        "density_over": space.over,
+        "method": space.method,
         "seed": a.seed,
         "batch": a.batch,
-        "trace": if a.exact_trace { "exact" } else { "hutchinson" },
-        "rtol": a.rtol,
-        "atol": a.atol,
         "mean_log_likelihood": m,
         "std_log_likelihood": sd,
         "mean_bits_per_dim": b,
@@ -599,6 +615,11 @@ pub fn likelihood(a: LikelihoodArgs, quiet: bool) -> Result<()> {
         "seconds": secs,
         "ms_per_shower": secs * 1e3 / n as f64,
     });
+    if ode {
+        summary["trace"] = (if a.exact_trace { "exact" } else { "hutchinson" }).into();
+        summary["rtol"] = rtol.into();
+        summary["atol"] = atol.into();
+    }
     caloforge_models::write_text(&summary_path, &serde_json::to_string_pretty(&summary)?)?;
     eprintln!(
         "wrote {} ({n} showers: mean log-likelihood {m:.2} nats, {b:.4} bits per dimension; {:.1} ms per shower)",

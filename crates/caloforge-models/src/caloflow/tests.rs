@@ -1,5 +1,6 @@
 use super::*;
 use crate::shower_rng;
+use crate::{LikelihoodOptions, NoProgress};
 
 fn tiny() -> CaloFlowConfig {
     CaloFlowConfig::from_toml(&crate::preset_text("caloflow-tiny").unwrap()).unwrap()
@@ -65,6 +66,91 @@ fn unit_space_matches_hand_computation_and_round_trips() {
     cfg.push_shower_context(65536.0, &le, 1e-8, &mut c);
     assert!((c[0] as f64 - (3.0f64 * 0.65536).log10()).abs() < 1e-6);
     assert!((c[3] as f64 - ((3.0f64 / 1e5 + 1e-8).log10() - 1.0)).abs() < 1e-5);
+}
+
+/// log |det J| of a square row-major matrix by Gaussian elimination with partial pivoting.
+fn log_abs_det(mut a: Vec<f64>, n: usize) -> f64 {
+    let mut ld = 0.0;
+    for c in 0..n {
+        let p = (c..n)
+            .max_by(|&i, &j| a[i * n + c].abs().total_cmp(&a[j * n + c].abs()))
+            .unwrap();
+        for k in 0..n {
+            a.swap(c * n + k, p * n + k);
+        }
+        let d = a[c * n + c];
+        ld += d.abs().ln();
+        for r in c + 1..n {
+            let f = a[r * n + c] / d;
+            for k in c..n {
+                a[r * n + k] -= f * a[c * n + k];
+            }
+        }
+    }
+    ld
+}
+
+#[test]
+fn unit_space_log_jacobian_matches_finite_differences() {
+    let cfg = tiny();
+    let e_inc = 4000.0;
+    for le in [
+        vec![10.0, 2000.0, 1500.0, 30.0, 5.0],
+        vec![1.0, 300.0, 20.0, 0.5, 0.01],
+    ] {
+        let mut x = Vec::new();
+        cfg.unit_space(&le, e_inc, &mut x);
+        let n = le.len();
+        let mut jac = vec![0.0f64; n * n];
+        for k in 0..n {
+            let h = 1e-3 * le[k];
+            let (mut up, mut dn) = (le.clone(), le.clone());
+            up[k] += h;
+            dn[k] -= h;
+            let (mut xu, mut xd) = (Vec::new(), Vec::new());
+            cfg.unit_space(&up, e_inc, &mut xu);
+            cfg.unit_space(&dn, e_inc, &mut xd);
+            for i in 0..n {
+                jac[i * n + k] = (xu[i] as f64 - xd[i] as f64) / (2.0 * h);
+            }
+        }
+        let fd = log_abs_det(jac, n);
+        let got = cfg.unit_space_log_jacobian(&le, e_inc, &x);
+        assert!(
+            (fd - got).abs() < 2e-3,
+            "{le:?}: {got} vs finite differences {fd}"
+        );
+    }
+}
+
+#[test]
+fn likelihood_is_deterministic_and_batch_independent() {
+    let cfg = tiny();
+    let m = CaloFlow::untrained(&cfg, 3).unwrap();
+    let space = m.density_space().unwrap();
+    assert_eq!(space.dims, 5 + 368);
+    let e = [256.0, 65536.0, 1e6];
+    let vox: Vec<f32> = (0..3 * 368)
+        .map(|i| ((i * 37) % 11) as f32 * 10.0)
+        .collect();
+    let opts = LikelihoodOptions::default();
+    let a = m
+        .log_likelihood(&e, &vox, 2, 0, 1, &opts, &NoProgress)
+        .unwrap();
+    let b = m
+        .log_likelihood(&e, &vox, 2, 0, 3, &opts, &NoProgress)
+        .unwrap();
+    assert_eq!(a, b);
+    assert!(a.iter().all(|v| v.is_finite()), "{a:?}");
+    // Shower j draws its noise from stream first + j.
+    let c = m
+        .log_likelihood(&e[1..], &vox[368..], 2, 1, 2, &opts, &NoProgress)
+        .unwrap();
+    assert_eq!(c, a[1..]);
+    let err = m
+        .log_likelihood(&e, &vox[1..], 2, 0, 1, &opts, &NoProgress)
+        .unwrap_err();
+    assert!(err.to_string().contains("368 voxels"), "{err}");
 }
 
 #[test]

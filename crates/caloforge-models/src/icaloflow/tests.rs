@@ -120,6 +120,23 @@ fn trains_generates_deterministically_and_round_trips() {
     );
     assert!(m.sample_showers(&[-1.0], 1, 0, 1, &NoProgress).is_err());
 
+    // Likelihood: one number per shower, the same whatever the batch, over 45 × (144 + 1)
+    // dimensions.
+    assert_eq!(m.density_space().unwrap().dims, 45 * 145);
+    let lo = crate::LikelihoodOptions::default();
+    let real = &vox[0][..6 * 6480];
+    let la = m
+        .log_likelihood(&e[..6], real, 4, 0, 2, &lo, &NoProgress)
+        .unwrap();
+    let lb = m
+        .log_likelihood(&e[..6], real, 4, 0, 6, &lo, &NoProgress)
+        .unwrap();
+    assert_eq!(la, lb);
+    assert!(la.iter().all(|v| v.is_finite()), "{la:?}");
+    assert!(m
+        .log_likelihood(&e[..6], &real[1..], 4, 0, 6, &lo, &NoProgress)
+        .is_err());
+
     // A student distilled from it.
     let sopts = TrainOptions {
         out: dir.path().join("student"),
@@ -131,6 +148,11 @@ fn trains_generates_deterministically_and_round_trips() {
     assert_eq!(s.cfg.role, Role::Student);
     let g = s.sample_showers(&energies, 9, 0, 3, &NoProgress).unwrap();
     assert_eq!(g.len(), 3 * 6480);
+    // The student's density (its IAFs inverted one feature at a time) is finite.
+    let ls = s
+        .log_likelihood(&e[..2], &vox[0][..2 * 6480], 4, 0, 2, &lo, &NoProgress)
+        .unwrap();
+    assert!(ls.iter().all(|v| v.is_finite()), "{ls:?}");
     // A student without a teacher is refused.
     let err = ICaloFlow::train(
         &tiny("student"),
