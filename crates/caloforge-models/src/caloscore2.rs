@@ -18,8 +18,8 @@ use crate::caloscore::prep::{stick_decode, stick_encode, Normaliser};
 use crate::diffusionparts;
 use crate::registry::{ModelInfo, StepTiming};
 use crate::{
-    write_text, Generator, ModelError, ModelKind, ModelOption, Preset, Progress, Result,
-    SampleOptions, TrainOptions, TrainOutcome,
+    write_text, DensitySpace, Generator, LikelihoodOptions, ModelError, ModelKind, ModelOption,
+    Preset, Progress, Result, SampleOptions, TrainOptions, TrainOutcome,
 };
 use burn::module::Module;
 use burn::store::SafetensorsStore;
@@ -28,11 +28,14 @@ use caloforge_core::DatasetKind;
 use caloforge_nn::burn;
 use caloforge_nn::device::{backend, compute_device, Backend, Precision};
 use caloforge_nn::schedule::LrSchedule;
+use caloforge_nn::sde::{OdeSolver, Trace, VelocityVjp};
 use caloforge_nn::train::{OptimizerKind, Task, TrainSettings};
 use caloforge_nn::twin::Twin;
 use caloforge_nn::unet::score2::{LayerNet, ScoreV2Config, ScoreV2Nets, VoxelNet, VoxelUNetConfig};
 use caloforge_nn::unet::score2_fast::ScoreV2Nets as FastNets;
-use caloforge_nn::vdiffusion::{ddim_step, ddim_v_sample, distill_target, v_target, LogSnrCosine};
+use caloforge_nn::vdiffusion::{
+    ddim_step, ddim_v_sample, distill_target, v_likelihood, v_target, LogSnrCosine,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -359,6 +362,46 @@ impl EvalNets<'_> {
             EvalNets::Fast(f) => f.voxel.forward(x, &f32s(t), c, l),
             EvalNets::Burn(n, dev) => eval_voxel(&n.voxel, x, t, c, l, dev),
         }
+    }
+}
+
+/// One of the two networks as the probability flow of the likelihood: v̂ and vᵀ ∂v̂/∂x by
+/// burn's autodiff.
+struct VFlow<'a> {
+    nets: &'a ScoreV2Nets,
+    dev: &'a Device,
+    /// Conditions of the batch's showers.
+    c: &'a [f32],
+    /// The voxel network's normalised layer codes (L per shower); `None`: the layer network.
+    codes: Option<(&'a [f32], usize)>,
+}
+
+impl VelocityVjp for VFlow<'_> {
+    fn velocity_vjp(
+        &mut self,
+        x: &[f32],
+        t: &[f64],
+        r: &[usize],
+        v: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let n = t.len();
+        let dev = self.dev;
+        let xt = rows(x.to_vec(), n, dev).require_grad();
+        let tt = column(f32s(t), dev);
+        let ct = column(diffusionparts::gather(self.c, 1, r), dev);
+        let out = match self.codes {
+            None => self.nets.layer.forward(xt.clone(), tt, ct),
+            Some((codes, l)) => {
+                let lt = rows(diffusionparts::gather(codes, l, r), n, dev);
+                self.nets.voxel.forward(xt.clone(), tt, ct, lt)
+            }
+        };
+        let grads = (out.clone() * rows(v.to_vec(), n, dev)).sum().backward();
+        let g: Vec<f32> = xt
+            .grad(&grads)
+            .map(|g| g.into_data().iter::<f32>().collect())
+            .unwrap_or_else(|| vec![0.0; x.len()]);
+        (to_vec(out.inner()), g)
     }
 }
 
@@ -719,6 +762,34 @@ impl CaloScore2 {
         out
     }
 
+    /// Normalised layer codes and voxel fractions of `showers` (MeV, `energies.len()` rows),
+    /// with the log-Jacobian of each shower's normalisation (see [`Normaliser::log_jacobian`]).
+    fn encode(&self, energies: &[f64], showers: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
+        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        let (mut xl, mut xv) = (Vec::new(), Vec::new());
+        let mut jac = Vec::with_capacity(energies.len());
+        let mut sums = vec![0.0; l];
+        let mut f = vec![0.0f64; v];
+        for (row, &e) in showers.chunks(v).zip(energies) {
+            crate::layer_sums(row, &mut sums);
+            let u = stick_encode(&sums, e, self.cfg.max_dep);
+            for ((fl, lay), &s) in f.chunks_mut(v / l).zip(row.chunks(v / l)).zip(&sums) {
+                for (y, &x) in fl.iter_mut().zip(lay) {
+                    // Rounded to f32 as training's fractions are.
+                    *y = if s > 0.0 {
+                        (x as f64 / s) as f32 as f64
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            xl.extend(self.prep.layer.forward(&u));
+            xv.extend(self.prep.voxel.forward(&f));
+            jac.push(self.prep.layer.log_jacobian(&u) + self.prep.voxel.log_jacobian(&f));
+        }
+        (xl, xv, jac)
+    }
+
     /// Times `steps` optimizer steps of both networks on synthetic inputs.
     pub fn bench_train(
         cfg: &CaloScore2Config,
@@ -1066,6 +1137,82 @@ impl Generator for CaloScore2 {
             }
         }
         self.sample_with(energies, seed, first, batch, opts.steps, progress)
+    }
+    fn density_space(&self) -> Option<DensitySpace> {
+        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        Some(DensitySpace {
+            dims: l + v,
+            over: format!(
+                "the {l} stick-breaking codes of the layer energies (u0 = sum E / ({} E_inc), \
+                 u_i = E_(i-1) / sum_(j >= i-1) E_j) and the {v} voxel fractions of their layer",
+                self.cfg.max_dep
+            ),
+            method: "probability-flow ODE",
+        })
+    }
+    /// log p (nats) of each shower over its layer codes and voxel fractions: the layer
+    /// network's probability-flow ODE log-density of the normalised codes, plus the voxel
+    /// network's of the normalised fractions given those codes (each dx/dt = a·v̂ from t = 0
+    /// to 1, N(0, 1) at t = 1), plus the normalisations' log-Jacobians. Shower j draws its
+    /// Hutchinson probes from `shower_rng(seed, first + j)` (layers, then voxels).
+    fn log_likelihood(
+        &self,
+        energies: &[f64],
+        showers: &[f32],
+        seed: u64,
+        first: u64,
+        batch: usize,
+        opts: &LikelihoodOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<f64>> {
+        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        if showers.len() != energies.len() * v {
+            return Err(ModelError::Config(format!(
+                "{} showers of {v} voxels expected",
+                energies.len()
+            )));
+        }
+        if let Some(e) = energies.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
+            return Err(ModelError::Config(format!(
+                "incident energies must be positive, got {e}"
+            )));
+        }
+        let solver = OdeSolver::Rk45 {
+            rtol: opts.rtol,
+            atol: opts.atol,
+        };
+        let trace = if opts.exact_trace {
+            Trace::Exact
+        } else {
+            Trace::Hutchinson
+        };
+        let sched = self.cfg.schedule;
+        let batch = batch.max(1);
+        let mut out = Vec::with_capacity(energies.len());
+        progress.start("likelihood", "likelihood", energies.len() as u64);
+        for (ci, chunk) in energies.chunks(batch).enumerate() {
+            let off = ci * batch;
+            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
+                .map(|j| crate::shower_rng(seed, first + (off + j) as u64))
+                .collect();
+            let (xl, xv, jac) = self.encode(chunk, &showers[off * v..(off + chunk.len()) * v]);
+            let c: Vec<f32> = chunk.iter().map(|&e| self.cfg.condition(e)).collect();
+            let mut flow = VFlow {
+                nets: &self.nets,
+                dev: &self.device,
+                c: &c,
+                codes: None,
+            };
+            let ll = v_likelihood(&sched, &xl, l, &solver, trace, &mut rngs, &mut flow);
+            flow.codes = Some((&xl, l));
+            let lv = v_likelihood(&sched, &xv, v, &solver, trace, &mut rngs, &mut flow);
+            for j in 0..chunk.len() {
+                out.push(ll.log_likelihood[j] + lv.log_likelihood[j] + jac[j]);
+            }
+            progress.set("likelihood", (off + chunk.len()) as u64, None);
+        }
+        progress.finish("likelihood");
+        Ok(out)
     }
     fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;

@@ -582,6 +582,20 @@ pub struct Likelihood {
     pub calls: Vec<usize>,
 }
 
+/// An ODE velocity field F(x, t) with vector-Jacobian products: the probability flow of a
+/// diffusion model, for [`flow_log_likelihood`].
+pub trait VelocityVjp {
+    /// F of the rows of `x` (row-major, `rows.len()` rows, times `t`, batch indices `rows`, as
+    /// in [`Score::score`]) and, per row, vᵀ ∂F/∂x (same layout as `x`).
+    fn velocity_vjp(
+        &mut self,
+        x: &[f32],
+        t: &[f64],
+        rows: &[usize],
+        v: &[f32],
+    ) -> (Vec<f32>, Vec<f32>);
+}
+
 /// log p(x) of each row of `x` (dimension `d`) under the model: the probability-flow ODE
 /// integrated from t = eps to 1 with the divergence of its drift,
 /// log p_eps(x) = log p_1(x(1)) + ∫_eps^1 ∇·F(x(t), t) dt.
@@ -596,6 +610,63 @@ pub fn log_likelihood(
     rngs: &mut [ChaCha8Rng],
     model: &mut dyn ScoreVjp,
 ) -> Likelihood {
+    let mut flow = ScoreFlow { sde, model };
+    flow_log_likelihood(
+        x,
+        d,
+        solver,
+        (eps, 1.0),
+        &|z| sde.prior_logp(z),
+        trace,
+        rngs,
+        &mut flow,
+    )
+}
+
+/// The probability flow F = f(x, t) − ½g(t)² s(x, t) of a score model.
+struct ScoreFlow<'a> {
+    sde: &'a Sde,
+    model: &'a mut dyn ScoreVjp,
+}
+
+impl VelocityVjp for ScoreFlow<'_> {
+    fn velocity_vjp(
+        &mut self,
+        x: &[f32],
+        t: &[f64],
+        rows: &[usize],
+        v: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let d = x.len() / t.len().max(1);
+        let (mut s, mut vj) = self.model.score_vjp(x, t, rows, v);
+        for (j, &tj) in t.iter().enumerate() {
+            let (c, g) = self.sde.drift_diffusion(tj);
+            let h = 0.5 * g * g;
+            for q in j * d..(j + 1) * d {
+                s[q] = (c * x[q] as f64 - h * s[q] as f64) as f32;
+                vj[q] = (c * v[q] as f64 - h * vj[q] as f64) as f32;
+            }
+        }
+        (s, vj)
+    }
+}
+
+/// log p(x) of each row of `x` (dimension `d`) under an ODE flow dx/dt = F(x, t) whose
+/// marginal at `span.1` has the log-density `prior_logp`: x is carried from `span.0` to
+/// `span.1` with the divergence of F, log p(x) = prior_logp(x(span.1)) + ∫ ∇·F dt
+/// (Hutchinson's estimator with one Rademacher probe per row drawn from its stream in `rngs`,
+/// fixed along the path, or the exact trace).
+#[allow(clippy::too_many_arguments)]
+pub fn flow_log_likelihood(
+    x: &[f32],
+    d: usize,
+    solver: &OdeSolver,
+    span: (f64, f64),
+    prior_logp: &dyn Fn(&[f64]) -> f64,
+    trace: Trace,
+    rngs: &mut [ChaCha8Rng],
+    model: &mut dyn VelocityVjp,
+) -> Likelihood {
     let w = d + 1;
     let probes: Vec<f32> = rngs
         .iter_mut()
@@ -609,22 +680,22 @@ pub fn log_likelihood(
         .chunks(d)
         .flat_map(|r| r.iter().map(|&v| v as f64).chain(std::iter::once(0.0)))
         .collect();
-    let calls = integrate(&mut y, w, eps, 1.0, solver, &mut |y, t, rows| {
+    let calls = integrate(&mut y, w, span.0, span.1, solver, &mut |y, t, rows| {
         let m = rows.len();
         let xs = to_f32_rows(y, w, d);
-        let (s, div) = match trace {
+        let (f, div) = match trace {
             Trace::Hutchinson => {
                 let v: Vec<f32> = rows
                     .iter()
                     .flat_map(|&r| probes[r * d..(r + 1) * d].iter().copied())
                     .collect();
-                let (s, vj) = model.score_vjp(&xs, t, rows, &v);
+                let (f, vj) = model.velocity_vjp(&xs, t, rows, &v);
                 let div: Vec<f64> = vj
                     .chunks(d)
                     .zip(v.chunks(d))
                     .map(|(a, b)| a.iter().zip(b).map(|(p, q)| (p * q) as f64).sum())
                     .collect();
-                (s, div)
+                (f, div)
             }
             Trace::Exact => {
                 let mut xr = Vec::with_capacity(m * d * d);
@@ -638,28 +709,26 @@ pub fn log_likelihood(
                         v[(j * d + k) * d + k] = 1.0;
                     }
                 }
-                let (s, vj) = model.score_vjp(&xr, &tr, &rr, &v);
+                let (f, vj) = model.velocity_vjp(&xr, &tr, &rr, &v);
                 let div = (0..m)
                     .map(|j| (0..d).map(|k| vj[(j * d + k) * d + k] as f64).sum())
                     .collect();
-                let s = (0..m)
-                    .flat_map(|j| s[j * d * d..j * d * d + d].iter().copied())
+                let f = (0..m)
+                    .flat_map(|j| f[j * d * d..j * d * d + d].iter().copied())
                     .collect();
-                (s, div)
+                (f, div)
             }
         };
         let mut out = vec![0.0; y.len()];
-        flow_drift(sde, y, &s, t, d, w, &mut out);
-        for (j, &tj) in t.iter().enumerate() {
-            let (c, g) = sde.drift_diffusion(tj);
-            out[j * w + d] = c * d as f64 - 0.5 * g * g * div[j];
+        for j in 0..m {
+            for q in 0..d {
+                out[j * w + q] = f[j * d + q] as f64;
+            }
+            out[j * w + d] = div[j];
         }
         out
     });
-    let log_likelihood = y
-        .chunks(w)
-        .map(|r| sde.prior_logp(&r[..d]) + r[d])
-        .collect();
+    let log_likelihood = y.chunks(w).map(|r| prior_logp(&r[..d]) + r[d]).collect();
     Likelihood {
         log_likelihood,
         calls,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::{preset_text, NoProgress};
+use crate::{preset_text, LikelihoodOptions, NoProgress};
 use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
 
 fn cfg(name: &str) -> CaloScore2Config {
@@ -69,7 +69,7 @@ fn data(dir: &Path, n: usize) -> PathBuf {
 /// shower may hit voxels outside the training showers' range, which the min-max clamps, as the
 /// reference's.)
 #[test]
-fn preprocessing_decodes_to_the_shower() {
+fn preprocessing_decodes_to_the_shower_and_the_likelihood_encodes_as_training() {
     let dir = tempfile::tempdir().unwrap();
     let opts = TrainOptions {
         data: data(dir.path(), 24),
@@ -102,6 +102,50 @@ fn preprocessing_decodes_to_the_shower() {
         }
         assert!((sg - sw).abs() < 1e-3 * sw, "shower {k}: {sg} vs {sw}");
     }
+    // The likelihood encodes showers as training does.
+    let (xl, xv, jac) = m.encode(&e_inc[..3], &vox[..3 * 6480]);
+    let maxdiff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (dl, dv) = (
+        maxdiff(&xl, &p.xl[..3 * 45]),
+        maxdiff(&xv, &p.xv[..3 * 6480]),
+    );
+    assert!(dl == 0.0 && dv == 0.0, "codes differ by {dl}, {dv}");
+    assert!(jac.iter().all(|j| j.is_finite()), "{jac:?}");
+
+    // Likelihood: finite, the same for a shower whatever its batch, one error for bad rows.
+    let lo = LikelihoodOptions {
+        rtol: 1e-3,
+        atol: 1e-3,
+        ..Default::default()
+    };
+    assert_eq!(m.density_space().unwrap().dims, 45 + 6480);
+    let all = m
+        .log_likelihood(&e_inc[..3], &vox[..3 * 6480], 4, 0, 3, &lo, &NoProgress)
+        .unwrap();
+    assert!(all.iter().all(|v| v.is_finite()), "{all:?}");
+    let last = m
+        .log_likelihood(
+            &e_inc[2..3],
+            &vox[2 * 6480..3 * 6480],
+            4,
+            2,
+            1,
+            &lo,
+            &NoProgress,
+        )
+        .unwrap();
+    assert!(
+        (last[0] - all[2]).abs() < 1e-6 * all[2].abs().max(1.0),
+        "{last:?} {all:?}"
+    );
+    assert!(m
+        .log_likelihood(&e_inc[..3], &vox[..100], 4, 0, 3, &lo, &NoProgress)
+        .is_err());
 }
 
 #[test]
