@@ -334,12 +334,14 @@ mod tests {
     #[test]
     fn convolution_twins_match_burn() {
         let dev = Device::flex();
-        // (cin, cout, kernel, stride, padding, grid): stride-1 3×3×3 through both code paths
-        // (cout 16 = AVX tiles, cout 3 = plain loops), the (3,4,4) stride-2 down-sampling,
-        // and a 1×1×1.
+        // (cin, cout, kernel, stride, padding, grid): stride-1 3×3×3 through every code path
+        // (cout 16 = AVX tiles; cout < 8 = dot products over the inputs, cin 4 = the scalar
+        // tail only, cin 19 = eight lanes and a tail), the (3,4,4) stride-2 down-sampling, and
+        // a 1×1×1.
         for (cin, cout, k, s, p, d) in [
             (5, 16, [3, 3, 3], [1, 1, 1], [1, 1, 1], [7, 6, 9]),
             (4, 3, [3, 3, 3], [1, 1, 1], [1, 1, 1], [5, 4, 3]),
+            (19, 1, [3, 3, 3], [1, 1, 1], [1, 1, 1], [5, 4, 6]),
             (8, 8, [3, 4, 4], [2, 2, 2], [1, 1, 1], [45, 16, 9]),
             (6, 24, [1, 1, 1], [1, 1, 1], [0, 0, 0], [3, 4, 5]),
         ] {

@@ -143,6 +143,16 @@ fn conv_valid(
         unsafe { conv_valid_avx2(p, pd, c, taps, od, out) };
         return;
     }
+    if c.cout < 8 {
+        #[cfg(target_arch = "x86_64")]
+        if simd() {
+            // SAFETY: AVX2 and FMA are present (checked at run time).
+            unsafe { conv_valid_narrow_avx2(p, pd, c, taps, od, out) };
+            return;
+        }
+        conv_valid_narrow(p, pd, c, taps, od, out);
+        return;
+    }
     let (cin, cout, s) = (c.cin, c.cout, c.stride);
     for z in 0..od[0] {
         for a in 0..od[1] {
@@ -158,6 +168,73 @@ fn conv_valid(
                             *ov += xv * wv;
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_valid_narrow_avx2(
+    p: &[f32],
+    pd: [usize; 3],
+    c: &Conv3d,
+    taps: &[usize],
+    od: [usize; 3],
+    out: &mut [f32],
+) {
+    conv_valid_narrow(p, pd, c, taps, od, out)
+}
+
+/// [`conv_valid`] for fewer than 8 output channels (a network's one-channel output conv):
+/// each output is a dot product over taps × input channels, in eight independent lanes that
+/// the compiler vectorises, instead of a loop over the few output channels.
+#[inline(always)]
+fn conv_valid_narrow(
+    p: &[f32],
+    pd: [usize; 3],
+    c: &Conv3d,
+    taps: &[usize],
+    od: [usize; 3],
+    out: &mut [f32],
+) {
+    let (cin, cout, s, nt) = (c.cin, c.cout, c.stride, taps.len());
+    // Weights as [co][tap][ci].
+    let mut w = vec![0.0f32; cout * nt * cin];
+    for t in 0..nt {
+        for ci in 0..cin {
+            for co in 0..cout {
+                w[(co * nt + t) * cin + ci] = c.w[(t * cin + ci) * cout + co];
+            }
+        }
+    }
+    let split = cin / 8 * 8;
+    for z in 0..od[0] {
+        for a in 0..od[1] {
+            for r in 0..od[2] {
+                let base = (((z * s[0]) * pd[1] + a * s[1]) * pd[2] + r * s[2]) * cin;
+                let o = &mut out[((z * od[1] + a) * od[2] + r) * cout..][..cout];
+                for (co, ov) in o.iter_mut().enumerate() {
+                    let wc = &w[co * nt * cin..(co + 1) * nt * cin];
+                    let mut acc = [0.0f32; 8];
+                    let mut tail = 0.0f32;
+                    for (t, &off) in taps.iter().enumerate() {
+                        let xin = &p[base + off..base + off + cin];
+                        let wt = &wc[t * cin..(t + 1) * cin];
+                        for (xa, wa) in xin[..split]
+                            .chunks_exact(8)
+                            .zip(wt[..split].chunks_exact(8))
+                        {
+                            for l in 0..8 {
+                                acc[l] += xa[l] * wa[l];
+                            }
+                        }
+                        for (xv, wv) in xin[split..].iter().zip(&wt[split..]) {
+                            tail += xv * wv;
+                        }
+                    }
+                    *ov = c.b[co] + acc.iter().sum::<f32>() + tail;
                 }
             }
         }
