@@ -907,6 +907,40 @@ impl CaloScore2 {
         Ok(Some(teacher))
     }
 
+    /// Refuses to resume a distillation in `out` whose finished rounds (`distilled.json` of
+    /// `out/rounds/*` and of `out`) were distilled from another teacher than `tdir`.
+    fn check_resumed_teacher(out: &Path, tdir: &Path) -> Result<()> {
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => a == b,
+        };
+        let mut dirs = vec![out.to_path_buf()];
+        if let Ok(rd) = std::fs::read_dir(out.join("rounds")) {
+            dirs.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+        }
+        dirs.sort();
+        for d in dirs {
+            let f = d.join("distilled.json");
+            let Ok(text) = std::fs::read_to_string(&f) else {
+                continue;
+            };
+            let done: Distilled =
+                serde_json::from_str(&text).map_err(|e| ModelError::file(&f, e.to_string()))?;
+            if !same(Path::new(&done.teacher), tdir) {
+                return Err(ModelError::file(
+                    &f,
+                    format!(
+                        "this run was distilled from the teacher {}, not --teacher {}: resume \
+                         with its teacher, or distil into a new --out",
+                        done.teacher,
+                        tdir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Progressive distillation of `opts.teacher` by `opts.factor` (default 2): log2(factor)
     /// rounds, each training a student with half its teacher's DDIM steps to match two teacher
     /// steps in one; intermediate students go to `out/rounds/steps_N`, the last to `out`.
@@ -919,6 +953,9 @@ impl CaloScore2 {
             return Err(ModelError::Config("no [distill] table".into()));
         };
         let tdir = opts.teacher.clone().unwrap_or_default();
+        if opts.resume {
+            Self::check_resumed_teacher(&opts.out, &tdir)?;
+        }
         let factor = opts.factor.unwrap_or(2);
         let t0 = Instant::now();
         let p = prepare(cfg, opts, Some(teacher.prep.clone()))?;

@@ -200,4 +200,22 @@ fn distillation_checks_its_inputs() {
         .sample(&[2e4, 5e4], 3, 0, 2, &SampleOptions::default(), &NoProgress)
         .unwrap();
     assert!(g.len() == 2 * 6480 && g.iter().all(|v| v.is_finite() && *v >= 0.0));
+    // Resuming it with another teacher (a copy of the first) is refused.
+    let t2 = dir.path().join("t2");
+    std::fs::create_dir(&t2).unwrap();
+    for f in std::fs::read_dir(dir.path().join("t")).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, t2.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let e = err(
+        &distill,
+        TrainOptions {
+            teacher: Some(t2),
+            resume: true,
+            ..with(Some(4))
+        },
+    );
+    assert!(e.contains("distilled from the teacher"), "{e}");
 }
