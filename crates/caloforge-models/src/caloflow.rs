@@ -29,7 +29,7 @@
 //! student trains without dropout.
 
 use crate::flowparts::{
-    batched, check_energies, check_previous, check_rows, flow_path, load_flows, log_dlogit,
+    batched, check_energies, check_previous, flow_path, likelihood_batches, load_flows, log_dlogit,
     materialise, run_jobs, settings_with_steps, time_flow, write_model_dir, Job,
 };
 use crate::icaloflow::{ModelCard, Role, Stage};
@@ -785,19 +785,15 @@ impl Generator for CaloFlow {
         progress: &dyn Progress,
     ) -> Result<Vec<f64>> {
         let v = self.cfg.dataset.n_voxels();
-        check_rows(energies, showers, v)?;
-        batched(
-            "likelihood",
-            energies.len(),
-            1,
+        likelihood_batches(
+            energies,
+            showers,
+            v,
             seed,
             first,
             batch,
             progress,
-            |range, rngs| {
-                let rows = &showers[range.start * v..range.end * v];
-                Ok(self.log_prob_batch(&energies[range], rows, rngs))
-            },
+            |e, rows, rngs| Ok(self.log_prob_batch(e, rows, rngs)),
         )
     }
 }

@@ -28,7 +28,7 @@ use caloforge_nn::burn;
 use caloforge_nn::device::{backend, compute_device, Backend, Precision};
 use caloforge_nn::schedule::LrSchedule;
 use caloforge_nn::sde::{
-    log_likelihood, ode_sample, pc_sample, OdeSolver, PcConfig, Score, ScoreVjp, Sde, Trace,
+    log_likelihood, ode_sample, pc_sample, OdeSolver, PcConfig, Score, ScoreVjp, Sde,
 };
 use caloforge_nn::train::{Task, TrainSettings};
 use caloforge_nn::twin::Twin;
@@ -614,67 +614,54 @@ impl Generator for CaloScore {
         progress: &dyn Progress,
     ) -> Result<Vec<f64>> {
         let v = self.cfg.dataset.n_voxels();
-        if showers.len() != energies.len() * v {
-            return Err(ModelError::Config(format!(
-                "{} showers of {v} voxels expected",
-                energies.len()
-            )));
-        }
         let tr = self.cfg.transform;
         let dev = self.device.clone();
-        let solver = OdeSolver::Rk45 {
-            rtol: opts.rtol,
-            atol: opts.atol,
-        };
-        let trace = if opts.exact_trace {
-            Trace::Exact
-        } else {
-            Trace::Hutchinson
-        };
-        let batch = batch.max(1);
-        let mut out = Vec::with_capacity(energies.len());
-        progress.start("likelihood", "likelihood", energies.len() as u64);
-        for (ci, chunk) in energies.chunks(batch).enumerate() {
-            let off = ci * batch;
-            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
-                .map(|j| crate::shower_rng(seed, first + (off + j) as u64))
-                .collect();
-            let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
-            let raw = &showers[off * v..(off + chunk.len()) * v];
-            let x: Vec<f32> = raw
-                .chunks(v)
-                .zip(chunk)
-                .flat_map(|(r, &ei)| r.iter().map(move |&u| tr.forward(u as f64, ei)))
-                .collect();
-            let mut score = NetScore {
-                net: &self.net,
-                fast: None,
-                dev: dev.clone(),
-                sde: self.cfg.sde,
-                e: &e,
-            };
-            let l = log_likelihood(
-                &self.cfg.sde,
-                &x,
-                v,
-                &solver,
-                ODE_EPS,
-                trace,
-                &mut rngs,
-                &mut score,
-            );
-            for ((lp, r), &ei) in l.log_likelihood.iter().zip(raw.chunks(v)).zip(chunk) {
-                out.push(
-                    lp + r
-                        .iter()
-                        .map(|&u| tr.log_jacobian(u as f64, ei))
-                        .sum::<f64>(),
+        let (solver, trace) = opts.ode();
+        crate::flowparts::likelihood_batches(
+            energies,
+            showers,
+            v,
+            seed,
+            first,
+            batch,
+            progress,
+            |chunk, raw, rngs| {
+                let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
+                let x: Vec<f32> = raw
+                    .chunks(v)
+                    .zip(chunk)
+                    .flat_map(|(r, &ei)| r.iter().map(move |&u| tr.forward(u as f64, ei)))
+                    .collect();
+                let mut score = NetScore {
+                    net: &self.net,
+                    fast: None,
+                    dev: dev.clone(),
+                    sde: self.cfg.sde,
+                    e: &e,
+                };
+                let l = log_likelihood(
+                    &self.cfg.sde,
+                    &x,
+                    v,
+                    &solver,
+                    ODE_EPS,
+                    trace,
+                    rngs,
+                    &mut score,
                 );
-            }
-            progress.set("likelihood", (off + chunk.len()) as u64, None);
-        }
-        progress.finish("likelihood");
-        Ok(out)
+                Ok(l.log_likelihood
+                    .iter()
+                    .zip(raw.chunks(v))
+                    .zip(chunk)
+                    .map(|((lp, r), &ei)| {
+                        lp + r
+                            .iter()
+                            .map(|&u| tr.log_jacobian(u as f64, ei))
+                            .sum::<f64>()
+                    })
+                    .collect())
+            },
+        )
     }
     fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;

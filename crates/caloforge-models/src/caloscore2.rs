@@ -28,7 +28,7 @@ use caloforge_core::DatasetKind;
 use caloforge_nn::burn;
 use caloforge_nn::device::{backend, compute_device, Backend, Precision};
 use caloforge_nn::schedule::LrSchedule;
-use caloforge_nn::sde::{OdeSolver, Trace, VelocityVjp};
+use caloforge_nn::sde::VelocityVjp;
 use caloforge_nn::train::{OptimizerKind, Task, TrainSettings};
 use caloforge_nn::twin::Twin;
 use caloforge_nn::unet::score2::{LayerNet, ScoreV2Config, ScoreV2Nets, VoxelNet, VoxelUNetConfig};
@@ -1203,53 +1203,33 @@ impl Generator for CaloScore2 {
         progress: &dyn Progress,
     ) -> Result<Vec<f64>> {
         let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
-        if showers.len() != energies.len() * v {
-            return Err(ModelError::Config(format!(
-                "{} showers of {v} voxels expected",
-                energies.len()
-            )));
-        }
-        if let Some(e) = energies.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
-            return Err(ModelError::Config(format!(
-                "incident energies must be positive, got {e}"
-            )));
-        }
-        let solver = OdeSolver::Rk45 {
-            rtol: opts.rtol,
-            atol: opts.atol,
-        };
-        let trace = if opts.exact_trace {
-            Trace::Exact
-        } else {
-            Trace::Hutchinson
-        };
+        let (solver, trace) = opts.ode();
         let sched = self.cfg.schedule;
-        let batch = batch.max(1);
-        let mut out = Vec::with_capacity(energies.len());
-        progress.start("likelihood", "likelihood", energies.len() as u64);
-        for (ci, chunk) in energies.chunks(batch).enumerate() {
-            let off = ci * batch;
-            let mut rngs: Vec<ChaCha8Rng> = (0..chunk.len())
-                .map(|j| crate::shower_rng(seed, first + (off + j) as u64))
-                .collect();
-            let (xl, xv, jac) = self.encode(chunk, &showers[off * v..(off + chunk.len()) * v]);
-            let c: Vec<f32> = chunk.iter().map(|&e| self.cfg.condition(e)).collect();
-            let mut flow = VFlow {
-                nets: &self.nets,
-                dev: &self.device,
-                c: &c,
-                codes: None,
-            };
-            let ll = v_likelihood(&sched, &xl, l, &solver, trace, &mut rngs, &mut flow);
-            flow.codes = Some((&xl, l));
-            let lv = v_likelihood(&sched, &xv, v, &solver, trace, &mut rngs, &mut flow);
-            for j in 0..chunk.len() {
-                out.push(ll.log_likelihood[j] + lv.log_likelihood[j] + jac[j]);
-            }
-            progress.set("likelihood", (off + chunk.len()) as u64, None);
-        }
-        progress.finish("likelihood");
-        Ok(out)
+        crate::flowparts::likelihood_batches(
+            energies,
+            showers,
+            v,
+            seed,
+            first,
+            batch,
+            progress,
+            |chunk, raw, rngs| {
+                let (xl, xv, jac) = self.encode(chunk, raw);
+                let c: Vec<f32> = chunk.iter().map(|&e| self.cfg.condition(e)).collect();
+                let mut flow = VFlow {
+                    nets: &self.nets,
+                    dev: &self.device,
+                    c: &c,
+                    codes: None,
+                };
+                let ll = v_likelihood(&sched, &xl, l, &solver, trace, rngs, &mut flow);
+                flow.codes = Some((&xl, l));
+                let lv = v_likelihood(&sched, &xv, v, &solver, trace, rngs, &mut flow);
+                Ok((0..chunk.len())
+                    .map(|j| ll.log_likelihood[j] + lv.log_likelihood[j] + jac[j])
+                    .collect())
+            },
+        )
     }
     fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::file(dir, e))?;

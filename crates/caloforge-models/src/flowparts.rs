@@ -367,8 +367,21 @@ pub(crate) fn log_dlogit(alpha: f64, x: f32) -> f64 {
     (1.0 - 2.0 * alpha).ln() + softplus(x) + softplus(-x)
 }
 
-/// Refuses a likelihood call whose showers are not `energies.len()` rows of `width` voxels.
-pub(crate) fn check_rows(energies: &[f64], showers: &[f32], width: usize) -> Result<()> {
+/// [`crate::Generator::log_likelihood`] in batches: checks that `showers` are
+/// `energies.len()` rows of `width` voxels with positive energies, then calls `f(energies,
+/// showers, rngs)` on `batch` showers at a time (shower j with the stream
+/// [`crate::shower_rng`]`(seed, first + j)`), with a "likelihood" progress bar.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn likelihood_batches(
+    energies: &[f64],
+    showers: &[f32],
+    width: usize,
+    seed: u64,
+    first: u64,
+    batch: usize,
+    progress: &dyn Progress,
+    mut f: impl FnMut(&[f64], &[f32], &mut [ChaCha8Rng]) -> Result<Vec<f64>>,
+) -> Result<Vec<f64>> {
     check_energies(energies)?;
     if showers.len() != energies.len() * width {
         return Err(ModelError::Config(format!(
@@ -377,5 +390,17 @@ pub(crate) fn check_rows(energies: &[f64], showers: &[f32], width: usize) -> Res
             showers.len()
         )));
     }
-    Ok(())
+    batched(
+        "likelihood",
+        energies.len(),
+        1,
+        seed,
+        first,
+        batch,
+        progress,
+        |range, rngs| {
+            let rows = &showers[range.start * width..range.end * width];
+            f(&energies[range], rows, rngs)
+        },
+    )
 }

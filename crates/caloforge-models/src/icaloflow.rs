@@ -25,7 +25,7 @@
 //! the x-pass only). Flow-1 is never distilled: students reuse the teacher's.
 
 use crate::flowparts::{
-    batched, check_energies, check_previous, check_rows, flow_path, load_flows, log_dlogit,
+    batched, check_energies, check_previous, flow_path, likelihood_batches, load_flows, log_dlogit,
     materialise, run_jobs, settings_with_steps, time_flow, write_model_dir, Job,
 };
 use crate::registry::{DensitySpace, ModelInfo, StepTiming};
@@ -933,19 +933,15 @@ impl Generator for ICaloFlow {
         progress: &dyn Progress,
     ) -> Result<Vec<f64>> {
         let v = self.cfg.kind().n_voxels();
-        check_rows(energies, showers, v)?;
-        batched(
-            "likelihood",
-            energies.len(),
-            1,
+        likelihood_batches(
+            energies,
+            showers,
+            v,
             seed,
             first,
             batch,
             progress,
-            |range, rngs| {
-                let rows = &showers[range.start * v..range.end * v];
-                Ok(self.log_prob_batch(&energies[range], rows, rngs))
-            },
+            |e, rows, rngs| Ok(self.log_prob_batch(e, rows, rngs)),
         )
     }
 }

@@ -61,6 +61,24 @@ pub struct LikelihoodOptions {
     pub atol: f64,
 }
 
+impl LikelihoodOptions {
+    /// The adaptive Dormand–Prince solver at these tolerances, and the divergence estimator.
+    pub fn ode(&self) -> (caloforge_nn::sde::OdeSolver, caloforge_nn::sde::Trace) {
+        use caloforge_nn::sde::{OdeSolver, Trace};
+        (
+            OdeSolver::Rk45 {
+                rtol: self.rtol,
+                atol: self.atol,
+            },
+            if self.exact_trace {
+                Trace::Exact
+            } else {
+                Trace::Hutchinson
+            },
+        )
+    }
+}
+
 impl Default for LikelihoodOptions {
     /// Hutchinson, rtol = atol = 1e-5 (Song et al.).
     fn default() -> Self {

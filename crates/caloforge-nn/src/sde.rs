@@ -135,10 +135,7 @@ impl Sde {
 
     /// log N(z; 0, prior_std²) of one row.
     pub fn prior_logp(&self, z: &[f64]) -> f64 {
-        let s = self.prior_std();
-        let d = z.len() as f64;
-        -0.5 * d * (2.0 * std::f64::consts::PI * s * s).ln()
-            - z.iter().map(|v| v * v).sum::<f64>() / (2.0 * s * s)
+        normal_logp(z, self.prior_std())
     }
 
     /// Per-step α of the reference's Langevin corrector (1 − β_i/N for VP and sub-VP, 1 for VE),
@@ -160,6 +157,13 @@ impl Sde {
             Sde::Ve { .. } => vec![1.0; n],
         }
     }
+}
+
+/// log N(z; 0, s²·I) of one row.
+pub fn normal_logp(z: &[f64], s: f64) -> f64 {
+    let d = z.len() as f64;
+    -0.5 * d * (2.0 * std::f64::consts::PI * s * s).ln()
+        - z.iter().map(|v| v * v).sum::<f64>() / (2.0 * s * s)
 }
 
 /// A score network s(x, t) ≈ ∇ₓ log p_t(x).

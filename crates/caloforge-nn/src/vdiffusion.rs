@@ -172,10 +172,7 @@ pub fn v_likelihood(
             )
         }
     }
-    let normal = |z: &[f64]| {
-        -0.5 * z.len() as f64 * (2.0 * std::f64::consts::PI).ln()
-            - 0.5 * z.iter().map(|q| q * q).sum::<f64>()
-    };
+    let normal = |z: &[f64]| crate::sde::normal_logp(z, 1.0);
     let mut scaled = Scaled {
         a: sched.flow_rate(),
         model,

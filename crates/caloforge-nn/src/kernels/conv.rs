@@ -138,45 +138,25 @@ fn conv_valid(
     }
     #[cfg(target_arch = "x86_64")]
     if simd() && c.cout.is_multiple_of(8) {
-        // SAFETY: AVX2 and FMA are present (checked at run time); every index below is in
-        // bounds by construction of `pd`, `taps` and `od`.
+        // SAFETY: AVX2 and FMA are present (checked at run time); every index is in bounds by
+        // construction of `pd`, `taps` and `od`.
         unsafe { conv_valid_avx2(p, pd, c, taps, od, out) };
         return;
     }
-    if c.cout < 8 {
-        #[cfg(target_arch = "x86_64")]
-        if simd() {
-            // SAFETY: AVX2 and FMA are present (checked at run time).
-            unsafe { conv_valid_narrow_avx2(p, pd, c, taps, od, out) };
-            return;
-        }
-        conv_valid_narrow(p, pd, c, taps, od, out);
+    // Fewer than 8 output channels (a network's one-channel output conv), or widths the tiles
+    // do not take: dot products over the inputs.
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA are present (checked at run time).
+        unsafe { conv_valid_dot_avx2(p, pd, c, taps, od, out) };
         return;
     }
-    let (cin, cout, s) = (c.cin, c.cout, c.stride);
-    for z in 0..od[0] {
-        for a in 0..od[1] {
-            for r in 0..od[2] {
-                let base = (((z * s[0]) * pd[1] + a * s[1]) * pd[2] + r * s[2]) * cin;
-                let o = &mut out[((z * od[1] + a) * od[2] + r) * cout..][..cout];
-                o.copy_from_slice(&c.b);
-                for (t, &off) in taps.iter().enumerate() {
-                    let xin = &p[base + off..base + off + cin];
-                    let wt = &c.w[t * cin * cout..(t + 1) * cin * cout];
-                    for (ci, &xv) in xin.iter().enumerate() {
-                        for (ov, &wv) in o.iter_mut().zip(&wt[ci * cout..(ci + 1) * cout]) {
-                            *ov += xv * wv;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    conv_valid_dot(p, pd, c, taps, od, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn conv_valid_narrow_avx2(
+unsafe fn conv_valid_dot_avx2(
     p: &[f32],
     pd: [usize; 3],
     c: &Conv3d,
@@ -184,14 +164,14 @@ unsafe fn conv_valid_narrow_avx2(
     od: [usize; 3],
     out: &mut [f32],
 ) {
-    conv_valid_narrow(p, pd, c, taps, od, out)
+    conv_valid_dot(p, pd, c, taps, od, out)
 }
 
-/// [`conv_valid`] for fewer than 8 output channels (a network's one-channel output conv):
-/// each output is a dot product over taps × input channels, in eight independent lanes that
-/// the compiler vectorises, instead of a loop over the few output channels.
+/// [`conv_valid`] without register tiles: each output is a dot product over taps × input
+/// channels, in eight independent lanes that the compiler vectorises (for few output channels
+/// this beats a loop over them).
 #[inline(always)]
-fn conv_valid_narrow(
+fn conv_valid_dot(
     p: &[f32],
     pd: [usize; 3],
     c: &Conv3d,
