@@ -842,6 +842,7 @@ impl CaloDiffusion {
 
 /// Per-dataset transform constants.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Transform {
     /// Logit offset α.
     pub alpha: f64,

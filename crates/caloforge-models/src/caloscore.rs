@@ -90,6 +90,26 @@ pub struct CaloScoreConfig {
     pub heun_steps: usize,
     /// Data transform (logit_mean 0, logit_std 1: the reference does not standardise).
     pub transform: Transform,
+    /// Kernel of the score network's convolutions (3 × 3 × 3; dataset 1: 5 × 1 × 1).
+    #[serde(default = "kernel3")]
+    pub kernel: [usize; 3],
+    /// Kernel of each time_conv's second convolution (1 × 1 × 1; dataset 1: 5 × 1 × 1).
+    #[serde(default = "kernel1")]
+    pub mix_kernel: [usize; 3],
+    /// Dataset 1 (the reference's `NORMED`): the network models a vector of each voxel's
+    /// fraction of the shower's energy followed by the shower's total E/(max_dep·E_inc), each
+    /// through the logit, on a 1-D grid; generation rescales the fractions to the total.
+    /// Required for dataset 1, refused for datasets 2 and 3.
+    #[serde(default)]
+    pub normed: bool,
+}
+
+fn kernel3() -> [usize; 3] {
+    [3; 3]
+}
+
+fn kernel1() -> [usize; 3] {
+    [1; 3]
 }
 
 impl CaloScoreConfig {
@@ -100,8 +120,22 @@ impl CaloScoreConfig {
         if c.model != "caloscore" {
             return Err(err("model must be \"caloscore\""));
         }
-        if !matches!(c.dataset, DatasetKind::Ds2 | DatasetKind::Ds3) {
-            return Err(err("CaloScore v1 runs on datasets 2 and 3"));
+        let one_d = matches!(c.dataset, DatasetKind::Photons1 | DatasetKind::Pions1);
+        if one_d != c.normed {
+            return Err(err(
+                "normed = true is dataset 1's preprocessing (and only dataset 1's)",
+            ));
+        }
+        if c.kernel
+            .iter()
+            .chain(&c.mix_kernel)
+            .any(|&k| k.is_multiple_of(2))
+            || (one_d
+                && (c.kernel[1..] != [1, 1]
+                    || c.mix_kernel[1..] != [1, 1]
+                    || c.pool[1..] != [1, 1]))
+        {
+            return Err(err("kernel and mix_kernel sides must be odd; on dataset 1 (a vector along z) kernels and pool are [k, 1, 1]"));
         }
         LrSchedule::Constant { lr: c.lr }
             .validate()
@@ -119,8 +153,16 @@ impl CaloScoreConfig {
         }
         Ok(c)
     }
+    /// Values the network models per shower: the voxels, or (`normed`) the voxel fractions and
+    /// the total.
+    fn dims(&self) -> usize {
+        self.dataset.n_voxels() + self.normed as usize
+    }
     fn shape(&self) -> [usize; 3] {
-        // from_toml admits datasets 2 and 3 only.
+        if self.normed {
+            return [self.dims(), 1, 1];
+        }
+        // from_toml admits datasets 2 and 3 otherwise.
         self.dataset.regular_grid().unwrap_or([45, 16, 9])
     }
     fn net(&self) -> ScoreNetConfig {
@@ -129,7 +171,61 @@ impl CaloScoreConfig {
             channels: self.channels,
             pool: self.pool,
             embed: self.embed,
+            kernel: self.kernel,
+            mix_kernel: self.mix_kernel,
         }
+    }
+
+    /// The network's values of one shower (`dims` of them) of incident energy `e` (MeV).
+    fn encode(&self, row: &[f32], e: f64, out: &mut Vec<f32>) {
+        let tr = &self.transform;
+        if !self.normed {
+            out.extend(row.iter().map(|&u| tr.forward(u as f64, e)));
+            return;
+        }
+        // Fractions u/Σu of u = v/(max_dep·E), then the total Σu, as voxels of the transform
+        // at unit scale.
+        let unit = Transform {
+            max_dep: 1.0,
+            ..*tr
+        };
+        let total: f64 = row.iter().map(|&v| v as f64).sum::<f64>() / (tr.max_dep * e);
+        let sum: f64 = row.iter().map(|&v| v as f64).sum();
+        out.extend(row.iter().map(|&v| {
+            let f = if sum > 0.0 { v as f64 / sum } else { 0.0 };
+            unit.forward(f, 1.0)
+        }));
+        out.push(unit.forward(total, 1.0));
+    }
+
+    /// A shower (MeV, with the cut) from the network's values `x` at incident energy `e`.
+    fn decode(&self, x: &[f32], e: f64, out: &mut Vec<f32>) {
+        let tr = &self.transform;
+        if !self.normed {
+            out.extend(x.iter().map(|&u| tr.inverse(u, e)));
+            return;
+        }
+        // Fractions renormalised to sum 1 and scaled to the generated total.
+        let unit = Transform {
+            max_dep: 1.0,
+            cut_mev: 0.0,
+            ..*tr
+        };
+        let n = x.len() - 1;
+        let f: Vec<f64> = x[..n]
+            .iter()
+            .map(|&u| unit.inverse(u, 1.0) as f64)
+            .collect();
+        let sum: f64 = f.iter().sum();
+        let total = unit.inverse(x[n], 1.0) as f64 * tr.max_dep * e;
+        out.extend(f.iter().map(|&fi| {
+            let v = if sum > 0.0 { fi / sum * total } else { 0.0 };
+            if v < tr.cut_mev {
+                0.0
+            } else {
+                v as f32
+            }
+        }));
     }
 }
 
@@ -282,13 +378,13 @@ impl CaloScore {
                 "--steps: need at least 2 predictor-corrector steps or 1 Heun step".into(),
             ));
         }
-        let v = self.cfg.dataset.n_voxels();
+        let v = self.cfg.dims();
         let tr = self.cfg.transform;
         let dev = self.device.clone().inner();
         let net = self.net.valid();
         // On the CPU, the plain-Rust twin on the same weights (tested equal to burn's forward).
         let fast = (backend() == Backend::Cpu).then(|| self.fast.get_or_init(|| net.twin()));
-        let mut out = Vec::with_capacity(energies.len() * v);
+        let mut out = Vec::with_capacity(energies.len() * self.cfg.dataset.n_voxels());
         progress.start("generate", "generate", energies.len() as u64);
         let batch = batch.max(1);
         for (ci, chunk) in energies.chunks(batch).enumerate() {
@@ -323,7 +419,7 @@ impl CaloScore {
                 }
             };
             for (b, &ei) in chunk.iter().enumerate() {
-                out.extend(x[b * v..(b + 1) * v].iter().map(|&u| tr.inverse(u, ei)));
+                self.cfg.decode(&x[b * v..(b + 1) * v], ei, &mut out);
             }
             progress.set("generate", (ci * batch + chunk.len()) as u64, None);
         }
@@ -337,12 +433,14 @@ pub struct CaloScoreKind;
 
 /// CaloScore's embedded presets.
 pub const PRESETS: &[Preset] = crate::presets!(
+    "caloscore-ds1-photons",
     "caloscore-ds2",
     "caloscore-ds2-subvp",
     "caloscore-ds2-ve",
     "caloscore-ds3",
     "caloscore-small",
     "caloscore-tiny",
+    "caloscore-tiny-ds1-photons",
 );
 
 impl ModelKind for CaloScoreKind {
@@ -387,7 +485,7 @@ impl<'a> ScoreTask<'a> {
         seed: u64,
         device: &Device,
     ) -> Self {
-        let v = cfg.dataset.n_voxels();
+        let v = cfg.dims();
         let n_val = e.len() - n_train;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let val_t = (0..n_val).map(|_| draw_t(&mut rng)).collect();
@@ -414,7 +512,7 @@ impl Task<ScoreNet> for ScoreTask<'_> {
         self.n_train
     }
     fn loss(&mut self, net: &ScoreNet, idx: &[usize], rng: &mut ChaCha8Rng) -> Tensor<1> {
-        let v = self.cfg.dataset.n_voxels();
+        let v = self.cfg.dims();
         let xb = diffusionparts::gather(self.x, v, idx);
         let eb: Vec<f32> = idx.iter().map(|&i| self.e[i]).collect();
         let t: Vec<f64> = idx.iter().map(|_| draw_t(rng)).collect();
@@ -424,7 +522,7 @@ impl Task<ScoreNet> for ScoreTask<'_> {
         CaloScore::loss(net, &self.cfg.sde, &xb, &eb, &t, &z, &self.device)
     }
     fn validate(&mut self, net: &ScoreNet) -> f64 {
-        let v = self.cfg.dataset.n_voxels();
+        let v = self.cfg.dims();
         let valid = net.valid();
         let vdev = self.device.clone().inner();
         diffusionparts::validation_loss(
@@ -476,8 +574,7 @@ impl CaloScore {
     ) -> Result<Vec<StepTiming>> {
         let bs = batch.unwrap_or(cfg.batch_size).max(1);
         let n_train = bs * (steps + 1);
-        let (x, e) =
-            diffusionparts::synthetic(n_train + 1, cfg.dataset.n_voxels(), &cfg.transform, seed);
+        let (x, e) = diffusionparts::synthetic(n_train + 1, cfg.dims(), &cfg.transform, seed);
         let device = compute_device(Precision::F32, seed);
         let net = ScoreNet::new(&cfg.net(), seed, &device);
         let mut task = ScoreTask::new(cfg, &x, &e, n_train, seed, &device);
@@ -498,8 +595,19 @@ impl CaloScore {
     pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
         let cfg = CaloScoreConfig::from_toml(config)?;
         let t0 = Instant::now();
-        let p =
-            diffusionparts::prepare(opts, cfg.dataset, &cfg.transform, cfg.validation_fraction)?;
+        let (e_inc, vox, n_train) =
+            diffusionparts::read_split(opts, cfg.dataset, cfg.validation_fraction)?;
+        let mut x = Vec::with_capacity(e_inc.len() * cfg.dims());
+        for (row, &e) in vox.chunks(cfg.dataset.n_voxels()).zip(&e_inc) {
+            cfg.encode(row, e, &mut x);
+        }
+        drop(vox);
+        let p = diffusionparts::Prepared {
+            e: e_inc.iter().map(|&v| cfg.transform.energy(v)).collect(),
+            e_inc,
+            x,
+            n_train,
+        };
         let mut model = CaloScore::untrained(&cfg, opts.seed)?;
         let mut card = diffusionparts::card("caloscore", model.card.parameters, opts, &p)?;
         let mut task = ScoreTask::new(&cfg, &p.x, &p.e, p.n_train, opts.seed, &model.device);
@@ -577,7 +685,7 @@ impl Generator for CaloScore {
             ScoreSampler::Ode => return None,
         };
         let fast = self.fast.get_or_init(|| self.net.valid().twin());
-        let x = vec![0.0f32; self.cfg.dataset.n_voxels()];
+        let x = vec![0.0f32; self.cfg.dims()];
         let per = caloforge_nn::kernels::macs::count(|| fast.forward_one(&x, 0.5, 0.5)).1;
         Some(per as f64 * calls as f64)
     }
@@ -594,6 +702,10 @@ impl Generator for CaloScore {
         self.sample_with(energies, seed, first, batch, sampler, opts.steps, progress)
     }
     fn density_space(&self) -> Option<crate::DensitySpace> {
+        // Dataset 1's fractions live on a simplex: no density over the voxel energies.
+        if self.cfg.normed {
+            return None;
+        }
         Some(crate::DensitySpace {
             dims: self.cfg.dataset.n_voxels(),
             over: "the voxel energies (MeV)".into(),
@@ -613,6 +725,11 @@ impl Generator for CaloScore {
         opts: &LikelihoodOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<f64>> {
+        if self.cfg.normed {
+            return Err(ModelError::Config(
+                "CaloScore on dataset 1 models each shower's voxel fractions (a simplex) and its total: it has no density over the voxel energies".into(),
+            ));
+        }
         let v = self.cfg.dataset.n_voxels();
         let tr = self.cfg.transform;
         let dev = self.device.clone();

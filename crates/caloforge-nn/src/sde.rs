@@ -209,6 +209,7 @@ pub enum StepNorm {
 
 /// Settings of [`pc_sample`].
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PcConfig {
     /// Predictor steps N (times linspace(1, eps, N)).
     pub steps: usize,

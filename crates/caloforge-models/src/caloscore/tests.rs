@@ -25,11 +25,76 @@ fn presets_parse() {
         (d3.shape(), d3.net().padded()),
         ([45, 50, 18], [45, 52, 20])
     );
+    // Dataset 1: the reference's config_dataset1.json on the normalised 369-vector.
+    let d1 = CaloScoreConfig::from_toml(&preset_text("caloscore-ds1-photons").unwrap()).unwrap();
+    assert_eq!(
+        (d1.channels, d1.pool, d1.kernel, d1.mix_kernel, d1.embed),
+        ([80, 320, 1280], [4, 1, 1], [5, 1, 1], [5, 1, 1], 256)
+    );
+    assert_eq!(
+        (d1.pc.steps, d1.batch_size, d1.lr, d1.epochs),
+        (100, 1024, 1e-4, 10500)
+    );
+    assert_eq!((d1.transform.max_dep, d1.transform.cut_mev), (3.1, 1e-4));
+    assert_eq!((d1.dims(), d1.net().padded()), (369, [384, 1, 1]));
+    // normed only with dataset 1, dataset 1 only normed; even kernels refused.
     let bad = preset_text("caloscore-tiny")
         .unwrap()
         .replace("dataset = 2", "dataset = \"1-photons\"");
     let e = CaloScoreConfig::from_toml(&bad).unwrap_err().to_string();
-    assert!(e.contains("datasets 2 and 3"), "{e}");
+    assert!(e.contains("normed"), "{e}");
+    let bad = "normed = true\n".to_string() + &preset_text("caloscore-tiny").unwrap();
+    assert!(CaloScoreConfig::from_toml(&bad).is_err());
+    let bad = preset_text("caloscore-tiny-ds1-photons")
+        .unwrap()
+        .replace("kernel = [5, 1, 1]", "kernel = [4, 1, 1]");
+    assert!(CaloScoreConfig::from_toml(&bad).is_err());
+    // A misspelt key in a sub-table is an error too.
+    let bad = preset_text("caloscore-tiny")
+        .unwrap()
+        .replace("cut_mev", "cut_mevv");
+    let e = CaloScoreConfig::from_toml(&bad).unwrap_err().to_string();
+    assert!(e.contains("cut_mevv"), "{e}");
+}
+
+/// Dataset 1's normalised vector: fractions of the shower and its total, through the logit;
+/// decoding gives the shower back (above the cut), and its total even when the generated
+/// fractions do not sum to 1.
+#[test]
+fn dataset_1_vector_encodes_and_decodes() {
+    let cfg =
+        CaloScoreConfig::from_toml(&preset_text("caloscore-tiny-ds1-photons").unwrap()).unwrap();
+    let e = 65536.0;
+    let row: Vec<f32> = (0..368)
+        .map(|i| {
+            if i % 3 == 0 {
+                0.0
+            } else {
+                (i % 17) as f32 * 40.0 + 0.5
+            }
+        })
+        .collect();
+    let sum: f64 = row.iter().map(|&v| v as f64).sum();
+    let mut x = Vec::new();
+    cfg.encode(&row, e, &mut x);
+    assert_eq!(x.len(), 369);
+    let sig = |u: f32| 1.0 / (1.0 + (-(u as f64)).exp());
+    assert!((sig(x[368]) - sum / (3.1 * e)).abs() < 1e-6);
+    assert!((sig(x[1]) - row[1] as f64 / sum).abs() < 1e-6);
+    let mut back = Vec::new();
+    cfg.decode(&x, e, &mut back);
+    for (a, b) in back.iter().zip(&row) {
+        assert!((a - b).abs() <= 1e-3 * b.max(1.0), "{a} vs {b}");
+    }
+    // Fractions scaled by 2 (not summing to 1): renormalised, the total kept.
+    let mut x2 = x.clone();
+    for u in &mut x2[..368] {
+        *u += std::f32::consts::LN_2;
+    }
+    let mut back2 = Vec::new();
+    cfg.decode(&x2, e, &mut back2);
+    let s2: f64 = back2.iter().map(|&v| v as f64).sum();
+    assert!((s2 - sum).abs() < 1e-3 * sum, "{s2} vs {sum}");
 }
 
 #[test]

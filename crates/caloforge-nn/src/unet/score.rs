@@ -37,6 +37,12 @@ pub struct ScoreNetConfig {
     pub pool: [usize; 3],
     /// Embedding width (reference dataset 2: 128).
     pub embed: usize,
+    /// Kernel of the convolutions (reference datasets 2 and 3: 3 × 3 × 3; dataset 1, a 1-D
+    /// vector on the z axis: 5 × 1 × 1), zero-padded to keep the grid.
+    pub kernel: [usize; 3],
+    /// Kernel of each time_conv's second convolution (1 × 1 × 1 in 3-D; the reference's 1-D
+    /// branch uses the main kernel there).
+    pub mix_kernel: [usize; 3],
 }
 
 impl ScoreNetConfig {
@@ -84,9 +90,20 @@ pub(crate) fn conv(
     bias: bool,
     device: &Device,
 ) -> CylindricalConv3d {
-    let mut c = CylindricalConv3d::new(ci, co, [k; 3], [1; 3], [k / 2; 3], device);
-    let taps = k * k * k;
-    c.conv.weight = glorot([co, ci, k, k, k], ci * taps, co * taps, device);
+    conv_k(ci, co, [k; 3], bias, device)
+}
+
+/// A "same" convolution with kernel `k` (odd sides), Keras-initialised.
+pub(crate) fn conv_k(
+    ci: usize,
+    co: usize,
+    k: [usize; 3],
+    bias: bool,
+    device: &Device,
+) -> CylindricalConv3d {
+    let mut c = CylindricalConv3d::new(ci, co, k, [1; 3], k.map(|v| v / 2), device);
+    let taps: usize = k.iter().product();
+    c.conv.weight = glorot([co, ci, k[0], k[1], k[2]], ci * taps, co * taps, device);
     c.conv.bias = bias.then(|| Param::from_tensor(Tensor::zeros([co], device)));
     c
 }
@@ -101,11 +118,11 @@ pub(crate) fn dense(i: usize, o: usize, bias: bool, device: &Device) -> Linear {
 }
 
 impl TimeConv {
-    fn new(ci: usize, co: usize, embed: usize, device: &Device) -> Self {
+    fn new(ci: usize, co: usize, cfg: &ScoreNetConfig, device: &Device) -> Self {
         TimeConv {
-            conv: conv(ci, co, 3, false, device),
-            dense: dense(embed, co, false, device),
-            conv1: conv(co, co, 1, true, device),
+            conv: conv_k(ci, co, cfg.kernel, false, device),
+            dense: dense(cfg.embed, co, false, device),
+            conv1: conv_k(co, co, cfg.mix_kernel, true, device),
             // Keras BatchNormalization in inference mode at initialisation: γ/√(1 + 1e-3), β = 0.
             gamma: Param::from_tensor(Tensor::ones([co], device).div_scalar(1.001f64.sqrt())),
             beta: Param::from_tensor(Tensor::zeros([co], device)),
@@ -215,21 +232,21 @@ impl ScoreNet {
             dense1: lin(2 * e, e),
             dense2: lin(e, e),
             down: vec![
-                TimeConv::new(1, s0, e, device),
-                TimeConv::new(s0, s1, e, device),
-                TimeConv::new(s1, s2, e, device),
+                TimeConv::new(1, s0, cfg, device),
+                TimeConv::new(s0, s1, cfg, device),
+                TimeConv::new(s1, s2, cfg, device),
             ],
-            mid: TimeConv::new(s2, s2, e, device),
+            mid: TimeConv::new(s2, s2, cfg, device),
             up: [(s2, s1), (s1, s0)]
                 .iter()
                 .map(|&(ci, co)| UpLevel {
-                    tc: TimeConv::new(ci, co, e, device),
-                    conv: conv(co, co, 3, true, device),
+                    tc: TimeConv::new(ci, co, cfg, device),
+                    conv: conv_k(co, co, cfg.kernel, true, device),
                     conv1: conv(co, co, 1, true, device),
                 })
                 .collect(),
-            last: TimeConv::new(s0, s0, e, device),
-            out: conv(s0, 1, 3, true, device),
+            last: TimeConv::new(s0, s0, cfg, device),
+            out: conv_k(s0, 1, cfg.kernel, true, device),
             shape: cfg.shape,
             padded: cfg.padded(),
             pool: cfg.pool,
@@ -286,14 +303,22 @@ mod tests {
     use burn::tensor::Distribution as D;
 
     #[test]
-    fn keeps_the_shapes_and_trains_on_datasets_2_and_3() {
+    fn keeps_the_shapes_and_trains_on_datasets_1_2_and_3() {
         let dev = Device::flex().autodiff();
-        for shape in [[45usize, 16, 9], [45, 50, 18]] {
+        // Datasets 2 and 3 (3 × 3 × 3 kernels, pooling (3, 2, 2)), and dataset 1's normalised
+        // vector of 368 + 1 values on the z axis (kernel 5, pooling 4, padded to 384).
+        for (shape, kernel, mix, pool) in [
+            ([45usize, 16, 9], [3; 3], [1; 3], [3, 2, 2]),
+            ([45, 50, 18], [3; 3], [1; 3], [3, 2, 2]),
+            ([369, 1, 1], [5, 1, 1], [5, 1, 1], [4, 1, 1]),
+        ] {
             let cfg = ScoreNetConfig {
                 shape,
                 channels: [2, 4, 4],
-                pool: [3, 2, 2],
+                pool,
                 embed: 8,
+                kernel,
+                mix_kernel: mix,
             };
             let v: usize = shape.iter().product();
             let net = ScoreNet::new(&cfg, 1, &dev);
@@ -310,10 +335,24 @@ mod tests {
                 shape: [45, 50, 18],
                 channels: [1, 1, 1],
                 pool: [3, 2, 2],
-                embed: 2
+                embed: 2,
+                kernel: [3; 3],
+                mix_kernel: [1; 3],
             }
             .padded(),
             [45, 52, 20]
+        );
+        assert_eq!(
+            ScoreNetConfig {
+                shape: [369, 1, 1],
+                channels: [1, 1, 1],
+                pool: [4, 1, 1],
+                embed: 2,
+                kernel: [5, 1, 1],
+                mix_kernel: [5, 1, 1],
+            }
+            .padded(),
+            [384, 1, 1]
         );
     }
 

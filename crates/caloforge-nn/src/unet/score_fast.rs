@@ -262,12 +262,18 @@ mod tests {
     #[test]
     fn score_network_twin_matches_burn() {
         let dev = Device::flex();
-        for shape in [[45usize, 16, 9], [9, 6, 5]] {
+        for (shape, kernel, mix, pool) in [
+            ([45usize, 16, 9], [3; 3], [1; 3], [3, 2, 2]),
+            ([9, 6, 5], [3; 3], [1; 3], [3, 2, 2]),
+            ([369, 1, 1], [5, 1, 1], [5, 1, 1], [4, 1, 1]),
+        ] {
             let cfg = ScoreNetConfig {
                 shape,
                 channels: [4, 6, 8],
-                pool: [3, 2, 2],
+                pool,
                 embed: 16,
+                kernel,
+                mix_kernel: mix,
             };
             let net = BurnNet::new(&cfg, 2, &dev);
             let fast = net.twin();
