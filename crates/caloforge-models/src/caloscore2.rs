@@ -124,9 +124,6 @@ impl CaloScore2Config {
         if c.model != "caloscore2" {
             return Err(err("model must be \"caloscore2\""));
         }
-        if !matches!(c.dataset, DatasetKind::Ds2 | DatasetKind::Ds3) {
-            return Err(err("CaloScore v2 runs on datasets 2 and 3"));
-        }
         c.nets().validate().map_err(|m| err(&m))?;
         LrSchedule::Constant { lr: c.lr }
             .validate()
@@ -155,20 +152,52 @@ impl CaloScore2Config {
         Ok(c)
     }
 
+    /// Dataset 1 (a vector of voxels, layers of different sizes) rather than 2 or 3 (a grid).
+    fn one_d(&self) -> bool {
+        self.dataset.regular_grid().is_none()
+    }
+
+    /// The grid: (z, α, r), or dataset 1's voxels along z.
     fn shape(&self) -> [usize; 3] {
-        // from_toml admits datasets 2 and 3 only.
-        self.dataset.regular_grid().unwrap_or([45, 16, 9])
+        self.dataset
+            .regular_grid()
+            .unwrap_or([self.dataset.n_voxels(), 1, 1])
+    }
+
+    /// Voxels of each calorimeter layer, in order.
+    pub fn layer_sizes(&self) -> Vec<usize> {
+        match self.dataset.regular_grid() {
+            Some([z, a, r]) => vec![a * r; z],
+            None => {
+                let g = self
+                    .dataset
+                    .geometry(None)
+                    .expect("embedded binning parses");
+                g.relevant_layers
+                    .iter()
+                    .map(|&l| g.bin_edges[l + 1] - g.bin_edges[l])
+                    .collect()
+            }
+        }
+    }
+
+    /// The number of layer energies.
+    fn layers(&self) -> usize {
+        self.layer_sizes().len()
     }
 
     fn nets(&self) -> ScoreV2Config {
-        let shape = self.shape();
+        let one_d = self.one_d();
         ScoreV2Config {
-            shape,
-            layers: shape[0],
+            shape: self.shape(),
+            layers: self.layers(),
             embed: self.embed,
             unet: self.unet.clone(),
             mlp: self.mlp,
             blocks: self.blocks,
+            kernel: if one_d { [3, 1, 1] } else { [3; 3] },
+            pool: if one_d { [2, 1, 1] } else { [2; 3] },
+            layer_norm: one_d,
         }
     }
 
@@ -248,6 +277,8 @@ pub struct CaloScore2 {
     device: Device,
     /// The CPU sampling engine, built once on first use.
     fast: std::sync::OnceLock<FastNets>,
+    /// Voxels of each layer.
+    sizes: Vec<usize>,
 }
 
 /// A training file, preprocessed.
@@ -265,6 +296,24 @@ struct Prepared {
 
 /// Reads and preprocesses `opts.data` (creating `opts.out`); fits the normalisers on the
 /// training showers unless `prep` is given (a student uses its teacher's).
+/// One shower's voxels → its layer energies (`sums`) and, in place, each voxel's fraction of
+/// its layer's energy (0 in an empty layer), for layers of `sizes` voxels.
+fn to_fractions(row: &mut [f32], sizes: &[usize], sums: &mut [f64]) {
+    let mut rest = row;
+    for (&n, s) in sizes.iter().zip(sums.iter_mut()) {
+        let (lay, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        *s = lay.iter().map(|&x| x as f64).sum();
+        for x in lay {
+            *x = if *s > 0.0 {
+                (*x as f64 / *s) as f32
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 fn prepare(
     cfg: &CaloScore2Config,
     opts: &TrainOptions,
@@ -274,18 +323,13 @@ fn prepare(
         diffusionparts::read_split(opts, cfg.dataset, cfg.validation_fraction)?;
     let n = e_inc.len();
     let v = cfg.dataset.n_voxels();
-    let l = cfg.shape()[0];
+    let sizes = cfg.layer_sizes();
+    let l = sizes.len();
     let mut u = Vec::with_capacity(n * l);
-    // Voxels → fractions of their layer's energy, in place.
     let mut sums = vec![0.0; l];
     for (row, &e) in vox.chunks_mut(v).zip(&e_inc) {
-        crate::layer_sums(row, &mut sums);
+        to_fractions(row, &sizes, &mut sums);
         u.extend(stick_encode(&sums, e, cfg.max_dep));
-        for (lay, &s) in row.chunks_mut(v / l).zip(&sums) {
-            for x in lay {
-                *x = if s > 0.0 { (*x as f64 / s) as f32 } else { 0.0 };
-            }
-        }
     }
     let prep = prep.unwrap_or_else(|| Preprocessing {
         layer: Normaliser::fit(&u[..n_train * l], l),
@@ -532,7 +576,7 @@ impl<'a> V2Task<'a> {
     }
 
     fn dims(&self) -> [usize; 2] {
-        [self.cfg.shape()[0], self.cfg.dataset.n_voxels()]
+        [self.cfg.layers(), self.cfg.dataset.n_voxels()]
     }
 
     fn batch(&self, idx: &[usize], d: &Draws) -> Batch {
@@ -659,7 +703,7 @@ impl CaloScore2 {
     pub fn untrained(cfg: &CaloScore2Config, seed: u64) -> Result<Self> {
         let device = compute_device(Precision::F32, seed);
         let nets = ScoreV2Nets::new(&cfg.nets(), &device);
-        let [l, v] = [cfg.shape()[0], cfg.dataset.n_voxels()];
+        let [l, v] = [cfg.layers(), cfg.dataset.n_voxels()];
         let unit = |d: usize| Normaliser {
             min: vec![0.0; d],
             max: vec![1.0; d],
@@ -677,6 +721,7 @@ impl CaloScore2 {
             nets,
             device,
             fast: std::sync::OnceLock::new(),
+            sizes: cfg.layer_sizes(),
         })
     }
 
@@ -694,7 +739,7 @@ impl CaloScore2 {
         if steps == 0 {
             return Err(ModelError::Config("--steps must be > 0".into()));
         }
-        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        let [l, v] = [self.cfg.layers(), self.cfg.dataset.n_voxels()];
         let nets = self.eval_nets();
         let sched = self.cfg.schedule;
         let mut out = Vec::with_capacity(energies.len() * v);
@@ -743,12 +788,13 @@ impl CaloScore2 {
     /// A shower (MeV) from normalised layer codes `xl` and voxel fractions `xv` at incident
     /// energy `e`.
     fn decode(&self, xl: &[f32], xv: &[f32], e: f64) -> Vec<f32> {
-        let l = xl.len();
         let layers = stick_decode(&self.prep.layer.inverse(xl), e, self.cfg.max_dep);
         let f = self.prep.voxel.inverse(xv);
-        let per = f.len() / l;
         let mut out = Vec::with_capacity(f.len());
-        for (fl, &el) in f.chunks(per).zip(&layers) {
+        let mut off = 0;
+        for (&n, &el) in self.sizes.iter().zip(&layers) {
+            let fl = &f[off..off + n];
+            off += n;
             let s: f64 = fl.iter().sum();
             out.extend(fl.iter().map(|&x| {
                 let y = if s > 0.0 { x / s * el } else { 0.0 };
@@ -765,24 +811,17 @@ impl CaloScore2 {
     /// Normalised layer codes and voxel fractions of `showers` (MeV, `energies.len()` rows),
     /// with the log-Jacobian of each shower's normalisation (see [`Normaliser::log_jacobian`]).
     fn encode(&self, energies: &[f64], showers: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
-        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        let v = self.cfg.dataset.n_voxels();
         let (mut xl, mut xv) = (Vec::new(), Vec::new());
         let mut jac = Vec::with_capacity(energies.len());
-        let mut sums = vec![0.0; l];
-        let mut f = vec![0.0f64; v];
+        let mut sums = vec![0.0; self.sizes.len()];
+        let mut buf = vec![0.0f32; v];
         for (row, &e) in showers.chunks(v).zip(energies) {
-            crate::layer_sums(row, &mut sums);
+            // The fractions as training makes them (f32).
+            buf.copy_from_slice(row);
+            to_fractions(&mut buf, &self.sizes, &mut sums);
             let u = stick_encode(&sums, e, self.cfg.max_dep);
-            for ((fl, lay), &s) in f.chunks_mut(v / l).zip(row.chunks(v / l)).zip(&sums) {
-                for (y, &x) in fl.iter_mut().zip(lay) {
-                    // Rounded to f32 as training's fractions are.
-                    *y = if s > 0.0 {
-                        (x as f64 / s) as f32 as f64
-                    } else {
-                        0.0
-                    };
-                }
-            }
+            let f: Vec<f64> = buf.iter().map(|&x| x as f64).collect();
             xl.extend(self.prep.layer.forward(&u));
             xv.extend(self.prep.voxel.forward(&f));
             jac.push(self.prep.layer.log_jacobian(&u) + self.prep.voxel.log_jacobian(&f));
@@ -800,7 +839,7 @@ impl CaloScore2 {
     ) -> Result<Vec<StepTiming>> {
         let bs = batch.unwrap_or(cfg.batch_size).max(1);
         let n = bs * (steps + 1) + 1;
-        let [l, v] = [cfg.shape()[0], cfg.dataset.n_voxels()];
+        let [l, v] = [cfg.layers(), cfg.dataset.n_voxels()];
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let normals = |k: usize, rng: &mut ChaCha8Rng| -> Vec<f32> {
             (0..k).map(|_| rng.sample(StandardNormal)).collect()
@@ -1014,6 +1053,7 @@ impl CaloScore2 {
                 nets,
                 device,
                 fast: std::sync::OnceLock::new(),
+                sizes: cur.sizes.clone(),
             };
             let oc = diffusionparts::outcome(&model.card);
             lines.push(format!(
@@ -1056,7 +1096,7 @@ impl CaloScore2 {
         let card: DiffusionCard = crate::read_card(&dir.join("model_card.json"))?;
         let pp = dir.join("preprocessing.json");
         let prep: Preprocessing = crate::read_card(&pp)?;
-        let [l, v] = [cfg.shape()[0], cfg.dataset.n_voxels()];
+        let [l, v] = [cfg.layers(), cfg.dataset.n_voxels()];
         if [&prep.layer, &prep.voxel].iter().zip([l, v]).any(|(n, d)| {
             [&n.min, &n.max, &n.mean, &n.std]
                 .iter()
@@ -1084,6 +1124,7 @@ impl CaloScore2 {
             None
         };
         Ok(CaloScore2 {
+            sizes: cfg.layer_sizes(),
             cfg,
             distilled,
             card,
@@ -1100,6 +1141,7 @@ pub struct CaloScore2Kind;
 
 /// CaloScore v2's embedded presets.
 pub const PRESETS: &[Preset] = crate::presets!(
+    "caloscore2-ds1-photons",
     "caloscore2-ds2",
     "caloscore2-ds2-distill",
     "caloscore2-ds3",
@@ -1107,6 +1149,7 @@ pub const PRESETS: &[Preset] = crate::presets!(
     "caloscore2-small-distill",
     "caloscore2-tiny",
     "caloscore2-tiny-distill",
+    "caloscore2-tiny-ds1-photons",
 );
 
 impl ModelKind for CaloScore2Kind {
@@ -1148,7 +1191,7 @@ impl Generator for CaloScore2 {
         let EvalNets::Fast(fast) = self.eval_nets() else {
             return None;
         };
-        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        let [l, v] = [self.cfg.layers(), self.cfg.dataset.n_voxels()];
         let per = caloforge_nn::kernels::macs::count(|| {
             fast.layer.forward_one(&vec![0.0; l], 0.5, 0.5);
             fast.voxel
@@ -1176,7 +1219,7 @@ impl Generator for CaloScore2 {
         self.sample_with(energies, seed, first, batch, opts.steps, progress)
     }
     fn density_space(&self) -> Option<DensitySpace> {
-        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        let [l, v] = [self.cfg.layers(), self.cfg.dataset.n_voxels()];
         Some(DensitySpace {
             dims: l + v,
             over: format!(
@@ -1202,7 +1245,7 @@ impl Generator for CaloScore2 {
         opts: &LikelihoodOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<f64>> {
-        let [l, v] = [self.cfg.shape()[0], self.cfg.dataset.n_voxels()];
+        let [l, v] = [self.cfg.layers(), self.cfg.dataset.n_voxels()];
         let (solver, trace) = opts.ode();
         let sched = self.cfg.schedule;
         crate::flowparts::likelihood_batches(

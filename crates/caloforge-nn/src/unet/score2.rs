@@ -23,7 +23,7 @@
 //! at the end of each axis, and the energy Dense is not shared between the two networks
 //! (the reference shares it while training the base model; its EMA copies do not).
 
-use super::score::{conv, crop, dense, pad_end, pool, upsample};
+use super::score::{conv, conv_k, crop, dense, pad_end, pool, upsample};
 use crate::conv::CylindricalConv3d;
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig, Linear};
@@ -59,6 +59,13 @@ pub struct ScoreV2Config {
     pub mlp: usize,
     /// FiLM blocks of the layer model (reference: 2).
     pub blocks: usize,
+    /// Kernel of the 3×3×3 convolutions (dataset 1, a vector along z: [3, 1, 1]).
+    pub kernel: [usize; 3],
+    /// Pooling and up-sampling factors between levels (dataset 1: [2, 1, 1]).
+    pub pool: [usize; 3],
+    /// Attention normalises each token over its channels (the reference's 1-D LayerNorm,
+    /// ε = 1e-6, not affine) instead of GroupNorm(4) over the grid.
+    pub layer_norm: bool,
 }
 
 impl ScoreV2Config {
@@ -72,7 +79,7 @@ impl ScoreV2Config {
             return Err("unet.in_emb, unet.depth and unet.widths must be > 0".into());
         }
         for (w, a) in u.widths.iter().zip(&u.attention) {
-            if *a && w % 4 != 0 {
+            if *a && !self.layer_norm && w % 4 != 0 {
                 return Err(format!(
                     "unet.widths: a level with attention needs a multiple of 4 channels (GroupNorm of 4 groups), got {w}"
                 ));
@@ -84,10 +91,13 @@ impl ScoreV2Config {
         Ok(())
     }
 
-    /// The padded grid: each axis rounded up to a multiple of 2^(levels − 1).
+    /// The padded grid: each axis rounded up to a multiple of pool^(levels − 1).
     pub fn padded(&self) -> [usize; 3] {
-        let m = 1usize << (self.unet.widths.len() - 1);
-        self.shape.map(|v| v.div_ceil(m) * m)
+        let l = self.unet.widths.len() as u32 - 1;
+        std::array::from_fn(|i| {
+            let m = self.pool[i].pow(l);
+            self.shape[i].div_ceil(m) * m
+        })
     }
 }
 
@@ -136,7 +146,8 @@ impl TimeEmbedding {
 /// GroupNorm of 4 groups (Keras ε = 1e-3), added to its input.
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub(crate) norm: GroupNorm,
+    /// GroupNorm(4); `None`: LayerNorm over each token's channels.
+    pub(crate) norm: Option<GroupNorm>,
     pub(crate) q: Linear,
     pub(crate) k: Linear,
     pub(crate) v: Linear,
@@ -144,12 +155,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn new(c: usize, device: &Device) -> Self {
+    fn new(c: usize, layer_norm: bool, device: &Device) -> Self {
         Attention {
-            norm: GroupNormConfig::new(4, c)
-                .with_affine(false)
-                .with_epsilon(1e-3)
-                .init(device),
+            norm: (!layer_norm).then(|| {
+                GroupNormConfig::new(4, c)
+                    .with_affine(false)
+                    .with_epsilon(1e-3)
+                    .init(device)
+            }),
             q: dense(c, c, true, device),
             k: dense(c, c, true, device),
             v: dense(c, c, true, device),
@@ -160,11 +173,14 @@ impl Attention {
     fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let [b, c, z, a, r] = x.dims();
         let n = z * a * r;
-        let g: Tensor<3> = self
-            .norm
-            .forward(x.clone())
-            .reshape([b, c, n])
-            .swap_dims(1, 2);
+        let g: Tensor<3> = match &self.norm {
+            Some(norm) => norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2),
+            None => {
+                let t: Tensor<3> = x.clone().reshape([b, c, n]).swap_dims(1, 2);
+                let (var, mean) = t.clone().var_mean_bias(2);
+                (t - mean).div(var.add_scalar(LAYER_NORM_EPS).sqrt())
+            }
+        };
         let q = self.q.forward(g.clone());
         let k = self.k.forward(g.clone());
         let v = self.v.forward(g);
@@ -173,6 +189,9 @@ impl Attention {
         x + o.swap_dims(1, 2).reshape([b, c, z, a, r])
     }
 }
+
+/// ε of the 1-D attention's LayerNorm (the reference's `LayerNormalization(epsilon=1e-6)`).
+pub const LAYER_NORM_EPS: f64 = 1e-6;
 
 /// The residual block of the v2 U-Net.
 #[derive(Module, Debug)]
@@ -185,13 +204,13 @@ pub struct ResBlock {
 }
 
 impl ResBlock {
-    fn new(ci: usize, co: usize, embed: usize, attention: bool, device: &Device) -> Self {
+    fn new(ci: usize, co: usize, cfg: &ScoreV2Config, attention: bool, device: &Device) -> Self {
         ResBlock {
             skip: (ci != co).then(|| conv(ci, co, 1, true, device)),
-            conv1: conv(ci, co, 3, true, device),
-            cond: dense(embed, co, true, device),
-            conv2: conv(co, co, 3, true, device),
-            attn: attention.then(|| Attention::new(co, device)),
+            conv1: conv_k(ci, co, cfg.kernel, true, device),
+            cond: dense(cfg.embed, co, true, device),
+            conv2: conv_k(co, co, cfg.kernel, true, device),
+            attn: attention.then(|| Attention::new(co, cfg.layer_norm, device)),
         }
     }
 
@@ -226,6 +245,7 @@ pub struct VoxelNet {
     pub(crate) shape: [usize; 3],
     pub(crate) padded: [usize; 3],
     pub(crate) depth: usize,
+    pub(crate) pool: [usize; 3],
 }
 
 impl VoxelNet {
@@ -239,7 +259,7 @@ impl VoxelNet {
         let mut ch = u.in_emb;
         for (&w, &a) in u.widths[..nl - 1].iter().zip(&u.attention) {
             for _ in 0..u.depth {
-                down.push(ResBlock::new(ch, w, e, a, device));
+                down.push(ResBlock::new(ch, w, cfg, a, device));
                 ch = w;
                 skips.push(ch);
             }
@@ -247,14 +267,14 @@ impl VoxelNet {
         let wl = u.widths[nl - 1];
         let mut mid = Vec::new();
         for _ in 0..u.depth {
-            mid.push(ResBlock::new(ch, wl, e, u.attention[nl - 1], device));
+            mid.push(ResBlock::new(ch, wl, cfg, u.attention[nl - 1], device));
             ch = wl;
         }
         let mut up = Vec::new();
         for (&w, &a) in u.widths[..nl - 1].iter().zip(&u.attention).rev() {
             for _ in 0..u.depth {
                 let s = skips.pop().unwrap_or(0);
-                up.push(ResBlock::new(ch + s, w, e, a, device));
+                up.push(ResBlock::new(ch + s, w, cfg, a, device));
                 ch = w;
             }
         }
@@ -273,6 +293,7 @@ impl VoxelNet {
             shape: cfg.shape,
             padded: cfg.padded(),
             depth: u.depth,
+            pool: cfg.pool,
         }
     }
 
@@ -303,7 +324,7 @@ impl VoxelNet {
             h = blk.forward(h, c.clone());
             skips.push(h.clone());
             if (i + 1) % self.depth == 0 {
-                h = pool(h, [2, 2, 2]);
+                h = pool(h, self.pool);
             }
         }
         for blk in &self.mid {
@@ -311,7 +332,7 @@ impl VoxelNet {
         }
         for (i, blk) in self.up.iter().enumerate() {
             if i % self.depth == 0 {
-                h = upsample(h, [2, 2, 2]);
+                h = upsample(h, self.pool);
             }
             let s = skips.pop().expect("one skip per up block");
             h = blk.forward(Tensor::cat(vec![h, s], 1), c.clone());
@@ -430,27 +451,43 @@ mod tests {
             },
             mlp: 16,
             blocks: 2,
+            kernel: [3; 3],
+            pool: [2; 3],
+            layer_norm: false,
+        }
+    }
+
+    /// Dataset 1: a vector of 368 along z in 5 layers, kernels and pooling along z only,
+    /// LayerNorm attention.
+    fn cfg_1d() -> ScoreV2Config {
+        ScoreV2Config {
+            layers: 5,
+            kernel: [3, 1, 1],
+            pool: [2, 1, 1],
+            layer_norm: true,
+            ..cfg([368, 1, 1])
         }
     }
 
     #[test]
-    fn keeps_shapes_starts_at_zero_and_trains_on_datasets_2_and_3() {
+    fn keeps_shapes_starts_at_zero_and_trains_on_datasets_1_2_and_3() {
         let dev = Device::flex().autodiff();
-        for shape in [[45usize, 16, 9], [45, 50, 18]] {
-            let c = cfg(shape);
+        for c in [cfg([45, 16, 9]), cfg([45, 50, 18]), cfg_1d()] {
+            let shape = c.shape;
             c.validate().unwrap();
             let v: usize = shape.iter().product();
+            let nl = c.layers;
             let net = VoxelNet::new(&c, &dev);
             let lnet = LayerNet::new(&c, &dev);
             let x = Tensor::<2>::random([2, v], D::Normal(0.0, 1.0), &dev);
             let t = Tensor::<2>::random([2, 1], D::Uniform(0.0, 1.0), &dev);
-            let l = Tensor::<2>::random([2, 45], D::Normal(0.0, 1.0), &dev);
+            let l = Tensor::<2>::random([2, nl], D::Normal(0.0, 1.0), &dev);
             let y = net.forward(x, t.clone(), t.clone(), l.clone());
             assert_eq!(y.dims(), [2, v]);
             // The zero-initialised output conv: v = its bias = 0 at the start.
             assert!(y.clone().abs().max().into_scalar::<f32>() < 1e-6);
             let yl = lnet.forward(l, t.clone(), t);
-            assert_eq!(yl.dims(), [2, 45]);
+            assert_eq!(yl.dims(), [2, nl]);
             let loss = (y + Tensor::<2>::ones([2, v], &dev))
                 .powf_scalar(2.0)
                 .mean()
@@ -459,6 +496,7 @@ mod tests {
             assert!(!g.is_empty());
         }
         assert_eq!(cfg([45, 50, 18]).padded(), [48, 52, 20]);
+        assert_eq!(cfg_1d().padded(), [368, 1, 1]);
     }
 
     #[test]
@@ -472,7 +510,7 @@ mod tests {
         // Attention with v = o = identity and q = k = 0: each voxel gets the mean of the
         // normalised input added.
         let dev = Device::flex();
-        let mut a = Attention::new(4, &dev);
+        let mut a = Attention::new(4, false, &dev);
         let eye = Tensor::<2>::eye(4, &dev);
         for l in [&mut a.q, &mut a.k] {
             l.weight = burn::module::Param::from_tensor(Tensor::zeros([4, 4], &dev));
@@ -482,7 +520,7 @@ mod tests {
         }
         let x = Tensor::<5>::random([1, 4, 2, 2, 1], D::Normal(0.0, 1.0), &dev);
         let y = a.forward(x.clone());
-        let g = a.norm.forward(x.clone());
+        let g = a.norm.as_ref().unwrap().forward(x.clone());
         let want = x + g.mean_dim(4).mean_dim(3).mean_dim(2);
         let d = (y - want).abs().max().into_scalar::<f32>();
         assert!(d < 1e-5, "{d}");

@@ -42,10 +42,12 @@ impl TimeEmbedding {
     }
 }
 
-/// Single-head attention after a non-affine GroupNorm, added to its input.
+/// Single-head attention after a non-affine GroupNorm (or LayerNorm over each token's
+/// channels), added to its input.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    pub norm: GroupNorm,
+    /// `None`: LayerNorm (ε = [`super::score2::LAYER_NORM_EPS`]).
+    pub norm: Option<GroupNorm>,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
@@ -56,7 +58,7 @@ impl Twin for super::score2::Attention {
     type Fast = Attention;
     fn twin(&self) -> Attention {
         Attention {
-            norm: self.norm.twin(),
+            norm: self.norm.as_ref().map(Twin::twin),
             q: self.q.twin(),
             k: self.k.twin(),
             v: self.v.twin(),
@@ -69,7 +71,19 @@ impl Attention {
     fn forward(&self, x: &mut [f32]) {
         let c = self.q.d_out();
         let mut g = x.to_vec();
-        self.norm.apply(&mut g, false);
+        match &self.norm {
+            Some(norm) => norm.apply(&mut g, false),
+            None => {
+                for row in g.chunks_mut(c) {
+                    let m = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+                    let var = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / c as f64;
+                    let inv = 1.0 / (var + super::score2::LAYER_NORM_EPS).sqrt();
+                    for v in row {
+                        *v = ((*v as f64 - m) * inv) as f32;
+                    }
+                }
+            }
+        }
         let (q, k, v) = (
             self.q.forward_rows(&g),
             self.k.forward_rows(&g),
@@ -144,6 +158,7 @@ pub struct VoxelNet {
     pub shape: [usize; 3],
     pub padded: [usize; 3],
     pub depth: usize,
+    pub pool: [usize; 3],
 }
 
 impl Twin for super::score2::VoxelNet {
@@ -162,6 +177,7 @@ impl Twin for super::score2::VoxelNet {
             shape: self.shape,
             padded: self.padded,
             depth: self.depth,
+            pool: self.pool,
         }
     }
 }
@@ -187,7 +203,7 @@ impl VoxelNet {
             h = blk.forward(&h, d, &c);
             skips.push((Buf::copy(&h), ch(&h, d)));
             if (i + 1) % self.depth == 0 {
-                (h, d) = pool(&h, ch(&h, d), d, [2, 2, 2]);
+                (h, d) = pool(&h, ch(&h, d), d, self.pool);
             }
         }
         for blk in &self.mid {
@@ -195,7 +211,7 @@ impl VoxelNet {
         }
         for (i, blk) in self.up.iter().enumerate() {
             if i % self.depth == 0 {
-                (h, d) = upsample(&h, ch(&h, d), d, [2, 2, 2]);
+                (h, d) = upsample(&h, ch(&h, d), d, self.pool);
             }
             let (s, cs) = skips.pop().expect("one skip per up block");
             let ch_h = ch(&h, d);
@@ -375,10 +391,16 @@ mod tests {
     #[test]
     fn v2_networks_twins_match_burn() {
         let dev = Device::flex();
-        for (shape, depth) in [([45usize, 16, 9], 2), ([9, 6, 5], 1)] {
+        // Datasets 2 and 3 (GroupNorm attention), and dataset 1's vector (5 layers, kernels and
+        // pooling along z, LayerNorm attention).
+        for (shape, depth, layers, one_d) in [
+            ([45usize, 16, 9], 2, 45, false),
+            ([9, 6, 5], 1, 9, false),
+            ([368, 1, 1], 1, 5, true),
+        ] {
             let cfg = ScoreV2Config {
                 shape,
-                layers: shape[0],
+                layers,
                 embed: 8,
                 unet: VoxelUNetConfig {
                     in_emb: 4,
@@ -388,11 +410,14 @@ mod tests {
                 },
                 mlp: 12,
                 blocks: 2,
+                kernel: if one_d { [3, 1, 1] } else { [3; 3] },
+                pool: if one_d { [2, 1, 1] } else { [2; 3] },
+                layer_norm: one_d,
             };
             let nets = BurnNets::new(&cfg, &dev).map(&mut Jiggle(0));
             let fast = nets.twin();
             let v: usize = shape.iter().product();
-            let l = shape[0];
+            let l = layers;
             let (t, e) = (vec![0.3f32, 0.9], vec![0.1f32, 1.2]);
             let col = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [2, 1]), &dev);
             let lay: Vec<f32> = (0..2 * l).map(|i| (i as f32 * 0.37).cos()).collect();
