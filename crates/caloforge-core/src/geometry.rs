@@ -55,6 +55,14 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// Voxels of each relevant layer, in file order.
+    pub fn layer_sizes(&self) -> Vec<usize> {
+        self.relevant_layers
+            .iter()
+            .map(|&l| self.bin_edges[l + 1] - self.bin_edges[l])
+            .collect()
+    }
+
     /// Parses a binning XML document and selects the `<Bin>` whose `name` is `particle`.
     pub fn from_xml_str(xml: &str, particle: &str, source: &str) -> Result<Self> {
         let bad = |msg: String| CoreError::Binning {

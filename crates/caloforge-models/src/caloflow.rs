@@ -181,14 +181,10 @@ impl CaloFlowConfig {
 
     /// Voxels of each calorimeter layer, in file order.
     pub fn layer_sizes(&self) -> Vec<usize> {
-        let g = self
-            .dataset
+        self.dataset
             .geometry(None)
-            .expect("embedded binning parses");
-        g.relevant_layers
-            .iter()
-            .map(|&l| g.bin_edges[l + 1] - g.bin_edges[l])
-            .collect()
+            .expect("embedded binning parses")
+            .layer_sizes()
     }
 
     /// Features and context width of flow `k` (1 or 2).

@@ -168,16 +168,11 @@ impl CaloScore2Config {
     pub fn layer_sizes(&self) -> Vec<usize> {
         match self.dataset.regular_grid() {
             Some([z, a, r]) => vec![a * r; z],
-            None => {
-                let g = self
-                    .dataset
-                    .geometry(None)
-                    .expect("embedded binning parses");
-                g.relevant_layers
-                    .iter()
-                    .map(|&l| g.bin_edges[l + 1] - g.bin_edges[l])
-                    .collect()
-            }
+            None => self
+                .dataset
+                .geometry(None)
+                .expect("embedded binning parses")
+                .layer_sizes(),
         }
     }
 
