@@ -15,6 +15,7 @@ pub mod h5stream;
 pub mod io;
 pub mod numeric;
 pub mod rng;
+pub mod showerdata;
 
 pub use coarse::{CoarseGrid, Grouping};
 pub use dataset::DatasetKind;
