@@ -180,15 +180,20 @@ fn conv_valid_dot(
     out: &mut [f32],
 ) {
     let (cin, cout, s, nt) = (c.cin, c.cout, c.stride, taps.len());
-    // Weights as [co][tap][ci].
-    let mut w = vec![0.0f32; cout * nt * cin];
-    for t in 0..nt {
-        for ci in 0..cin {
-            for co in 0..cout {
-                w[(co * nt + t) * cin + ci] = c.w[(t * cin + ci) * cout + co];
+    // Weights as [co][tap][ci]: the stored [tap][ci][co] itself for one output channel.
+    let w: std::borrow::Cow<[f32]> = if cout == 1 {
+        std::borrow::Cow::Borrowed(&c.w)
+    } else {
+        let mut w = vec![0.0f32; cout * nt * cin];
+        for t in 0..nt {
+            for ci in 0..cin {
+                for co in 0..cout {
+                    w[(co * nt + t) * cin + ci] = c.w[(t * cin + ci) * cout + co];
+                }
             }
         }
-    }
+        std::borrow::Cow::Owned(w)
+    };
     let split = cin / 8 * 8;
     for z in 0..od[0] {
         for a in 0..od[1] {

@@ -5,7 +5,7 @@
 
 use super::score_fast::{add_rows, crop_grid, pad_grid, pool, upsample};
 use crate::kernels::simd::silu;
-use crate::kernels::{softmax_attention, Buf, Conv3d, GroupNorm, Linear};
+use crate::kernels::{softmax_attention, Buf, Conv3d, GroupNorm, LayerNorm, Linear};
 use crate::twin::Twin;
 use rayon::prelude::*;
 
@@ -42,12 +42,19 @@ impl TimeEmbedding {
     }
 }
 
-/// Single-head attention after a non-affine GroupNorm (or LayerNorm over each token's
-/// channels), added to its input.
+/// The attention's non-affine normalisation.
+#[derive(Debug, Clone)]
+pub enum AttentionNorm {
+    /// GroupNorm(4) over the grid (datasets 2 and 3).
+    Group(GroupNorm),
+    /// LayerNorm over each position's channels (dataset 1; γ = 1, β = 0).
+    Layer(LayerNorm),
+}
+
+/// Single-head attention after a non-affine GroupNorm or LayerNorm, added to its input.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    /// `None`: LayerNorm (ε = [`super::score2::LAYER_NORM_EPS`]).
-    pub norm: Option<GroupNorm>,
+    pub norm: AttentionNorm,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
@@ -57,9 +64,18 @@ pub struct Attention {
 impl Twin for super::score2::Attention {
     type Fast = Attention;
     fn twin(&self) -> Attention {
+        let q = self.q.twin();
+        let c = q.d_out();
         Attention {
-            norm: self.norm.as_ref().map(Twin::twin),
-            q: self.q.twin(),
+            norm: match &self.norm {
+                Some(g) => AttentionNorm::Group(g.twin()),
+                None => AttentionNorm::Layer(LayerNorm {
+                    gamma: vec![1.0; c],
+                    beta: vec![0.0; c],
+                    eps: super::score2::LAYER_NORM_EPS,
+                }),
+            },
+            q,
             k: self.k.twin(),
             v: self.v.twin(),
             o: self.o.twin(),
@@ -72,17 +88,8 @@ impl Attention {
         let c = self.q.d_out();
         let mut g = x.to_vec();
         match &self.norm {
-            Some(norm) => norm.apply(&mut g, false),
-            None => {
-                for row in g.chunks_mut(c) {
-                    let m = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-                    let var = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / c as f64;
-                    let inv = 1.0 / (var + super::score2::LAYER_NORM_EPS).sqrt();
-                    for v in row {
-                        *v = ((*v as f64 - m) * inv) as f32;
-                    }
-                }
-            }
+            AttentionNorm::Group(norm) => norm.apply(&mut g, false),
+            AttentionNorm::Layer(norm) => norm.apply(&mut g),
         }
         let (q, k, v) = (
             self.q.forward_rows(&g),
