@@ -711,7 +711,15 @@ impl CaloDiffusion {
     pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
         let cfg = CaloDiffusionConfig::from_toml(config)?;
         let t0 = Instant::now();
-        let p = diffusionparts::prepare(opts, cfg.kind(), &cfg.transform, cfg.validation_fraction)?;
+        let tr = cfg.transform;
+        let p = diffusionparts::prepare(
+            opts,
+            cfg.kind(),
+            &tr,
+            cfg.validation_fraction,
+            cfg.kind().n_voxels(),
+            |row, e, out| tr.forward_row(row, e, out),
+        )?;
         let device = compute_device(Precision::F32, opts.seed);
         let net = Denoiser::new(&cfg, &device)?;
         let mut card = diffusionparts::card("calodiffusion", net.num_params(), opts, &p)?;
@@ -908,6 +916,11 @@ impl Transform {
         let x = (v_mev / (self.max_dep * e_inc_mev)).clamp(0.0, 1.0);
         let y = self.alpha + (1.0 - 2.0 * self.alpha) * x;
         (((y / (1.0 - y)).ln() - self.logit_mean) / self.logit_std) as f32
+    }
+
+    /// The standardised logits of one shower's voxels (MeV), appended to `out`.
+    pub fn forward_row(&self, row: &[f32], e_inc_mev: f64, out: &mut Vec<f32>) {
+        out.extend(row.iter().map(|&u| self.forward(u as f64, e_inc_mev)));
     }
 
     /// Voxel energy (MeV) of a network value, with the cut.

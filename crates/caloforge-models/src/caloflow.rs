@@ -288,7 +288,9 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn row(&self, j: usize, rng: &mut ChaCha8Rng, x: &mut Vec<f32>, c: &mut Vec<f32>) {
+    /// Appends row `j`'s variables to `x` and its context to `c`; returns the noisy layer
+    /// energies it used.
+    fn row(&self, j: usize, rng: &mut ChaCha8Rng, x: &mut Vec<f32>, c: &mut Vec<f32>) -> Vec<f64> {
         let cfg = self.cfg;
         let nv = cfg.dataset.n_voxels();
         let sh = self.idx[j];
@@ -312,7 +314,7 @@ impl Source<'_> {
         if self.part == 1 {
             cfg.unit_space(&le, e_inc, x);
             c.push(cfg.inc_feature(e_inc));
-            return;
+            return le;
         }
         let mut off = 0;
         for (&n, &e) in self.sizes.iter().zip(&le) {
@@ -321,6 +323,7 @@ impl Source<'_> {
             off += n;
         }
         cfg.push_shower_context(e_inc, &le, cfg.context_offset, c);
+        le
     }
 }
 
@@ -811,23 +814,10 @@ impl CaloFlow {
         let (mut x1, mut c1) = (Vec::with_capacity(n * nl), Vec::with_capacity(n));
         let (mut x2, mut c2) = (Vec::with_capacity(n * nv), Vec::with_capacity(n * (nl + 1)));
         let mut jac = vec![0.0f64; n];
-        let mut le = Vec::with_capacity(nl);
         for (j, r) in rngs.iter_mut().enumerate() {
-            // Flow-1's variables as its training rows make them, keeping the noisy layer sums.
-            le.clear();
-            let mut off = 0;
-            for &size in &self.sizes {
-                le.push(
-                    rows[j * nv + off..j * nv + off + size]
-                        .iter()
-                        .map(|&v| v as f64 + cfg.energy_flow_noise * r.random::<f64>())
-                        .sum::<f64>(),
-                );
-                off += size;
-            }
+            // Each flow's variables as its training rows make them.
             let start = x1.len();
-            cfg.unit_space(&le, energies[j], &mut x1);
-            c1.push(cfg.inc_feature(energies[j]));
+            let le = source(1).row(j, r, &mut x1, &mut c1);
             jac[j] = cfg.unit_space_log_jacobian(&le, energies[j], &x1[start..]);
             let start = x2.len();
             source(2).row(j, r, &mut x2, &mut c2);

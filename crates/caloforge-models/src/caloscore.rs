@@ -180,22 +180,21 @@ impl CaloScoreConfig {
     fn encode(&self, row: &[f32], e: f64, out: &mut Vec<f32>) {
         let tr = &self.transform;
         if !self.normed {
-            out.extend(row.iter().map(|&u| tr.forward(u as f64, e)));
+            tr.forward_row(row, e, out);
             return;
         }
-        // Fractions u/Σu of u = v/(max_dep·E), then the total Σu, as voxels of the transform
-        // at unit scale.
+        // Fractions v/Σv, then the total Σv/(max_dep·E), as voxels of the transform at unit
+        // scale.
         let unit = Transform {
             max_dep: 1.0,
             ..*tr
         };
-        let total: f64 = row.iter().map(|&v| v as f64).sum::<f64>() / (tr.max_dep * e);
         let sum: f64 = row.iter().map(|&v| v as f64).sum();
         out.extend(row.iter().map(|&v| {
             let f = if sum > 0.0 { v as f64 / sum } else { 0.0 };
             unit.forward(f, 1.0)
         }));
-        out.push(unit.forward(total, 1.0));
+        out.push(unit.forward(sum / (tr.max_dep * e), 1.0));
     }
 
     /// A shower (MeV, with the cut) from the network's values `x` at incident energy `e`.
@@ -595,19 +594,14 @@ impl CaloScore {
     pub fn train(config: &str, opts: &TrainOptions, progress: &dyn Progress) -> Result<Self> {
         let cfg = CaloScoreConfig::from_toml(config)?;
         let t0 = Instant::now();
-        let (e_inc, vox, n_train) =
-            diffusionparts::read_split(opts, cfg.dataset, cfg.validation_fraction)?;
-        let mut x = Vec::with_capacity(e_inc.len() * cfg.dims());
-        for (row, &e) in vox.chunks(cfg.dataset.n_voxels()).zip(&e_inc) {
-            cfg.encode(row, e, &mut x);
-        }
-        drop(vox);
-        let p = diffusionparts::Prepared {
-            e: e_inc.iter().map(|&v| cfg.transform.energy(v)).collect(),
-            e_inc,
-            x,
-            n_train,
-        };
+        let p = diffusionparts::prepare(
+            opts,
+            cfg.dataset,
+            &cfg.transform,
+            cfg.validation_fraction,
+            cfg.dims(),
+            |row, e, out| cfg.encode(row, e, out),
+        )?;
         let mut model = CaloScore::untrained(&cfg, opts.seed)?;
         let mut card = diffusionparts::card("caloscore", model.card.parameters, opts, &p)?;
         let mut task = ScoreTask::new(&cfg, &p.x, &p.e, p.n_train, opts.seed, &model.device);
@@ -744,11 +738,10 @@ impl Generator for CaloScore {
             progress,
             |chunk, raw, rngs| {
                 let e: Vec<f32> = chunk.iter().map(|&x| tr.energy(x)).collect();
-                let x: Vec<f32> = raw
-                    .chunks(v)
-                    .zip(chunk)
-                    .flat_map(|(r, &ei)| r.iter().map(move |&u| tr.forward(u as f64, ei)))
-                    .collect();
+                let mut x = Vec::with_capacity(raw.len());
+                for (r, &ei) in raw.chunks(v).zip(chunk) {
+                    tr.forward_row(r, ei, &mut x);
+                }
                 let mut score = NetScore {
                     net: &self.net,
                     fast: None,

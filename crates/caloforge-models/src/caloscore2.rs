@@ -289,8 +289,6 @@ struct Prepared {
     prep: Preprocessing,
 }
 
-/// Reads and preprocesses `opts.data` (creating `opts.out`); fits the normalisers on the
-/// training showers unless `prep` is given (a student uses its teacher's).
 /// One shower's voxels → its layer energies (`sums`) and, in place, each voxel's fraction of
 /// its layer's energy (0 in an empty layer), for layers of `sizes` voxels.
 fn to_fractions(row: &mut [f32], sizes: &[usize], sums: &mut [f64]) {
@@ -309,6 +307,8 @@ fn to_fractions(row: &mut [f32], sizes: &[usize], sums: &mut [f64]) {
     }
 }
 
+/// Reads and preprocesses `opts.data` (creating `opts.out`); fits the normalisers on the
+/// training showers unless `prep` is given (a student uses its teacher's).
 fn prepare(
     cfg: &CaloScore2Config,
     opts: &TrainOptions,
@@ -530,6 +530,8 @@ struct V2Task<'a> {
     teacher: Option<(EvalNets<'a>, usize)>,
     /// The validation batches, built once (fixed draws; distillation: fixed teacher targets).
     val: Vec<Batch>,
+    /// Layer codes and voxels per shower.
+    dims: [usize; 2],
 }
 
 impl<'a> V2Task<'a> {
@@ -546,11 +548,12 @@ impl<'a> V2Task<'a> {
             device: device.clone(),
             teacher,
             val: Vec::new(),
+            dims: [cfg.layers(), cfg.dataset.n_voxels()],
         };
         let n = p.e_inc.len();
         let idx: Vec<usize> = (p.n_train..n).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let [l, v] = me.dims();
+        let [l, v] = me.dims;
         let d = draw(idx.len(), l, v, me.teacher.as_ref().map(|t| t.1), &mut rng);
         let bs = cfg.batch_size.max(1);
         me.val = idx
@@ -570,12 +573,8 @@ impl<'a> V2Task<'a> {
         me
     }
 
-    fn dims(&self) -> [usize; 2] {
-        [self.cfg.layers(), self.cfg.dataset.n_voxels()]
-    }
-
     fn batch(&self, idx: &[usize], d: &Draws) -> Batch {
-        let [l, v] = self.dims();
+        let [l, v] = self.dims;
         let c = diffusionparts::gather(&self.p.c, 1, idx);
         let xl0 = diffusionparts::gather(&self.p.xl, l, idx);
         let xv0 = diffusionparts::gather(&self.p.xv, v, idx);
@@ -672,7 +671,7 @@ impl Task<ScoreV2Nets> for V2Task<'_> {
         self.p.n_train
     }
     fn loss(&mut self, nets: &ScoreV2Nets, idx: &[usize], rng: &mut ChaCha8Rng) -> Tensor<1> {
-        let [l, v] = self.dims();
+        let [l, v] = self.dims;
         let d = draw(idx.len(), l, v, self.teacher.as_ref().map(|t| t.1), rng);
         self.batch(idx, &d).loss(nets, &self.device)
     }
@@ -734,7 +733,7 @@ impl CaloScore2 {
         if steps == 0 {
             return Err(ModelError::Config("--steps must be > 0".into()));
         }
-        let [l, v] = [self.cfg.layers(), self.cfg.dataset.n_voxels()];
+        let [l, v] = [self.sizes.len(), self.cfg.dataset.n_voxels()];
         let nets = self.eval_nets();
         let sched = self.cfg.schedule;
         let mut out = Vec::with_capacity(energies.len() * v);
@@ -1186,7 +1185,7 @@ impl Generator for CaloScore2 {
         let EvalNets::Fast(fast) = self.eval_nets() else {
             return None;
         };
-        let [l, v] = [self.cfg.layers(), self.cfg.dataset.n_voxels()];
+        let [l, v] = [self.sizes.len(), self.cfg.dataset.n_voxels()];
         let per = caloforge_nn::kernels::macs::count(|| {
             fast.layer.forward_one(&vec![0.0; l], 0.5, 0.5);
             fast.voxel
@@ -1214,7 +1213,7 @@ impl Generator for CaloScore2 {
         self.sample_with(energies, seed, first, batch, opts.steps, progress)
     }
     fn density_space(&self) -> Option<DensitySpace> {
-        let [l, v] = [self.cfg.layers(), self.cfg.dataset.n_voxels()];
+        let [l, v] = [self.sizes.len(), self.cfg.dataset.n_voxels()];
         Some(DensitySpace {
             dims: l + v,
             over: format!(
@@ -1240,7 +1239,7 @@ impl Generator for CaloScore2 {
         opts: &LikelihoodOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<f64>> {
-        let [l, v] = [self.cfg.layers(), self.cfg.dataset.n_voxels()];
+        let [l, v] = [self.sizes.len(), self.cfg.dataset.n_voxels()];
         let (solver, trace) = opts.ode();
         let sched = self.cfg.schedule;
         crate::flowparts::likelihood_batches(

@@ -22,21 +22,22 @@ pub(crate) struct Prepared {
     pub n_train: usize,
 }
 
-/// Reads `opts.data` (creating `opts.out`), transforms it with `tr` and splits off the last
-/// `validation_fraction` (at least one shower each side).
+/// Reads `opts.data` (creating `opts.out`), encodes each shower with `encode(voxels,
+/// incident energy, out)` (appending `width` values), conditions its energy with `tr`, and
+/// splits off the last `validation_fraction` (at least one shower each side).
 pub(crate) fn prepare(
     opts: &TrainOptions,
     kind: DatasetKind,
     tr: &Transform,
     validation_fraction: f64,
+    width: usize,
+    encode: impl Fn(&[f32], f64, &mut Vec<f32>),
 ) -> Result<Prepared> {
     let (e_inc, vox, n_train) = read_split(opts, kind, validation_fraction)?;
-    let v = kind.n_voxels();
-    let x: Vec<f32> = vox
-        .chunks(v)
-        .zip(&e_inc)
-        .flat_map(|(row, &e)| row.iter().map(move |&u| tr.forward(u as f64, e)))
-        .collect();
+    let mut x = Vec::with_capacity(e_inc.len() * width);
+    for (row, &e) in vox.chunks(kind.n_voxels()).zip(&e_inc) {
+        encode(row, e, &mut x);
+    }
     drop(vox);
     let e = e_inc.iter().map(|&x| tr.energy(x)).collect();
     Ok(Prepared {

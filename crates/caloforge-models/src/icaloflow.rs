@@ -398,6 +398,28 @@ fn push_layer(cfg: &ICaloFlowConfig, layer: &[f32], rng: &mut ChaCha8Rng, out: &
     }
 }
 
+/// Flow-3's context for layer `i`: log10 E_inc − 4.5, the layer energies of layer i and i − 1
+/// (MeV), the previous layer's voxels `prev` normalised with fresh noise, and one-hot(i − 1).
+#[allow(clippy::too_many_arguments)]
+fn push_flow3_context(
+    cfg: &ICaloFlowConfig,
+    e_inc: f64,
+    e: f64,
+    e_prev: f64,
+    prev: &[f32],
+    i: usize,
+    rng: &mut ChaCha8Rng,
+    out: &mut Vec<f32>,
+) {
+    out.extend([
+        ICaloFlowConfig::inc_feature(e_inc),
+        cfg.energy_feature(e),
+        cfg.energy_feature(e_prev),
+    ]);
+    push_layer(cfg, prev, rng, out);
+    out.extend((1..LAYERS).map(|k| if k == i { 1.0 } else { 0.0 }));
+}
+
 /// Training samples of flow `stage` from showers `idx`.
 struct StageSource<'a> {
     cfg: &'a ICaloFlowConfig,
@@ -431,11 +453,8 @@ impl StageSource<'_> {
                 push_layer(cfg, self.s.layer(s, i), rng, x);
                 let e = noisy(self.s.layer_e[s * LAYERS + i], rng);
                 let ep = noisy(self.s.layer_e[s * LAYERS + i - 1], rng);
-                c.push(ICaloFlowConfig::inc_feature(self.s.e_inc[s]));
-                c.push(cfg.energy_feature(e));
-                c.push(cfg.energy_feature(ep));
-                push_layer(cfg, self.s.layer(s, i - 1), rng, c);
-                c.extend((1..LAYERS).map(|k| if k == i { 1.0 } else { 0.0 }));
+                let prev = self.s.layer(s, i - 1);
+                push_flow3_context(cfg, self.s.e_inc[s], e, ep, prev, i, rng, c);
             }
         }
     }
@@ -534,16 +553,16 @@ impl ICaloFlow {
             let mut ctx = Vec::with_capacity(n * c3);
             let mut z = Vec::with_capacity(n * l);
             for (s, r) in rngs.iter_mut().enumerate() {
-                ctx.push(ICaloFlowConfig::inc_feature(energies[s]));
-                ctx.push(cfg.energy_feature(le[s * LAYERS + i]));
-                ctx.push(cfg.energy_feature(le[s * LAYERS + i - 1]));
-                push_layer(
+                push_flow3_context(
                     cfg,
+                    energies[s],
+                    le[s * LAYERS + i],
+                    le[s * LAYERS + i - 1],
                     &out[(s * LAYERS + i - 1) * l..(s * LAYERS + i) * l],
+                    i,
                     r,
                     &mut ctx,
                 );
-                ctx.extend((1..LAYERS).map(|k| if k == i { 1.0 } else { 0.0 }));
                 normals(r, l, &mut z);
             }
             let (x3, _) = self.fast[2].sample_from_base(&z, &ctx);
@@ -950,7 +969,7 @@ impl ICaloFlow {
     /// [`Generator::log_likelihood`] of one batch.
     fn log_prob_batch(&self, energies: &[f64], rows: &[f32], rngs: &mut [ChaCha8Rng]) -> Vec<f64> {
         let cfg = &self.cfg;
-        let (l, n, v) = (cfg.layer_size(), energies.len(), cfg.kind().n_voxels());
+        let (l, n) = (cfg.layer_size(), energies.len());
         let (_, c3) = cfg.dims(3);
         let s = Showers::new(energies.to_vec(), rows.to_vec(), l);
         let (mut x1, mut c1) = (Vec::with_capacity(n * LAYERS), Vec::with_capacity(n));
@@ -975,20 +994,14 @@ impl ICaloFlow {
             c2.extend([inc, cfg.energy_feature(le[0]) / 4.0]);
             for i in 1..LAYERS {
                 push_layer(cfg, s.layer(j, i), r, &mut x3);
-                c3v.extend([
-                    inc,
-                    cfg.energy_feature(le[i]),
-                    cfg.energy_feature(le[i - 1]),
-                ]);
-                push_layer(cfg, s.layer(j, i - 1), r, &mut c3v);
-                c3v.extend((1..LAYERS).map(|k| if k == i { 1.0 } else { 0.0 }));
+                let prev = s.layer(j, i - 1);
+                push_flow3_context(cfg, energies[j], le[i], le[i - 1], prev, i, r, &mut c3v);
             }
         }
         let frac = |x: &[f32]| x.iter().map(|&x| log_dlogit(cfg.alpha, x)).sum::<f64>();
         let (_, lp1) = self.fast[0].log_prob(&x1, &c1);
         let (_, lp2) = self.fast[1].log_prob(&x2, &c2);
         let (_, lp3) = self.fast[2].log_prob(&x3, &c3v);
-        debug_assert_eq!(v, LAYERS * l);
         (0..n)
             .map(|j| {
                 let rows3 = j * (LAYERS - 1)..(j + 1) * (LAYERS - 1);
