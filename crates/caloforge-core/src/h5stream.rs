@@ -26,28 +26,88 @@ const BTREE_FANOUT: usize = 64;
 
 /// Element type of a dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Float {
+pub enum Elem {
     F32,
     F64,
+    I32,
+    I64,
+    /// A variable-length sequence of float32 per element: a 16-byte reference (length, global
+    /// heap collection address, object index) in the dataset, the values in the global heap.
+    VlenF32,
 }
 
-impl Float {
+impl Elem {
     fn size(self) -> usize {
         match self {
-            Float::F32 => 4,
-            Float::F64 => 8,
+            Elem::F32 | Elem::I32 => 4,
+            Elem::F64 | Elem::I64 => 8,
+            Elem::VlenF32 => 16,
+        }
+    }
+
+    /// The datatype message body.
+    fn datatype(self) -> Vec<u8> {
+        match self {
+            Elem::F32 | Elem::F64 => {
+                let size = self.size();
+                let (sign, exp_loc, exp_size, mant_size, bias): (u8, u8, u8, u8, u32) =
+                    if self == Elem::F32 {
+                        (31, 23, 8, 23, 127)
+                    } else {
+                        (63, 52, 11, 52, 1023)
+                    };
+                // Version 1, class floating point, little-endian IEEE.
+                let mut t = vec![0x11, 0x20, sign, 0];
+                t.extend_from_slice(&(size as u32).to_le_bytes());
+                t.extend_from_slice(&0u16.to_le_bytes()); // bit offset
+                t.extend_from_slice(&((size * 8) as u16).to_le_bytes()); // precision
+                t.extend_from_slice(&[exp_loc, exp_size, 0, mant_size]);
+                t.extend_from_slice(&bias.to_le_bytes());
+                t
+            }
+            Elem::I32 | Elem::I64 => integer_type(self.size(), true),
+            Elem::VlenF32 => {
+                // Version 1, class variable-length, a sequence of float32.
+                let mut t = vec![0x19, 0, 0, 0];
+                t.extend_from_slice(&16u32.to_le_bytes());
+                t.extend_from_slice(&Elem::F32.datatype());
+                t
+            }
         }
     }
 }
 
-/// One dataset of a streamed file: rank 2, `cols` columns, rows appended in order and chunked
-/// `chunk_rows` at a time along the rows.
+/// An integer datatype message body: version 1, little-endian, `size` bytes.
+fn integer_type(size: usize, signed: bool) -> Vec<u8> {
+    let mut t = vec![0x10, if signed { 0x08 } else { 0 }, 0, 0];
+    t.extend_from_slice(&(size as u32).to_le_bytes());
+    t.extend_from_slice(&0u16.to_le_bytes());
+    t.extend_from_slice(&((size * 8) as u16).to_le_bytes());
+    t
+}
+
+/// One dataset of a file to stream: its rows are appended in order and stored in chunks of
+/// `chunk_rows` rows; rank 1 when `cols` is `None`, else rank 2.
+#[derive(Clone, Copy, Debug)]
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub elem: Elem,
+    pub cols: Option<u64>,
+    pub chunk_rows: u64,
+    /// Shuffle + deflate the chunks (never for variable-length references).
+    pub compress: bool,
+}
+
+/// Largest global heap collection the writer makes unless one sequence needs more.
+const HEAP_COLLECTION_BYTES: usize = 1 << 20;
+
+/// A dataset of a streamed file (see [`Spec`]).
 struct Stream {
     name: String,
-    ty: Float,
-    cols: u64,
+    ty: Elem,
+    cols: Option<u64>,
     chunk_rows: u64,
-    level: u32,
+    level: Option<u32>,
     rows: u64,
     /// Raw little-endian bytes of the rows not yet in a written chunk.
     pending: Vec<u8>,
@@ -56,39 +116,41 @@ struct Stream {
 }
 
 impl Stream {
+    fn row_values(&self) -> usize {
+        self.cols.unwrap_or(1) as usize
+    }
+
     fn chunk_bytes(&self) -> usize {
-        (self.chunk_rows * self.cols) as usize * self.ty.size()
+        self.chunk_rows as usize * self.row_values() * self.ty.size()
     }
 }
 
-/// Writes an HDF5 file of 2-D float datasets row by row (see the module documentation).
+/// Writes an HDF5 file of datasets row by row (see the module documentation).
 /// Errors are plain strings: the caller names the file.
 pub struct H5StreamWriter {
     out: BufWriter<File>,
     pos: u64,
     datasets: Vec<Stream>,
+    /// Attributes of the root group: (name, UTF-8 value in a global heap object).
+    attrs: Vec<(String, u32, u64, u32)>,
 }
 
 impl H5StreamWriter {
-    /// Creates (truncates) the file at `path` with the given datasets: (name, type, columns,
-    /// rows per chunk). Compression is shuffle + deflate at `level`.
-    pub fn create(
-        path: &Path,
-        datasets: &[(&str, Float, u64, u64)],
-        level: u32,
-    ) -> Result<Self, String> {
+    /// Creates (truncates) the file at `path` with the given datasets. Compressed datasets are
+    /// shuffled and deflated at `level`.
+    pub fn create(path: &Path, datasets: &[Spec], level: u32) -> Result<Self, String> {
         let f = File::create(path).map_err(|e| e.to_string())?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
         // The superblock is written last, at offset 0; reserve its 48 bytes.
         out.write_all(&[0u8; 48]).map_err(|e| e.to_string())?;
         let datasets = datasets
             .iter()
-            .map(|&(name, ty, cols, chunk_rows)| Stream {
-                name: name.to_string(),
-                ty,
-                cols: cols.max(1),
-                chunk_rows: chunk_rows.max(1),
-                level,
+            .map(|d| Stream {
+                name: d.name.to_string(),
+                ty: d.elem,
+                cols: d.cols.map(|c| c.max(1)),
+                chunk_rows: d.chunk_rows.max(1),
+                level: (d.compress && d.elem != Elem::VlenF32).then_some(level),
                 rows: 0,
                 pending: Vec::new(),
                 chunks: Vec::new(),
@@ -98,20 +160,116 @@ impl H5StreamWriter {
             out,
             pos: 48,
             datasets,
+            attrs: Vec::new(),
         })
+    }
+
+    /// Adds a string attribute to the root group (a variable-length UTF-8 string, as h5py
+    /// writes a Python `str`).
+    pub fn attr_str(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let addr = self.write_collection(&[value.as_bytes()])?;
+        self.attrs
+            .push((name.to_string(), value.len() as u32, addr, 1));
+        Ok(())
+    }
+
+    /// Appends variable-length float32 sequences (one per row) to dataset `k`: their values go
+    /// to global heap collections of about 1 MiB, their references to the dataset.
+    pub fn append_vlen_f32(&mut self, k: usize, seqs: &[&[f32]]) -> Result<(), String> {
+        if self.datasets[k].ty != Elem::VlenF32 {
+            return Err(format!(
+                "{}: not a variable-length dataset",
+                self.datasets[k].name
+            ));
+        }
+        let mut refs = Vec::with_capacity(16 * seqs.len());
+        let mut start = 0;
+        while start < seqs.len() {
+            // Fill one collection: at least one sequence, at most 65535 objects.
+            let (mut end, mut bytes) = (start, 0usize);
+            while end < seqs.len() && end - start < 65535 {
+                let b = 16 + (4 * seqs[end].len()).div_ceil(8) * 8;
+                if end > start && bytes + b > HEAP_COLLECTION_BYTES {
+                    break;
+                }
+                bytes += b;
+                end += 1;
+            }
+            let objects: Vec<Vec<u8>> = seqs[start..end]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| s.iter().flat_map(|v| v.to_le_bytes()).collect())
+                .collect();
+            let views: Vec<&[u8]> = objects.iter().map(Vec::as_slice).collect();
+            let addr = if views.is_empty() {
+                0
+            } else {
+                self.write_collection(&views)?
+            };
+            let mut index = 0u32;
+            for s in &seqs[start..end] {
+                let (a, i) = if s.is_empty() {
+                    (0, 0)
+                } else {
+                    index += 1;
+                    (addr, index)
+                };
+                let len = u32::try_from(s.len()).map_err(|_| "sequence above 2^32 values")?;
+                refs.extend_from_slice(&len.to_le_bytes());
+                refs.extend_from_slice(&a.to_le_bytes());
+                refs.extend_from_slice(&i.to_le_bytes());
+            }
+            start = end;
+        }
+        self.append_bytes(k, &refs)
+    }
+
+    /// Writes a global heap collection holding `objects` (indices 1, 2, …) and returns its
+    /// address. A collection is at least 4 KiB; what the objects leave is free-space object 0.
+    fn write_collection(&mut self, objects: &[&[u8]]) -> Result<u64, String> {
+        let used: usize = 16
+            + objects
+                .iter()
+                .map(|o| 16 + o.len().div_ceil(8) * 8)
+                .sum::<usize>();
+        let mut size = used.max(4096);
+        if size > used && size - used < 16 {
+            size += 16; // room for the free-space object's header
+        }
+        let mut c = Vec::with_capacity(size);
+        c.extend_from_slice(b"GCOL");
+        c.extend_from_slice(&[1, 0, 0, 0]);
+        c.extend_from_slice(&(size as u64).to_le_bytes());
+        for (i, o) in objects.iter().enumerate() {
+            c.extend_from_slice(&(i as u16 + 1).to_le_bytes());
+            c.extend_from_slice(&1u16.to_le_bytes()); // reference count
+            c.extend_from_slice(&[0; 4]);
+            c.extend_from_slice(&(o.len() as u64).to_le_bytes());
+            c.extend_from_slice(o);
+            c.resize(c.len().div_ceil(8) * 8, 0);
+        }
+        if size > used {
+            // Free space: object 0, its size counting its own header.
+            c.extend_from_slice(&[0; 8]);
+            c.extend_from_slice(&((size - used) as u64).to_le_bytes());
+        }
+        c.resize(size, 0);
+        let addr = self.pos;
+        self.write(&c)?;
+        Ok(addr)
     }
 
     /// Appends rows to dataset `k` as little-endian bytes (a whole number of rows); complete
     /// chunks are compressed (in parallel) and written.
     pub fn append_bytes(&mut self, k: usize, bytes: &[u8]) -> Result<(), String> {
         let ds = &mut self.datasets[k];
-        let row_bytes = ds.cols as usize * ds.ty.size();
+        let row_bytes = ds.row_values() * ds.ty.size();
         if !bytes.len().is_multiple_of(row_bytes) {
             return Err(format!(
                 "{}: {} bytes is not a whole number of rows of {} values",
                 ds.name,
                 bytes.len(),
-                ds.cols
+                ds.row_values()
             ));
         }
         ds.rows += (bytes.len() / row_bytes) as u64;
@@ -143,6 +301,16 @@ impl H5StreamWriter {
         self.append_values(k, values, |v, out| out.extend_from_slice(&v.to_le_bytes()))
     }
 
+    /// Appends rows of int32 values to dataset `k`.
+    pub fn append_i32(&mut self, k: usize, values: &[i32]) -> Result<(), String> {
+        self.append_values(k, values, |v, out| out.extend_from_slice(&v.to_le_bytes()))
+    }
+
+    /// Appends rows of int64 values to dataset `k`.
+    pub fn append_i64(&mut self, k: usize, values: &[i64]) -> Result<(), String> {
+        self.append_values(k, values, |v, out| out.extend_from_slice(&v.to_le_bytes()))
+    }
+
     /// Appends `values` (whole rows) in slices of about 16 MB, so that a large batch is not
     /// copied whole into bytes.
     fn append_values<T: Copy>(
@@ -151,7 +319,11 @@ impl H5StreamWriter {
         values: &[T],
         le: impl Fn(T, &mut Vec<u8>),
     ) -> Result<(), String> {
-        let cols = self.datasets[k].cols as usize;
+        let ds = &self.datasets[k];
+        if ds.ty.size() != std::mem::size_of::<T>() || ds.ty == Elem::VlenF32 {
+            return Err(format!("{}: values of the wrong type", ds.name));
+        }
+        let cols = ds.row_values();
         if !values.len().is_multiple_of(cols) {
             return Err(format!(
                 "{}: {} values is not a whole number of rows of {cols}",
@@ -213,6 +385,9 @@ impl H5StreamWriter {
             message(0x02, &link_info()),
             message(0x0A, &[0, 0]), // group info: version 0, no flags
         ];
+        for (name, len, addr, index) in &self.attrs {
+            root.push(message(0x0C, &string_attribute(name, *len, *addr, *index)));
+        }
         for (ds, &addr) in self.datasets.iter().zip(&headers) {
             root.push(message(0x06, &link(&ds.name, addr)));
         }
@@ -240,7 +415,8 @@ impl H5StreamWriter {
     /// returns the root's address.
     fn write_btree(&mut self, k: usize) -> Result<u64, String> {
         let ds = &self.datasets[k];
-        let ndims = 3; // rows, columns, and the element-size dimension of chunk keys
+        // Rows[, columns], and the element-size dimension of chunk keys.
+        let ndims = if ds.cols.is_some() { 3 } else { 2 };
         let key_size = 8 + 8 * ndims;
         let node_size = 24 + BTREE_FANOUT * 8 + (BTREE_FANOUT + 1) * key_size;
         // A key: chunk size, filter mask, element offsets (row, column, 0).
@@ -248,8 +424,9 @@ impl H5StreamWriter {
             let mut b = Vec::with_capacity(key_size);
             b.extend_from_slice(&size.to_le_bytes());
             b.extend_from_slice(&0u32.to_le_bytes());
-            for o in [row, 0, 0] {
-                b.extend_from_slice(&o.to_le_bytes());
+            b.extend_from_slice(&row.to_le_bytes());
+            for _ in 1..ndims {
+                b.extend_from_slice(&0u64.to_le_bytes());
             }
             b
         };
@@ -308,8 +485,12 @@ impl H5StreamWriter {
     }
 }
 
-/// Shuffles (byte planes, as the HDF5 shuffle filter) and zlib-compresses one chunk.
-fn encode_chunk(raw: &[u8], elem: usize, level: u32) -> Vec<u8> {
+/// Shuffles (byte planes, as the HDF5 shuffle filter) and zlib-compresses one chunk; without a
+/// level, the chunk as it is.
+fn encode_chunk(raw: &[u8], elem: usize, level: Option<u32>) -> Vec<u8> {
+    let Some(level) = level else {
+        return raw.to_vec();
+    };
     let n = raw.len() / elem;
     let mut shuffled = vec![0u8; raw.len()];
     for (i, e) in raw.chunks_exact(elem).enumerate() {
@@ -369,44 +550,66 @@ fn link(name: &str, addr: u64) -> Vec<u8> {
 /// The messages of a streamed dataset whose chunk B-tree is at `btree`.
 fn dataset_messages(ds: &Stream, btree: u64) -> Vec<Vec<u8>> {
     let size = ds.ty.size();
-    // Dataspace, version 2: rank 2, no maximum dimensions, simple.
-    let mut space = vec![2, 2, 0, 1];
+    // Dataspace, version 2: rank 1 or 2, no maximum dimensions, simple.
+    let rank = if ds.cols.is_some() { 2u8 } else { 1 };
+    let mut space = vec![2, rank, 0, 1];
     space.extend_from_slice(&ds.rows.to_le_bytes());
-    space.extend_from_slice(&ds.cols.to_le_bytes());
-    // Datatype: version 1, class floating point, little-endian IEEE.
-    let (sign, exp_loc, exp_size, mant_size, bias): (u8, u8, u8, u8, u32) = match ds.ty {
-        Float::F32 => (31, 23, 8, 23, 127),
-        Float::F64 => (63, 52, 11, 52, 1023),
-    };
-    let mut dtype = vec![0x11, 0x20, sign, 0];
-    dtype.extend_from_slice(&(size as u32).to_le_bytes());
-    dtype.extend_from_slice(&0u16.to_le_bytes()); // bit offset
-    dtype.extend_from_slice(&((size * 8) as u16).to_le_bytes()); // precision
-    dtype.extend_from_slice(&[exp_loc, exp_size, 0, mant_size]);
-    dtype.extend_from_slice(&bias.to_le_bytes());
+    if let Some(c) = ds.cols {
+        space.extend_from_slice(&c.to_le_bytes());
+    }
     // Fill value, version 3: allocation incremental, fill written if set, no value set.
     let fill = vec![3, 0x0B];
-    // Filter pipeline, version 2: shuffle (element size), then deflate (level).
-    let mut filters = vec![2, 2];
-    for (id, cd) in [(2u16, size as u32), (1u16, ds.level)] {
-        filters.extend_from_slice(&id.to_le_bytes());
-        filters.extend_from_slice(&0u16.to_le_bytes()); // flags
-        filters.extend_from_slice(&1u16.to_le_bytes()); // one client value
-        filters.extend_from_slice(&cd.to_le_bytes());
-    }
     // Layout, version 3: chunked, rank + 1 dimensions, B-tree address, chunk dimensions.
-    let mut layout = vec![3, 2, 3];
+    let mut layout = vec![3, 2, rank + 1];
     layout.extend_from_slice(&btree.to_le_bytes());
-    for d in [ds.chunk_rows as u32, ds.cols as u32, size as u32] {
-        layout.extend_from_slice(&d.to_le_bytes());
+    layout.extend_from_slice(&(ds.chunk_rows as u32).to_le_bytes());
+    if let Some(c) = ds.cols {
+        layout.extend_from_slice(&(c as u32).to_le_bytes());
     }
-    vec![
+    layout.extend_from_slice(&(size as u32).to_le_bytes());
+    let mut messages = vec![
         message(0x01, &space),
-        message(0x03, &dtype),
+        message(0x03, &ds.ty.datatype()),
         message(0x05, &fill),
-        message(0x0B, &filters),
-        message(0x08, &layout),
-    ]
+    ];
+    if let Some(level) = ds.level {
+        // Filter pipeline, version 2: shuffle (element size), then deflate (level).
+        let mut filters = vec![2, 2];
+        for (id, cd) in [(2u16, size as u32), (1u16, level)] {
+            filters.extend_from_slice(&id.to_le_bytes());
+            filters.extend_from_slice(&0u16.to_le_bytes()); // flags
+            filters.extend_from_slice(&1u16.to_le_bytes()); // one client value
+            filters.extend_from_slice(&cd.to_le_bytes());
+        }
+        messages.push(message(0x0B, &filters));
+    }
+    messages.push(message(0x08, &layout));
+    messages
+}
+
+/// An attribute message (version 1, as h5py writes a `str` attribute): a scalar variable-length
+/// UTF-8 string of `len` bytes in global heap object `index` of the collection at `addr`.
+fn string_attribute(name: &str, len: u32, addr: u64, index: u32) -> Vec<u8> {
+    let pad8 = |v: &mut Vec<u8>| v.resize(v.len().div_ceil(8) * 8, 0);
+    // Variable-length string (class 9, type 1, UTF-8) of one-byte unsigned characters.
+    let mut dtype = vec![0x19, 0x01, 0x01, 0];
+    dtype.extend_from_slice(&16u32.to_le_bytes());
+    dtype.extend_from_slice(&integer_type(1, false));
+    let space = [1u8, 0, 0, 0, 0, 0, 0, 0]; // version 1, rank 0: scalar
+    let mut b = vec![1, 0];
+    b.extend_from_slice(&(name.len() as u16 + 1).to_le_bytes());
+    b.extend_from_slice(&(dtype.len() as u16).to_le_bytes());
+    b.extend_from_slice(&(space.len() as u16).to_le_bytes());
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    pad8(&mut b);
+    b.extend_from_slice(&dtype);
+    pad8(&mut b);
+    b.extend_from_slice(&space);
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&addr.to_le_bytes());
+    b.extend_from_slice(&index.to_le_bytes());
+    b
 }
 
 /// Bob Jenkins' lookup3 `hashlittle`, the checksum of HDF5 metadata.
@@ -496,8 +699,20 @@ mod tests {
         let mut w = H5StreamWriter::create(
             &p,
             &[
-                ("incident_energies", Float::F64, 1, 7),
-                ("showers", Float::F32, cols as u64, chunk_rows),
+                Spec {
+                    name: "incident_energies",
+                    elem: Elem::F64,
+                    cols: Some(1),
+                    chunk_rows: 7,
+                    compress: true,
+                },
+                Spec {
+                    name: "showers",
+                    elem: Elem::F32,
+                    cols: Some(cols as u64),
+                    chunk_rows,
+                    compress: true,
+                },
             ],
             4,
         )

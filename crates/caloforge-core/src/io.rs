@@ -5,7 +5,7 @@
 //! memory and reads showers in row windows so that files larger than memory can be processed.
 
 use crate::error::{CoreError, Result};
-use crate::h5stream::{Float, H5StreamWriter};
+use crate::h5stream::{Elem, H5StreamWriter, Spec};
 use hdf5_pure::{DType, File, FileBuilder};
 use std::path::{Path, PathBuf};
 
@@ -489,18 +489,20 @@ impl ShowerWriter {
         let out = H5StreamWriter::create(
             tmp.path(),
             &[
-                (
-                    ENERGIES,
-                    Float::F64,
-                    1,
-                    (expected_rows as u64).clamp(1, MAX_CHUNK_ROWS),
-                ),
-                (
-                    SHOWERS,
-                    Float::F32,
-                    n_voxels as u64,
-                    chunk_rows(n_voxels, expected_rows) as u64,
-                ),
+                Spec {
+                    name: ENERGIES,
+                    elem: Elem::F64,
+                    cols: Some(1),
+                    chunk_rows: (expected_rows as u64).clamp(1, MAX_CHUNK_ROWS),
+                    compress: true,
+                },
+                Spec {
+                    name: SHOWERS,
+                    elem: Elem::F32,
+                    cols: Some(n_voxels as u64),
+                    chunk_rows: chunk_rows(n_voxels, expected_rows) as u64,
+                    compress: true,
+                },
             ],
             4,
         )

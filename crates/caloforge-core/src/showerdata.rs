@@ -6,12 +6,15 @@
 //!   vectors), `pdg` (N,) int32, `shower_ids` (N,) int32,
 //! - `shape` (3,) int: (N, most points in a shower, values per point).
 //!
-//! Reading only, for now. The variable-length sequences are HDF5 global-heap objects: the
+//! [`PointWriter`] writes the same layout, streaming, and [`PointFile`] reads it. The
+//! variable-length sequences are HDF5 global-heap objects: the
 //! dataset holds a 16-byte reference per shower (sequence length u32, heap collection address
 //! u64, object index u32), which this module resolves by reading the collections ("GCOL") from
 //! the file, only those the requested showers need.
 
 use crate::error::{CoreError, Result};
+use crate::h5stream::{Elem, H5StreamWriter, Spec};
+use crate::io::{check_writable, TempFile};
 use hdf5_pure::File;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -219,4 +222,159 @@ fn read_collection(f: &mut std::fs::File, at: u64) -> std::result::Result<Collec
         p = start + n.div_ceil(8) * 8;
     }
     Ok(objects)
+}
+
+/// The ShowerData layout version whose files [`PointWriter`] writes (its root attribute
+/// `showerdata_version`, as the Python package stamps it).
+pub const SHOWERDATA_VERSION: &str = "0.7.0";
+
+/// One shower to write: its incident particle and its points (`features` values each).
+#[derive(Clone, Copy, Debug)]
+pub struct PointShower<'a> {
+    pub energy: f64,
+    pub direction: [f64; 3],
+    pub pdg: i64,
+    pub id: i64,
+    pub points: &'a [f32],
+}
+
+/// Writes a ShowerData file shower by shower, memory bounded by one batch: the points go to
+/// disk as they are appended (global heap collections of about 1 MiB). The file is written
+/// under a temporary name and renamed over the target by [`finish`](Self::finish); nothing
+/// is left if the writer is dropped unfinished.
+pub struct PointWriter {
+    target: PathBuf,
+    tmp: TempFile,
+    out: H5StreamWriter,
+    features: usize,
+    max_points: usize,
+}
+
+/// Datasets of a written file, in order.
+const SHOWERS: usize = 0;
+const ENERGIES: usize = 1;
+const DIRECTIONS: usize = 2;
+const PDG: usize = 3;
+const IDS: usize = 4;
+const NUM_POINTS: usize = 5;
+const SHAPE: usize = 6;
+
+impl PointWriter {
+    /// Starts a file of showers with `features` (4: x, y, z, E; 5: and t) values per point;
+    /// `expected_rows` chooses the chunking.
+    pub fn create(path: &Path, features: usize, expected_rows: usize) -> Result<Self> {
+        if !(4..=5).contains(&features) {
+            return Err(CoreError::Invalid(format!(
+                "{}: points have 4 or 5 values, not {features}",
+                path.display()
+            )));
+        }
+        check_writable(path)?;
+        let tmp = TempFile::new(path);
+        let rows = (expected_rows as u64).clamp(1, 16384);
+        let spec = |name, elem, cols, compress| Spec {
+            name,
+            elem,
+            cols,
+            chunk_rows: if name == "shape" { 3 } else { rows },
+            compress,
+        };
+        let mut out = H5StreamWriter::create(
+            tmp.path(),
+            &[
+                spec("showers", Elem::VlenF32, None, false),
+                spec("energies", Elem::F32, Some(1), true),
+                spec("directions", Elem::F32, Some(3), true),
+                spec("pdg", Elem::I32, None, true),
+                spec("shower_ids", Elem::I32, None, true),
+                spec("num_points", Elem::I32, None, true),
+                spec("shape", Elem::I64, None, false),
+            ],
+            4,
+        )
+        .map_err(|e| CoreError::write(path.display(), e))?;
+        out.attr_str("showerdata_version", SHOWERDATA_VERSION)
+            .map_err(|e| CoreError::write(path.display(), e))?;
+        Ok(Self {
+            target: path.to_path_buf(),
+            tmp,
+            out,
+            features,
+            max_points: 0,
+        })
+    }
+
+    /// Appends showers. Each shower's points must be whole points, its PDG code and id fit 32
+    /// bits.
+    pub fn append(&mut self, showers: &[PointShower]) -> Result<()> {
+        let disp = self.target.display().to_string();
+        let mut seqs = Vec::with_capacity(showers.len());
+        let (mut en, mut dir, mut pdg, mut ids, mut np) = (
+            Vec::with_capacity(showers.len()),
+            Vec::with_capacity(3 * showers.len()),
+            Vec::with_capacity(showers.len()),
+            Vec::with_capacity(showers.len()),
+            Vec::with_capacity(showers.len()),
+        );
+        for s in showers {
+            if !s.points.len().is_multiple_of(self.features) {
+                return Err(CoreError::Invalid(format!(
+                    "writer for {disp}: {} values are not whole points of {}",
+                    s.points.len(),
+                    self.features
+                )));
+            }
+            let k = s.points.len() / self.features;
+            let int = |v: i64, what: &str| {
+                i32::try_from(v).map_err(|_| {
+                    CoreError::Invalid(format!("writer for {disp}: {what} {v} exceeds int32"))
+                })
+            };
+            pdg.push(int(s.pdg, "PDG code")?);
+            ids.push(int(s.id, "shower id")?);
+            np.push(int(k as i64, "point count")?);
+            self.max_points = self.max_points.max(k);
+            seqs.push(s.points);
+            en.push(s.energy as f32);
+            dir.extend(s.direction.iter().map(|&d| d as f32));
+        }
+        let out = &mut self.out;
+        out.append_vlen_f32(SHOWERS, &seqs)
+            .and_then(|_| out.append_f32(ENERGIES, &en))
+            .and_then(|_| out.append_f32(DIRECTIONS, &dir))
+            .and_then(|_| out.append_i32(PDG, &pdg))
+            .and_then(|_| out.append_i32(IDS, &ids))
+            .and_then(|_| out.append_i32(NUM_POINTS, &np))
+            .map_err(|e| CoreError::write(&disp, e))
+    }
+
+    /// Showers appended so far.
+    pub fn len(&self) -> usize {
+        self.out.rows(SHOWERS) as usize
+    }
+
+    /// Whether no shower was appended yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Completes the file (its `shape` is (N, most points, features)), renames it over the
+    /// target and returns the number of showers.
+    pub fn finish(mut self) -> Result<usize> {
+        let n = self.len();
+        if n == 0 {
+            return Err(CoreError::Invalid(format!(
+                "no showers to write to {}",
+                self.target.display()
+            )));
+        }
+        let shape = [n as i64, self.max_points as i64, self.features as i64];
+        let disp = self.target.display().to_string();
+        self.out
+            .append_i64(SHAPE, &shape)
+            .and_then(|_| self.out.finish())
+            .map_err(|e| CoreError::write(&disp, e))?;
+        self.tmp.persist()?;
+        Ok(n)
+    }
 }

@@ -75,3 +75,78 @@ fn bad_files_are_one_clear_error() {
     };
     assert!(e.contains("cut.h5"), "{e}");
 }
+
+/// Writes, with caloforge, the showers of the Python fixtures (`features` values per point).
+fn write_like_fixture(path: &Path, n: &[usize], features: usize, batch: usize) {
+    use caloforge_core::showerdata::{PointShower, PointWriter};
+    let pts: Vec<Vec<f32>> = n
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| expected(i, k, features))
+        .collect();
+    let mut w = PointWriter::create(path, features, n.len()).unwrap();
+    let showers: Vec<PointShower> = pts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PointShower {
+            energy: 10.0 * (i + 1) as f64,
+            direction: [
+                0.0,
+                0.6 * (i % 2) as f64,
+                if i % 2 == 1 { 0.8 } else { 1.0 },
+            ],
+            pdg: [22, 11, 211, -211][i % 4],
+            id: i as i64,
+            points: p,
+        })
+        .collect();
+    for b in showers.chunks(batch) {
+        w.append(b).unwrap();
+    }
+    assert_eq!(w.finish().unwrap(), n.len());
+}
+
+#[test]
+fn written_files_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small showers, an empty one, and enough points that the heap spans several collections.
+    let n = [2, 0, 4, 1, 70_000, 3];
+    for (features, batch) in [(4, 1), (5, 4)] {
+        let p = dir.path().join(format!("w{features}.h5"));
+        write_like_fixture(&p, &n, features, batch);
+        let f = PointFile::open(&p).unwrap();
+        assert_eq!((f.len(), f.features), (n.len(), features));
+        assert_eq!(f.num_points, n.to_vec());
+        assert_eq!(f.pdg, vec![22, 11, 211, -211, 22, 11]);
+        assert_eq!(f.shower_ids, (0..6).collect::<Vec<i64>>());
+        assert_eq!(f.energies[4], 50.0);
+        assert!((f.directions[3][2] - 0.8).abs() < 1e-7);
+        let all = f.read_points(0, n.len()).unwrap();
+        for (i, p) in all.iter().enumerate() {
+            assert_eq!(p, &expected(i, n[i], features), "shower {i}");
+        }
+        // hdf5-pure reads the plain datasets and the shape.
+        let h = hdf5_pure::File::open(&p).unwrap();
+        let shape = h.dataset("shape").unwrap().read_i64().unwrap();
+        assert_eq!(shape, vec![6, 70_000, features as i64]);
+    }
+}
+
+/// `caloforge_points_4features.h5` was written by [`write_like_fixture`] and is read by the
+/// `showerdata` package (`check_caloforge_fixture.py`); the writer must still make it byte
+/// for byte, so that the check stays valid. `CALOFORGE_WRITE_FIXTURES=1` rewrites it (then run
+/// the Python check again).
+#[test]
+fn writer_output_is_the_fixture_python_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.h5");
+    write_like_fixture(&p, &[2, 0, 4, 1], 4, 3);
+    if std::env::var_os("CALOFORGE_WRITE_FIXTURES").is_some() {
+        std::fs::copy(&p, fixture("caloforge_points_4features.h5")).unwrap();
+    }
+    let want = std::fs::read(fixture("caloforge_points_4features.h5")).unwrap();
+    assert!(
+        std::fs::read(&p).unwrap() == want,
+        "the writer's bytes changed"
+    );
+}
