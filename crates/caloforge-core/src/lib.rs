@@ -16,6 +16,7 @@ pub mod io;
 pub mod numeric;
 pub mod rng;
 pub mod showerdata;
+pub mod voxelize;
 
 pub use coarse::{CoarseGrid, Grouping};
 pub use dataset::DatasetKind;

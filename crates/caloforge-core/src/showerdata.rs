@@ -271,7 +271,7 @@ impl PointWriter {
         }
         check_writable(path)?;
         let tmp = TempFile::new(path);
-        let rows = (expected_rows as u64).clamp(1, 16384);
+        let rows = (expected_rows as u64).clamp(1, crate::io::MAX_CHUNK_ROWS);
         let spec = |name, elem, cols, compress| Spec {
             name,
             elem,

@@ -27,6 +27,7 @@
 //! demos and benchmarks, not as a fidelity stand-in.
 
 pub mod gamma;
+pub mod points;
 
 use caloforge_core::DatasetKind;
 use gamma::gamma_p;
@@ -339,10 +340,12 @@ pub struct Simulator {
     pub meshes: Vec<Mesh>,
 }
 
-struct Radial {
-    rc: f64,
-    rt: f64,
-    p: f64,
+/// The GFlash radial profile at one depth: core and tail radii (Molière radii) and the core
+/// probability.
+pub(crate) struct Radial {
+    pub(crate) rc: f64,
+    pub(crate) rt: f64,
+    pub(crate) p: f64,
 }
 
 impl Simulator {
@@ -351,7 +354,7 @@ impl Simulator {
         Simulator { p, meshes }
     }
 
-    fn means(&self, e_mev: f64) -> (f64, f64, f64, f64, f64) {
+    pub(crate) fn means(&self, e_mev: f64) -> (f64, f64, f64, f64, f64) {
         let p = &self.p;
         let l = (e_mev / p.ec_mev).ln();
         let t_hom = (l - 0.812).max(0.1);
@@ -365,11 +368,21 @@ impl Simulator {
         (t_mean, a_mean, s_t, s_a, l)
     }
 
+    /// The longitudinal parameters (T, α, mean α) of a shower of `e_inc` MeV from two standard
+    /// normal numbers (log-normal, correlated as in GFlash).
+    pub(crate) fn profile(&self, e_inc: f64, z1: f64, z2: f64) -> (f64, f64, f64) {
+        let (t_mean, a_mean, s_t, s_a, l) = self.means(e_inc);
+        let rho = (0.784 - 0.023 * l).clamp(-1.0, 1.0);
+        let (cp, cm) = (((1.0 + rho) / 2.0).sqrt(), ((1.0 - rho) / 2.0).sqrt());
+        let t = (t_mean.ln() + s_t * (cp * z1 + cm * z2)).exp().max(1.0);
+        let alpha = (a_mean.ln() + s_a * (cp * z1 - cm * z2)).exp().max(1.1);
+        (t, alpha, a_mean)
+    }
+
     /// Draws the longitudinal profile of one shower of `e_inc` MeV (`rng = None`: the mean one).
     pub fn longitudinal(&self, e_inc: f64, mut rng: Option<&mut ChaCha8Rng>) -> Longitudinal {
         let p = &self.p;
         let e_vis = e_inc * p.vis_scale;
-        let (t_mean, a_mean, s_t, s_a, l) = self.means(e_inc);
         let (z1, z2) = match rng.as_deref_mut() {
             Some(r) => (
                 r.sample::<f64, _>(StandardNormal),
@@ -377,10 +390,7 @@ impl Simulator {
             ),
             None => (0.0, 0.0),
         };
-        let rho = (0.784 - 0.023 * l).clamp(-1.0, 1.0);
-        let (cp, cm) = (((1.0 + rho) / 2.0).sqrt(), ((1.0 - rho) / 2.0).sqrt());
-        let t = (t_mean.ln() + s_t * (cp * z1 + cm * z2)).exp().max(1.0);
-        let alpha = (a_mean.ln() + s_a * (cp * z1 - cm * z2)).exp().max(1.1);
+        let (t, alpha, a_mean) = self.profile(e_inc, z1, z2);
         let beta = (alpha - 1.0) / t;
         let start_x0 = match rng {
             // Pair-production length 9/7 X0 (drawn after the profile, so electron streams are
@@ -444,7 +454,7 @@ impl Simulator {
         (mid - t0).max(1e-3)
     }
 
-    fn radial(&self, e_gev: f64, tau: f64) -> Radial {
+    pub(crate) fn radial(&self, e_gev: f64, tau: f64) -> Radial {
         let p = &self.p;
         let z = p.z_eff;
         let ln_e = e_gev.ln();

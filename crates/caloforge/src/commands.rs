@@ -50,6 +50,39 @@ pub struct SimulateArgs {
     /// overriding --tune.
     #[arg(long)]
     params: Option<PathBuf>,
+    /// Write point clouds (a ShowerData file: points x, y [mm], layer, E [GeV]; incident
+    /// energies in GeV) from the point-cloud simulator instead of voxels.
+    #[arg(long)]
+    points: bool,
+    /// With --points: the detector, `ild` (30 Si-W ECAL + 48 scintillator-steel HCAL layers),
+    /// `calochallenge` (the dataset-2/3 stack) or a TOML file of the same form.
+    #[arg(long, default_value = "ild")]
+    detector: String,
+    /// With --points: incident particles, comma-separated (e-, e+, gamma, pi+, pi- or PDG
+    /// codes); each shower's is drawn uniformly from the list.
+    #[arg(long, default_value = "e-")]
+    particle: String,
+    /// With --points: polar angle (degrees from the detector's normal), one value or a range
+    /// MIN,MAX drawn uniformly.
+    #[arg(long, default_value = "0")]
+    theta: String,
+    /// With --points: azimuth (degrees), one value or a range MIN,MAX drawn uniformly.
+    #[arg(long, default_value = "0,360")]
+    phi: String,
+}
+
+/// "A" or "A,B" as a range of numbers.
+fn parse_range(s: &str, what: &str) -> Result<[f64; 2]> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("--{what} '{s}': expected a number or MIN,MAX"))?;
+    match v[..] {
+        [a] if a.is_finite() => Ok([a, a]),
+        [a, b] if a.is_finite() && b.is_finite() && a <= b => Ok([a, b]),
+        _ => bail!("--{what} '{s}': expected a number or MIN,MAX with MIN <= MAX"),
+    }
 }
 
 #[derive(Serialize)]
@@ -81,6 +114,9 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
 
 /// `caloforge simulate`.
 pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
+    if a.points {
+        return simulate_points(a, quiet);
+    }
     let t0 = std::time::Instant::now();
     let ds = a.dataset;
     let tune: Tune = a.tune.parse().map_err(anyhow::Error::msg)?;
@@ -210,6 +246,165 @@ pub fn simulate(a: SimulateArgs, quiet: bool) -> Result<()> {
             energies.len() as f64 / wall
         );
     }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PointSimSummary {
+    caloforge_version: String,
+    output: String,
+    n: usize,
+    seed: u64,
+    detector: caloforge_sim::points::Detector,
+    particles: Vec<&'static str>,
+    energy_min_gev: f64,
+    energy_max_gev: f64,
+    theta_deg: [f64; 2],
+    phi_deg: [f64; 2],
+    energies_from: Option<String>,
+    points: usize,
+    max_points: usize,
+    wall_seconds: f64,
+    showers_per_second: f64,
+}
+
+/// Incident energies (MeV) of a CaloChallenge voxel file or a ShowerData point file (GeV).
+pub fn incident_energies_mev(path: &Path) -> Result<Vec<f64>> {
+    match caloforge_core::showerdata::PointFile::open(path) {
+        Ok(f) => Ok(f.energies.iter().map(|e| e * 1000.0).collect()),
+        Err(e) if !e.to_string().contains("not a ShowerData point-cloud file") => Err(e.into()),
+        Err(_) => Ok(ShowerFile::open(path, None)?.energies.clone()),
+    }
+}
+
+/// `caloforge simulate --points`: showers of the point-cloud simulator, written as ShowerData.
+fn simulate_points(a: SimulateArgs, quiet: bool) -> Result<()> {
+    use caloforge_core::showerdata::{PointShower, PointWriter};
+    use caloforge_sim::points::{self, Detector, Particle, PointSimulator, MAX_THETA_DEG};
+    let t0 = std::time::Instant::now();
+    if a.both || a.params.is_some() || a.tune != "geant4" {
+        bail!("--both, --params and --tune apply to voxel showers, not to --points (the detector file holds the point simulator's constants)");
+    }
+    if a.n == Some(0) {
+        bail!("--n must be > 0");
+    }
+    let detector = Detector::load(&a.detector).map_err(anyhow::Error::msg)?;
+    let particles: Vec<Particle> = a
+        .particle
+        .split(',')
+        .map(|p| p.parse::<Particle>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let theta = parse_range(&a.theta, "theta")?;
+    let phi = parse_range(&a.phi, "phi")?;
+    if theta[0] < 0.0 || theta[1] > MAX_THETA_DEG {
+        bail!(
+            "--theta {}: polar angles must lie in [0, {MAX_THETA_DEG}] degrees",
+            a.theta
+        );
+    }
+    let mut n = a.n.unwrap_or(1000);
+    let fixed_mev: Option<Vec<f64>> = match (&a.energies_from, a.energy) {
+        (Some(f), _) => {
+            let mut e = incident_energies_mev(f)?;
+            if let Some(k) = a.n {
+                e.truncate(k);
+            }
+            n = e.len();
+            Some(e)
+        }
+        (None, Some(e)) => Some(vec![e; n]),
+        (None, None) => None,
+    };
+    if n > crate::models::MAX_SHOWERS {
+        bail!(
+            "--n {n} is more than the {} showers one run makes; split the work into several files",
+            crate::models::MAX_SHOWERS
+        );
+    }
+    let (lo, hi) = match &fixed_mev {
+        Some(e) => e
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x))),
+        None => (
+            a.energy_min.unwrap_or(1000.0),
+            a.energy_max.unwrap_or(100_000.0),
+        ),
+    };
+    if !(lo.is_finite() && lo > 0.0 && hi >= lo && hi.is_finite()) {
+        bail!("incident energies must be positive MeV with min <= max, got {lo} .. {hi}");
+    }
+    let mut incs = points::incidents(
+        n,
+        &particles,
+        [lo / 1000.0, hi / 1000.0],
+        theta,
+        phi,
+        a.seed,
+    );
+    if let Some(e) = &fixed_mev {
+        for (i, &e) in incs.iter_mut().zip(e) {
+            i.energy_gev = e / 1000.0;
+        }
+    }
+    let inputs: Vec<&Path> = a.energies_from.iter().map(|p| p.as_path()).collect();
+    let det_path = Path::new(&a.detector);
+    let mut all_inputs = inputs.clone();
+    if det_path.exists() {
+        all_inputs.push(det_path);
+    }
+    caloforge_core::io::check_output(&a.out, &all_inputs)?;
+    let json_path = caloforge_core::io::summary_path(&a.out, &all_inputs)?;
+    let sim = PointSimulator::new(detector.clone());
+    let mut w = PointWriter::create(&a.out, 4, n)?;
+    let pb = bar(quiet, n as u64, "simulate");
+    let (mut total, mut most) = (0usize, 0usize);
+    for (b, chunk) in incs.chunks(4096).enumerate() {
+        let pts = sim.simulate(chunk, a.seed, (b * 4096) as u64, &|k| pb.inc(k as u64));
+        let rows: Vec<PointShower> = chunk
+            .iter()
+            .zip(&pts)
+            .enumerate()
+            .map(|(j, (i, p))| PointShower {
+                energy: i.energy_gev,
+                direction: i.direction,
+                pdg: i.particle.pdg(),
+                id: (b * 4096 + j) as i64,
+                points: p,
+            })
+            .collect();
+        for p in &pts {
+            total += p.len() / 4;
+            most = most.max(p.len() / 4);
+        }
+        w.append(&rows)?;
+    }
+    pb.finish_and_clear();
+    w.finish()?;
+    let wall = t0.elapsed().as_secs_f64();
+    let summary = PointSimSummary {
+        caloforge_version: env!("CARGO_PKG_VERSION").into(),
+        output: a.out.display().to_string(),
+        n,
+        seed: a.seed,
+        detector,
+        particles: particles.iter().map(|p| p.name()).collect(),
+        energy_min_gev: lo / 1000.0,
+        energy_max_gev: hi / 1000.0,
+        theta_deg: theta,
+        phi_deg: phi,
+        energies_from: a.energies_from.as_ref().map(|p| p.display().to_string()),
+        points: total,
+        max_points: most,
+        wall_seconds: wall,
+        showers_per_second: n as f64 / wall,
+    };
+    caloforge_models::write_text(&json_path, &serde_json::to_string_pretty(&summary)?)?;
+    eprintln!(
+        "wrote {} ({n} showers, {total} points, {:.1} showers/s)",
+        a.out.display(),
+        n as f64 / wall
+    );
     Ok(())
 }
 
@@ -389,6 +584,11 @@ pub fn demo(a: DemoArgs, quiet: bool) -> Result<()> {
         both: false,
         tune: "geant4".into(),
         params: None,
+        points: false,
+        detector: "ild".into(),
+        particle: "e-".into(),
+        theta: "0".into(),
+        phi: "0,360".into(),
     };
     eprintln!(
         "[1/4] simulating {} reference showers (dataset 2, Geant4-tuned simulator)",

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod commands;
+mod convert;
 mod models;
 mod signals;
 
@@ -72,6 +73,9 @@ enum Command {
     Features(FeaturesArgs),
     /// Simulate showers of the dataset-2/3 detector with the built-in parametric simulator.
     Simulate(commands::SimulateArgs),
+    /// Convert point clouds (ShowerData) into CaloChallenge voxels or a regular grid, or
+    /// voxels into point clouds.
+    Convert(convert::ConvertArgs),
     /// Train a model from a preset (e.g. icaloflow-ds2) on a shower file.
     Train(models::TrainArgs),
     /// Generate showers with a trained model.
@@ -246,6 +250,7 @@ fn run() -> Result<()> {
         Command::Features(a) => features(a, cli.quiet),
         Command::Simulate(a) => commands::simulate(a, cli.quiet),
         Command::Demo(a) => commands::demo(a, cli.quiet),
+        Command::Convert(a) => convert::convert(a, cli.quiet),
         Command::Train(a) => models::train(a, cli.quiet),
         Command::Generate(a) => models::generate(a, cli.quiet),
         Command::Likelihood(a) => models::likelihood(a, cli.quiet),

@@ -1039,3 +1039,187 @@ fn flows_compute_exact_likelihoods_from_the_cli() {
     failed_with(&lik(&d("s.h5"), &d("m.h5"), &["--exact-trace"]), "exactly");
     assert!(!dir.path().join("m.h5").exists());
 }
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", err_text(o));
+}
+
+#[test]
+fn point_clouds_simulate_convert_and_match_the_voxel_simulator() {
+    use caloforge_core::showerdata::PointFile;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    // Mixed particles and angles in the ILD-like detector.
+    ok(&caloforge(&[
+        "simulate",
+        "--points",
+        "-n",
+        "60",
+        "--particle",
+        "e-,gamma,pi+",
+        "--theta",
+        "10,30",
+        "--phi",
+        "0,90",
+        "--energy-min",
+        "5000",
+        "--energy-max",
+        "50000",
+        "--seed",
+        "3",
+        "-o",
+        &p("ild.h5"),
+    ]));
+    let f = PointFile::open(Path::new(&p("ild.h5"))).unwrap();
+    assert_eq!((f.len(), f.features), (60, 4));
+    assert!(f.pdg.iter().all(|c| [11, 22, 211].contains(c)));
+    for (d, e) in f.directions.iter().zip(&f.energies) {
+        let theta = d[2].acos().to_degrees();
+        assert!(
+            (9.99..=30.01).contains(&theta) && d[0] >= -1e-6 && d[1] >= -1e-6,
+            "{d:?}"
+        );
+        assert!((5.0..=50.0).contains(e), "{e} GeV");
+    }
+    let pts = f.read_points(0, 60).unwrap();
+    assert!(pts.iter().all(|s| s
+        .chunks(4)
+        .all(|q| q[2] >= 0.0 && q[2] < 78.0 && q[3] > 0.0)));
+    let summary = std::fs::read_to_string(p("ild.h5.json")).unwrap();
+    assert!(
+        summary.contains("\"ild\"") && summary.contains("\"pi+\""),
+        "{summary}"
+    );
+
+    // The dataset-2/3 stack as points, binned into the dataset-2 mesh, gives the voxel
+    // simulator's mean E_tot/E_inc.
+    ok(&caloforge(&[
+        "simulate",
+        "--points",
+        "--detector",
+        "calochallenge",
+        "-n",
+        "150",
+        "--seed",
+        "5",
+        "--energy-min",
+        "1000",
+        "--energy-max",
+        "100000",
+        "-o",
+        &p("cc.h5"),
+    ]));
+    ok(&caloforge(&[
+        "convert",
+        &p("cc.h5"),
+        "--voxelize",
+        "2",
+        "--threshold",
+        "0.01515",
+        "-o",
+        &p("ccv.h5"),
+    ]));
+    simulate_ds2(&p("vox.h5"), 150);
+    let ratio = |f: &str| {
+        let s = caloforge_core::ShowerFile::open(Path::new(f), Some(6480)).unwrap();
+        let rows = s.read_rows(0, s.len()).unwrap();
+        rows.chunks(6480)
+            .zip(&s.energies)
+            .map(|(r, e)| r.iter().sum::<f64>() / e)
+            .sum::<f64>()
+            / s.len() as f64
+    };
+    let (a, b) = (ratio(&p("ccv.h5")), ratio(&p("vox.h5")));
+    assert!((a - b).abs() < 0.01, "points {a} vs voxels {b}");
+
+    // Voxels to points and back.
+    ok(&caloforge(&[
+        "convert",
+        &p("vox.h5"),
+        "--points",
+        "2",
+        "-o",
+        &p("vp.h5"),
+    ]));
+    ok(&caloforge(&[
+        "convert",
+        &p("vp.h5"),
+        "--voxelize",
+        "2",
+        "-o",
+        &p("vpv.h5"),
+    ]));
+    let (x, y) = (
+        caloforge_core::ShowerFile::open(Path::new(&p("vox.h5")), None).unwrap(),
+        caloforge_core::ShowerFile::open(Path::new(&p("vpv.h5")), None).unwrap(),
+    );
+    let (rx, ry) = (x.read_rows(0, 150).unwrap(), y.read_rows(0, 150).unwrap());
+    assert!(rx
+        .iter()
+        .zip(&ry)
+        .all(|(a, b)| (a - b).abs() <= 1e-6 * a.abs()));
+    // ShowerData keeps incident energies in float32 GeV.
+    assert!(x
+        .energies
+        .iter()
+        .zip(&y.energies)
+        .all(|(a, b)| (a - b).abs() <= 1e-7 * a));
+    // A regular grid.
+    ok(&caloforge(&[
+        "convert",
+        &p("ild.h5"),
+        "--grid",
+        "40,40,5,78",
+        "-o",
+        &p("grid.h5"),
+    ]));
+    let g = caloforge_core::ShowerFile::open(Path::new(&p("grid.h5")), Some(40 * 40 * 78)).unwrap();
+    assert_eq!(g.len(), 60);
+}
+
+#[test]
+fn point_clouds_reject_bad_arguments_without_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.h5");
+    let o = out.to_str().unwrap();
+    let sim = |extra: &[&str]| {
+        let mut a = vec!["simulate", "--points", "-n", "5", "-o", o];
+        a.extend_from_slice(extra);
+        caloforge(&a)
+    };
+    failed_with(&sim(&["--particle", "e-,kaon"]), "unknown particle 'kaon'");
+    failed_with(&sim(&["--theta", "85"]), "polar angles must lie in [0, 80]");
+    failed_with(&sim(&["--phi", "30,10"]), "MIN <= MAX");
+    failed_with(
+        &sim(&["--detector", "nope.toml"]),
+        "nope.toml: no such detector file",
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\ncalo_surface_mm = 0\n").unwrap();
+    failed_with(&sim(&["--detector", bad.to_str().unwrap()]), "bad.toml");
+    failed_with(&sim(&["--tune", "stock"]), "not to --points");
+    // Converting a voxel file as points, or points with a bad grid.
+    let vox = dir.path().join("v.h5");
+    simulate_ds2(vox.to_str().unwrap(), 3);
+    failed_with(
+        &caloforge(&["convert", vox.to_str().unwrap(), "--voxelize", "2", "-o", o]),
+        "not a ShowerData point-cloud file",
+    );
+    failed_with(
+        &caloforge(&[
+            "convert",
+            vox.to_str().unwrap(),
+            "--grid",
+            "4,4,0,3",
+            "-o",
+            o,
+        ]),
+        "NX,NY,CELL_MM,LAYERS",
+    );
+    failed_with(
+        &caloforge(&["convert", vox.to_str().unwrap(), "--points", "3", "-o", o]),
+        "v.h5",
+    );
+    assert!(!out.exists());
+    assert_eq!(files_in(dir.path()), vec!["bad.toml", "v.h5", "v.h5.json"]);
+}
