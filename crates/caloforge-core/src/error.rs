@@ -21,13 +21,13 @@ pub enum CoreError {
 pub type Result<T> = std::result::Result<T, CoreError>;
 
 impl CoreError {
-    pub(crate) fn data(file: impl std::fmt::Display, msg: impl Into<String>) -> Self {
+    pub fn data(file: impl std::fmt::Display, msg: impl Into<String>) -> Self {
         CoreError::Data {
             file: file.to_string(),
             msg: msg.into(),
         }
     }
-    pub(crate) fn write(file: impl std::fmt::Display, msg: impl Into<String>) -> Self {
+    pub fn write(file: impl std::fmt::Display, msg: impl Into<String>) -> Self {
         CoreError::Write {
             file: file.to_string(),
             msg: msg.into(),

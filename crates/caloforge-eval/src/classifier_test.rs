@@ -21,6 +21,8 @@ pub enum ClassifierMode {
     LowNormed,
     /// The high-level feature vector.
     High,
+    /// Point-cloud observables ([`crate::points`]).
+    Points,
 }
 
 impl ClassifierMode {
@@ -30,6 +32,7 @@ impl ClassifierMode {
             ClassifierMode::Low => "cls-low",
             ClassifierMode::LowNormed => "cls-low-normed",
             ClassifierMode::High => "cls-high",
+            ClassifierMode::Points => "cls-points",
         }
     }
 }
@@ -96,7 +99,7 @@ fn build_inputs(
     let dim = match mode {
         ClassifierMode::Low => v + 1,
         ClassifierMode::LowNormed => v + 1 + g.relevant_layers.len(),
-        ClassifierMode::High => Features::high_level_dim(g),
+        ClassifierMode::High | ClassifierMode::Points => Features::high_level_dim(g),
     };
     let mut x: Vec<f32> = Vec::with_capacity(n * dim);
     if mode == ClassifierMode::High {
@@ -183,16 +186,38 @@ pub fn run_classifier_test(
 ) -> Result<ClassifierResult, CoreError> {
     let gen = build_inputs(mode, cfg, g, gen_file, gscan)?;
     let reference = build_inputs(mode, cfg, g, ref_file, rscan)?;
+    classify(
+        mode,
+        &cfg.classifier,
+        cfg.cls_repeats,
+        cfg.progress,
+        cfg.dataset.classifier_split(),
+        &gen,
+        &reference,
+    )
+}
+
+/// The classifier test on prepared inputs (`x` of every shower, `y` unused): generated vs
+/// reference, trained `repeats` times; `official` are the (train, test) sizes per class used
+/// when there are enough showers.
+pub fn classify(
+    mode: ClassifierMode,
+    classifier: &caloforge_nn::classifier::ClassifierConfig,
+    repeats: usize,
+    progress: bool,
+    official: (usize, usize),
+    gen: &Samples,
+    reference: &Samples,
+) -> Result<ClassifierResult, CoreError> {
     let dim = gen.dim;
-    let n = gen_file.len().min(ref_file.len());
-    if gen_file.len() != ref_file.len() {
+    let (n_gen, n_ref) = (gen.x.len() / dim.max(1), reference.x.len() / dim.max(1));
+    let n = n_gen.min(n_ref);
+    if n_gen != n_ref {
         eprintln!(
-            "warning: {} generated vs {} reference showers; the classifier uses the first {n} after shuffling each",
-            gen_file.len(),
-            ref_file.len()
+            "warning: {n_gen} generated vs {n_ref} reference showers; the classifier uses the first {n} after shuffling each"
         );
     }
-    let sizes = split_sizes(n, cfg.dataset.classifier_split());
+    let sizes = split_sizes(n, official);
     if sizes.0 == 0 || sizes.1 == 0 || sizes.2 == 0 {
         return Err(CoreError::Invalid(format!(
             "{} needs at least 5 showers per file, got {n}",
@@ -200,8 +225,8 @@ pub fn run_classifier_test(
         )));
     }
     let mut runs = Vec::new();
-    for rep in 0..cfg.cls_repeats.max(1) {
-        let seed = cfg.classifier.seed.wrapping_add(rep as u64);
+    for rep in 0..repeats.max(1) {
+        let seed = classifier.seed.wrapping_add(rep as u64);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
         let mut split = |count: usize| {
             let mut idx: Vec<usize> = (0..count).collect();
@@ -209,8 +234,8 @@ pub fn run_classifier_test(
             idx.truncate(n);
             idx
         };
-        let gi = split(gen_file.len());
-        let ri = split(ref_file.len());
+        let gi = split(n_gen);
+        let ri = split(n_ref);
         let mut parts = [
             Samples {
                 dim,
@@ -227,17 +252,17 @@ pub fn run_classifier_test(
         ];
         let bounds = [0, sizes.0, sizes.0 + sizes.1, n];
         for (p, part) in parts.iter_mut().enumerate() {
-            take(&gen, &gi[bounds[p]..bounds[p + 1]], 0.0, part);
-            take(&reference, &ri[bounds[p]..bounds[p + 1]], 1.0, part);
+            take(gen, &gi[bounds[p]..bounds[p + 1]], 0.0, part);
+            take(reference, &ri[bounds[p]..bounds[p + 1]], 1.0, part);
         }
         let [train, test, val] = parts;
-        let mut ccfg = cfg.classifier.clone();
+        let mut ccfg = classifier.clone();
         ccfg.seed = seed;
         let n_batches = train.len().div_ceil(ccfg.batch_size.max(1));
         let pb = bar(
-            cfg.progress,
+            progress,
             (ccfg.epochs * n_batches) as u64,
-            &format!("{} run {}/{}", mode.name(), rep + 1, cfg.cls_repeats.max(1)),
+            &format!("{} run {}/{}", mode.name(), rep + 1, repeats.max(1)),
         );
         let clf = train_classifier(
             &ccfg,

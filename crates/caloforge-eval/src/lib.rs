@@ -15,6 +15,7 @@ pub mod fpd;
 pub mod hist;
 pub mod observables;
 pub mod plots;
+pub mod points;
 pub mod progress;
 pub mod report;
 pub mod stats;

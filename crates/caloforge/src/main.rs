@@ -94,8 +94,18 @@ enum Command {
 #[derive(clap::Args)]
 struct EvaluateArgs {
     /// Dataset: 1-photons, 1-pions, 2 or 3.
-    #[arg(long, short = 'd', value_parser = parse_dataset)]
-    dataset: DatasetKind,
+    #[arg(long, short = 'd', value_parser = parse_dataset, required_unless_present = "points")]
+    dataset: Option<DatasetKind>,
+    /// Point clouds (ShowerData files): compare the point-cloud observables (points and energy
+    /// per layer, point-energy spectrum, longitudinal and radial profiles, centre of energy),
+    /// overall and per incident particle, with the cls-points classifier (modes all, hist,
+    /// cls-points).
+    #[arg(long, conflicts_with = "dataset")]
+    points: bool,
+    /// With --points: the detector (ild, calochallenge or a TOML file) whose layers and cell
+    /// thresholds apply; without it every point with E > 0 counts.
+    #[arg(long, requires = "points")]
+    detector: Option<String>,
     /// Generated showers (HDF5).
     #[arg(long, short = 'i', alias = "input")]
     generated: PathBuf,
@@ -171,8 +181,6 @@ pub fn parse_dataset(s: &str) -> std::result::Result<DatasetKind, String> {
 }
 
 fn evaluate(a: EvaluateArgs, quiet: bool) -> Result<()> {
-    let ds = a.dataset;
-    let mode: Mode = a.mode.parse()?;
     if a.cls_epochs == 0 || a.cls_repeats == 0 || a.cls_batch_size == 0 || a.cls_n_hidden == 0 {
         bail!("--cls-epochs, --cls-repeats, --cls-batch-size and --cls-n-hidden must be > 0");
     }
@@ -182,6 +190,13 @@ fn evaluate(a: EvaluateArgs, quiet: bool) -> Result<()> {
     if a.fpd_min_samples < 2 || a.fpd_max_samples < 2 || a.kpd_batch_size < 2 {
         bail!("--fpd-min-samples, --fpd-max-samples and --kpd-batch-size must be >= 2");
     }
+    if a.points {
+        return evaluate_points(a, quiet);
+    }
+    let ds = a
+        .dataset
+        .context("--dataset is required without --points")?;
+    let mode: Mode = a.mode.parse()?;
     let mut cfg = EvalConfig::new(ds, a.generated, a.reference, mode, a.out.clone());
     cfg.binning = a.binning;
     cfg.seed = a.seed;
@@ -204,6 +219,67 @@ fn evaluate(a: EvaluateArgs, quiet: bool) -> Result<()> {
     cfg.kpd.batch_size = a.kpd_batch_size;
     let s = caloforge_eval::evaluate(&cfg)?;
     commands::print_summary(&s);
+    eprintln!("results written to {}", a.out.display());
+    Ok(())
+}
+
+/// `caloforge evaluate --points`.
+fn evaluate_points(a: EvaluateArgs, quiet: bool) -> Result<()> {
+    use caloforge_eval::points::{evaluate_points, summary_text, PointEvalConfig};
+    let classifier = match a.mode.as_str() {
+        "all" | "cls-points" => true,
+        "hist" => false,
+        m => bail!("--mode {m} does not apply to --points: use all, hist or cls-points"),
+    };
+    let (layers, thresholds) = match &a.detector {
+        Some(d) => {
+            let det = caloforge_sim::points::Detector::load(d).map_err(anyhow::Error::msg)?;
+            let thr = (0..det.n_layers())
+                .map(|l| det.section(l).threshold_mev)
+                .collect();
+            (det.n_layers(), thr)
+        }
+        None => {
+            let mut most = 0usize;
+            for p in [&a.generated, &a.reference] {
+                let f = caloforge_core::showerdata::PointFile::open(p)?;
+                for start in (0..f.len()).step_by(1000) {
+                    for s in f.read_points(start, 1000.min(f.len() - start))? {
+                        for q in s.chunks(f.features) {
+                            if q[2] >= 0.0 && q[2] < 1e4 {
+                                most = most.max((q[2] + 0.1) as usize + 1);
+                            }
+                        }
+                    }
+                }
+            }
+            (most, Vec::new())
+        }
+    };
+    let mut cc = caloforge_eval::points::ClassifierConfig::default();
+    cc.epochs = a.cls_epochs;
+    cc.hidden = a.cls_n_hidden;
+    cc.n_layer = a.cls_n_layer;
+    cc.batch_size = a.cls_batch_size;
+    cc.lr = a.cls_lr;
+    cc.dropout = a.cls_dropout;
+    cc.seed = a.seed;
+    if a.cls_f64 {
+        cc.precision = caloforge_nn_precision_f64();
+    }
+    let cfg = PointEvalConfig {
+        generated: a.generated,
+        reference: a.reference,
+        out_dir: a.out.clone(),
+        layers,
+        thresholds_mev: thresholds,
+        classifier: classifier.then_some(cc),
+        cls_repeats: a.cls_repeats,
+        plots: a.mode != "cls-points",
+        progress: !quiet,
+    };
+    let s = evaluate_points(&cfg)?;
+    eprint!("{}", summary_text(&s));
     eprintln!("results written to {}", a.out.display());
     Ok(())
 }
