@@ -13,11 +13,13 @@ pub mod conv;
 pub mod device;
 pub mod diffusion;
 pub mod flow;
+pub mod flowmatch;
 pub mod glam;
 pub mod kernels;
 pub mod mlp;
 pub mod ops;
 pub mod optim;
+pub mod ot;
 pub mod schedule;
 pub mod sde;
 #[cfg(test)]

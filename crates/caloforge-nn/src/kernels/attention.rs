@@ -152,3 +152,139 @@ pub fn softmax_attention(
     }
     out
 }
+
+/// AllShowers' layer window: a point of layer l_q attends to the points of layer l_k when
+/// `lower ≤ l_q − l_k ≤ upper`. The reference computes the bounds with Python's floor division
+/// from `num_layer_cond` k as `-1 * (k + 1) // 2` and `k // 2`: for k = 4, −3 and 2, so layers
+/// l_q − 2 … l_q + 3 (not the symmetric ±2 its README describes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerWindow {
+    pub lower: i64,
+    pub upper: i64,
+}
+
+impl LayerWindow {
+    /// The reference's window for `num_layer_cond` = k ≥ 0.
+    pub fn reference(k: i64) -> LayerWindow {
+        LayerWindow {
+            lower: (-(k + 1)).div_euclid(2),
+            upper: k.div_euclid(2),
+        }
+    }
+
+    /// Whether a query of layer `lq` sees a key of layer `lk`.
+    pub fn allows(self, lq: i64, lk: i64) -> bool {
+        let d = lq - lk;
+        d >= self.lower && d <= self.upper
+    }
+
+    /// The layers a query of layer `lq` sees among `0..layers`, as an inclusive range.
+    pub fn keys(self, lq: usize, layers: usize) -> (usize, usize) {
+        let lo = (lq as i64 - self.upper).max(0) as usize;
+        let hi = ((lq as i64 - self.lower) as usize).min(layers.saturating_sub(1));
+        (lo, hi)
+    }
+}
+
+/// Multi-head softmax attention within a layer window over the points of one shower sorted by
+/// layer: `starts[l]..starts[l + 1]` are the rows of layer l (`starts` has layers + 1 entries).
+/// The queries of layer l see the keys of the window's layers, one contiguous block of rows, so
+/// each layer is one dense attention of its queries against that block: no mask, no padding.
+/// Rows of q, k, v and the output are `heads × dh` wide.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_window_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    starts: &[usize],
+    window: LayerWindow,
+    heads: usize,
+    dh: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let w = heads * dh;
+    let layers = starts.len() - 1;
+    for l in 0..layers {
+        let (a, b) = (starts[l], starts[l + 1]);
+        if a == b {
+            continue;
+        }
+        let (lo, hi) = window.keys(l, layers);
+        let (ka, kb) = (starts[lo], starts[hi + 1]);
+        let o = softmax_attention(
+            &q[a * w..b * w],
+            &k[ka * w..kb * w],
+            &v[ka * w..kb * w],
+            kb - ka,
+            heads,
+            dh,
+            scale,
+            None,
+        );
+        out[a * w..b * w].copy_from_slice(&o);
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn the_window_is_the_references_for_every_layer_pair() {
+        let w = LayerWindow::reference(4);
+        assert_eq!((w.lower, w.upper), (-3, 2));
+        // The reference's expression, evaluated with floor division.
+        let py_floor = |a: i64, b: i64| (a as f64 / b as f64).floor() as i64;
+        for k in 0..7i64 {
+            let w = LayerWindow::reference(k);
+            for lq in 0..78i64 {
+                for lk in 0..78i64 {
+                    let want = (lq - lk >= py_floor(-(k + 1), 2)) && (lq - lk <= py_floor(k, 2));
+                    assert_eq!(w.allows(lq, lk), want, "k {k}, ({lq}, {lk})");
+                }
+                let (lo, hi) = w.keys(lq as usize, 78);
+                for lk in 0..78i64 {
+                    let inside = (lo as i64..=hi as i64).contains(&lk);
+                    assert_eq!(inside, w.allows(lq, lk), "k {k} keys of {lq}");
+                }
+            }
+        }
+        // Layer 10 sees 8 … 13.
+        assert_eq!(LayerWindow::reference(4).keys(10, 78), (8, 13));
+    }
+
+    #[test]
+    fn windowed_attention_equals_dense_masked_attention() {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (heads, dh) = (4, 16);
+        let w = heads * dh;
+        // Points per layer, with empty layers and a gap.
+        let counts = [3usize, 0, 5, 1, 0, 0, 7, 2, 4, 0, 1];
+        let layer: Vec<i64> = counts
+            .iter()
+            .enumerate()
+            .flat_map(|(l, &c)| std::iter::repeat_n(l as i64, c))
+            .collect();
+        let n = layer.len();
+        let mut starts = vec![0];
+        for c in counts {
+            starts.push(starts.last().unwrap() + c);
+        }
+        let rnd = |r: &mut rand_chacha::ChaCha8Rng| -> Vec<f32> {
+            (0..n * w).map(|_| r.random::<f32>() * 2.0 - 1.0).collect()
+        };
+        let (q, k, v) = (rnd(&mut r), rnd(&mut r), rnd(&mut r));
+        let window = LayerWindow::reference(4);
+        let mask: Vec<bool> = (0..n * n)
+            .map(|ij| window.allows(layer[ij / n], layer[ij % n]))
+            .collect();
+        let dense = softmax_attention(&q, &k, &v, n, heads, dh, 0.25, Some(&mask));
+        let mut banded = vec![0.0; n * w];
+        layer_window_attention(&q, &k, &v, &starts, window, heads, dh, 0.25, &mut banded);
+        for (a, b) in dense.iter().zip(&banded) {
+            assert!((a - b).abs() < 1e-6, "{a} {b}");
+        }
+    }
+}

@@ -33,7 +33,7 @@ pub mod simd;
 pub mod spline;
 pub mod spline_grad;
 
-pub use attention::{linear_attention, softmax_attention};
+pub use attention::{layer_window_attention, linear_attention, softmax_attention, LayerWindow};
 pub use buf::Buf;
 pub use conv::{Conv3d, ConvTranspose3d};
 pub use gemm::Packed;
