@@ -20,6 +20,7 @@ pub mod mlp;
 pub mod ops;
 pub mod optim;
 pub mod ot;
+pub mod pointflow;
 pub mod schedule;
 pub mod sde;
 #[cfg(test)]

@@ -1,0 +1,187 @@
+use super::fast::ShowerInput;
+use super::*;
+use crate::twin::check::{check_twin, normal, Layout};
+use crate::twin::{values, Twin};
+use rand::{Rng, SeedableRng};
+
+fn small() -> PointTransformerDims {
+    PointTransformerDims {
+        layers: 9,
+        dim: 16,
+        heads: 4,
+        blocks: 2,
+        feedforward: 24,
+        count_hidden: 20,
+        particles: 3,
+        ..Default::default()
+    }
+}
+
+/// Random showers: per shower its layers (sorted), features, time/condition, label, counts.
+struct Showers {
+    layers: Vec<Vec<usize>>,
+    x: Vec<Vec<f32>>,
+    tc: Vec<Vec<f32>>,
+    label: Vec<usize>,
+    counts: Vec<Vec<f32>>,
+}
+
+fn showers(sizes: &[usize], dims: &PointTransformerDims, seed: u64) -> Showers {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut s = Showers {
+        layers: vec![],
+        x: vec![],
+        tc: vec![],
+        label: vec![],
+        counts: vec![],
+    };
+    for &n in sizes {
+        let mut l: Vec<usize> = (0..n).map(|_| r.random_range(0..dims.layers)).collect();
+        l.sort();
+        let mut c = vec![0.0f32; dims.layers];
+        for &k in &l {
+            c[k] += 1.0;
+        }
+        s.x.push((0..n * 3).map(|_| r.random::<f32>() * 2.0 - 1.0).collect());
+        s.tc.push((0..10).map(|_| r.random::<f32>()).collect());
+        s.label.push(r.random_range(0..dims.particles));
+        s.counts.push(c);
+        s.layers.push(l);
+    }
+    s
+}
+
+fn batch(s: &Showers, p: usize, dims: &PointTransformerDims) -> PointBatch {
+    let dev = burn::tensor::Device::flex();
+    let b = s.x.len();
+    let mut x = vec![0.0f32; b * p * 3];
+    let mut layer = vec![0i64; b * p];
+    for k in 0..b {
+        x[k * p * 3..k * p * 3 + s.x[k].len()].copy_from_slice(&s.x[k]);
+        for (i, &l) in s.layers[k].iter().enumerate() {
+            layer[k * p + i] = l as i64;
+        }
+    }
+    PointBatch {
+        x: Tensor::from_data(TensorData::new(x, [b, p, 3]), &dev),
+        layer: Tensor::from_data(TensorData::new(layer, [b, p]), &dev),
+        time_cond: Tensor::from_data(TensorData::new(s.tc.concat(), [b, 10]), &dev),
+        label: Tensor::from_data(
+            TensorData::new(s.label.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
+            &dev,
+        ),
+        counts: Tensor::from_data(TensorData::new(s.counts.concat(), [b, dims.layers]), &dev),
+        bias: PointBatch::bias(&s.layers, p, dims.window(), &dev),
+    }
+}
+
+fn starts(layers: &[usize], n_layers: usize) -> Vec<usize> {
+    let mut st = vec![0usize; n_layers + 1];
+    for &l in layers {
+        st[l + 1] += 1;
+    }
+    for l in 0..n_layers {
+        st[l + 1] += st[l];
+    }
+    st
+}
+
+#[test]
+fn the_transformer_has_the_references_parameter_count() {
+    let net = PointTransformerDims::default().init(&burn::tensor::Device::flex());
+    assert_eq!(net.num_params(), 263_491);
+    let count = CountNetDims::default().init(&burn::tensor::Device::flex());
+    assert_eq!(count.num_params(), 351_822);
+}
+
+#[test]
+fn padding_does_not_change_the_real_points() {
+    let dims = small();
+    let net = dims.init(&burn::tensor::Device::flex());
+    let s = showers(&[7, 3, 12], &dims, 1);
+    let padded = values(net.forward(&batch(&s, 12, &dims)));
+    for k in 0..3 {
+        let one = Showers {
+            layers: vec![s.layers[k].clone()],
+            x: vec![s.x[k].clone()],
+            tc: vec![s.tc[k].clone()],
+            label: vec![s.label[k]],
+            counts: vec![s.counts[k].clone()],
+        };
+        let n = s.layers[k].len();
+        let alone = values(net.forward(&batch(&one, n, &dims)));
+        for (a, b) in alone.iter().zip(&padded[k * 12 * 3..k * 12 * 3 + n * 3]) {
+            assert!((a - b).abs() < 1e-5, "shower {k}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn the_fast_transformer_matches_burn() {
+    let dims = small();
+    let net = dims.init(&burn::tensor::Device::flex());
+    let fast = net.twin();
+    // Equal sizes (no padding in burn), different layer distributions.
+    let s = showers(&[10, 10, 10], &dims, 2);
+    let st: Vec<Vec<usize>> = s.layers.iter().map(|l| starts(l, dims.layers)).collect();
+    let b = batch(&s, 10, &dims);
+    check_twin(
+        "point transformer",
+        b.x.clone(),
+        |x| {
+            let mut bb = b.clone();
+            bb.x = x;
+            net.forward(&bb)
+        },
+        |x| {
+            let inputs: Vec<ShowerInput> = (0..3)
+                .map(|k| ShowerInput {
+                    x: &x[k * 30..(k + 1) * 30],
+                    starts: &st[k],
+                    time_cond: &s.tc[k],
+                    label: s.label[k],
+                    counts: &s.counts[k],
+                })
+                .collect();
+            fast.forward(&inputs)
+        },
+        Layout::Rows,
+        2e-5,
+    );
+    // Showers of different sizes at once give what each gives alone.
+    let s = showers(&[4, 17, 1], &dims, 3);
+    let st: Vec<Vec<usize>> = s.layers.iter().map(|l| starts(l, dims.layers)).collect();
+    let input = |k: usize| ShowerInput {
+        x: &s.x[k],
+        starts: &st[k],
+        time_cond: &s.tc[k],
+        label: s.label[k],
+        counts: &s.counts[k],
+    };
+    let all = fast.forward(&[input(0), input(1), input(2)]);
+    let apart: Vec<f32> = (0..3).flat_map(|k| fast.forward(&[input(k)])).collect();
+    assert_eq!(all.len(), apart.len());
+    for (a, b) in all.iter().zip(&apart) {
+        assert!((a - b).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn the_fast_count_net_matches_burn() {
+    let dims = CountNetDims {
+        layers: 7,
+        condition: 5,
+        frequencies: 3,
+        hidden: vec![11, 13],
+    };
+    let net = dims.init(&burn::tensor::Device::flex());
+    let fast = net.twin();
+    check_twin(
+        "count net",
+        normal([5, 6 + 7 + 5]),
+        |x| net.forward(x),
+        |x| fast.forward(x),
+        Layout::Rows,
+        1e-5,
+    );
+}
