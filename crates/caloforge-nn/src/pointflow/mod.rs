@@ -127,6 +127,96 @@ impl PointTransformerDims {
     }
 }
 
+/// A tensor of the reference's PyTorch state dict: shape and row-major values.
+pub type StateTensor = (Vec<usize>, Vec<f32>);
+
+impl PointTransformer {
+    /// The network with the weights of a reference (PyTorch) state dict of the same sizes
+    /// (`transformer_blocks.0.key_query_value.weight`, …; linear weights [out, in] as PyTorch
+    /// stores them). Errors name the missing or misshapen tensor.
+    pub fn from_reference(
+        dims: &PointTransformerDims,
+        state: &std::collections::HashMap<String, StateTensor>,
+        device: &Device,
+    ) -> Result<PointTransformer, String> {
+        use burn::module::Param;
+        let get = |k: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
+            let (s, v) = state
+                .get(k)
+                .or_else(|| state.get(&format!("network.{k}")))
+                .ok_or_else(|| format!("no tensor '{k}'"))?;
+            if s != shape {
+                return Err(format!("'{k}' has shape {s:?}, expected {shape:?}"));
+            }
+            Ok(v.clone())
+        };
+        let linear = |k: &str, i: usize, o: usize| -> Result<Linear, String> {
+            let w = get(&format!("{k}.weight"), &[o, i])?;
+            let mut wt = vec![0.0; i * o];
+            for r in 0..o {
+                for c in 0..i {
+                    wt[c * o + r] = w[r * i + c];
+                }
+            }
+            let b = get(&format!("{k}.bias"), &[o])?;
+            Ok(Linear {
+                weight: Param::from_tensor(Tensor::from_data(TensorData::new(wt, [i, o]), device)),
+                bias: Some(Param::from_tensor(Tensor::from_data(
+                    TensorData::new(b, [o]),
+                    device,
+                ))),
+            })
+        };
+        let embedding = |k: &str, n: usize, d: usize| -> Result<Embedding, String> {
+            let mut e = EmbeddingConfig::new(n, d).init(device);
+            let w = get(&format!("{k}.weight"), &[n, d])?;
+            e.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, [n, d]), device));
+            Ok(e)
+        };
+        let norm = |k: &str, d: usize| -> Result<LayerNorm, String> {
+            let mut n = LayerNormConfig::new(d).init(device);
+            let g = get(&format!("{k}.weight"), &[d])?;
+            let b = get(&format!("{k}.bias"), &[d])?;
+            n.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(g, [d]), device));
+            n.beta = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(b, [d]),
+                device,
+            )));
+            Ok(n)
+        };
+        let (d, f, l) = (dims.dim, dims.point_features, dims.layers);
+        let blocks = (0..dims.blocks)
+            .map(|i| {
+                let p = format!("transformer_blocks.{i}");
+                Ok(EncoderBlock {
+                    key_query_value: linear(&format!("{p}.key_query_value"), d, 3 * d)?,
+                    ff1: linear(&format!("{p}.feedforward.0"), d, dims.feedforward)?,
+                    ff2: linear(&format!("{p}.feedforward.2"), dims.feedforward, d)?,
+                    norm1: norm(&format!("{p}.layer_norm1"), d)?,
+                    norm2: norm(&format!("{p}.layer_norm2"), d)?,
+                    heads: dims.heads,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(PointTransformer {
+            embedding: linear("embedding", f, d)?,
+            layer_embedding: embedding("layer_embedding", l, d)?,
+            cond_embedding: linear("cond_embedding", 2 * dims.frequencies + dims.condition, d)?,
+            count1: linear("num_points_embedding.0", l, dims.count_hidden)?,
+            count2: linear("num_points_embedding.2", dims.count_hidden, d)?,
+            particle_embedding: if dims.particles > 1 {
+                Some(embedding("particle_embedding", dims.particles, d)?)
+            } else {
+                None
+            },
+            blocks,
+            head: linear("head", d, f)?,
+            heads: dims.heads,
+            layer_window: dims.layer_window as usize,
+        })
+    }
+}
+
 /// One post-LN encoder block: x ← LN(x + MHA(x)); x ← LN(x + FF(x)).
 #[derive(Module, Debug)]
 pub struct EncoderBlock {
