@@ -759,8 +759,8 @@ impl Generator for CaloDiffusion {
     fn kind(&self) -> &'static dyn ModelKind {
         &CaloDiffusionKind
     }
-    fn dataset(&self) -> DatasetKind {
-        self.cfg.kind()
+    fn output(&self) -> crate::Output {
+        crate::Output::Voxels(self.cfg.kind())
     }
     fn trained_energy_range(&self) -> Option<(f64, f64)> {
         self.card.energy_range

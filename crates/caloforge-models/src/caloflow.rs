@@ -723,8 +723,8 @@ impl Generator for CaloFlow {
     fn kind(&self) -> &'static dyn ModelKind {
         &CaloFlowKind
     }
-    fn dataset(&self) -> DatasetKind {
-        self.cfg.dataset
+    fn output(&self) -> crate::Output {
+        crate::Output::Voxels(self.cfg.dataset)
     }
     fn trained_energy_range(&self) -> Option<(f64, f64)> {
         self.card.energy_range

@@ -657,8 +657,8 @@ impl Generator for CaloScore {
     fn kind(&self) -> &'static dyn ModelKind {
         &CaloScoreKind
     }
-    fn dataset(&self) -> DatasetKind {
-        self.cfg.dataset
+    fn output(&self) -> crate::Output {
+        crate::Output::Voxels(self.cfg.dataset)
     }
     fn trained_energy_range(&self) -> Option<(f64, f64)> {
         self.card.energy_range

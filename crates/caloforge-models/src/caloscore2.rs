@@ -1173,8 +1173,8 @@ impl Generator for CaloScore2 {
     fn kind(&self) -> &'static dyn ModelKind {
         &CaloScore2Kind
     }
-    fn dataset(&self) -> DatasetKind {
-        self.cfg.dataset
+    fn output(&self) -> crate::Output {
+        crate::Output::Voxels(self.cfg.dataset)
     }
     fn trained_energy_range(&self) -> Option<(f64, f64)> {
         self.card.energy_range

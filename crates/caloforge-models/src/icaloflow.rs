@@ -889,8 +889,8 @@ impl Generator for ICaloFlow {
         &ICaloFlowKind
     }
 
-    fn dataset(&self) -> DatasetKind {
-        self.cfg.kind()
+    fn output(&self) -> crate::Output {
+        crate::Output::Voxels(self.cfg.kind())
     }
 
     fn trained_energy_range(&self) -> Option<(f64, f64)> {

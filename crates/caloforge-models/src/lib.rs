@@ -27,8 +27,8 @@ pub mod registry;
 pub mod supercalo;
 
 pub use registry::{
-    DensitySpace, Generator, LikelihoodOptions, ModelKind, ModelOption, Preset, SampleOptions,
-    TrainOutcome,
+    DensitySpace, Generator, Incident, LikelihoodOptions, ModelKind, ModelOption, Output, Preset,
+    SampleOptions, TrainOutcome,
 };
 
 /// The embedded presets `presets/<name>.toml` of the given names, as a `&[Preset]`.
@@ -62,9 +62,9 @@ macro_rules! forward_kind {
         }
     };
     (@base $model:ident, $config:ident, |$c:ident| $ds:expr) => {
-        fn canonical(&self, config: &str) -> $crate::Result<(caloforge_core::DatasetKind, String)> {
+        fn canonical(&self, config: &str) -> $crate::Result<($crate::Output, String)> {
             let $c = $config::from_toml(config)?;
-            Ok(($ds, $crate::to_toml(&$c)?))
+            Ok(($crate::Output::Voxels($ds), $crate::to_toml(&$c)?))
         }
         fn load(&self, dir: &std::path::Path) -> $crate::Result<Box<dyn $crate::Generator>> {
             Ok(Box::new($model::load(dir)?))

@@ -101,6 +101,45 @@ pub struct DensitySpace {
     pub method: &'static str,
 }
 
+/// What a model generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Showers of a CaloChallenge dataset's voxels.
+    Voxels(DatasetKind),
+    /// Point clouds (x, y, layer, E) of a detector with this many layers (ShowerData files).
+    Points {
+        /// Detector layers.
+        layers: usize,
+    },
+}
+
+impl Output {
+    /// The dataset of a voxel model.
+    pub fn dataset(self) -> Option<DatasetKind> {
+        match self {
+            Output::Voxels(d) => Some(d),
+            Output::Points { .. } => None,
+        }
+    }
+
+    /// In words, for listings ("dataset 2", "points, 78 layers").
+    pub fn describe(self) -> String {
+        match self {
+            Output::Voxels(d) => d.name().to_string(),
+            Output::Points { layers } => format!("points ({layers} layers)"),
+        }
+    }
+}
+
+/// An incident particle of a point-cloud model: energy (GeV, as ShowerData files), unit
+/// direction (z into the detector), PDG code.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Incident {
+    pub energy_gev: f64,
+    pub direction: [f64; 3],
+    pub pdg: i64,
+}
+
 /// An embedded preset: a TOML file named after the paper.
 #[derive(Debug, Clone, Copy)]
 pub struct Preset {
@@ -156,7 +195,7 @@ pub trait ModelKind: Sync {
     }
     /// Parses and validates a configuration: its dataset and its canonical TOML (what
     /// config.toml holds).
-    fn canonical(&self, config: &str) -> Result<(DatasetKind, String)>;
+    fn canonical(&self, config: &str) -> Result<(Output, String)>;
     /// Checks a training run's options against a configuration before anything is written
     /// (e.g. a teacher a distillation needs); the default accepts everything.
     fn check_train(&self, _config: &str, _opts: &TrainOptions) -> Result<()> {
@@ -250,8 +289,8 @@ impl<'a> PartTimer<'a> {
 pub trait Generator: Send + Sync {
     /// The model family.
     fn kind(&self) -> &'static dyn ModelKind;
-    /// The dataset it generates.
-    fn dataset(&self) -> DatasetKind;
+    /// What it generates.
+    fn output(&self) -> Output;
     /// Generates one shower per incident energy (MeV), row-major, `batch` at a time. Shower j of
     /// this call is shower `first + j` of the run: it draws from [`crate::shower_rng`]`(seed,
     /// first + j)`, so output depends only on (seed, shower index).
@@ -264,6 +303,23 @@ pub trait Generator: Send + Sync {
         opts: &SampleOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<f32>>;
+    /// Point-cloud models: the points (x, y, layer, E; 4 values each, x and y in mm, E in GeV)
+    /// of one shower per incident particle, `batch` at a time; shower j of the call draws from
+    /// [`crate::shower_rng`]`(seed, first + j)` as [`Generator::sample`].
+    fn sample_points(
+        &self,
+        _incidents: &[Incident],
+        _seed: u64,
+        _first: u64,
+        _batch: usize,
+        _opts: &SampleOptions,
+        _progress: &dyn Progress,
+    ) -> Result<Vec<Vec<f32>>> {
+        Err(ModelError::Config(format!(
+            "{} generates voxels, not point clouds",
+            self.kind().name()
+        )))
+    }
     /// Writes the model directory.
     fn save(&self, dir: &Path) -> Result<()>;
     /// The incident-energy range (MeV) of the training data, when known.

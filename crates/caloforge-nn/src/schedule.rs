@@ -69,6 +69,18 @@ pub enum LrSchedule {
         /// Steps to reach zero.
         decay_steps: usize,
     },
+    /// `CosineAnnealingLR(T_max = epochs, eta_min = 0)` stepped once per epoch (AllShowers):
+    /// epoch e (0-based) runs at lr·½(1 + cos(π e / epochs)). `steps_per_epoch` is filled in by
+    /// the model from its training set (0 in a preset).
+    CosineEpochs {
+        /// Initial rate.
+        lr: f64,
+        /// T_max.
+        epochs: usize,
+        /// Optimizer steps per epoch.
+        #[serde(default)]
+        steps_per_epoch: usize,
+    },
 }
 
 fn pct_default() -> f64 {
@@ -167,6 +179,13 @@ impl LrSchedule {
                 }
                 Ok(())
             }
+            LrSchedule::CosineEpochs { lr, epochs, .. } => {
+                rate("lr", *lr)?;
+                if *epochs == 0 {
+                    return Err("epochs must be > 0".into());
+                }
+                Ok(())
+            }
         }
     }
 
@@ -210,6 +229,15 @@ impl LrSchedule {
             LrSchedule::Cosine { lr, decay_steps } => {
                 let d = (*decay_steps).max(1);
                 cos_anneal(*lr, 0.0, step.min(d) as f64 / d as f64)
+            }
+            LrSchedule::CosineEpochs {
+                lr,
+                epochs,
+                steps_per_epoch,
+            } => {
+                let e = step / (*steps_per_epoch).max(1);
+                let t = (*epochs).max(1) as f64;
+                lr * (1.0 + (std::f64::consts::PI * e as f64 / t).cos()) / 2.0
             }
         }
     }
@@ -276,6 +304,23 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-12 * b.abs().max(1e-30)
+    }
+
+    #[test]
+    fn cosine_epochs_steps_once_per_epoch_as_pytorch() {
+        // PyTorch: CosineAnnealingLR(T_max=200) after e scheduler steps: 1e-3 (1 + cos(πe/200))/2.
+        let s = LrSchedule::CosineEpochs {
+            lr: 1e-3,
+            epochs: 200,
+            steps_per_epoch: 7,
+        };
+        assert!(close(s.lr(0), 1e-3) && close(s.lr(6), 1e-3));
+        assert!(close(
+            s.lr(7),
+            1e-3 * (1.0 + (std::f64::consts::PI / 200.0).cos()) / 2.0
+        ));
+        assert!(close(s.lr(700), 5e-4));
+        assert!(s.lr(199 * 7) > 0.0 && s.lr(199 * 7) < 1e-7);
     }
 
     #[test]

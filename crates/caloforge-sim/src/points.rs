@@ -396,25 +396,42 @@ pub fn incidents(
     phi_deg: [f64; 2],
     seed: u64,
 ) -> Vec<Incident> {
+    draw_incidents(n, particles, energy_gev, theta_deg, phi_deg, seed)
+        .into_iter()
+        .map(|(energy_gev, direction, particle)| Incident {
+            energy_gev,
+            direction,
+            particle,
+        })
+        .collect()
+}
+
+/// The draws of [`incidents`] for any kind of particle label: (energy GeV, unit direction,
+/// label) per particle.
+pub fn draw_incidents<T: Copy>(
+    n: usize,
+    kinds: &[T],
+    energy_gev: [f64; 2],
+    theta_deg: [f64; 2],
+    phi_deg: [f64; 2],
+    seed: u64,
+) -> Vec<(f64, [f64; 3], T)> {
     let energies = log_uniform_energies(n, energy_gev[0], energy_gev[1], seed);
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     r.set_stream(u64::MAX - 1);
     let uniform = |[a, b]: [f64; 2], r: &mut ChaCha8Rng| a + (b - a) * r.random::<f64>();
     energies
         .into_iter()
-        .map(|energy_gev| {
-            let particle = particles[r.random_range(0..particles.len())];
+        .map(|e| {
+            let kind = kinds[r.random_range(0..kinds.len())];
             let theta = uniform(theta_deg, &mut r).to_radians();
             let phi = uniform(phi_deg, &mut r).to_radians();
-            Incident {
-                energy_gev,
-                direction: [
-                    theta.sin() * phi.cos(),
-                    theta.sin() * phi.sin(),
-                    theta.cos(),
-                ],
-                particle,
-            }
+            let d = [
+                theta.sin() * phi.cos(),
+                theta.sin() * phi.sin(),
+                theta.cos(),
+            ];
+            (e, d, kind)
         })
         .collect()
 }

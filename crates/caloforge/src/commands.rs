@@ -72,7 +72,7 @@ pub struct SimulateArgs {
 }
 
 /// "A" or "A,B" as a range of numbers.
-fn parse_range(s: &str, what: &str) -> Result<[f64; 2]> {
+pub fn parse_range(s: &str, what: &str) -> Result<[f64; 2]> {
     let v: Vec<f64> = s
         .split(',')
         .map(|x| x.trim().parse::<f64>())

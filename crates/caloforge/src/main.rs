@@ -9,6 +9,7 @@ use std::path::PathBuf;
 mod commands;
 mod convert;
 mod models;
+mod pointgen;
 mod signals;
 
 #[global_allocator]

@@ -155,7 +155,14 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
     // Fail before training when the options do not fit, the data cannot be read or the output
     // cannot be written.
     kind.check_train(&text, &opts)?;
-    ShowerFile::open(&a.data, Some(kind.canonical(&text)?.0.n_voxels()))?;
+    match kind.canonical(&text)?.0 {
+        caloforge_models::Output::Voxels(ds) => {
+            ShowerFile::open(&a.data, Some(ds.n_voxels()))?;
+        }
+        caloforge_models::Output::Points { .. } => {
+            caloforge_core::showerdata::PointFile::open(&a.data)?;
+        }
+    }
     registry::prepare_out(kind, &text, &opts)?;
     let t0 = Instant::now();
     let summary = |status: &str, complete: bool, interrupted: bool| {
@@ -214,46 +221,61 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
 pub struct GenerateArgs {
     /// Trained model directory.
     #[arg(long)]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Reuse the incident energies of this file, in order.
     #[arg(long)]
-    energies_from: Option<PathBuf>,
+    pub energies_from: Option<PathBuf>,
     /// Number of showers (incident energies log-uniform in [--energy-min, --energy-max]; for a
     /// dataset-1 model without a range, dataset 1's 15 discrete energies).
     #[arg(long, short = 'n')]
-    n: Option<usize>,
+    pub n: Option<usize>,
     /// Lowest incident energy (MeV) [default: 1000; dataset 1: 256].
     #[arg(long)]
-    energy_min: Option<f64>,
+    pub energy_min: Option<f64>,
     /// Highest incident energy (MeV) [default: 1000000; dataset 1: 4194304].
     #[arg(long)]
-    energy_max: Option<f64>,
+    pub energy_max: Option<f64>,
     /// Output HDF5 file (a JSON summary is written to OUT.json, e.g. gen.h5.json).
     #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Showers per generation batch.
     #[arg(long, default_value_t = 1000)]
-    batch: usize,
+    pub batch: usize,
     /// Seed: shower k uses RNG stream k.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub seed: u64,
     /// Diffusion models: ddpm or ddim (default: the model's).
     #[arg(long)]
-    sampler: Option<String>,
+    pub sampler: Option<String>,
     /// Diffusion models: sampling steps (DDPM: the schedule rebuilt with N steps, as the paper's
     /// 50-400 step study; DDIM: N evenly spaced steps of the training schedule).
     #[arg(long)]
-    steps: Option<usize>,
+    pub steps: Option<usize>,
     /// Superresolution models (SuperCalo): upsample the showers of this file instead of
     /// generating from scratch, keeping each coarse voxel's energy and reusing the incident
     /// energies; a file on the fine mesh is coarse-grained on reading, a file on the model's
     /// coarse mesh is read as is.
     #[arg(long, conflicts_with_all = ["energies_from", "n"])]
-    coarse_from: Option<PathBuf>,
+    pub coarse_from: Option<PathBuf>,
     /// With --coarse-from: fine showers drawn per input shower, written consecutively (the
     /// SuperCalo paper's resampling study uses 5).
     #[arg(long)]
-    resample: Option<usize>,
+    pub resample: Option<usize>,
+    /// Point-cloud models: incident particles, comma-separated (e-, e+, gamma, pi+, pi- or PDG
+    /// codes), each shower's drawn uniformly [default: e-]; with --energies-from a point file,
+    /// that file's particles.
+    #[arg(long)]
+    pub particle: Option<String>,
+    /// Point-cloud models: polar angle (degrees), one value or MIN,MAX [default: 0].
+    #[arg(long)]
+    pub theta: Option<String>,
+    /// Point-cloud models: azimuth (degrees), one value or MIN,MAX [default: 0,360].
+    #[arg(long)]
+    pub phi: Option<String>,
+    /// Point-cloud models: write the showers binned into this dataset's CaloChallenge voxels
+    /// (2 or 3) instead of points.
+    #[arg(long, value_parser = crate::parse_dataset)]
+    pub voxelize: Option<caloforge_core::DatasetKind>,
 }
 
 /// Largest number of showers one command generates or simulates.
@@ -330,6 +352,15 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
             (a.coarse_from.is_some(), ModelOption::CoarseFrom),
         ]),
     )?;
+    let ds = match model.output() {
+        caloforge_models::Output::Points { .. } => {
+            return crate::pointgen::generate_points(a, model, quiet)
+        }
+        caloforge_models::Output::Voxels(ds) => ds,
+    };
+    if a.particle.is_some() || a.theta.is_some() || a.phi.is_some() || a.voxelize.is_some() {
+        bail!("--particle, --theta, --phi and --voxelize are for point-cloud models; {} generates dataset-{} voxels", model.kind().name(), ds.name());
+    }
     let sopts = SampleOptions {
         sampler: a.sampler.clone(),
         steps: a.steps,
@@ -381,7 +412,7 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
             .flat_map(|&x| std::iter::repeat_n(x, resample))
             .collect(),
         None => energies(
-            model.dataset(),
+            ds,
             &a.energies_from,
             a.n,
             a.energy_min,
@@ -389,7 +420,7 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
             a.seed,
         )?,
     };
-    let v = model.dataset().n_voxels();
+    let v = ds.n_voxels();
     let mut warnings = Vec::new();
     if let Some((lo, hi)) = model.trained_energy_range() {
         let outside = e
@@ -537,7 +568,11 @@ pub fn likelihood(a: LikelihoodArgs, quiet: bool) -> Result<()> {
     }
     check_output(&a.out, &[&a.input])?;
     let summary_path = summary_path(&a.out, &[&a.input])?;
-    let v = model.dataset().n_voxels();
+    let v = model
+        .output()
+        .dataset()
+        .context("likelihoods of point-cloud models are not computed")?
+        .n_voxels();
     let f = ShowerFile::open(&a.input, Some(v))?;
     let n = a.max_showers.map_or(f.len(), |m| m.min(f.len()));
     if n == 0 {
@@ -724,13 +759,31 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<()> {
             steps,
         };
         for &b in &batches {
+            let points = matches!(model.output(), caloforge_models::Output::Points { .. });
             let run = |k: u64| -> Result<()> {
-                let e = caloforge_sim::log_uniform_energies(
-                    b,
-                    1e3,
-                    1e6,
-                    a.seed.wrapping_add(1).wrapping_add(k),
-                );
+                let s = a.seed.wrapping_add(1).wrapping_add(k);
+                if points {
+                    // Electrons of 10–100 GeV at normal incidence.
+                    let inc: Vec<caloforge_models::Incident> =
+                        caloforge_sim::log_uniform_energies(b, 10.0, 100.0, s)
+                            .into_iter()
+                            .map(|e| caloforge_models::Incident {
+                                energy_gev: e,
+                                direction: [0.0, 0.0, 1.0],
+                                pdg: 11,
+                            })
+                            .collect();
+                    model.sample_points(
+                        &inc,
+                        a.seed.wrapping_add(k),
+                        0,
+                        b,
+                        &sopts,
+                        &caloforge_models::NoProgress,
+                    )?;
+                    return Ok(());
+                }
+                let e = caloforge_sim::log_uniform_energies(b, 1e3, 1e6, s);
                 model.sample(
                     &e,
                     a.seed.wrapping_add(k),
@@ -833,7 +886,7 @@ pub fn list_models() -> Result<()> {
             println!(
                 "  {:<31} dataset {:<10} {}",
                 p.name,
-                ds.name(),
+                ds.describe(),
                 registry::preset_description(p.text)
             );
         }
