@@ -9,11 +9,15 @@
 //! - [`caloflow`]: CaloFlow (Krause, Pang, Shih) for dataset 1 (photons, pions): an energy flow
 //!   and a MAF over the whole shower, IAF students.
 //!
+//! - [`allshowers`]: AllShowers (Buss, Day-Hall, Gaede, Kasieczka, Krüger): point clouds of
+//!   every particle type and direction from one CNF transformer, with PointCountFM.
+//!
 //! Every model family is a [`ModelKind`] in the [`registry`]; a trained model is a
 //! [`Generator`] and, on disk, a directory with safetensors weights, the TOML configuration
 //! (`config.toml`) and a model card (`model_card.json`). Presets (the papers' settings and small
 //! ones for tests and the demo) are TOML files embedded from `presets/`, named after the paper.
 
+pub mod allshowers;
 pub mod calodiffusion;
 pub mod caloflow;
 pub mod caloscore;

@@ -387,6 +387,7 @@ pub static REGISTRY: &[&dyn ModelKind] = &[
     &crate::caloflow::CaloFlowKind,
     &crate::caloscore::CaloScoreKind,
     &crate::caloscore2::CaloScore2Kind,
+    &crate::allshowers::AllShowersKind,
 ];
 
 /// The model family named `name`.
