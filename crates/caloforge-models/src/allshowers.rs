@@ -562,6 +562,11 @@ impl AllShowers {
     /// Fresh weights and identity standardisations (for timing).
     pub fn untrained(cfg: &AllShowersConfig, seed: u64) -> Result<Self> {
         let device = compute_device(Precision::F32, seed);
+        // burn initialises parameters lazily from the device's RNG: draw them now, in order.
+        let counts = cfg.count_dims().init(&device);
+        caloforge_nn::weights::initialize(&counts);
+        let transformer = cfg.transformer.init(&device);
+        caloforge_nn::weights::initialize(&transformer);
         Ok(AllShowers {
             prep: Preprocessing {
                 coord: [(0.0, 1.0); 2],
@@ -576,8 +581,8 @@ impl AllShowers {
                 transformer: None,
                 energy_range_gev: None,
             },
-            counts: cfg.count_dims().init(&device),
-            transformer: cfg.transformer.init(&device),
+            counts,
+            transformer,
             cfg: cfg.clone(),
             fast: std::sync::OnceLock::new(),
         })
@@ -652,7 +657,7 @@ impl AllShowers {
         let t0 = Instant::now();
         let p = prepare(&cfg, opts, progress)?;
         // Continue a directory that holds a trained part (or start fresh).
-        let mut model = match AllShowers::load_partial(&opts.out, &cfg) {
+        let mut model = match AllShowers::load_partial(&opts.out, &cfg, opts.seed) {
             Some(m) => m,
             None => AllShowers::untrained(&cfg, opts.seed)?,
         };
@@ -760,11 +765,11 @@ impl AllShowers {
     }
 
     /// The parts already trained in `dir` (same configuration), if any.
-    fn load_partial(dir: &Path, cfg: &AllShowersConfig) -> Option<AllShowers> {
+    fn load_partial(dir: &Path, cfg: &AllShowersConfig, seed: u64) -> Option<AllShowers> {
         let card: AllShowersCard = crate::read_card(&dir.join("model_card.json")).ok()?;
         let prep: Preprocessing = crate::read_card(&dir.join("preprocessing.json")).ok()?;
         let device = compute_device(Precision::F32, 0);
-        let mut m = AllShowers::untrained(cfg, 0).ok()?;
+        let mut m = AllShowers::untrained(cfg, seed).ok()?;
         if card.counts.is_some() {
             m.counts = caloforge_nn::weights::load(
                 cfg.count_dims().init(&device),

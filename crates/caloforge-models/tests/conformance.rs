@@ -13,12 +13,50 @@
 
 use caloforge_core::DatasetKind;
 use caloforge_models::registry::{self, REGISTRY};
-use caloforge_models::{ModelKind, NoProgress, Progress, SampleOptions, TrainOptions};
+use caloforge_models::{
+    Incident, ModelKind, NoProgress, Output, Progress, SampleOptions, TrainOptions,
+};
 use caloforge_sim::{log_uniform_energies, Mesh, SimParams, Simulator, Tune};
 use std::path::{Path, PathBuf};
 
+/// Training showers of a model's output: voxels ([`voxel_data`]), or point clouds of the
+/// ILD-like detector (electrons, photons, pions at several angles).
+fn data(out: Output, dir: &Path) -> PathBuf {
+    match out {
+        Output::Voxels(ds) => voxel_data(ds, dir),
+        Output::Points { .. } => {
+            use caloforge_core::showerdata::{PointShower, PointWriter};
+            use caloforge_sim::points::{incidents, Detector, Particle, PointSimulator};
+            let p = dir.join("train_points.h5");
+            if p.exists() {
+                return p;
+            }
+            let sim = PointSimulator::new(Detector::load("ild").unwrap());
+            let parts = [Particle::Electron, Particle::Photon, Particle::PionPlus];
+            let inc = incidents(40, &parts, [5.0, 50.0], [0.0, 20.0], [0.0, 360.0], 1);
+            let pts = sim.simulate(&inc, 2, 0, &|_| {});
+            let mut w = PointWriter::create(&p, 4, inc.len()).unwrap();
+            let rows: Vec<PointShower> = inc
+                .iter()
+                .zip(&pts)
+                .enumerate()
+                .map(|(i, (c, q))| PointShower {
+                    energy: c.energy_gev,
+                    direction: c.direction,
+                    pdg: c.particle.pdg(),
+                    id: i as i64,
+                    points: q,
+                })
+                .collect();
+            w.append(&rows).unwrap();
+            w.finish().unwrap();
+            p
+        }
+    }
+}
+
 /// Training showers of `kind`: simulated for datasets 2/3 and 1-photons, synthetic for pions.
-fn data(kind: DatasetKind, dir: &Path) -> PathBuf {
+fn voxel_data(kind: DatasetKind, dir: &Path) -> PathBuf {
     let p = dir.join(format!("train_{}.h5", kind.name()));
     if p.exists() {
         return p;
@@ -59,11 +97,36 @@ impl Progress for StopAfter {
     fn finish(&self, _: &str) {}
 }
 
-fn sample(kind: &dyn ModelKind, dir: &Path, e: &[f64], first: u64, batch: usize) -> Vec<f32> {
-    kind.load(dir)
-        .unwrap()
-        .sample(e, 7, first, batch, &SampleOptions::default(), &NoProgress)
-        .unwrap()
+/// One shower per energy (MeV), as a vector of values per shower (voxels, or points of
+/// particles 11, 22, 211 in turn at angles that vary with the shower).
+fn sample(kind: &dyn ModelKind, dir: &Path, e: &[f64], first: u64, batch: usize) -> Vec<Vec<f32>> {
+    let m = kind.load(dir).unwrap();
+    let o = SampleOptions::default();
+    match m.output() {
+        Output::Voxels(ds) => m
+            .sample(e, 7, first, batch, &o, &NoProgress)
+            .unwrap()
+            .chunks(ds.n_voxels())
+            .map(<[f32]>::to_vec)
+            .collect(),
+        Output::Points { .. } => {
+            let inc: Vec<Incident> = e
+                .iter()
+                .enumerate()
+                .map(|(k, &x)| {
+                    let j = k + first as usize;
+                    let th = 0.05 * j as f64;
+                    Incident {
+                        energy_gev: x / 1e3,
+                        direction: [th.sin(), 0.0, th.cos()],
+                        pdg: [11, 22, 211][j % 3],
+                    }
+                })
+                .collect();
+            m.sample_points(&inc, 7, first, batch, &o, &NoProgress)
+                .unwrap()
+        }
+    }
 }
 
 fn train(kind: &dyn ModelKind, text: &str, opts: &TrainOptions, p: &dyn Progress) -> bool {
@@ -89,10 +152,18 @@ fn conform(kind: &dyn ModelKind, name: &str, text: &str, teacher: Option<PathBuf
     let a = opts("a");
     assert!(!train(kind, text, &a, &NoProgress));
     let e = [2e3, 3e4, 4e5, 7e3, 1e5];
-    let v = ds.n_voxels();
     let s5 = sample(kind, &a.out, &e, 0, 5);
-    assert_eq!(s5.len(), 5 * v);
-    assert!(s5.iter().all(|x| x.is_finite() && *x >= 0.0), "{name}");
+    assert_eq!(s5.len(), 5);
+    if let Output::Voxels(d) = ds {
+        assert!(s5.iter().all(|s| s.len() == d.n_voxels()));
+    }
+    assert!(
+        s5.iter().flatten().all(|x| x.is_finite()),
+        "{name}: non-finite values"
+    );
+    if ds.dataset().is_some() {
+        assert!(s5.iter().flatten().all(|x| *x >= 0.0), "{name}");
+    }
     // (assert! rather than assert_eq!: the vectors are too long to print.)
     assert!(sample(kind, &a.out, &e, 0, 2) == s5, "{name}: batch size");
     let one = rayon::ThreadPoolBuilder::new()
@@ -104,7 +175,7 @@ fn conform(kind: &dyn ModelKind, name: &str, text: &str, teacher: Option<PathBuf
         "{name}: thread count"
     );
     assert!(
-        sample(kind, &a.out, &e[3..], 3, 1) == s5[3 * v..],
+        sample(kind, &a.out, &e[3..], 3, 1) == s5[3..],
         "{name}: chunk start"
     );
     // Save → load.
@@ -129,7 +200,12 @@ fn conform(kind: &dyn ModelKind, name: &str, text: &str, teacher: Option<PathBuf
         .unwrap_err()
         .to_string();
     assert!(e1.contains("--resume") && e1.contains("--force"), "{e1}");
-    let other = text.replacen("validation_fraction = ", "validation_fraction = 0.3\n# ", 1);
+    let other = if text.contains("validation_fraction = ") {
+        text.replacen("validation_fraction = ", "validation_fraction = 0.3\n# ", 1)
+    } else {
+        text.replacen("validation = ", "validation = 3\n# ", 1)
+    };
+    assert_ne!(other, text, "{name}: no key to change");
     let e2 = registry::prepare_out(kind, &other, &resumed)
         .unwrap_err()
         .to_string();
