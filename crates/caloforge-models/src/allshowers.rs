@@ -844,8 +844,7 @@ impl AllShowers {
         inc: &[Incident],
         seed: u64,
         first: u64,
-        solver: Solver,
-        steps: usize,
+        (solver, steps, points): (Solver, usize, Option<usize>),
     ) -> Result<Vec<Vec<f32>>> {
         let labelled: Vec<(usize, &Incident)> = inc
             .iter()
@@ -854,7 +853,10 @@ impl AllShowers {
         let mut rngs: Vec<ChaCha8Rng> = (0..inc.len())
             .map(|j| crate::shower_rng(seed, first + j as u64))
             .collect();
-        let counts = self.sample_counts(&labelled, &mut rngs, self.cfg.sampling.count_steps);
+        let counts = match points {
+            Some(n) => vec![crate::registry::timing_counts(n, self.cfg.layers()); inc.len()],
+            None => self.sample_counts(&labelled, &mut rngs, self.cfg.sampling.count_steps),
+        };
         let l = self.cfg.layers();
         // Layer starts, truncated to max_points as the reference's padding does.
         let mut starts = Vec::with_capacity(inc.len());
@@ -1052,7 +1054,14 @@ impl Generator for AllShowers {
             let parts: Vec<Result<Vec<Vec<f32>>>> = chunk
                 .par_chunks(per)
                 .enumerate()
-                .map(|(k, c)| self.sample_chunk(c, seed, base + (k * per) as u64, solver, steps))
+                .map(|(k, c)| {
+                    self.sample_chunk(
+                        c,
+                        seed,
+                        base + (k * per) as u64,
+                        (solver, steps, opts.points),
+                    )
+                })
                 .collect();
             for p in parts {
                 out.extend(p?);
@@ -1081,9 +1090,32 @@ impl Generator for AllShowers {
     fn trained_energy_range(&self) -> Option<(f64, f64)> {
         self.card.energy_range_gev.map(|(a, b)| (a * 1e3, b * 1e3))
     }
+    /// With `opts.points`: the transformer's multiply-adds over the flow's evaluations
+    /// (PointCountFM's are not counted).
     fn macs_per_shower(&self, opts: &SampleOptions) -> Option<f64> {
-        let _ = opts;
-        None
+        let n = opts.points?;
+        let (solver, steps) = self.solver_steps(opts).ok()?;
+        let l = self.cfg.layers();
+        let counts = crate::registry::timing_counts(n, l);
+        let mut starts = vec![0usize; l + 1];
+        for j in 0..l {
+            starts[j + 1] = starts[j] + counts[j];
+        }
+        let x = vec![0.1f32; 3 * n];
+        let tc = vec![0.0f32; 2 * self.cfg.transformer.frequencies + 4];
+        let c: Vec<f32> = counts.iter().map(|&v| v as f32).collect();
+        let (_, net) = self.fast();
+        let per = caloforge_nn::kernels::macs::count(|| {
+            net.forward(&[ShowerInput {
+                x: &x,
+                starts: &starts,
+                time_cond: &tc,
+                label: 0,
+                counts: &c,
+            }])
+        })
+        .1;
+        Some(per as f64 * solver.evaluations(steps) as f64)
     }
 }
 

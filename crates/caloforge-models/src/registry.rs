@@ -47,6 +47,33 @@ pub struct SampleOptions {
     pub sampler: Option<String>,
     /// Sampling steps.
     pub steps: Option<usize>,
+    /// Point-cloud models, for timing: this many points per shower, spread over the layers by a
+    /// fixed Gaussian profile ([`timing_counts`]), instead of the model's sampled counts.
+    pub points: Option<usize>,
+}
+
+/// Points per layer of a timing shower of `n` points over `layers` layers: a Gaussian
+/// longitudinal profile centred on layer 0.3·layers with σ = 0.15·layers, rounded down, the
+/// remaining points given to the layers with the largest remainders (ties: the first).
+/// (`benchmarks/allshowers/speed.py` computes the same.)
+pub fn timing_counts(n: usize, layers: usize) -> Vec<usize> {
+    let (mu, sigma) = (0.3 * layers as f64, 0.15 * layers as f64);
+    let w: Vec<f64> = (0..layers)
+        .map(|l| (-(l as f64 - mu).powi(2) / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f64 = w.iter().sum();
+    let exact: Vec<f64> = w.iter().map(|x| x / total * n as f64).collect();
+    let mut c: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..layers).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - c[a] as f64, exact[b] - c[b] as f64);
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    let missing = n - c.iter().sum::<usize>();
+    for &l in order.iter().take(missing) {
+        c[l] += 1;
+    }
+    c
 }
 
 /// Settings of [`Generator::log_likelihood`].

@@ -364,6 +364,7 @@ pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {
     let sopts = SampleOptions {
         sampler: a.sampler.clone(),
         steps: a.steps,
+        points: None,
     };
     let inputs: Vec<&Path> = a
         .energies_from
@@ -698,6 +699,10 @@ pub struct BenchArgs {
     /// Diffusion models: sampling step counts to time (default: the model's).
     #[arg(long, value_delimiter = ',')]
     steps: Vec<usize>,
+    /// Point-cloud models: time showers of this many points each (a fixed Gaussian profile over
+    /// the layers, `registry::timing_counts`) instead of the model's sampled counts.
+    #[arg(long)]
+    points: Option<usize>,
     /// Skip the untimed warm-up batch (for slow CPU cases; keep it on a GPU, where the first
     /// batch of a shape compiles and tunes kernels).
     #[arg(long)]
@@ -757,6 +762,7 @@ pub fn bench(a: BenchArgs, quiet: bool) -> Result<()> {
         let sopts = SampleOptions {
             sampler: a.sampler.clone(),
             steps,
+            points: a.points,
         };
         for &b in &batches {
             let points = matches!(model.output(), caloforge_models::Output::Points { .. });

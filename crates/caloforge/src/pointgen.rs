@@ -133,6 +133,7 @@ pub fn generate_points(a: GenerateArgs, model: Box<dyn Generator>, quiet: bool) 
     let sopts = SampleOptions {
         sampler: a.sampler.clone(),
         steps: a.steps,
+        points: None,
     };
     // A first shower checks the options and particles before any output is written.
     model.sample_points(

@@ -1223,3 +1223,155 @@ fn point_clouds_reject_bad_arguments_without_output() {
     assert!(!out.exists());
     assert_eq!(files_in(dir.path()), vec!["bad.toml", "v.h5", "v.h5.json"]);
 }
+
+#[test]
+fn point_cloud_models_train_generate_and_refuse_bad_requests() {
+    use caloforge_core::showerdata::PointFile;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    ok(&caloforge(&[
+        "simulate",
+        "--points",
+        "-n",
+        "40",
+        "--particle",
+        "e-,gamma,pi+",
+        "--theta",
+        "0,20",
+        "--energy-min",
+        "5000",
+        "--energy-max",
+        "50000",
+        "-o",
+        &p("train.h5"),
+    ]));
+    ok(&caloforge(&[
+        "train",
+        "--preset",
+        "allshowers-tiny",
+        "--data",
+        &p("train.h5"),
+        "--out",
+        &p("m"),
+    ]));
+    // ShowerData out: the requested particles, angles and energies; points in the model's
+    // layers with positive energies.
+    ok(&caloforge(&[
+        "generate",
+        "--model",
+        &p("m"),
+        "-n",
+        "6",
+        "--particle",
+        "gamma,pi+",
+        "--theta",
+        "5,10",
+        "--energy-min",
+        "10000",
+        "--energy-max",
+        "20000",
+        "--batch",
+        "4",
+        "--out",
+        &p("g.h5"),
+    ]));
+    let f = PointFile::open(Path::new(&p("g.h5"))).unwrap();
+    assert_eq!(f.len(), 6);
+    assert!(f.pdg.iter().all(|c| [22, 211].contains(c)));
+    assert!(f.energies.iter().all(|e| (10.0..=20.0).contains(e)));
+    let pts = f.read_points(0, 6).unwrap();
+    assert!(pts.iter().flatten().all(|v| v.is_finite()));
+    assert!(pts.iter().all(|s| s
+        .chunks(4)
+        .all(|q| q[2] >= 0.0 && q[2] < 78.0 && q[3] > 0.0)));
+    // The same showers whatever the batch size; --energies-from a point file reuses its
+    // particles, directions and energies.
+    ok(&caloforge(&[
+        "generate",
+        "--model",
+        &p("m"),
+        "-n",
+        "6",
+        "--particle",
+        "gamma,pi+",
+        "--theta",
+        "5,10",
+        "--energy-min",
+        "10000",
+        "--energy-max",
+        "20000",
+        "--batch",
+        "1",
+        "--out",
+        &p("g1.h5"),
+    ]));
+    assert_eq!(
+        PointFile::open(Path::new(&p("g1.h5")))
+            .unwrap()
+            .read_points(0, 6)
+            .unwrap(),
+        pts
+    );
+    ok(&caloforge(&[
+        "generate",
+        "--model",
+        &p("m"),
+        "--energies-from",
+        &p("train.h5"),
+        "--out",
+        &p("g2.h5"),
+    ]));
+    let g2 = PointFile::open(Path::new(&p("g2.h5"))).unwrap();
+    let t = PointFile::open(Path::new(&p("train.h5"))).unwrap();
+    assert_eq!(
+        (g2.pdg.clone(), g2.energies.clone()),
+        (t.pdg.clone(), t.energies.clone())
+    );
+    // Voxels of dataset 2.
+    ok(&caloforge(&[
+        "generate",
+        "--model",
+        &p("m"),
+        "-n",
+        "3",
+        "--voxelize",
+        "2",
+        "--out",
+        &p("v.h5"),
+    ]));
+    assert_eq!(
+        caloforge_core::ShowerFile::open(Path::new(&p("v.h5")), Some(6480))
+            .unwrap()
+            .len(),
+        3
+    );
+    // Refusals, with no output.
+    let m = p("m");
+    let bad = p("bad.h5");
+    let gen = |extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "--model",
+            m.as_str(),
+            "-n",
+            "2",
+            "--out",
+            bad.as_str(),
+        ];
+        a.extend_from_slice(extra);
+        caloforge(&a)
+    };
+    failed_with(
+        &gen(&["--particle", "130"]),
+        "PDG code 130 is not one of this model's particles",
+    );
+    failed_with(&gen(&["--sampler", "rk4"]), "unknown solver 'rk4'");
+    failed_with(&gen(&["--steps", "0"]), "--steps must be > 0");
+    failed_with(&gen(&["--theta", "95"]), "polar angles");
+    assert!(!Path::new(&bad).exists());
+    let models = String::from_utf8_lossy(&caloforge(&["models"]).stdout).into_owned();
+    assert!(
+        models.contains("allshowers-tiny") && models.contains("points (78 layers)"),
+        "{models}"
+    );
+}

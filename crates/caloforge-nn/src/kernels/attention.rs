@@ -203,8 +203,51 @@ pub fn layer_window_attention(
     scale: f32,
     out: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::simd() {
+        // SAFETY: AVX2/FMA present; the same code, vectorised for them.
+        return unsafe { window_attention_avx2(q, k, v, starts, window, heads, dh, scale, out) };
+    }
+    window_attention_impl(q, k, v, starts, window, heads, dh, scale, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn window_attention_avx2(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    starts: &[usize],
+    window: LayerWindow,
+    heads: usize,
+    dh: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    window_attention_impl(q, k, v, starts, window, heads, dh, scale, out)
+}
+
+/// Per layer and head: the keys and values of the window transposed (`[dh][keys]`, padded to
+/// a multiple of 8 keys), so that a query's scores are `dh` contiguous multiply-adds over the
+/// keys, its softmax one vectorised pass (padding scores −∞), and each output feature one dot
+/// product with the probabilities.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn window_attention_impl(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    starts: &[usize],
+    window: LayerWindow,
+    heads: usize,
+    dh: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let w = heads * dh;
     let layers = starts.len() - 1;
+    let (mut kt, mut vt, mut s) = (Vec::new(), Vec::new(), Vec::new());
     for l in 0..layers {
         let (a, b) = (starts[l], starts[l + 1]);
         if a == b {
@@ -212,19 +255,86 @@ pub fn layer_window_attention(
         }
         let (lo, hi) = window.keys(l, layers);
         let (ka, kb) = (starts[lo], starts[hi + 1]);
-        let o = softmax_attention(
-            &q[a * w..b * w],
-            &k[ka * w..kb * w],
-            &v[ka * w..kb * w],
-            kb - ka,
-            heads,
-            dh,
-            scale,
-            None,
-        );
-        out[a * w..b * w].copy_from_slice(&o);
+        let nk = kb - ka;
+        let np = nk.div_ceil(8) * 8;
+        super::macs::add(2 * (b - a) * nk * w);
+        for h in 0..heads {
+            kt.clear();
+            kt.resize(dh * np, 0.0f32);
+            vt.clear();
+            vt.resize(dh * np, 0.0f32);
+            for j in 0..nk {
+                let kr = &k[(ka + j) * w + h * dh..][..dh];
+                let vr = &v[(ka + j) * w + h * dh..][..dh];
+                for d in 0..dh {
+                    kt[d * np + j] = kr[d];
+                    vt[d * np + j] = vr[d];
+                }
+            }
+            // Queries in blocks of QB: scores and outputs as small matrix products whose
+            // key and value loads serve QB queries.
+            s.clear();
+            s.resize(QB * np, 0.0f32);
+            let mut i0 = a;
+            while i0 < b {
+                let nq = QB.min(b - i0);
+                assert!(dh <= 64, "heads of at most 64 features");
+                let mut qs = [[0.0f32; 64]; QB];
+                for (qq, row) in qs.iter_mut().enumerate().take(nq) {
+                    let qi = &q[(i0 + qq) * w + h * dh..][..dh];
+                    for (d, r) in row.iter_mut().enumerate().take(dh) {
+                        *r = qi[d] * scale;
+                    }
+                }
+                for j0 in (0..np).step_by(8) {
+                    let mut acc = [[0.0f32; 8]; QB];
+                    for d in 0..dh {
+                        let kv: &[f32; 8] = kt[d * np + j0..][..8].try_into().expect("8");
+                        for (qq, ac) in acc.iter_mut().enumerate() {
+                            let c = qs[qq][d];
+                            for (x, &y) in ac.iter_mut().zip(kv) {
+                                *x = c.mul_add(y, *x);
+                            }
+                        }
+                    }
+                    for (qq, ac) in acc.iter().enumerate() {
+                        s[qq * np + j0..][..8].copy_from_slice(ac);
+                    }
+                }
+                for qq in 0..nq {
+                    let row = &mut s[qq * np..(qq + 1) * np];
+                    row[nk..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                    let m = row[..nk].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    row.iter_mut().for_each(|x| *x -= m);
+                    exp_inplace(row);
+                    row[nk..].iter_mut().for_each(|x| *x = 0.0);
+                    let inv = 1.0 / super::simd::sum(row);
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+                for d in 0..dh {
+                    let vr = &vt[d * np..(d + 1) * np];
+                    let mut acc = [[0.0f32; 8]; QB];
+                    for j0 in (0..np).step_by(8) {
+                        let vv: &[f32; 8] = vr[j0..j0 + 8].try_into().expect("8");
+                        for (qq, ac) in acc.iter_mut().enumerate() {
+                            let p: &[f32; 8] = s[qq * np + j0..][..8].try_into().expect("8");
+                            for k in 0..8 {
+                                ac[k] = p[k].mul_add(vv[k], ac[k]);
+                            }
+                        }
+                    }
+                    for (qq, ac) in acc.iter().enumerate().take(nq) {
+                        out[(i0 + qq) * w + h * dh + d] = ac.iter().sum();
+                    }
+                }
+                i0 += nq;
+            }
+        }
     }
 }
+
+/// Queries per block of [`layer_window_attention`].
+const QB: usize = 4;
 
 #[cfg(test)]
 mod window_tests {

@@ -7,7 +7,7 @@
 
 use super::{CountNet, PointTransformer};
 use crate::kernels::gemm::Packed;
-use crate::kernels::simd::gelu;
+use crate::kernels::simd::gelu_fast as gelu;
 use crate::kernels::{layer_window_attention, LayerNorm, LayerWindow};
 use crate::twin::{values, Twin};
 use burn::nn::Linear;
