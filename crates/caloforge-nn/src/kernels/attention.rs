@@ -228,10 +228,9 @@ unsafe fn window_attention_avx2(
     window_attention_impl(q, k, v, starts, window, heads, dh, scale, out)
 }
 
-/// Per layer and head: the keys and values of the window transposed (`[dh][keys]`, padded to
-/// a multiple of 8 keys), so that a query's scores are `dh` contiguous multiply-adds over the
-/// keys, its softmax one vectorised pass (padding scores −∞), and each output feature one dot
-/// product with the probabilities.
+/// Per layer and head, two packed matrix products ([`super::gemm::Packed`]): the scores of
+/// the layer's queries against the window's keys (the keys packed as a layer's weights), the
+/// row softmax, then the probabilities times the values (the values packed likewise).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn window_attention_impl(
@@ -245,9 +244,13 @@ fn window_attention_impl(
     scale: f32,
     out: &mut [f32],
 ) {
+    use super::gemm::Packed;
     let w = heads * dh;
     let layers = starts.len() - 1;
-    let (mut kt, mut vt, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut kh, mut vt, mut qh, mut s, mut o) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let zeros_dh = vec![0.0f32; dh];
+    let mut zeros_k = Vec::new();
     for l in 0..layers {
         let (a, b) = (starts[l], starts[l + 1]);
         if a == b {
@@ -255,6 +258,72 @@ fn window_attention_impl(
         }
         let (lo, hi) = window.keys(l, layers);
         let (ka, kb) = (starts[lo], starts[hi + 1]);
+        let (nq, nk) = (b - a, kb - ka);
+        if nq < PACKED_MIN_QUERIES {
+            // Packing the keys and values would cost more than it saves.
+            window_attention_direct(q, k, v, (a, b, ka, kb), heads, dh, scale, out);
+            continue;
+        }
+        zeros_k.resize(nk, 0.0f32);
+        for h in 0..heads {
+            kh.clear();
+            vt.clear();
+            vt.resize(dh * nk, 0.0f32);
+            for j in 0..nk {
+                kh.extend_from_slice(&k[(ka + j) * w + h * dh..][..dh]);
+                let vr = &v[(ka + j) * w + h * dh..][..dh];
+                for d in 0..dh {
+                    vt[d * nk + j] = vr[d];
+                }
+            }
+            qh.clear();
+            for i in a..b {
+                qh.extend(q[i * w + h * dh..][..dh].iter().map(|&x| x * scale));
+            }
+            let kp = Packed::new(&kh, &zeros_k[..nk], dh, None);
+            s.clear();
+            s.resize(nq * nk, 0.0f32);
+            kp.forward(&qh, &mut s, None, false);
+            for row in s.chunks_mut(nk) {
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                row.iter_mut().for_each(|x| *x -= m);
+                exp_inplace(row);
+                let inv = 1.0 / super::simd::sum(row);
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            let vp = Packed::new(&vt, &zeros_dh, nk, None);
+            o.clear();
+            o.resize(nq * dh, 0.0f32);
+            vp.forward(&s, &mut o, None, false);
+            for (i, r) in (a..b).zip(o.chunks(dh)) {
+                out[i * w + h * dh..][..dh].copy_from_slice(r);
+            }
+        }
+    }
+}
+
+/// Layers with fewer queries than this attend without packed products.
+const PACKED_MIN_QUERIES: usize = 16;
+
+/// The queries `a..b` of one layer against the keys `ka..kb` of its window, per head without
+/// packing: the keys and values transposed (`[dh][keys]`, padded to a multiple of 8 keys), the
+/// scores of 4 queries at a time as `dh` multiply-adds over 8 keys, a vectorised softmax
+/// (padding scores −∞), and the outputs as products with the transposed values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn window_attention_direct(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (a, b, ka, kb): (usize, usize, usize, usize),
+    heads: usize,
+    dh: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let w = heads * dh;
+    let (mut kt, mut vt, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    {
         let nk = kb - ka;
         let np = nk.div_ceil(8) * 8;
         super::macs::add(2 * (b - a) * nk * w);
@@ -333,7 +402,7 @@ fn window_attention_impl(
     }
 }
 
-/// Queries per block of [`layer_window_attention`].
+/// Queries per block of [`window_attention_direct`].
 const QB: usize = 4;
 
 #[cfg(test)]
@@ -371,7 +440,7 @@ mod window_tests {
         let (heads, dh) = (4, 16);
         let w = heads * dh;
         // Points per layer, with empty layers and a gap.
-        let counts = [3usize, 0, 5, 1, 0, 0, 7, 2, 4, 0, 1];
+        let counts = [3usize, 0, 5, 1, 0, 0, 7, 2, 20, 17, 4, 0, 1];
         let layer: Vec<i64> = counts
             .iter()
             .enumerate()

@@ -66,6 +66,29 @@ impl Packed {
     pub fn new(w: &[f32], b: &[f32], k: usize, prefix: Option<&[usize]>) -> Self {
         let m = b.len();
         assert_eq!(w.len(), m * k, "weights are not {m} × {k}");
+        if prefix.is_none() {
+            // Dense: every panel reads all k inputs (the same layout, packed without the
+            // per-element prefix test).
+            let panels = m.div_ceil(NR);
+            let mut data = vec![0.0f32; panels * k * NR];
+            for (j, row) in w.chunks_exact(k.max(1)).enumerate().take(m) {
+                let (p, c) = (j / NR, j % NR);
+                let panel = &mut data[p * k * NR..(p + 1) * k * NR];
+                for (i, &x) in row.iter().enumerate() {
+                    panel[i * NR + c] = x;
+                }
+            }
+            let mut bias = b.to_vec();
+            bias.resize(panels * NR, 0.0);
+            return Packed {
+                k,
+                m,
+                kp: vec![k; panels],
+                off: (0..panels).map(|p| p * k * NR).collect(),
+                data,
+                bias,
+            };
+        }
         let pre = |j: usize| prefix.map_or(k, |p| p[j].min(k));
         let panels = m.div_ceil(NR);
         let (mut kp, mut off, mut data) = (Vec::new(), Vec::new(), Vec::new());
