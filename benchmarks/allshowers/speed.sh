@@ -12,6 +12,6 @@ TB=${4:-1,10}
 BIN=../../target/release/caloforge
 [ -x "$BIN" ] || (cd ../.. && cargo build --release -q)
 echo "== caloforge ($(git rev-parse --short HEAD)), $T thread(s)"
-"$BIN" --threads "$T" bench --preset allshowers-ild --points "$P" --batch "$CB" --min-seconds 0
+"$BIN" --threads "$T" bench --preset allshowers-ild --points "$P" --batch "$CB" --min-seconds 0 --no-warmup
 echo "== PyTorch reference"
 python3 speed.py --threads "$T" --points "$P" --batches "$TB"

@@ -958,6 +958,9 @@ fn settings(s: &TrainSettings, n_train: usize) -> TrainSettings {
     s
 }
 
+/// Most showers integrated together by one thread when sampling.
+const SLICE: usize = 4;
+
 /// The model family.
 pub struct AllShowersKind;
 
@@ -1047,10 +1050,11 @@ impl Generator for AllShowers {
         for (ci, chunk) in incidents.chunks(batch).enumerate() {
             let base = first + (ci * batch) as u64;
             // Threads take slices of the batch; each shower's result does not depend on them.
+            // Slices of at most SLICE showers keep a forward pass's activations in cache.
             let per = chunk
                 .len()
                 .div_ceil(rayon::current_num_threads().max(1))
-                .max(1);
+                .clamp(1, SLICE);
             let parts: Vec<Result<Vec<Vec<f32>>>> = chunk
                 .par_chunks(per)
                 .enumerate()
