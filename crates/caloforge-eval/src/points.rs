@@ -250,6 +250,9 @@ fn profile_hist(edges: Vec<f64>, weights: &[f64]) -> Hist {
     h
 }
 
+/// A per-shower observable: (observables, shower index) → value.
+type Observable = dyn Fn(&PointObservables, usize) -> f64;
+
 struct Compare<'a> {
     dir: &'a Path,
     /// File-name prefix and title suffix ("pdg211_", " (PDG 211)") of a particle's plots.
@@ -314,7 +317,7 @@ fn table(
         };
     let ratio = |o: &PointObservables, i: usize| o.e_total[i] / o.e_inc[i].max(1e-30);
     let mut hists = Vec::new();
-    let shower_obs: [(&str, &str, &dyn Fn(&PointObservables, usize) -> f64); 7] = [
+    let shower_obs: [(&str, &str, &Observable); 7] = [
         ("E_total over E_inc", "E_vis / E_inc", &ratio),
         ("number of points", "points", &|o, i| o.n_total[i]),
         ("centre of energy x", "x (mm)", &|o, i| o.cog[i][0]),

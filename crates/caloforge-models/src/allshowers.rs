@@ -344,7 +344,7 @@ fn ot_noise(showers: &[Shower], seed: u64, progress: &dyn Progress) -> Vec<Vec<f
                 a = b;
             }
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if d % 1024 == 0 {
+            if d.is_multiple_of(1024) {
                 progress.set("ot", d as u64, None);
             }
             matched

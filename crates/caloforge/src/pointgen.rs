@@ -115,7 +115,7 @@ impl Progress for Offset<'_> {
 
 enum Sink {
     Points(PointWriter),
-    Voxels(ShowerWriter, caloforge_core::Geometry),
+    Voxels(ShowerWriter, Box<caloforge_core::Geometry>),
 }
 
 /// `caloforge generate` with a point-cloud model.
@@ -147,7 +147,10 @@ pub fn generate_points(a: GenerateArgs, model: Box<dyn Generator>, quiet: bool) 
     let mut sink = match a.voxelize {
         Some(ds) => {
             let g = ds.geometry(None)?;
-            Sink::Voxels(ShowerWriter::create(&a.out, g.n_voxels(), inc.len())?, g)
+            Sink::Voxels(
+                ShowerWriter::create(&a.out, g.n_voxels(), inc.len())?,
+                Box::new(g),
+            )
         }
         None => Sink::Points(PointWriter::create(&a.out, 4, inc.len())?),
     };
