@@ -1256,25 +1256,29 @@ fn point_cloud_models_train_generate_and_refuse_bad_requests() {
     ]));
     // ShowerData out: the requested particles, angles and energies; points in the model's
     // layers with positive energies.
-    ok(&caloforge(&[
-        "generate",
-        "--model",
-        &p("m"),
-        "-n",
-        "6",
-        "--particle",
-        "gamma,pi+",
-        "--theta",
-        "5,10",
-        "--energy-min",
-        "10000",
-        "--energy-max",
-        "20000",
-        "--batch",
-        "4",
-        "--out",
-        &p("g.h5"),
-    ]));
+    let m = p("m");
+    let gen_batch = |batch: &str, out: &str| {
+        ok(&caloforge(&[
+            "generate",
+            "--model",
+            &m,
+            "-n",
+            "6",
+            "--particle",
+            "gamma,pi+",
+            "--theta",
+            "5,10",
+            "--energy-min",
+            "10000",
+            "--energy-max",
+            "20000",
+            "--batch",
+            batch,
+            "--out",
+            out,
+        ]))
+    };
+    gen_batch("4", &p("g.h5"));
     let f = PointFile::open(Path::new(&p("g.h5"))).unwrap();
     assert_eq!(f.len(), 6);
     assert!(f.pdg.iter().all(|c| [22, 211].contains(c)));
@@ -1286,25 +1290,7 @@ fn point_cloud_models_train_generate_and_refuse_bad_requests() {
         .all(|q| q[2] >= 0.0 && q[2] < 78.0 && q[3] > 0.0)));
     // The same showers whatever the batch size; --energies-from a point file reuses its
     // particles, directions and energies.
-    ok(&caloforge(&[
-        "generate",
-        "--model",
-        &p("m"),
-        "-n",
-        "6",
-        "--particle",
-        "gamma,pi+",
-        "--theta",
-        "5,10",
-        "--energy-min",
-        "10000",
-        "--energy-max",
-        "20000",
-        "--batch",
-        "1",
-        "--out",
-        &p("g1.h5"),
-    ]));
+    gen_batch("1", &p("g1.h5"));
     assert_eq!(
         PointFile::open(Path::new(&p("g1.h5")))
             .unwrap()
@@ -1346,7 +1332,6 @@ fn point_cloud_models_train_generate_and_refuse_bad_requests() {
         3
     );
     // Refusals, with no output.
-    let m = p("m");
     let bad = p("bad.h5");
     let gen = |extra: &[&str]| {
         let mut a = vec![
