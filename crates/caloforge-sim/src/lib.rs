@@ -495,21 +495,10 @@ impl Simulator {
         let p = &self.p;
         let e_gev = e_inc / 1000.0;
         let lon = self.longitudinal(e_inc, Some(rng));
-        let c2 = p.c_s * p.c_s;
-        // Sampling fluctuation per layer: Gamma(E/c², c²) in GeV keeps the mean, σ² = c² E.
         let layer_e: Vec<f64> = lon
             .layer_energy
             .iter()
-            .map(|&e| {
-                let e_g = e / 1000.0;
-                if e_g <= 0.0 {
-                    0.0
-                } else {
-                    Gamma::new(e_g / c2, c2)
-                        .map(|g| g.sample(rng) * 1000.0)
-                        .unwrap_or(e)
-                }
-            })
+            .map(|&e| fluctuate(e / 1000.0, p.c_s, rng) * 1000.0)
             .collect();
         // Spot counts from the spot longitudinal profile.
         let n_spots = p.spot_factor * 10.3 / p.c_s * e_gev.powf(p.spot_exponent);
@@ -695,6 +684,18 @@ fn fast_atan2(y: f64, x: f64) -> f64 {
     } else {
         a
     }
+}
+
+/// A layer's energy (GeV) after its sampling fluctuation: Gamma(E/c², c²) keeps the mean, with
+/// σ² = c² E.
+pub(crate) fn fluctuate(e_gev: f64, c: f64, rng: &mut ChaCha8Rng) -> f64 {
+    if e_gev <= 0.0 {
+        return 0.0;
+    }
+    let c2 = c * c;
+    Gamma::new(e_gev / c2, c2)
+        .map(|g| g.sample(rng))
+        .unwrap_or(e_gev)
 }
 
 /// The RNG stream of shower `index` under `seed` (the workspace's one per-shower stream).

@@ -47,7 +47,7 @@
 //! these showers to exercise point-cloud pipelines and models, not as a stand-in for Geant4.
 
 use crate::gamma::gamma_p;
-use crate::{log_uniform_energies, shower_rng, SimParams, Simulator, Tune};
+use crate::{fluctuate, log_uniform_energies, shower_rng, SimParams, Simulator, Tune};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, Gamma, StandardNormal};
@@ -767,18 +767,6 @@ impl PointSimulator {
             })
             .collect()
     }
-}
-
-/// A layer's deposited energy (GeV) after a Gamma-distributed sampling fluctuation with
-/// σ² = c² E (mean kept).
-fn fluctuate(e_gev: f64, c: f64, rng: &mut ChaCha8Rng) -> f64 {
-    if e_gev <= 0.0 {
-        return 0.0;
-    }
-    let c2 = c * c;
-    Gamma::new(e_gev / c2, c2)
-        .map(|g| g.sample(rng))
-        .unwrap_or(e_gev)
 }
 
 #[cfg(test)]
