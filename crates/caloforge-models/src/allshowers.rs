@@ -27,7 +27,7 @@
 //! clipping; caloforge trains with Adam and clips each tensor's gradient norm.
 
 use crate::calodiffusion::DiffusionCard;
-use crate::registry::{ModelInfo, StepTiming};
+use crate::registry::ModelInfo;
 use crate::{
     write_text, Generator, Incident, ModelError, ModelKind, ModelOption, Output, Preset, Progress,
     Result, SampleOptions, TrainOptions, TrainOutcome,
@@ -263,7 +263,7 @@ fn prepare(
     }
     let fit = cfg.fit_showers.min(n_train);
     let pts = || raw[..fit].iter().flatten();
-    let prep = Preprocessing {
+    let mut prep = Preprocessing {
         coord: [
             standardiser(pts().map(|p| p[0] as f64)),
             standardiser(pts().map(|p| p[1] as f64)),
@@ -271,14 +271,7 @@ fn prepare(
         log_e: standardiser(pts().map(|p| (p[3] as f64).ln())),
         log_e_inc: standardiser(f.energies[..fit].iter().map(|e| e.ln())),
         e_inc: standardiser(f.energies[..n_train].iter().copied()),
-        counts: (0..layers)
-            .map(|l| {
-                standardiser(raw[..n_train].iter().map(|s| {
-                    let c = s.iter().filter(|p| (p[2] + 0.1) as usize == l).count();
-                    (c as f64 + 0.5).ln()
-                }))
-            })
-            .collect(),
+        counts: Vec::new(), // from the showers' counts below
         max_points: raw.iter().map(Vec::len).max().unwrap_or(0).max(1),
     };
     let showers: Vec<Shower> = raw
@@ -304,6 +297,15 @@ fn prepare(
                 e_inc: f.energies[i],
                 direction: f.directions[i],
             }
+        })
+        .collect();
+    prep.counts = (0..layers)
+        .map(|l| {
+            standardiser(
+                showers[..n_train]
+                    .iter()
+                    .map(|s| (s.counts[l] as f64 + 0.5).ln()),
+            )
         })
         .collect();
     let noise = ot_noise(&showers, opts.seed, progress);
@@ -702,24 +704,16 @@ impl AllShowers {
                         device: &device,
                         seed: opts.seed,
                     };
-                    let net = caloforge_nn::weights::trainable_copy(&model.counts, &device);
-                    let mut card = crate::diffusionparts::card_of(
-                        "allshowers-counts",
-                        net.num_params(),
-                        opts,
-                        &all_e,
-                        p.n_train,
-                    )?;
-                    model.counts = crate::diffusionparts::run(
-                        net,
+                    let (net, card) = train_part(
+                        &model.counts,
                         &mut task,
+                        ("allshowers-counts", "counts.ckpt"),
                         &settings(&cfg.train_counts, p.n_train),
-                        opts,
-                        t0,
-                        "counts.ckpt",
-                        &mut card,
+                        (opts, t0, &all_e, p.n_train),
+                        &device,
                         progress,
                     )?;
+                    model.counts = net;
                     interrupted |= card.interrupted;
                     lines.extend(crate::diffusionparts::outcome(&card).lines);
                     model.card.counts = Some(card);
@@ -732,24 +726,16 @@ impl AllShowers {
                         val_batch: cfg.train_transformer.batch_size,
                         seed: opts.seed,
                     };
-                    let net = caloforge_nn::weights::trainable_copy(&model.transformer, &device);
-                    let mut card = crate::diffusionparts::card_of(
-                        "allshowers-transformer",
-                        net.num_params(),
-                        opts,
-                        &all_e,
-                        p.n_train,
-                    )?;
-                    model.transformer = crate::diffusionparts::run(
-                        net,
+                    let (net, card) = train_part(
+                        &model.transformer,
                         &mut task,
+                        ("allshowers-transformer", "transformer.ckpt"),
                         &settings(&cfg.train_transformer, p.n_train),
-                        opts,
-                        t0,
-                        "transformer.ckpt",
-                        &mut card,
+                        (opts, t0, &all_e, p.n_train),
+                        &device,
                         progress,
                     )?;
+                    model.transformer = net;
                     interrupted |= card.interrupted;
                     lines.extend(crate::diffusionparts::outcome(&card).lines);
                     model.card.transformer = Some(card);
@@ -940,6 +926,24 @@ impl AllShowers {
     }
 }
 
+/// Trains one part from `net`'s weights through the one loop (checkpoint
+/// `checkpoints/<ckpt>`); returns the best weights and the part's card.
+fn train_part<M: Module, T: Task<M>>(
+    net: &M,
+    task: &mut T,
+    (name, ckpt): (&str, &str),
+    settings: &TrainSettings,
+    (opts, t0, energies, n_train): (&TrainOptions, Instant, &[f64], usize),
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<(M, DiffusionCard)> {
+    let net = caloforge_nn::weights::trainable_copy(net, device);
+    let mut card = crate::diffusionparts::card_of(name, net.num_params(), opts, energies, n_train)?;
+    let best =
+        crate::diffusionparts::run(net, task, settings, opts, t0, ckpt, &mut card, progress)?;
+    Ok((best, card))
+}
+
 /// The settings of a run on `n_train` showers: a per-epoch cosine learns its steps per epoch,
 /// a OneCycle with `total_steps = 0` spans all epochs (PointCountFM: one cycle over the run).
 fn settings(s: &TrainSettings, n_train: usize) -> TrainSettings {
@@ -997,18 +1001,6 @@ impl ModelKind for AllShowersKind {
             &AllShowersConfig::from_toml(config)?,
             seed,
         )?))
-    }
-    fn bench_train(
-        &self,
-        _config: &str,
-        _steps: usize,
-        _batch: Option<usize>,
-        _seed: u64,
-        _progress: &dyn Progress,
-    ) -> Result<Vec<StepTiming>> {
-        Err(ModelError::Config(
-            "allshowers: training is not timed by bench --train yet".into(),
-        ))
     }
 }
 
