@@ -268,19 +268,47 @@ struct PointSimSummary {
     showers_per_second: f64,
 }
 
-/// Incident energies (MeV) of a CaloChallenge voxel file or a ShowerData point file (GeV).
-pub fn incident_energies_mev(path: &Path) -> Result<Vec<f64>> {
-    match caloforge_core::showerdata::PointFile::open(path) {
-        Ok(f) => Ok(f.energies.iter().map(|e| e * 1000.0).collect()),
-        Err(e) if !e.to_string().contains("not a ShowerData point-cloud file") => Err(e.into()),
-        Err(_) => Ok(ShowerFile::open(path, None)?.energies.clone()),
+/// A file of incident particles: ShowerData point clouds or CaloChallenge voxels.
+pub enum IncidentFile {
+    Points(caloforge_core::showerdata::PointFile),
+    Voxels(ShowerFile),
+}
+
+impl IncidentFile {
+    /// Opens `path` as a point file, or as a voxel file when it is not one; a damaged point
+    /// file is its own error.
+    pub fn open(path: &Path) -> Result<Self> {
+        match caloforge_core::showerdata::PointFile::open(path) {
+            Ok(f) => Ok(IncidentFile::Points(f)),
+            Err(e) if !e.to_string().contains("not a ShowerData point-cloud file") => Err(e.into()),
+            Err(_) => Ok(IncidentFile::Voxels(ShowerFile::open(path, None)?)),
+        }
     }
+
+    /// Incident energies in MeV (point files hold GeV).
+    pub fn energies_mev(&self) -> Vec<f64> {
+        match self {
+            IncidentFile::Points(f) => f.energies.iter().map(|e| e * 1000.0).collect(),
+            IncidentFile::Voxels(f) => f.energies.clone(),
+        }
+    }
+}
+
+/// `--theta` and `--phi` (degrees, one value or MIN,MAX), the polar angles within what the
+/// point simulator takes.
+pub fn angle_ranges(theta: &str, phi: &str) -> Result<([f64; 2], [f64; 2])> {
+    use caloforge_sim::points::MAX_THETA_DEG;
+    let t = parse_range(theta, "theta")?;
+    if t[0] < 0.0 || t[1] > MAX_THETA_DEG {
+        bail!("--theta {theta}: polar angles must lie in [0, {MAX_THETA_DEG}] degrees");
+    }
+    Ok((t, parse_range(phi, "phi")?))
 }
 
 /// `caloforge simulate --points`: showers of the point-cloud simulator, written as ShowerData.
 fn simulate_points(a: SimulateArgs, quiet: bool) -> Result<()> {
     use caloforge_core::showerdata::{PointShower, PointWriter};
-    use caloforge_sim::points::{self, Detector, Particle, PointSimulator, MAX_THETA_DEG};
+    use caloforge_sim::points::{self, Detector, Particle, PointSimulator};
     let t0 = std::time::Instant::now();
     if a.both || a.params.is_some() || a.tune != "geant4" {
         bail!("--both, --params and --tune apply to voxel showers, not to --points (the detector file holds the point simulator's constants)");
@@ -295,18 +323,11 @@ fn simulate_points(a: SimulateArgs, quiet: bool) -> Result<()> {
         .map(|p| p.parse::<Particle>())
         .collect::<std::result::Result<_, _>>()
         .map_err(anyhow::Error::msg)?;
-    let theta = parse_range(&a.theta, "theta")?;
-    let phi = parse_range(&a.phi, "phi")?;
-    if theta[0] < 0.0 || theta[1] > MAX_THETA_DEG {
-        bail!(
-            "--theta {}: polar angles must lie in [0, {MAX_THETA_DEG}] degrees",
-            a.theta
-        );
-    }
+    let (theta, phi) = angle_ranges(&a.theta, &a.phi)?;
     let mut n = a.n.unwrap_or(1000);
     let fixed_mev: Option<Vec<f64>> = match (&a.energies_from, a.energy) {
         (Some(f), _) => {
-            let mut e = incident_energies_mev(f)?;
+            let mut e = IncidentFile::open(f)?.energies_mev();
             if let Some(k) = a.n {
                 e.truncate(k);
             }

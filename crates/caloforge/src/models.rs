@@ -325,10 +325,10 @@ pub fn energies(
 }
 
 /// Positions of a chunked run mapped onto one bar.
-struct Offset<'a> {
-    inner: &'a dyn Progress,
-    offset: u64,
-    bar: &'static str,
+pub(crate) struct Offset<'a> {
+    pub(crate) inner: &'a dyn Progress,
+    pub(crate) offset: u64,
+    pub(crate) bar: &'static str,
 }
 
 impl Progress for Offset<'_> {

@@ -1,11 +1,11 @@
 //! `caloforge generate` for point-cloud models: incident particles from options or a file,
 //! ShowerData output (or voxels with --voxelize).
 
-use crate::commands::parse_range;
-use crate::models::{Bars, GenerateArgs, MAX_SHOWERS};
+use crate::commands::{angle_ranges, IncidentFile};
+use crate::models::{Bars, GenerateArgs, Offset, MAX_SHOWERS};
 use anyhow::{bail, Result};
 use caloforge_core::io::{check_output, summary_path, ShowerWriter};
-use caloforge_core::showerdata::{PointFile, PointShower, PointWriter};
+use caloforge_core::showerdata::{PointShower, PointWriter};
 use caloforge_core::voxelize::{points_to_mesh, Outside};
 use caloforge_models::{Generator, Incident, Progress, SampleOptions};
 use std::time::Instant;
@@ -22,14 +22,10 @@ pub fn parse_pdg(s: &str) -> Result<i64> {
 
 /// The incident particles of a run.
 fn incidents(a: &GenerateArgs) -> Result<Vec<Incident>> {
-    let theta = parse_range(a.theta.as_deref().unwrap_or("0"), "theta")?;
-    let phi = parse_range(a.phi.as_deref().unwrap_or("0,360"), "phi")?;
-    if theta[0] < 0.0 || theta[1] > caloforge_sim::points::MAX_THETA_DEG {
-        bail!(
-            "--theta: polar angles must lie in [0, {}] degrees",
-            caloforge_sim::points::MAX_THETA_DEG
-        );
-    }
+    let (theta, phi) = angle_ranges(
+        a.theta.as_deref().unwrap_or("0"),
+        a.phi.as_deref().unwrap_or("0,360"),
+    )?;
     let pdgs: Vec<i64> = a
         .particle
         .as_deref()
@@ -64,7 +60,8 @@ fn incidents(a: &GenerateArgs) -> Result<Vec<Incident>> {
             .collect())
         }
         (Some(p), None) => {
-            if let Ok(f) = PointFile::open(p) {
+            let file = IncidentFile::open(p)?;
+            if let IncidentFile::Points(f) = &file {
                 if a.particle.is_some() || a.theta.is_some() || a.phi.is_some() {
                     bail!("--energies-from a point file takes its particles and directions too: drop --particle, --theta and --phi");
                 }
@@ -77,7 +74,7 @@ fn incidents(a: &GenerateArgs) -> Result<Vec<Incident>> {
                     .collect());
             }
             // A voxel file: its energies (MeV), the particles and angles drawn as without it.
-            let e = caloforge_core::ShowerFile::open(p, None)?.energies;
+            let e = file.energies_mev();
             let draws = caloforge_sim::points::draw_incidents(
                 e.len(),
                 &pdgs,
@@ -97,20 +94,6 @@ fn incidents(a: &GenerateArgs) -> Result<Vec<Incident>> {
                 .collect())
         }
     }
-}
-
-/// Positions of a chunk mapped onto the run's bar.
-struct Offset<'a> {
-    inner: &'a dyn Progress,
-    offset: u64,
-}
-
-impl Progress for Offset<'_> {
-    fn start(&self, _: &str, _: &str, _: u64) {}
-    fn set(&self, _: &str, pos: u64, msg: Option<String>) {
-        self.inner.set("generate", self.offset + pos, msg);
-    }
-    fn finish(&self, _: &str) {}
 }
 
 enum Sink {
@@ -164,6 +147,7 @@ pub fn generate_points(a: GenerateArgs, model: Box<dyn Generator>, quiet: bool) 
         let p = Offset {
             inner: &bars,
             offset: start as u64,
+            bar: "generate",
         };
         let showers = model.sample_points(part, a.seed, start as u64, a.batch, &sopts, &p)?;
         points += showers.iter().map(|s| s.len() / 4).sum::<usize>();
