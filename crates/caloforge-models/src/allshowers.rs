@@ -40,6 +40,7 @@ use caloforge_nn::burn;
 use caloforge_nn::device::{compute_device, Precision};
 use caloforge_nn::flowmatch::{interpolate, target, time_features, Solver};
 use caloforge_nn::pointflow::fast::{FastCountNet, FastPointTransformer, ShowerInput};
+use caloforge_nn::ops::WindowPlan;
 use caloforge_nn::pointflow::{
     CountNet, CountNetDims, PointBatch, PointTransformer, PointTransformerDims,
 };
@@ -392,19 +393,10 @@ impl TransformerTask<'_> {
     /// The loss of showers `idx` at times `t` (one per shower) with their matched noise.
     fn loss_at(&self, net: &PointTransformer, idx: &[usize], t: &[f32], dev: &Device) -> Tensor<1> {
         let b = idx.len();
-        let pmax = idx
-            .iter()
-            .map(|&i| self.p.showers[i].layer.len())
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        let n: usize = idx.iter().map(|&i| self.p.showers[i].layer.len()).sum();
         let l = self.dims.layers;
-        let (mut y, mut u, mut mask) = (
-            vec![0.0f32; b * pmax * 3],
-            vec![0.0f32; b * pmax * 3],
-            vec![0.0f32; b * pmax * 3],
-        );
-        let mut layer = vec![0i64; b * pmax];
+        let (mut y, mut u) = (Vec::with_capacity(n * 3), Vec::with_capacity(n * 3));
+        let mut layer = Vec::with_capacity(n);
         let (mut tc, mut counts, mut label) = (
             Vec::with_capacity(b * 10),
             Vec::with_capacity(b * l),
@@ -414,33 +406,32 @@ impl TransformerTask<'_> {
         for (k, &i) in idx.iter().enumerate() {
             let s = &self.p.showers[i];
             let z = &self.p.noise[i];
-            for (j, (&xv, &zv)) in s.x.iter().zip(z).enumerate() {
-                let at = k * pmax * 3 + j;
-                y[at] = interpolate(xv, zv, t[k]);
-                u[at] = target(xv, zv);
-                mask[at] = 1.0;
+            for (&xv, &zv) in s.x.iter().zip(z) {
+                y.push(interpolate(xv, zv, t[k]));
+                u.push(target(xv, zv));
             }
-            for (j, &lv) in s.layer.iter().enumerate() {
-                layer[k * pmax + j] = lv as i64;
-            }
+            layer.extend(s.layer.iter().map(|&lv| lv as i64));
             time_features(t[k], self.dims.frequencies, &mut tc);
             tc.extend_from_slice(&condition(&self.p.prep, s.e_inc, s.direction));
             counts.extend_from_slice(&s.counts);
             label.push(s.label as i64);
-            layers.push(s.layer.clone());
+            layers.push(s.layer.as_slice());
         }
+        let plan = WindowPlan::new(&layers, self.dims.window()).expect("sorted by layer");
         let batch = PointBatch {
-            x: Tensor::from_data(TensorData::new(y, [b, pmax, 3]), dev),
-            layer: Tensor::<2, Int>::from_data(TensorData::new(layer, [b, pmax]), dev),
+            x: Tensor::from_data(TensorData::new(y, [n, 3]), dev),
+            layer: Tensor::<1, Int>::from_data(TensorData::new(layer, [n]), dev),
             time_cond: Tensor::from_data(TensorData::new(tc, [b, 10]), dev),
             label: Tensor::<1, Int>::from_data(TensorData::new(label, [b]), dev),
             counts: Tensor::from_data(TensorData::new(counts, [b, l]), dev),
-            bias: PointBatch::bias(&layers, pmax, self.dims.window(), dev),
+            plan: std::sync::Arc::new(plan),
         };
         let v = net.forward(&batch);
-        let u = Tensor::<3>::from_data(TensorData::new(u, [b, pmax, 3]), dev);
-        let m = Tensor::<3>::from_data(TensorData::new(mask, [b, pmax, 3]), dev);
-        ((v - u).powi_scalar(2) * m)
+        let u = Tensor::<2>::from_data(TensorData::new(u, [n, 3]), dev);
+        // The reference's reduction: per shower over its padded max_points × 3 values, then
+        // the mean over the batch.
+        (v - u)
+            .powi_scalar(2)
             .sum()
             .div_scalar((self.p.prep.max_points * 3 * b) as f64)
     }

@@ -263,9 +263,10 @@ pub fn gelu_fast(x: &mut [f32]) {
     gelu(x)
 }
 
+/// erf(u) in 8 lanes, the fit of [`erf`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_avx2(x: &mut [f32]) {
+unsafe fn erf8(u: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     const P: [f32; 10] = [
         -1.265_512_2,
@@ -280,26 +281,84 @@ unsafe fn gelu_avx2(x: &mut [f32]) {
         0.170_872_77,
     ];
     let one = _mm256_set1_ps(1.0);
-    let half = _mm256_set1_ps(0.5);
     let sign_mask = _mm256_set1_ps(-0.0);
+    let z = _mm256_andnot_ps(sign_mask, u);
+    let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.5), z, one));
+    let mut poly = _mm256_set1_ps(P[9]);
+    for &k in P[..9].iter().rev() {
+        poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(k));
+    }
+    let arg = _mm256_fnmadd_ps(z, z, poly);
+    let erfc = _mm256_mul_ps(t, exp8(arg));
+    // erf(|u|) = 1 − erfc, with u's sign.
+    _mm256_or_ps(_mm256_sub_ps(one, erfc), _mm256_and_ps(u, sign_mask))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let one = _mm256_set1_ps(1.0);
+    let half = _mm256_set1_ps(0.5);
     let mut ch = x.chunks_exact_mut(8);
     for c in &mut ch {
         let v = _mm256_loadu_ps(c.as_ptr());
-        let u = _mm256_mul_ps(v, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-        let z = _mm256_andnot_ps(sign_mask, u);
-        let t = _mm256_div_ps(one, _mm256_fmadd_ps(half, z, one));
-        let mut poly = _mm256_set1_ps(P[9]);
-        for &k in P[..9].iter().rev() {
-            poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(k));
-        }
-        let arg = _mm256_fnmadd_ps(z, z, poly);
-        let erfc = _mm256_mul_ps(t, exp8(arg));
-        // erf(|u|) = 1 − erfc, with u's sign.
-        let e = _mm256_or_ps(_mm256_sub_ps(one, erfc), _mm256_and_ps(u, sign_mask));
+        let e = erf8(_mm256_mul_ps(
+            v,
+            _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+        ));
         let g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, e));
         _mm256_storeu_ps(c.as_mut_ptr(), g);
     }
     gelu(ch.into_remainder());
+}
+
+/// The gradient through GELU: `gx = gy · (Φ(x) + x φ(x))`, Φ from the erf fit of
+/// [`gelu_fast`] (φ the standard normal density).
+pub fn gelu_grad_fast(x: &[f32], gy: &[f32], gx: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2/FMA present.
+        unsafe { gelu_grad_avx2(x, gy, gx) };
+        return;
+    }
+    gelu_grad(x, gy, gx)
+}
+
+fn gelu_grad(x: &[f32], gy: &[f32], gx: &mut [f32]) {
+    for ((o, &v), &g) in gx.iter_mut().zip(x).zip(gy) {
+        let v = v as f64;
+        let cdf = 0.5 * (1.0 + erf(v / std::f64::consts::SQRT_2));
+        let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        *o = (g as f64 * (cdf + v * pdf)) as f32;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_grad_avx2(x: &[f32], gy: &[f32], gx: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = x.len().min(gy.len()).min(gx.len());
+    let half = _mm256_set1_ps(0.5);
+    let inv_sqrt_2pi = _mm256_set1_ps(0.398_942_3);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_loadu_ps(x[i..].as_ptr());
+        let e = erf8(_mm256_mul_ps(
+            v,
+            _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+        ));
+        let cdf = _mm256_fmadd_ps(half, e, half);
+        let pdf = _mm256_mul_ps(
+            inv_sqrt_2pi,
+            exp8(_mm256_mul_ps(_mm256_set1_ps(-0.5), _mm256_mul_ps(v, v))),
+        );
+        let d = _mm256_fmadd_ps(v, pdf, cdf);
+        let g = _mm256_mul_ps(_mm256_loadu_ps(gy[i..].as_ptr()), d);
+        _mm256_storeu_ps(gx[i..].as_mut_ptr(), g);
+        i += 8;
+    }
+    gelu_grad(&x[i..n], &gy[i..n], &mut gx[i..n]);
 }
 
 /// Σ x in 8 independent lanes (vectorisable), then the lanes.
@@ -329,6 +388,26 @@ mod tests {
         }
         let v: Vec<f32> = (0..37).map(|i| i as f32 * 0.5).collect();
         assert_eq!(sum(&v), v.iter().sum::<f32>());
+    }
+
+    #[test]
+    fn fast_gelu_gradient_matches_the_exact_one() {
+        let x: Vec<f32> = (-1200..=1200).map(|i| i as f32 * 0.01 + 0.003).collect();
+        let gy: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        let (mut fast, mut exact) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        gelu_grad_fast(&x, &gy, &mut fast);
+        gelu_grad(&x, &gy, &mut exact);
+        for (i, (g, w)) in fast.iter().zip(&exact).enumerate() {
+            assert!((g - w).abs() <= 4e-6 * (1.0 + w.abs()), "x {}: {g} vs {w}", x[i]);
+        }
+        // The exact one against central differences of GELU.
+        for &v in &[-3.0f64, -0.7, 0.0, 0.4, 2.5] {
+            let f = |u: f64| 0.5 * u * (1.0 + erf(u / std::f64::consts::SQRT_2));
+            let fd = (f(v + 1e-4) - f(v - 1e-4)) / 2e-4;
+            let mut o = [0.0f32];
+            gelu_grad(&[v as f32], &[1.0], &mut o);
+            assert!((o[0] as f64 - fd).abs() < 1e-5, "{v}: {} vs {fd}", o[0]);
+        }
     }
 
     #[test]

@@ -3,13 +3,19 @@
 //!
 //! * [`conv`]: 3-D convolutions and transposed convolutions (CaloDiffusion's U-Net);
 //! * [`spline`]: the rational-quadratic spline of the flows, fused into one operation;
-//! * [`norm`]: GroupNorm (+ SiLU) fused into one operation (the U-Net's blocks).
+//! * [`norm`]: GroupNorm (+ SiLU) fused into one operation (the U-Net's blocks);
+//! * [`attention`]: AllShowers' layer-window attention over packed showers;
+//! * [`gelu`]: GELU with a vectorised erf.
 
+pub mod attention;
 pub mod conv;
+pub mod gelu;
 pub mod norm;
 pub mod spline;
 
+pub use attention::{window_attention, WindowPlan};
 pub use conv::{conv3d, conv_transpose3d};
+pub use gelu::gelu;
 pub use norm::group_norm;
 pub use spline::rqs;
 

@@ -6,7 +6,9 @@
 //!   the shower's raw per-layer point counts; then post-LN encoder blocks whose attention has
 //!   no output projection (one fused linear gives each head's key, query and value, in that
 //!   order) and sees only the points of a window of layers ([`LayerWindow`]); a linear head
-//!   gives the velocity of the point's three features.
+//!   gives the velocity of the point's three features. A batch packs its showers' points row
+//!   after row, without padding, and attention runs per shower and layer on the keys of the
+//!   window ([`window_attention`]).
 //! - [`CountNet`]: PointCountFM's fully connected velocity network over the per-layer counts.
 //!
 //! Both use PyTorch's default initialisation (burn's defaults: uniform ±1/√fan_in for linear
@@ -15,9 +17,12 @@
 pub mod fast;
 
 use crate::kernels::LayerWindow;
+use crate::ops::attention::{window_attention, WindowPlan};
+use std::sync::Arc;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, relu, softmax};
+use crate::ops::gelu;
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Sizes of a [`PointTransformer`] (the reference's `conf/transformer.yaml` by default).
@@ -230,31 +235,10 @@ pub struct EncoderBlock {
 }
 
 impl EncoderBlock {
-    /// `x` [B, P, D]; `bias` [B, 1, P, P] added to the attention scores (0 where a query may
-    /// see a key, a large negative number elsewhere).
-    pub fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
-        let [b, p, d] = x.dims();
-        let h = self.heads;
-        let dh = d / h;
-        let kqv = self
-            .key_query_value
-            .forward(x.clone())
-            .reshape([b, p, h, 3, dh]);
-        let part = |i: usize| {
-            kqv.clone()
-                .slice([0..b, 0..p, 0..h, i..i + 1, 0..dh])
-                .reshape([b, p, h, dh])
-                .swap_dims(1, 2)
-        };
-        let (k, q, v) = (part(0), part(1), part(2));
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (dh as f64).sqrt())
-            + bias;
-        let att = softmax(scores, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, p, d]);
+    /// `x` [N, D]: the points of the showers of `plan`, packed row after row; attention within
+    /// each shower's layer window ([`window_attention`]).
+    pub fn forward(&self, x: Tensor<2>, plan: &Arc<WindowPlan>) -> Tensor<2> {
+        let att = window_attention(self.key_query_value.forward(x.clone()), plan, self.heads);
         let x = self.norm1.forward(x + att);
         let ff = self.ff2.forward(gelu(self.ff1.forward(x.clone())));
         self.norm2.forward(x + ff)
@@ -277,57 +261,31 @@ pub struct PointTransformer {
     pub layer_window: usize,
 }
 
-/// One padded batch of showers for [`PointTransformer::forward`].
+/// One batch of showers for [`PointTransformer::forward`]: their points packed row after row
+/// (no padding), each shower's sorted by layer.
 #[derive(Debug, Clone)]
 pub struct PointBatch {
-    /// Point features [B, P, F] (zero at padding).
-    pub x: Tensor<3>,
-    /// Layer of each point [B, P] (0 at padding).
-    pub layer: Tensor<2, Int>,
+    /// Point features [N, F].
+    pub x: Tensor<2>,
+    /// Layer of each point [N].
+    pub layer: Tensor<1, Int>,
     /// [time features, condition] of each shower [B, 2·freq + cond].
     pub time_cond: Tensor<2>,
     /// Particle label of each shower [B].
     pub label: Tensor<1, Int>,
     /// Raw point counts per layer [B, L].
     pub counts: Tensor<2>,
-    /// Attention bias [B, 1, P, P].
-    pub bias: Tensor<4>,
-}
-
-/// Score added where attention is not allowed: finite, so that a padding query (which sees
-/// nothing) gets a harmless average instead of NaN; real queries never see padding keys.
-pub const MASKED: f32 = -1e9;
-
-impl PointBatch {
-    /// The attention bias of showers padded to `p` points: `layers[b][i]` is the layer of point
-    /// i of shower b (its length the shower's points).
-    pub fn bias(
-        layers: &[Vec<usize>],
-        p: usize,
-        window: LayerWindow,
-        device: &Device,
-    ) -> Tensor<4> {
-        let b = layers.len();
-        let mut v = vec![MASKED; b * p * p];
-        for (s, l) in layers.iter().enumerate() {
-            for (i, &lq) in l.iter().enumerate() {
-                let row = &mut v[(s * p + i) * p..(s * p + i + 1) * p];
-                for (j, &lk) in l.iter().enumerate() {
-                    if window.allows(lq as i64, lk as i64) {
-                        row[j] = 0.0;
-                    }
-                }
-            }
-        }
-        Tensor::from_data(TensorData::new(v, [b, 1, p, p]), device)
-    }
+    /// The showers' rows and attention windows ([`WindowPlan::new`] of their layers).
+    pub plan: Arc<WindowPlan>,
 }
 
 impl PointTransformer {
-    /// Velocities [B, P, F] of the batch's points.
-    pub fn forward(&self, batch: &PointBatch) -> Tensor<3> {
-        let [b, _, _] = batch.x.dims();
+    /// Velocities [N, F] of the batch's points.
+    pub fn forward(&self, batch: &PointBatch) -> Tensor<2> {
+        let [b, _] = batch.time_cond.dims();
+        let n = batch.plan.rows();
         let d = self.head.weight.val().dims()[0];
+        let dev = batch.x.device();
         let mut shower = self.cond_embedding.forward(batch.time_cond.clone())
             + self
                 .count2
@@ -337,11 +295,18 @@ impl PointTransformer {
                 + pe.forward(batch.label.clone().reshape([b, 1]))
                     .reshape([b, d]);
         }
+        let of_row = Tensor::<1, Int>::from_data(
+            TensorData::new(batch.plan.shower_of_rows(), [n]),
+            &dev,
+        );
         let mut h = self.embedding.forward(batch.x.clone())
-            + self.layer_embedding.forward(batch.layer.clone())
-            + shower.unsqueeze_dim::<3>(1);
+            + self
+                .layer_embedding
+                .forward(batch.layer.clone().reshape([1, n]))
+                .reshape([n, d])
+            + shower.select(0, of_row);
         for blk in &self.blocks {
-            h = blk.forward(h, batch.bias.clone());
+            h = blk.forward(h, &batch.plan);
         }
         self.head.forward(h)
     }

@@ -51,27 +51,21 @@ fn showers(sizes: &[usize], dims: &PointTransformerDims, seed: u64) -> Showers {
     s
 }
 
-fn batch(s: &Showers, p: usize, dims: &PointTransformerDims) -> PointBatch {
+fn batch(s: &Showers, dims: &PointTransformerDims) -> PointBatch {
     let dev = burn::tensor::Device::flex();
     let b = s.x.len();
-    let mut x = vec![0.0f32; b * p * 3];
-    let mut layer = vec![0i64; b * p];
-    for k in 0..b {
-        x[k * p * 3..k * p * 3 + s.x[k].len()].copy_from_slice(&s.x[k]);
-        for (i, &l) in s.layers[k].iter().enumerate() {
-            layer[k * p + i] = l as i64;
-        }
-    }
+    let n: usize = s.layers.iter().map(Vec::len).sum();
+    let layer: Vec<i64> = s.layers.iter().flatten().map(|&l| l as i64).collect();
     PointBatch {
-        x: Tensor::from_data(TensorData::new(x, [b, p, 3]), &dev),
-        layer: Tensor::from_data(TensorData::new(layer, [b, p]), &dev),
+        x: Tensor::from_data(TensorData::new(s.x.concat(), [n, 3]), &dev),
+        layer: Tensor::from_data(TensorData::new(layer, [n]), &dev),
         time_cond: Tensor::from_data(TensorData::new(s.tc.concat(), [b, 10]), &dev),
         label: Tensor::from_data(
             TensorData::new(s.label.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
             &dev,
         ),
         counts: Tensor::from_data(TensorData::new(s.counts.concat(), [b, dims.layers]), &dev),
-        bias: PointBatch::bias(&s.layers, p, dims.window(), &dev),
+        plan: std::sync::Arc::new(WindowPlan::new(&s.layers, dims.window()).unwrap()),
     }
 }
 
@@ -95,11 +89,12 @@ fn the_transformer_has_the_references_parameter_count() {
 }
 
 #[test]
-fn padding_does_not_change_the_real_points() {
+fn showers_batched_together_give_what_they_give_alone() {
     let dims = small();
     let net = dims.init(&burn::tensor::Device::flex());
     let s = showers(&[7, 3, 12], &dims, 1);
-    let padded = values(net.forward(&batch(&s, 12, &dims)));
+    let together = values(net.forward(&batch(&s, &dims)));
+    let mut at = 0;
     for k in 0..3 {
         let one = Showers {
             layers: vec![s.layers[k].clone()],
@@ -108,12 +103,13 @@ fn padding_does_not_change_the_real_points() {
             label: vec![s.label[k]],
             counts: vec![s.counts[k].clone()],
         };
-        let n = s.layers[k].len();
-        let alone = values(net.forward(&batch(&one, n, &dims)));
-        for (a, b) in alone.iter().zip(&padded[k * 12 * 3..k * 12 * 3 + n * 3]) {
+        let alone = values(net.forward(&batch(&one, &dims)));
+        for (a, b) in alone.iter().zip(&together[at..at + alone.len()]) {
             assert!((a - b).abs() < 1e-5, "shower {k}: {a} vs {b}");
         }
+        at += alone.len();
     }
+    assert_eq!(at, together.len());
 }
 
 #[test]
@@ -121,10 +117,10 @@ fn the_fast_transformer_matches_burn() {
     let dims = small();
     let net = dims.init(&burn::tensor::Device::flex());
     let fast = net.twin();
-    // Equal sizes (no padding in burn), different layer distributions.
-    let s = showers(&[10, 10, 10], &dims, 2);
+    // Different sizes and layer distributions.
+    let s = showers(&[10, 4, 13], &dims, 2);
     let st: Vec<Vec<usize>> = s.layers.iter().map(|l| starts(l, dims.layers)).collect();
-    let b = batch(&s, 10, &dims);
+    let b = batch(&s, &dims);
     check_twin(
         "point transformer",
         b.x.clone(),
@@ -134,9 +130,10 @@ fn the_fast_transformer_matches_burn() {
             net.forward(&bb)
         },
         |x| {
+            let offs = [0, 30, 42, 81];
             let inputs: Vec<ShowerInput> = (0..3)
                 .map(|k| ShowerInput {
-                    x: &x[k * 30..(k + 1) * 30],
+                    x: &x[offs[k]..offs[k + 1]],
                     starts: &st[k],
                     time_cond: &s.tc[k],
                     label: s.label[k],
