@@ -233,6 +233,7 @@ impl CaloScore2Config {
             grad_clip: self.grad_clip,
             ema: Some(self.ema),
             optimizer: self.optimizer,
+            ..TrainSettings::default()
         }
     }
 }

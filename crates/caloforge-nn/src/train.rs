@@ -115,10 +115,17 @@ pub struct TrainSettings {
     /// Validate every this many steps (0: after every epoch).
     #[serde(default)]
     pub eval_every: usize,
-    /// Gradient-norm clip of each parameter tensor (burn's clipping, as Keras' per-tensor
-    /// `clip_by_norm`; none if absent).
+    /// Gradient-norm clip (none if absent): of each parameter tensor (burn's clipping, as
+    /// Keras' per-tensor `clip_by_norm`) or of all gradients together (PyTorch's
+    /// `clip_grad_norm_`), as `clip` says.
     #[serde(default)]
     pub grad_clip: Option<f64>,
+    /// What `grad_clip` bounds: `tensor` (default) or `global`.
+    #[serde(default, skip_serializing_if = "ClipMode::is_default")]
+    pub clip: ClipMode,
+    /// Decoupled weight decay of the `ranger` optimizer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub weight_decay: f64,
     /// Decay of an exponential moving average of the weights, updated after every step: with
     /// it, the best and last weights that [`fit`] returns are the average's (validation still
     /// runs on the trained weights, as CaloScore v2's reference).
@@ -138,6 +145,29 @@ pub enum OptimizerKind {
     Adam,
     /// Keras' Adamax (ε = 1e-7).
     Adamax,
+    /// RangerLite (RAdam with decoupled weight decay, then Lookahead; AllShowers).
+    Ranger,
+}
+
+/// What [`TrainSettings::grad_clip`] bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClipMode {
+    /// The norm of each parameter tensor's gradient.
+    #[default]
+    Tensor,
+    /// The norm of all gradients together.
+    Global,
+}
+
+impl ClipMode {
+    fn is_default(&self) -> bool {
+        *self == ClipMode::Tensor
+    }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for TrainSettings {
@@ -148,6 +178,8 @@ impl Default for TrainSettings {
             schedule: LrSchedule::Constant { lr: 1e-3 },
             eval_every: 0,
             grad_clip: None,
+            clip: ClipMode::Tensor,
+            weight_decay: 0.0,
             ema: None,
             optimizer: OptimizerKind::Adam,
         }
@@ -165,6 +197,12 @@ impl TrainSettings {
             if !(c.is_finite() && c > 0.0) {
                 return bad("grad_clip must be a positive number");
             }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay must be ≥ 0");
+        }
+        if self.weight_decay > 0.0 && self.optimizer != OptimizerKind::Ranger {
+            return bad("weight_decay applies to the ranger optimizer only");
         }
         if let Some(d) = self.ema {
             if !(d > 0.0 && d < 1.0) {
@@ -511,11 +549,15 @@ pub fn fit<M: Module, T: Task<M>>(
     };
     // Adam (ε = 1e-8) whose β1 the schedule may cycle (OneCycle, as PyTorch's OneCycleLR).
     let beta1 = Beta1::new(crate::schedule::DEFAULT_BETA1);
+    let tensor_clip = settings.grad_clip.filter(|_| settings.clip == ClipMode::Tensor);
+    let global_clip = settings.grad_clip.filter(|_| settings.clip == ClipMode::Global);
     let adam = || match settings.optimizer {
         OptimizerKind::Adam => {
-            CycledAdam::new(beta1.clone(), 1e-8).into_module_optimizer(settings.grad_clip)
+            CycledAdam::new(beta1.clone(), 1e-8).into_module_optimizer(tensor_clip)
         }
-        OptimizerKind::Adamax => Adamax::default().into_module_optimizer(settings.grad_clip),
+        OptimizerKind::Adamax => Adamax::default().into_module_optimizer(tensor_clip),
+        OptimizerKind::Ranger => crate::optim::Ranger::new(settings.weight_decay)
+            .into_module_optimizer_clipped(tensor_clip),
     };
     let ckpt = control.checkpoint.as_ref();
     let resume_from = ckpt.filter(|c| c.resume && c.path.exists());
@@ -610,7 +652,10 @@ pub fn fit<M: Module, T: Task<M>>(
                 .unwrap_or(f64::NAN);
             st.loss_sum += v;
             st.loss_n += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if let Some(c) = global_clip {
+                crate::optim::clip_global_norm(&model, &mut grads, c);
+            }
             if let Some(b) = settings.schedule.beta1(st.step) {
                 beta1.set(b);
             }
