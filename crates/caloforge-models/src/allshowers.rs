@@ -39,8 +39,8 @@ use caloforge_core::showerdata::PointFile;
 use caloforge_nn::burn;
 use caloforge_nn::device::{compute_device, Precision};
 use caloforge_nn::flowmatch::{interpolate, target, time_features, Solver};
-use caloforge_nn::pointflow::fast::{FastCountNet, FastPointTransformer, ShowerInput};
 use caloforge_nn::ops::WindowPlan;
+use caloforge_nn::pointflow::fast::{FastCountNet, FastPointTransformer, ShowerInput};
 use caloforge_nn::pointflow::{
     CountNet, CountNetDims, PointBatch, PointTransformer, PointTransformerDims,
 };

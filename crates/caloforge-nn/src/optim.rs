@@ -37,6 +37,35 @@ impl Beta1 {
     }
 }
 
+/// Adam's moments after one more gradient: m ← β1 m + (1 − β1) g, v ← β2 v + (1 − β2) g²
+/// (from zero at the first step), and the step count.
+fn adam_moments<const D: usize>(
+    state: Option<AdaptiveMomentumState<D>>,
+    grad: Tensor<D>,
+    b1: f64,
+    b2: f64,
+) -> AdaptiveMomentumState<D> {
+    match state {
+        Some(mut momentum) => {
+            momentum.moment_1 = momentum
+                .moment_1
+                .mul_scalar(b1)
+                .add(grad.clone().mul_scalar(1.0 - b1));
+            momentum.moment_2 = momentum
+                .moment_2
+                .mul_scalar(b2)
+                .add(grad.square().mul_scalar(1.0 - b2));
+            momentum.time += 1;
+            momentum
+        }
+        None => AdaptiveMomentumState::new(
+            1,
+            grad.clone().mul_scalar(1.0 - b1),
+            grad.square().mul_scalar(1.0 - b2),
+        ),
+    }
+}
+
 /// Adam (PyTorch's update, no weight decay) with β1 read from a [`Beta1`] cell at every step.
 #[derive(Clone, Debug)]
 pub struct CycledAdam {
@@ -73,25 +102,7 @@ impl Optimizer for CycledAdam {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let (b1, b2) = (self.beta1.get(), self.beta2);
-        let m = match state {
-            Some(AdamState { mut momentum }) => {
-                momentum.moment_1 = momentum
-                    .moment_1
-                    .mul_scalar(b1)
-                    .add(grad.clone().mul_scalar(1.0 - b1));
-                momentum.moment_2 = momentum
-                    .moment_2
-                    .mul_scalar(b2)
-                    .add(grad.square().mul_scalar(1.0 - b2));
-                momentum.time += 1;
-                momentum
-            }
-            None => AdaptiveMomentumState::new(
-                1,
-                grad.clone().mul_scalar(1.0 - b1),
-                grad.square().mul_scalar(1.0 - b2),
-            ),
-        };
+        let m = adam_moments(state.map(|s| s.momentum), grad, b1, b2);
         // PyTorch: p -= lr / (1 − β1ᵗ) · m / (sqrt(v) / sqrt(1 − β2ᵗ) + ε), the corrections in
         // double precision.
         let t = m.time as i32;
@@ -259,28 +270,11 @@ impl Optimizer for Ranger {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let (b1, b2) = (self.beta1, self.beta2);
-        let (m, slow) = match state {
-            Some(RangerState { mut momentum, slow }) => {
-                momentum.moment_1 = momentum
-                    .moment_1
-                    .mul_scalar(b1)
-                    .add(grad.clone().mul_scalar(1.0 - b1));
-                momentum.moment_2 = momentum
-                    .moment_2
-                    .mul_scalar(b2)
-                    .add(grad.square().mul_scalar(1.0 - b2));
-                momentum.time += 1;
-                (momentum, slow)
-            }
-            None => (
-                AdaptiveMomentumState::new(
-                    1,
-                    grad.clone().mul_scalar(1.0 - b1),
-                    grad.square().mul_scalar(1.0 - b2),
-                ),
-                tensor.clone(),
-            ),
+        let (momentum, slow) = match state {
+            Some(RangerState { momentum, slow }) => (Some(momentum), slow),
+            None => (None, tensor.clone()),
         };
+        let m = adam_moments(momentum, grad, b1, b2);
         let t = m.time as i32;
         let tensor = if self.weight_decay != 0.0 {
             tensor.mul_scalar(1.0 - lr * self.weight_decay)
@@ -488,8 +482,14 @@ mod tests {
         }
         let dev = Device::default().autodiff();
         let net = Two {
-            a: Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), &dev)),
-            b: Param::from_tensor(Tensor::from_data(TensorData::new(vec![3.0f32; 4], [2, 2]), &dev)),
+            a: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![1.0f32, 2.0], [2]),
+                &dev,
+            )),
+            b: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![3.0f32; 4], [2, 2]),
+                &dev,
+            )),
         };
         // Gradients: a → (2, 4) (of a²), b → 1 each: norm √(4 + 16 + 4) = √24.
         let loss = net.a.val().powi_scalar(2).sum() + net.b.val().sum();
@@ -497,15 +497,30 @@ mod tests {
         let norm = clip_global_norm(&net, &mut grads, 1.0);
         assert!((norm - 24f64.sqrt()).abs() < 1e-5, "{norm}");
         let c = 1.0 / (24f64.sqrt() + 1e-6);
-        let ga: Vec<f32> = grads.get::<1>(net.a.id).unwrap().into_data().try_to_vec().unwrap();
-        let gb: Vec<f32> = grads.get::<2>(net.b.id).unwrap().into_data().try_to_vec().unwrap();
+        let ga: Vec<f32> = grads
+            .get::<1>(net.a.id)
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let gb: Vec<f32> = grads
+            .get::<2>(net.b.id)
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
         assert!((ga[0] as f64 - 2.0 * c).abs() < 1e-6 && (ga[1] as f64 - 4.0 * c).abs() < 1e-6);
         assert!(gb.iter().all(|&g| (g as f64 - c).abs() < 1e-6));
         // Below the bound nothing changes.
         let loss = net.a.val().powi_scalar(2).sum() + net.b.val().sum();
         let mut grads = GradientsParams::from_grads(loss.backward(), &net);
         clip_global_norm(&net, &mut grads, 10.0);
-        let ga: Vec<f32> = grads.get::<1>(net.a.id).unwrap().into_data().try_to_vec().unwrap();
+        let ga: Vec<f32> = grads
+            .get::<1>(net.a.id)
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
         assert_eq!(ga, vec![2.0, 4.0]);
     }
 

@@ -549,8 +549,12 @@ pub fn fit<M: Module, T: Task<M>>(
     };
     // Adam (ε = 1e-8) whose β1 the schedule may cycle (OneCycle, as PyTorch's OneCycleLR).
     let beta1 = Beta1::new(crate::schedule::DEFAULT_BETA1);
-    let tensor_clip = settings.grad_clip.filter(|_| settings.clip == ClipMode::Tensor);
-    let global_clip = settings.grad_clip.filter(|_| settings.clip == ClipMode::Global);
+    let tensor_clip = settings
+        .grad_clip
+        .filter(|_| settings.clip == ClipMode::Tensor);
+    let global_clip = settings
+        .grad_clip
+        .filter(|_| settings.clip == ClipMode::Global);
     let adam = || match settings.optimizer {
         OptimizerKind::Adam => {
             CycledAdam::new(beta1.clone(), 1e-8).into_module_optimizer(tensor_clip)

@@ -6,8 +6,8 @@
 
 use caloforge_nn::burn::tensor::{Device, Int, Tensor, TensorData};
 use caloforge_nn::flowmatch::{time_features, Solver};
-use caloforge_nn::pointflow::fast::ShowerInput;
 use caloforge_nn::ops::WindowPlan;
+use caloforge_nn::pointflow::fast::ShowerInput;
 use caloforge_nn::pointflow::{PointBatch, PointTransformer, PointTransformerDims, StateTensor};
 use caloforge_nn::twin::{values, Twin};
 use std::collections::HashMap;
@@ -111,7 +111,11 @@ fn the_transformer_computes_what_the_reference_computes() {
         x: Tensor::from_data(TensorData::new(real(xs), [n, 3]), &dev),
         layer: Tensor::<1, Int>::from_data(
             TensorData::new(
-                layers.iter().flatten().map(|&l| l as i64).collect::<Vec<_>>(),
+                layers
+                    .iter()
+                    .flatten()
+                    .map(|&l| l as i64)
+                    .collect::<Vec<_>>(),
                 [n],
             ),
             &dev,

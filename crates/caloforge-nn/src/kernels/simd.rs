@@ -398,7 +398,11 @@ mod tests {
         gelu_grad_fast(&x, &gy, &mut fast);
         gelu_grad(&x, &gy, &mut exact);
         for (i, (g, w)) in fast.iter().zip(&exact).enumerate() {
-            assert!((g - w).abs() <= 4e-6 * (1.0 + w.abs()), "x {}: {g} vs {w}", x[i]);
+            assert!(
+                (g - w).abs() <= 4e-6 * (1.0 + w.abs()),
+                "x {}: {g} vs {w}",
+                x[i]
+            );
         }
         // The exact one against central differences of GELU.
         for &v in &[-3.0f64, -0.7, 0.0, 0.4, 2.5] {

@@ -18,7 +18,7 @@
 //! `[key | query | value]` (`3 · dh` wide); a row of the output is `heads × dh` wide.
 
 use super::on_flex;
-use crate::kernels::simd::exp_inplace;
+use crate::kernels::simd::{dot, exp_inplace};
 use crate::kernels::LayerWindow;
 use burn::backend::autodiff::{
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -108,24 +108,6 @@ impl WindowPlan {
             .map(|b| (b[1] - b[0]) * (b[3] - b[2]))
             .sum()
     }
-}
-
-/// Σ x·y in 8 lanes.
-#[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (cx, cy) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (rx, ry) = (cx.remainder(), cy.remainder());
-    for (a, b) in cx.zip(cy) {
-        for k in 0..8 {
-            acc[k] = a[k].mul_add(b[k], acc[k]);
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (a, b) in rx.iter().zip(ry) {
-        s = a.mul_add(*b, s);
-    }
-    s
 }
 
 /// Row softmax in place.
@@ -347,13 +329,7 @@ fn shower_forward_impl(kqv: &[f32], blocks: &[[usize; 4]], hd: Heads, out: &mut 
 
 /// The input gradient `g` (`n × 3d`) of one shower from its output gradient `gy` (`n × d`).
 #[inline(always)]
-fn shower_backward_impl(
-    kqv: &[f32],
-    blocks: &[[usize; 4]],
-    hd: Heads,
-    gy: &[f32],
-    g: &mut [f32],
-) {
+fn shower_backward_impl(kqv: &[f32], blocks: &[[usize; 4]], hd: Heads, gy: &[f32], g: &mut [f32]) {
     let (d, w, dh, s) = (hd.d(), 3 * hd.d(), hd.dh, hd.scale());
     assert!(dh <= 64, "heads of at most 64 features");
     let mut r = HeadRows::default();
@@ -402,10 +378,7 @@ fn shower_backward_impl(
                 // dp_ now holds dS, the gradient of the scaled scores.
                 tile_combine(&dp_, nk, &r.k, dp, (ka, kb), &mut dq);
                 for (qq, row) in dq.iter().enumerate().take(nq) {
-                    for (o, &x) in g[(i0 + qq) * w + hd.col(h, 1)..][..dh]
-                        .iter_mut()
-                        .zip(row)
-                    {
+                    for (o, &x) in g[(i0 + qq) * w + hd.col(h, 1)..][..dh].iter_mut().zip(row) {
                         *o = s * x;
                     }
                 }
@@ -525,7 +498,13 @@ impl Backward<Flex, 1> for WindowAttentionBackward {
             .enumerate()
             .for_each(|(s, gs)| {
                 let (a, b) = (plan.offsets[s], plan.offsets[s + 1]);
-                shower_backward(&x[a * w..b * w], &plan.blocks[s], hd, &gyv[a * d..b * d], gs);
+                shower_backward(
+                    &x[a * w..b * w],
+                    &plan.blocks[s],
+                    hd,
+                    &gyv[a * d..b * d],
+                    gs,
+                );
             });
         grads.register::<Flex>(
             node.id,
@@ -550,11 +529,9 @@ impl<C: CheckpointStrategy> WindowAttentionOps for Autodiff<Flex, C> {
                 let out = Flex::cf_window_attention(x.clone(), plan.clone(), heads);
                 prep.finish((x, plan, heads), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::cf_window_attention(
-                kqv.into_primitive(),
-                plan,
-                heads,
-            )),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(Flex::cf_window_attention(kqv.into_primitive(), plan, heads))
+            }
         }
     }
 }
@@ -592,7 +569,10 @@ pub fn window_attention_dense(kqv: Tensor<2>, plan: &WindowPlan, heads: usize) -
         .map(|s| {
             let (a, b) = (plan.offsets[s], plan.offsets[s + 1]);
             let n = b - a;
-            let x = kqv.clone().slice([a..b, 0..cols]).reshape([n, heads, 3, dh]);
+            let x = kqv
+                .clone()
+                .slice([a..b, 0..cols])
+                .reshape([n, heads, 3, dh]);
             let part = |r: usize| {
                 x.clone()
                     .slice([0..n, 0..heads, r..r + 1, 0..dh])
@@ -608,10 +588,7 @@ pub fn window_attention_dense(kqv: Tensor<2>, plan: &WindowPlan, heads: usize) -
             }
             let bias = Tensor::<3>::from_data(TensorData::new(bias, [1, n, n]), &device);
             let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(hd.scale() as f64) + bias;
-            softmax(scores, 2)
-                .matmul(v)
-                .swap_dims(0, 1)
-                .reshape([n, d])
+            softmax(scores, 2).matmul(v).swap_dims(0, 1).reshape([n, d])
         })
         .collect();
     Tensor::cat(parts, 0)
@@ -720,9 +697,8 @@ mod tests {
     fn windowed_attention_gradient_matches_finite_differences() {
         let (heads, dh) = (2, 3);
         let cols = 3 * heads * dh;
-        let plan = Arc::new(
-            WindowPlan::new(&layers(&[9, 5], 6, 4), LayerWindow::reference(2)).unwrap(),
-        );
+        let plan =
+            Arc::new(WindowPlan::new(&layers(&[9, 5], 6, 4), LayerWindow::reference(2)).unwrap());
         let rows = plan.rows();
         let x0 = input(rows, cols, 5);
         let wv = input(rows, heads * dh, 6);
@@ -736,25 +712,14 @@ mod tests {
                 .sum()
         };
         let ad = Device::flex().autodiff();
-        let x = Tensor::<2>::from_data(TensorData::new(x0.clone(), [rows, cols]), &ad)
-            .require_grad();
+        let x =
+            Tensor::<2>::from_data(TensorData::new(x0.clone(), [rows, cols]), &ad).require_grad();
         let w = Tensor::<2>::from_data(TensorData::new(wv.clone(), [rows, heads * dh]), &ad);
         let grads = (window_attention(x.clone(), &plan, heads) * w)
             .sum()
             .backward();
         let g = values(x.grad(&grads).unwrap());
-        let h = 1e-2f32;
-        for i in 0..x0.len() {
-            let (mut p, mut m) = (x0.clone(), x0.clone());
-            p[i] += h;
-            m[i] -= h;
-            let fd = (f(&p) - f(&m)) / (2.0 * h as f64);
-            assert!(
-                (fd - g[i] as f64).abs() < 2e-3 * (1.0 + fd.abs()),
-                "x[{i}]: finite difference {fd} vs gradient {}",
-                g[i]
-            );
-        }
+        crate::testutil::check_finite_differences(&x0, &g, f, 1e-2, 2e-3, 1);
     }
 
     /// The same numbers whatever the number of threads.
@@ -763,8 +728,11 @@ mod tests {
         let dev = Device::flex().autodiff();
         let heads = 4;
         let plan = Arc::new(
-            WindowPlan::new(&layers(&[30, 12, 50, 3, 25], 20, 7), LayerWindow::reference(4))
-                .unwrap(),
+            WindowPlan::new(
+                &layers(&[30, 12, 50, 3, 25], 20, 7),
+                LayerWindow::reference(4),
+            )
+            .unwrap(),
         );
         let rows = plan.rows();
         let x0 = input(rows, 3 * heads * 4, 8);

@@ -449,18 +449,7 @@ mod tests {
         let w = Tensor::<5>::from_data(TensorData::new(wv.clone(), shape), &ad);
         let grads = (group_norm(x.clone(), &na, true) * w).sum().backward();
         let g = values(x.grad(&grads).unwrap());
-        let h = 1e-2f32;
-        for i in (0..x0.len()).step_by(5) {
-            let (mut p, mut m) = (x0.clone(), x0.clone());
-            p[i] += h;
-            m[i] -= h;
-            let fd = (f(&p) - f(&m)) / (2.0 * h as f64);
-            assert!(
-                (fd - g[i] as f64).abs() < 2e-3 * (1.0 + fd.abs()),
-                "x[{i}]: finite difference {fd} vs gradient {}",
-                g[i]
-            );
-        }
+        crate::testutil::check_finite_differences(&x0, &g, f, 1e-2, 2e-3, 5);
     }
 
     /// The same numbers whatever the number of threads.

@@ -18,12 +18,12 @@ pub mod fast;
 
 use crate::kernels::LayerWindow;
 use crate::ops::attention::{window_attention, WindowPlan};
-use std::sync::Arc;
+use crate::ops::gelu;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use crate::ops::gelu;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use std::sync::Arc;
 
 /// Sizes of a [`PointTransformer`] (the reference's `conf/transformer.yaml` by default).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -295,10 +295,8 @@ impl PointTransformer {
                 + pe.forward(batch.label.clone().reshape([b, 1]))
                     .reshape([b, d]);
         }
-        let of_row = Tensor::<1, Int>::from_data(
-            TensorData::new(batch.plan.shower_of_rows(), [n]),
-            &dev,
-        );
+        let of_row =
+            Tensor::<1, Int>::from_data(TensorData::new(batch.plan.shower_of_rows(), [n]), &dev);
         let mut h = self.embedding.forward(batch.x.clone())
             + self
                 .layer_embedding
