@@ -6,8 +6,10 @@
 #
 # Simulates the training files (20k showers each: e-,e+,gamma,pi+,pi- mixed; photons only;
 # pi+ only) and the held-out test files (2000 showers per particle, other seeds); trains the
-# preset benchmarks/allshowers/campaign/allshowers-campaign.toml (allshowers-small with 4
-# transformer epochs: 2252 optimizer steps of 32 showers) on each training file; generates
+# five-particle model with benchmarks/allshowers/campaign/allshowers-campaign.toml
+# (allshowers-small with 4 transformer epochs: 2252 optimizer steps of 32 showers) and the
+# one-particle models with allshowers-campaign-single.toml (one epoch: 563 steps, about a
+# quarter of that budget, the share of one particle type, rounded up); generates
 # one sample per test file with that file's energies, directions and particles; evaluates
 # the point-cloud observables and the cls-points classifier against the test file. Every
 # stage is skipped when its output exists, so an interrupted campaign continues.
@@ -15,7 +17,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-campaign}"
 bin="${2:-$here/../../target/release/caloforge}"
-preset="$here/campaign/allshowers-campaign.toml"
+preset_all="$here/campaign/allshowers-campaign.toml"
+preset_one="$here/campaign/allshowers-campaign-single.toml"
 mkdir -p "$out"
 cd "$out"
 cf() { "$bin" "$@" --quiet; }
@@ -31,6 +34,7 @@ for p in gamma e- pi+; do
 done
 
 for m in all gamma pi+; do
+  if [ "$m" = all ]; then preset="$preset_all"; else preset="$preset_one"; fi
   # PointCountFM, then the transformer; an interrupted part resumes from its checkpoint.
   if [ ! -f "model_$m/.counts_done" ]; then
     r=; [ -f "model_$m/checkpoints/counts.ckpt" ] && r=--resume

@@ -32,6 +32,9 @@
 //!   (Gamma(1/2) weights) at a Cauchy-like radial profile r²/(r² + r_h²) whose radius r_h (the
 //!   section's `rh_mm`) grows by half per λ_I of depth, to twice its start. Pions that do not
 //!   interact leave a track through the whole detector.
+//! - **Radial extent**: every radial profile (r²/(r² + R²) in its cumulative form) is drawn
+//!   within 10 R, where it holds 99 % of its energy: its tail falls so slowly (its variance is
+//!   infinite) that one spot in a million would land metres away, as no calorimeter sees it.
 //! - **Tilted showers**: the shower axis crosses layer l at (z_l − z_front)·tan θ·(cos φ, sin φ);
 //!   a displacement across the axis is stretched by 1/cos θ along the tilt on the layer plane.
 //! - **Readout**: hits are summed in the cells of each section's square grid (`cell_mm`, the grid
@@ -96,6 +99,17 @@ pub struct Section {
 fn unit() -> f64 {
     1.0
 }
+
+/// Radius, in units of the profile's R, of the Cauchy-like radial profile r²/(r² + R²)
+/// (cumulative) at quantile `u` ∈ [0, 1), the profile truncated at [`MAX_RADIUS`] R.
+fn cauchy_radius(u: f64) -> f64 {
+    const V_MAX: f64 = MAX_RADIUS * MAX_RADIUS / (1.0 + MAX_RADIUS * MAX_RADIUS);
+    let v = u * V_MAX;
+    (v / (1.0 - v)).sqrt()
+}
+
+/// Where the radial profiles are cut, in units of their radius.
+pub const MAX_RADIUS: f64 = 10.0;
 
 /// The electromagnetic (GFlash) constants of the stack: the fields of [`SimParams`] of the
 /// same names; the defaults are the stock GFlash values.
@@ -575,8 +589,7 @@ impl PointSimulator {
                 } else {
                     rad.rt
                 };
-                let u: f64 = rng.random();
-                let r = sec.rm_mm * r0 * (u / (1.0 - u)).sqrt();
+                let r = sec.rm_mm * r0 * cauchy_radius(rng.random());
                 self.push_hit(hits, tr, l, r, rng.random(), w * scale);
             }
         }
@@ -659,8 +672,7 @@ impl PointSimulator {
             let weights: Vec<f64> = (0..n_l).map(|_| clump.sample(rng) + 1e-12).collect();
             let scale = vis / weights.iter().sum::<f64>();
             for w in weights {
-                let u: f64 = rng.random();
-                let r = r_h * (u / (1.0 - u)).sqrt();
+                let r = r_h * cauchy_radius(rng.random());
                 self.push_hit(hits, tr, l, r, rng.random(), w * scale);
             }
         }
