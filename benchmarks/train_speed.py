@@ -13,7 +13,12 @@ it, on standard-normal synthetic data (a step costs the same whatever the values
     dataset's teacher preset, when the preset has both passes and the per-MADE terms; otherwise
     the x-pass alone (teacher x -> z without grad, student z -> x', chi2 of x' and every state);
   * CaloDiffusion: the U-Net of benchmarks/calodiffusion_torch.py, epsilon-prediction MSE at a
-    random step of the cosine schedule, Adam.
+    random step of the cosine schedule, Adam;
+  * AllShowers: PointCountFM's network (flow matching of the layer counts, Adam) and the
+    transformer of benchmarks/allshowers/reference.py (flow-matching loss, RangerLite of
+    allshowers/train_reference.py, clip_grad_norm_) on batches of 380-point showers over the
+    layer profile of caloforge's `registry::timing_counts` (every shower the same size, so
+    PyTorch pads nothing; attention through SDPA with the window's dense mask).
 Each part: one untimed step, then N timed steps; mean wall seconds per step.
 
 usage: python3 benchmarks/train_speed.py --preset icaloflow-ds2 [--threads 1] [--steps 3]
@@ -136,6 +141,71 @@ def calodiffusion_parts(cfg, steps, batch):
              "seconds_per_step": time_steps(step, steps)}]
 
 
+def timing_layers(n, layers):
+    """caloforge's registry::timing_counts: n points over a Gaussian layer profile."""
+    mu, sigma = 0.3 * layers, 0.15 * layers
+    w = [math.exp(-(l - mu) ** 2 / (2 * sigma * sigma)) for l in range(layers)]
+    exact = [x / sum(w) * n for x in w]
+    c = [math.floor(x) for x in exact]
+    order = sorted(range(layers), key=lambda l: (-(exact[l] - c[l]), l))
+    for l in order[: n - sum(c)]:
+        c[l] += 1
+    return c
+
+
+def allshowers_parts(cfg, steps, batch):
+    sys.path.insert(0, os.path.join(HERE, "allshowers"))
+    from reference import CountNet, Transformer, cfm_loss
+    from train_reference import RangerLite
+    layers, k = cfg["transformer"]["layers"], len(cfg["particles"])
+    rows = []
+    tc = cfg["train_counts"]
+    bs = batch or tc["batch_size"]
+    net = CountNet(dim_input=layers, dim_condition=1 + k + 3, hidden=tuple(cfg["count_hidden"]))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    x, c = torch.randn(bs, layers), torch.randn(bs, 1 + k + 3)
+
+    def count_step():
+        opt.zero_grad()
+        t = torch.rand(bs, 1)
+        z = torch.randn_like(x)
+        f = (torch.arange(1, 4) * torch.pi).reshape(1, -1) * t
+        y = (1 - t) * x + (1e-4 + (1 - 1e-4) * t) * z
+        v = net(torch.cat((f.cos(), f.sin()), -1), y, c)
+        ((v - ((1 - 1e-4) * z - x)) ** 2).mean().backward()
+        opt.step()
+    rows.append({"part": "counts", "batch": bs, "what": "flow matching of the layer counts, Adam",
+                 "seconds_per_step": time_steps(count_step, steps)})
+    tt = cfg["train_transformer"]
+    bs = batch or tt["batch_size"]
+    d = cfg["transformer"]
+    net = Transformer(dim_inputs=(3, 2 * d["frequencies"], d["condition"]), dim_embedding=d["dim"],
+                      num_head=d["heads"], num_blocks=d["blocks"], num_layers=layers,
+                      dim_feedforward=d["feedforward"], num_points_cond=d["count_hidden"],
+                      num_layer_cond=d["layer_window"], num_particles=d["particles"])
+    opt = RangerLite(net.parameters(), lr=1e-4, weight_decay=tt.get("weight_decay", 0.0))
+    counts = timing_layers(380, layers)
+    layer = torch.tensor([l for l, n in enumerate(counts) for _ in range(n)])
+    p = len(layer)
+    x, z = torch.randn(bs, p, 3), torch.randn(bs, p, 3)
+    lay = layer.reshape(1, p, 1).expand(bs, p, 1).contiguous()
+    padding = torch.ones(bs, p, dtype=torch.bool)
+    num_points = torch.tensor(counts).reshape(1, -1).expand(bs, -1)
+    cond = torch.randn(bs, d["condition"])
+    label = torch.arange(bs) % d["particles"]
+
+    def step():
+        opt.zero_grad()
+        loss = cfm_loss(net, x, z, torch.rand(bs), cond, num_points, lay, padding, label)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), tt.get("grad_clip", 0.2))
+        opt.step()
+    rows.append({"part": "transformer", "batch": bs,
+                 "what": "flow matching of 380-point showers, RangerLite, global clip",
+                 "seconds_per_step": time_steps(step, steps)})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", required=True)
@@ -159,7 +229,8 @@ def main():
     with open(cf_json) as f:
         cf = {r["part"]: r for r in json.load(f)["train"]}
     os.remove(cf_json)
-    parts = {"icaloflow": icaloflow_parts, "calodiffusion": calodiffusion_parts}[cfg["model"]]
+    parts = {"icaloflow": icaloflow_parts, "calodiffusion": calodiffusion_parts,
+             "allshowers": allshowers_parts}[cfg["model"]]
     pt = parts(cfg, a.steps, a.batch)
     print(f"preset {a.preset}, {a.threads} thread(s), torch {torch.__version__}")
     print(f"{'part':>9} {'batch':>6} {'caloforge s':>12} {'PyTorch s':>10} {'speed-up':>9}  step")

@@ -5,7 +5,7 @@
 #   benchmarks/allshowers/campaign.sh [OUT_DIR] [CALOFORGE_BINARY]
 #
 # Simulates the training files (20k showers each: e-,e+,gamma,pi+,pi- mixed; photons only;
-# pi+ only) and the held-out test files (2000 showers per particle, other seeds); trains the
+# pi+ only) and the held-out test files (1000 showers per particle, other seeds); trains the
 # five-particle model with benchmarks/allshowers/campaign/allshowers-campaign.toml
 # (allshowers-small with 4 transformer epochs: 2252 optimizer steps of 32 showers) and the
 # one-particle models with allshowers-campaign-single.toml (one epoch: 563 steps, about a
@@ -29,7 +29,7 @@ common=(--points --detector ild --theta 0,30 --energy-min 10000 --energy-max 900
 [ -f train_pi+.h5 ] || cf simulate "${common[@]}" --particle pi+ -n 20000 --seed 9 -o train_pi+.h5
 seed=31
 for p in gamma e- pi+; do
-  [ -f "test_$p.h5" ] || cf simulate "${common[@]}" --particle "$p" -n 2000 --seed $seed -o "test_$p.h5"
+  [ -f "test_$p.h5" ] || cf simulate "${common[@]}" --particle "$p" -n 1000 --seed $seed -o "test_$p.h5"
   seed=$((seed + 1))
 done
 

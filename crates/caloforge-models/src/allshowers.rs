@@ -27,7 +27,7 @@
 //! clipping; caloforge trains with Adam and clips each tensor's gradient norm.
 
 use crate::calodiffusion::DiffusionCard;
-use crate::registry::ModelInfo;
+use crate::registry::{ModelInfo, StepTiming};
 use crate::{
     write_text, Generator, Incident, ModelError, ModelKind, ModelOption, Output, Preset, Progress,
     Result, SampleOptions, TrainOptions, TrainOutcome,
@@ -44,7 +44,7 @@ use caloforge_nn::pointflow::fast::{FastCountNet, FastPointTransformer, ShowerIn
 use caloforge_nn::pointflow::{
     CountNet, CountNetDims, PointBatch, PointTransformer, PointTransformerDims,
 };
-use caloforge_nn::train::{Task, TrainSettings};
+use caloforge_nn::train::{fit, Task, TrainSettings};
 use caloforge_nn::twin::Twin;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -741,6 +741,113 @@ impl AllShowers {
         })
     }
 
+    /// Times `steps` optimizer steps of each part of `cfg` (untrained) through the one training
+    /// loop with the preset's optimizer and clipping, at a constant rate: synthetic showers of
+    /// [`TIMING_POINTS`] points over [`crate::registry::timing_counts`]' layer profile with
+    /// standard-normal features and noise (a step costs the same whatever the values).
+    pub fn bench_train(
+        cfg: &AllShowersConfig,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<StepTiming>> {
+        let layers = cfg.layers();
+        let counts = crate::registry::timing_counts(TIMING_POINTS, layers);
+        let layer: Vec<usize> = counts
+            .iter()
+            .enumerate()
+            .flat_map(|(l, &n)| std::iter::repeat_n(l, n))
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut normal =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.sample(StandardNormal)).collect() };
+        let mut out = Vec::new();
+        let device = compute_device(Precision::F32, seed);
+        for (part, s) in [
+            ("counts", &cfg.train_counts),
+            ("transformer", &cfg.train_transformer),
+        ] {
+            let bs = batch.unwrap_or(s.batch_size).max(1);
+            let n = bs * (steps + 1) + 1;
+            let showers: Vec<Shower> = (0..n)
+                .map(|i| Shower {
+                    x: normal(3 * TIMING_POINTS),
+                    layer: layer.clone(),
+                    counts: counts.iter().map(|&c| c as f32).collect(),
+                    label: i % cfg.particles.len(),
+                    e_inc: 50.0,
+                    direction: [0.0, 0.0, 1.0],
+                })
+                .collect();
+            let noise = (0..n).map(|_| normal(3 * TIMING_POINTS)).collect();
+            let p = Prepared {
+                showers,
+                noise,
+                n_train: n - 1,
+                prep: Preprocessing {
+                    coord: [(0.0, 1.0); 2],
+                    log_e: (0.0, 1.0),
+                    log_e_inc: (0.0, 1.0),
+                    e_inc: (0.0, 1.0),
+                    counts: vec![(0.0, 1.0); layers],
+                    max_points: TIMING_POINTS,
+                },
+            };
+            let mut settings = TrainSettings::timing(bs, 1e-4);
+            settings.optimizer = s.optimizer;
+            settings.weight_decay = s.weight_decay;
+            settings.grad_clip = s.grad_clip;
+            settings.clip = s.clip;
+            let control = caloforge_nn::train::Control {
+                seed,
+                ..Default::default()
+            };
+            let mut timer = crate::registry::PartTimer::new(part, steps + 1, progress);
+            let backend = format!("{:?}", caloforge_nn::device::backend()).to_lowercase();
+            if part == "counts" {
+                let k = cfg.particles.len();
+                let x = normal(n * layers);
+                let mut c = Vec::new();
+                for sh in &p.showers {
+                    count_condition(&p.prep, k, sh.e_inc, sh.label, sh.direction, &mut c);
+                }
+                let mut task = CountTask {
+                    p: &p,
+                    x,
+                    c,
+                    layers,
+                    cond: 1 + k + 3,
+                    device: &device,
+                    seed,
+                };
+                let net =
+                    caloforge_nn::weights::trainable_copy(&cfg.count_dims().init(&device), &device);
+                fit(net, &mut task, &settings, &control, &mut |q| timer.tick(&q))?;
+                out.push(timer.finish(
+                    &format!("flow matching of the layer counts ({backend} backend)"),
+                    bs,
+                )?);
+            } else {
+                let mut task = TransformerTask {
+                    p: &p,
+                    dims: &cfg.transformer,
+                    device: &device,
+                    val_batch: bs,
+                    seed,
+                };
+                let net =
+                    caloforge_nn::weights::trainable_copy(&cfg.transformer.init(&device), &device);
+                fit(net, &mut task, &settings, &control, &mut |q| timer.tick(&q))?;
+                out.push(timer.finish(
+                    &format!("flow matching of {TIMING_POINTS}-point showers ({backend} backend)"),
+                    bs,
+                )?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The parts already trained in `dir` (same configuration), if any.
     fn load_partial(dir: &Path, cfg: &AllShowersConfig, seed: u64) -> Option<AllShowers> {
         let card: AllShowersCard = crate::read_card(&dir.join("model_card.json")).ok()?;
@@ -953,6 +1060,10 @@ fn settings(s: &TrainSettings, n_train: usize) -> TrainSettings {
     s
 }
 
+/// Points per synthetic shower of [`AllShowers::bench_train`] (about the mean of simulated
+/// 10–90 GeV ILD-like showers of electrons, photons and pions).
+pub const TIMING_POINTS: usize = 380;
+
 /// Most showers integrated together by one thread when sampling.
 const SLICE: usize = 4;
 
@@ -992,6 +1103,22 @@ impl ModelKind for AllShowersKind {
             &AllShowersConfig::from_toml(config)?,
             seed,
         )?))
+    }
+    fn bench_train(
+        &self,
+        config: &str,
+        steps: usize,
+        batch: Option<usize>,
+        seed: u64,
+        progress: &dyn Progress,
+    ) -> Result<Vec<StepTiming>> {
+        AllShowers::bench_train(
+            &AllShowersConfig::from_toml(config)?,
+            steps,
+            batch,
+            seed,
+            progress,
+        )
     }
 }
 
