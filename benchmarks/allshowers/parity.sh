@@ -25,23 +25,25 @@ done
 python3 - <<'PY'
 import json, statistics as st
 rows = []
-for impl in ("torch", "cf"):
+for impl in ("torch", "caloforge"):
     curves = []
     for seed in (1, 2, 3):
         if impl == "torch":
             d = json.load(open(f"torch_{seed}.json"))
-            curves.append(([h["step"] for h in d["history"]], [h["val_loss"] for h in d["history"]], d["seconds_per_step"]))
+            v = [h["val_loss"] for h in d["history"][1:]]  # after each epoch (not step 0)
+            curves.append((v, d["seconds_per_step"]))
         else:
             c = json.load(open(f"cf_{seed}/model_card.json"))["transformer"]
-            steps = c["steps"]
-            v = c["val_loss"]
-            curves.append(([round(i * steps / (len(v) - 1)) for i in range(len(v))], v, c["seconds"] / steps))
+            curves.append((c["val_loss"], c["seconds"] / c["steps"]))
     rows.append((impl, curves))
-print("validation loss per epoch (steps 0, 63, 126, 189), three seeds")
+print("validation loss after each epoch (steps 63, 126, 189), three seeds")
 for impl, curves in rows:
-    for seed, (s, v, sps) in zip((1, 2, 3), curves):
-        print(f"{impl:6} seed {seed}: " + "  ".join(f"{x:.4f}" for x in v) + f"   ({sps:.2f} s per step)")
+    for seed, (v, sps) in zip((1, 2, 3), curves):
+        print(f"{impl:9} seed {seed}: " + "  ".join(f"{x:.4f}" for x in v)
+              + f"   ({sps:.2f} s per step{', validation included' if impl == 'caloforge' else ''})")
 for impl, curves in rows:
-    final = [c[1][-1] for c in curves]
-    print(f"{impl:6} final: mean {st.mean(final):.4f}, min {min(final):.4f}, max {max(final):.4f}, sd {st.stdev(final):.4f}")
+    for e in range(3):
+        vals = [c[0][e] for c in curves]
+        print(f"{impl:9} epoch {e + 1}: mean {st.mean(vals):.4f}, min {min(vals):.4f}, "
+              f"max {max(vals):.4f}, sd {st.stdev(vals):.4f}")
 PY

@@ -141,7 +141,8 @@ def flat(t):
 
 
 def fixture(path):
-    """Small reference transformer, padded batch, outputs, loss and a 2-step midpoint decode."""
+    """Small reference transformer, padded batch, outputs, loss (and its gradient with respect to
+    every parameter) and a 2-step midpoint decode."""
     torch.manual_seed(7)
     L, B, P = 9, 3, 12
     net = Transformer(dim_inputs=(3, 6, 4), dim_embedding=16, num_head=4, num_blocks=2,
@@ -165,9 +166,12 @@ def fixture(path):
     mask = window_mask(layer.squeeze(-1), padding, 4)
     with torch.no_grad():
         out = net(time_features(t), x, cond, num_points, layer, mask, label)
-        loss = cfm_loss(net, x, noise, t, cond, num_points, layer, padding, label)
         f = lambda tt, y: net(time_features(tt).expand(B, -1), y, cond, num_points, layer, mask, label)
         decoded = integrate("midpoint", f, noise, 1.0, 0.0, 2)
+    loss = cfm_loss(net, x, noise, t, cond, num_points, layer, padding, label)
+    net.zero_grad()
+    loss.backward()
+    grads = {k: flat(v.grad) for k, v in net.named_parameters() if v.grad is not None}
     doc = {
         "about": "written by benchmarks/allshowers/reference.py fixture (torch %s)" % torch.__version__,
         "dims": {"layers": L, "dim": 16, "heads": 4, "blocks": 2, "feedforward": 24,
@@ -178,6 +182,7 @@ def fixture(path):
         "num_points": [int(v) for v in num_points.reshape(-1)], "cond": flat(cond),
         "label": label.tolist(), "t": flat(t),
         "out": flat(out), "loss": float(loss), "decoded_midpoint_2": flat(decoded),
+        "grads": grads,
     }
     with open(path, "w") as fh:
         json.dump(doc, fh)

@@ -1,7 +1,7 @@
 //! caloforge's AllShowers transformer against the reference's PyTorch code: the fixture holds
 //! the weights of a small reference network, a padded batch of three showers (caloforge packs
-//! their real points), its outputs, its
-//! flow-matching loss and a 2-step midpoint decode (`benchmarks/allshowers/reference.py
+//! their real points), its outputs, its flow-matching loss with the loss's gradient with
+//! respect to every parameter, and a 2-step midpoint decode (`benchmarks/allshowers/reference.py
 //! fixture`, torch 2.15).
 
 use caloforge_nn::burn::tensor::{Device, Int, Tensor, TensorData};
@@ -34,6 +34,18 @@ impl Fixture {
             .map(|x| x.as_f64().unwrap() as f32)
             .collect()
     }
+    /// The numbers at a nested key (`["grads", "head.weight"]`).
+    fn f32s_at(&self, path: &[&str]) -> Vec<f32> {
+        let mut v = &self.v;
+        for k in path {
+            v = &v[*k];
+        }
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    }
     fn ints(&self, k: &str) -> Vec<usize> {
         self.v[k]
             .as_array()
@@ -46,11 +58,8 @@ impl Fixture {
 
 const P: usize = 12;
 
-#[test]
-fn the_transformer_computes_what_the_reference_computes() {
-    let fx = Fixture::load();
-    let dev = Device::flex();
-    let dims = PointTransformerDims {
+fn dims() -> PointTransformerDims {
+    PointTransformerDims {
         layers: 9,
         dim: 16,
         heads: 4,
@@ -59,8 +68,12 @@ fn the_transformer_computes_what_the_reference_computes() {
         count_hidden: 20,
         particles: 3,
         ..Default::default()
-    };
-    let state: HashMap<String, StateTensor> = fx.v["state"]
+    }
+}
+
+/// The reference's state dict.
+fn state(fx: &Fixture) -> HashMap<String, StateTensor> {
+    fx.v["state"]
         .as_object()
         .unwrap()
         .iter()
@@ -79,7 +92,15 @@ fn the_transformer_computes_what_the_reference_computes() {
                 .collect();
             (k.clone(), (shape, vals))
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_transformer_computes_what_the_reference_computes() {
+    let fx = Fixture::load();
+    let dev = Device::flex();
+    let dims = dims();
+    let state = state(&fx);
     let net = PointTransformer::from_reference(&dims, &state, &dev).unwrap();
     let sizes = fx.ints("sizes");
     let (x, noise, layer) = (fx.f32s("x"), fx.f32s("noise"), fx.ints("layer"));
@@ -211,4 +232,128 @@ fn the_transformer_computes_what_the_reference_computes() {
         out.copy_from_slice(&run(s, &[tt; 3]));
     });
     close("decode", &z, &real(&fx.f32s("decoded_midpoint_2")), 2e-5);
+}
+
+/// The gradient of the flow-matching loss (reduced as the reference: per shower over its P × 3
+/// padded values, then over the batch) with respect to every parameter, against PyTorch's.
+#[test]
+fn the_loss_gradient_is_the_references() {
+    let fx = Fixture::load();
+    let dev = Device::flex().autodiff();
+    let dims = dims();
+    let net = PointTransformer::from_reference(&dims, &state(&fx), &dev).unwrap();
+    let sizes = fx.ints("sizes");
+    let (x, noise, layer) = (fx.f32s("x"), fx.f32s("noise"), fx.ints("layer"));
+    let (counts, cond, label, t) = (
+        fx.f32s("num_points"),
+        fx.f32s("cond"),
+        fx.ints("label"),
+        fx.f32s("t"),
+    );
+    let b = sizes.len();
+    let n: usize = sizes.iter().sum();
+    let (mut y, mut u, mut tc, mut layers) = (vec![], vec![], vec![], vec![]);
+    for k in 0..b {
+        for i in 0..sizes[k] * 3 {
+            let j = k * P * 3 + i;
+            y.push(caloforge_nn::flowmatch::interpolate(x[j], noise[j], t[k]));
+            u.push(caloforge_nn::flowmatch::target(x[j], noise[j]));
+        }
+        time_features(t[k], 3, &mut tc);
+        tc.extend_from_slice(&cond[4 * k..4 * k + 4]);
+        layers.push(layer[k * P..k * P + sizes[k]].to_vec());
+    }
+    let batch = PointBatch {
+        x: Tensor::from_data(TensorData::new(y, [n, 3]), &dev),
+        layer: Tensor::<1, Int>::from_data(
+            TensorData::new(
+                layers
+                    .iter()
+                    .flatten()
+                    .map(|&l| l as i64)
+                    .collect::<Vec<_>>(),
+                [n],
+            ),
+            &dev,
+        ),
+        time_cond: Tensor::from_data(TensorData::new(tc, [b, 10]), &dev),
+        label: Tensor::from_data(
+            TensorData::new(label.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
+            &dev,
+        ),
+        counts: Tensor::from_data(TensorData::new(counts, [b, 9]), &dev),
+        plan: std::sync::Arc::new(WindowPlan::new(&layers, dims.window()).unwrap()),
+    };
+    let u = Tensor::<2>::from_data(TensorData::new(u, [n, 3]), &dev);
+    let loss = (net.forward(&batch) - u)
+        .powi_scalar(2)
+        .sum()
+        .div_scalar((P * 3 * b) as f64);
+    let got_loss: f64 = loss.clone().into_data().iter::<f64>().next().unwrap();
+    let want_loss = fx.v["loss"].as_f64().unwrap();
+    assert!(
+        (got_loss - want_loss).abs() < 1e-5 * want_loss,
+        "{got_loss} vs {want_loss}"
+    );
+    let grads = loss.backward();
+    let g = |t: Tensor<2>| values(t.grad(&grads).unwrap());
+    let g1 = |t: Tensor<1>| values(t.grad(&grads).unwrap());
+    // PyTorch stores linear weights [out, in]; burn [in, out].
+    let transpose = |v: Vec<f32>, rows: usize| -> Vec<f32> {
+        let cols = v.len() / rows;
+        (0..cols * rows)
+            .map(|k| v[(k % rows) * cols + k / rows])
+            .collect()
+    };
+    let mut checked = 0;
+    let mut check = |name: &str, got: Vec<f32>| {
+        let want = fx.f32s_at(&["grads", name]);
+        assert_eq!(got.len(), want.len(), "{name}");
+        let scale = want.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+        for (i, (a, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - w).abs() <= 1e-4 * scale,
+                "{name}[{i}]: {a} vs PyTorch {w}"
+            );
+        }
+        checked += 1;
+    };
+    let linear =
+        |check: &mut dyn FnMut(&str, Vec<f32>), name: &str, l: &caloforge_nn::burn::nn::Linear| {
+            let w = l.weight.val();
+            let rows = w.dims()[0];
+            check(&format!("{name}.weight"), transpose(g(w), rows));
+            check(&format!("{name}.bias"), g1(l.bias.as_ref().unwrap().val()));
+        };
+    linear(&mut check, "embedding", &net.embedding);
+    linear(&mut check, "cond_embedding", &net.cond_embedding);
+    linear(&mut check, "num_points_embedding.0", &net.count1);
+    linear(&mut check, "num_points_embedding.2", &net.count2);
+    linear(&mut check, "head", &net.head);
+    check(
+        "layer_embedding.weight",
+        g(net.layer_embedding.weight.val()),
+    );
+    check(
+        "particle_embedding.weight",
+        g(net.particle_embedding.as_ref().unwrap().weight.val()),
+    );
+    for (i, blk) in net.blocks.iter().enumerate() {
+        let p = format!("transformer_blocks.{i}");
+        linear(
+            &mut check,
+            &format!("{p}.key_query_value"),
+            &blk.key_query_value,
+        );
+        linear(&mut check, &format!("{p}.feedforward.0"), &blk.ff1);
+        linear(&mut check, &format!("{p}.feedforward.2"), &blk.ff2);
+        for (k, norm) in [("layer_norm1", &blk.norm1), ("layer_norm2", &blk.norm2)] {
+            check(&format!("{p}.{k}.weight"), g1(norm.gamma.val()));
+            check(
+                &format!("{p}.{k}.bias"),
+                g1(norm.beta.as_ref().unwrap().val()),
+            );
+        }
+    }
+    assert_eq!(checked, fx.v["grads"].as_object().unwrap().len());
 }
