@@ -21,6 +21,8 @@ for model, particle in rows:
     if not os.path.exists(path):
         continue
     d = json.load(open(path))
+    if "tables" not in d:
+        continue
     t = next(x for x in d["tables"] if x["particle"] == "all")
     hist = {h["name"]: h["separation_power"] for h in t["hists"]}
     prof = {p["name"]: p["separation_power"] for p in d["profiles"]}

@@ -95,6 +95,47 @@ fn state(fx: &Fixture) -> HashMap<String, StateTensor> {
         .collect()
 }
 
+/// The fixture's batch as burn takes it: the real points of `xs` (padded to P per shower, as
+/// the reference) packed row after row, at times `ts` (one per shower).
+fn packed_batch(fx: &Fixture, xs: &[f32], ts: &[f32], dev: &Device) -> PointBatch {
+    let sizes = fx.ints("sizes");
+    let (layer, cond, label) = (fx.ints("layer"), fx.f32s("cond"), fx.ints("label"));
+    let b = sizes.len();
+    let n: usize = sizes.iter().sum();
+    let layers: Vec<Vec<usize>> = (0..b)
+        .map(|k| layer[k * P..k * P + sizes[k]].to_vec())
+        .collect();
+    let x: Vec<f32> = (0..b)
+        .flat_map(|k| xs[k * P * 3..k * P * 3 + sizes[k] * 3].to_vec())
+        .collect();
+    let mut tc = Vec::new();
+    for k in 0..b {
+        time_features(ts[k], 3, &mut tc);
+        tc.extend_from_slice(&cond[4 * k..4 * k + 4]);
+    }
+    PointBatch {
+        x: Tensor::from_data(TensorData::new(x, [n, 3]), dev),
+        layer: Tensor::<1, Int>::from_data(
+            TensorData::new(
+                layers
+                    .iter()
+                    .flatten()
+                    .map(|&l| l as i64)
+                    .collect::<Vec<_>>(),
+                [n],
+            ),
+            dev,
+        ),
+        time_cond: Tensor::from_data(TensorData::new(tc, [b, 10]), dev),
+        label: Tensor::from_data(
+            TensorData::new(label.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
+            dev,
+        ),
+        counts: Tensor::from_data(TensorData::new(fx.f32s("num_points"), [b, 9]), dev),
+        plan: std::sync::Arc::new(WindowPlan::new(&layers, dims().window()).unwrap()),
+    }
+}
+
 #[test]
 fn the_transformer_computes_what_the_reference_computes() {
     let fx = Fixture::load();
@@ -125,36 +166,8 @@ fn the_transformer_computes_what_the_reference_computes() {
             .flat_map(|k| v[k * P * 3..k * P * 3 + sizes[k] * 3].to_vec())
             .collect()
     };
-    let n: usize = sizes.iter().sum();
-    let plan = std::sync::Arc::new(WindowPlan::new(&layers, dims.window()).unwrap());
     // burn takes the real points packed (the reference pads them to P).
-    let make = |xs: &[f32], ts: &[f32]| PointBatch {
-        x: Tensor::from_data(TensorData::new(real(xs), [n, 3]), &dev),
-        layer: Tensor::<1, Int>::from_data(
-            TensorData::new(
-                layers
-                    .iter()
-                    .flatten()
-                    .map(|&l| l as i64)
-                    .collect::<Vec<_>>(),
-                [n],
-            ),
-            &dev,
-        ),
-        time_cond: Tensor::from_data(
-            TensorData::new(
-                (0..b).flat_map(|k| tc(k, ts[k])).collect::<Vec<_>>(),
-                [b, 10],
-            ),
-            &dev,
-        ),
-        label: Tensor::from_data(
-            TensorData::new(label.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
-            &dev,
-        ),
-        counts: Tensor::from_data(TensorData::new(counts.clone(), [b, 9]), &dev),
-        plan: plan.clone(),
-    };
+    let make = |xs: &[f32], ts: &[f32]| packed_batch(&fx, xs, ts, &dev);
     let close = |what: &str, a: &[f32], b: &[f32], tol: f32| {
         assert_eq!(a.len(), b.len(), "{what}");
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -243,47 +256,23 @@ fn the_loss_gradient_is_the_references() {
     let dims = dims();
     let net = PointTransformer::from_reference(&dims, &state(&fx), &dev).unwrap();
     let sizes = fx.ints("sizes");
-    let (x, noise, layer) = (fx.f32s("x"), fx.f32s("noise"), fx.ints("layer"));
-    let (counts, cond, label, t) = (
-        fx.f32s("num_points"),
-        fx.f32s("cond"),
-        fx.ints("label"),
-        fx.f32s("t"),
-    );
+    let (x, noise, t) = (fx.f32s("x"), fx.f32s("noise"), fx.f32s("t"));
     let b = sizes.len();
     let n: usize = sizes.iter().sum();
-    let (mut y, mut u, mut tc, mut layers) = (vec![], vec![], vec![], vec![]);
-    for k in 0..b {
-        for i in 0..sizes[k] * 3 {
-            let j = k * P * 3 + i;
-            y.push(caloforge_nn::flowmatch::interpolate(x[j], noise[j], t[k]));
-            u.push(caloforge_nn::flowmatch::target(x[j], noise[j]));
-        }
-        time_features(t[k], 3, &mut tc);
-        tc.extend_from_slice(&cond[4 * k..4 * k + 4]);
-        layers.push(layer[k * P..k * P + sizes[k]].to_vec());
-    }
-    let batch = PointBatch {
-        x: Tensor::from_data(TensorData::new(y, [n, 3]), &dev),
-        layer: Tensor::<1, Int>::from_data(
-            TensorData::new(
-                layers
-                    .iter()
-                    .flatten()
-                    .map(|&l| l as i64)
-                    .collect::<Vec<_>>(),
-                [n],
-            ),
-            &dev,
-        ),
-        time_cond: Tensor::from_data(TensorData::new(tc, [b, 10]), &dev),
-        label: Tensor::from_data(
-            TensorData::new(label.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
-            &dev,
-        ),
-        counts: Tensor::from_data(TensorData::new(counts, [b, 9]), &dev),
-        plan: std::sync::Arc::new(WindowPlan::new(&layers, dims.window()).unwrap()),
-    };
+    let y: Vec<f32> = x
+        .iter()
+        .zip(&noise)
+        .enumerate()
+        .map(|(i, (&xv, &z))| caloforge_nn::flowmatch::interpolate(xv, z, t[i / (P * 3)]))
+        .collect();
+    let u: Vec<f32> = (0..b)
+        .flat_map(|k| {
+            (k * P * 3..k * P * 3 + sizes[k] * 3)
+                .map(|j| caloforge_nn::flowmatch::target(x[j], noise[j]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let batch = packed_batch(&fx, &y, &t, &dev);
     let u = Tensor::<2>::from_data(TensorData::new(u, [n, 3]), &dev);
     let loss = (net.forward(&batch) - u)
         .powi_scalar(2)
