@@ -10,6 +10,7 @@ projection, post-LN, raw point counts, the asymmetric window, the flow-matching 
 solvers) is the reference's.
 
     python3 reference.py fixture OUT.json     # the parity fixture of caloforge-nn's tests
+    python3 reference.py train-fixture DIR/allshowers_training.json   # 20 training steps
 """
 import json
 import math
@@ -188,9 +189,55 @@ def fixture(path):
         json.dump(doc, fh)
 
 
+def train_fixture(path):
+    """20 optimizer steps of the fixture's network on its batch (times drawn per step):
+    RangerLite (weight decay 1e-2) at lr 1e-3, clip_grad_norm_ 0.2; the loss before each step
+    and the final weights."""
+    from train_reference import RangerLite
+    torch.manual_seed(7)
+    L, B, P = 9, 3, 12
+    net = Transformer(dim_inputs=(3, 6, 4), dim_embedding=16, num_head=4, num_blocks=2,
+                      num_layers=L, dim_feedforward=24, num_points_cond=20, num_layer_cond=4,
+                      num_particles=3)
+    with open(path.replace("allshowers_training.json", "allshowers_reference.json")) as fh:
+        fx = json.load(fh)
+    sizes = fx["sizes"]
+    padding = torch.zeros(B, P, dtype=torch.bool)
+    for b, n in enumerate(sizes):
+        padding[b, :n] = True
+    x = torch.tensor(fx["x"]).reshape(B, P, 3)
+    noise = torch.tensor(fx["noise"]).reshape(B, P, 3)
+    layer = torch.tensor(fx["layer"]).reshape(B, P, 1)
+    num_points = torch.tensor(fx["num_points"]).reshape(B, L)
+    cond = torch.tensor(fx["cond"]).reshape(B, 4)
+    label = torch.tensor(fx["label"])
+    net.load_state_dict({k: torch.tensor(v["values"]).reshape(v["shape"]) for k, v in fx["state"].items()})
+    opt = RangerLite(net.parameters(), lr=1e-3, weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(3)
+    ts, losses = [], []
+    for _ in range(20):
+        t = torch.rand(B, generator=gen)
+        loss = cfm_loss(net, x, noise, t, cond, num_points, layer, padding, label)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.2)
+        opt.step()
+        ts.append(flat(t))
+        losses.append(float(loss))
+    doc = {
+        "about": "written by benchmarks/allshowers/reference.py train-fixture (torch %s)" % torch.__version__,
+        "t": ts, "losses": losses,
+        "final": {k: {"shape": list(v.shape), "values": flat(v)} for k, v in net.state_dict().items()},
+    }
+    with open(path, "w") as fh:
+        json.dump(doc, fh)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "fixture":
         fixture(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "train-fixture":
+        train_fixture(sys.argv[2])
     else:
         print(__doc__)
         sys.exit(2)

@@ -346,3 +346,91 @@ fn the_loss_gradient_is_the_references() {
     }
     assert_eq!(checked, fx.v["grads"].as_object().unwrap().len());
 }
+
+/// 20 training steps from the reference's weights on the fixture's batch, with the times the
+/// reference drew (`reference.py train-fixture`): RangerLite (weight decay 1e-2) at lr 1e-3 and
+/// the global-norm clip 0.2, as the reference's training. The loss before every step and the
+/// final weights against PyTorch's: the whole optimizer step (gradient, clipping, RAdam's
+/// warm-up and rectification, Lookahead at steps 6, 12 and 18) is the reference's.
+#[test]
+fn twenty_training_steps_are_the_references() {
+    use caloforge_nn::burn::optim::GradientsParams;
+    use caloforge_nn::optim::{clip_global_norm, Ranger};
+    let fx = Fixture::load();
+    let tr = Fixture {
+        v: serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/allshowers_training.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap(),
+    };
+    let dev = Device::flex().autodiff();
+    let dims = dims();
+    let mut net = PointTransformer::from_reference(&dims, &state(&fx), &dev).unwrap();
+    let sizes = fx.ints("sizes");
+    let (x, noise) = (fx.f32s("x"), fx.f32s("noise"));
+    let b = sizes.len();
+    let n: usize = sizes.iter().sum();
+    let u: Vec<f32> = (0..b)
+        .flat_map(|k| {
+            (k * P * 3..k * P * 3 + sizes[k] * 3)
+                .map(|j| caloforge_nn::flowmatch::target(x[j], noise[j]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut optim = Ranger::new(1e-2).into_module_optimizer_clipped(None);
+    let want = tr.f32s("losses");
+    for (step, w) in want.iter().enumerate() {
+        let t: Vec<f32> = tr.v["t"][step]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let y: Vec<f32> = x
+            .iter()
+            .zip(&noise)
+            .enumerate()
+            .map(|(i, (&xv, &z))| caloforge_nn::flowmatch::interpolate(xv, z, t[i / (P * 3)]))
+            .collect();
+        let batch = packed_batch(&fx, &y, &t, &dev);
+        let ut = Tensor::<2>::from_data(TensorData::new(u.clone(), [n, 3]), &dev);
+        let loss = (net.forward(&batch) - ut)
+            .powi_scalar(2)
+            .sum()
+            .div_scalar((P * 3 * b) as f64);
+        let got: f64 = loss.clone().into_data().iter::<f64>().next().unwrap();
+        assert!(
+            (got - *w as f64).abs() < 2e-5 * (*w as f64),
+            "step {step}: loss {got} vs PyTorch {w}"
+        );
+        let mut grads = GradientsParams::from_grads(loss.backward(), &net);
+        clip_global_norm(&net, &mut grads, 0.2);
+        net = optim.step(1e-3, net, grads);
+    }
+    // The final weights (two of them suffice to see any drift: every weight moved 20 times).
+    let head = values(net.head.weight.val());
+    let want_head = tr.f32s_at(&["final", "head.weight", "values"]);
+    let rows = net.head.weight.val().dims()[0];
+    let cols = head.len() / rows;
+    for r in 0..rows {
+        for c in 0..cols {
+            let (g, w) = (head[r * cols + c], want_head[c * rows + r]);
+            assert!(
+                (g - w).abs() < 1e-5,
+                "head.weight[{c}][{r}]: {g} vs PyTorch {w}"
+            );
+        }
+    }
+    let le = values(net.layer_embedding.weight.val());
+    let want_le = tr.f32s_at(&["final", "layer_embedding.weight", "values"]);
+    for (i, (g, w)) in le.iter().zip(&want_le).enumerate() {
+        assert!(
+            (g - w).abs() < 1e-5,
+            "layer_embedding[{i}]: {g} vs PyTorch {w}"
+        );
+    }
+}
