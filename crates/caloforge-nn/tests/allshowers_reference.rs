@@ -136,6 +136,32 @@ fn packed_batch(fx: &Fixture, xs: &[f32], ts: &[f32], dev: &Device) -> PointBatc
     }
 }
 
+/// The flow-matching loss of the fixture's batch at times `t`, reduced as the reference (per
+/// shower over its P × 3 padded values, then over the batch).
+fn fm_loss(fx: &Fixture, net: &PointTransformer, t: &[f32], dev: &Device) -> Tensor<1> {
+    let sizes = fx.ints("sizes");
+    let (x, noise) = (fx.f32s("x"), fx.f32s("noise"));
+    let (b, n) = (sizes.len(), sizes.iter().sum::<usize>());
+    let y: Vec<f32> = x
+        .iter()
+        .zip(&noise)
+        .enumerate()
+        .map(|(i, (&xv, &z))| caloforge_nn::flowmatch::interpolate(xv, z, t[i / (P * 3)]))
+        .collect();
+    let u: Vec<f32> = (0..b)
+        .flat_map(|k| {
+            (k * P * 3..k * P * 3 + sizes[k] * 3)
+                .map(|j| caloforge_nn::flowmatch::target(x[j], noise[j]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let u = Tensor::<2>::from_data(TensorData::new(u, [n, 3]), dev);
+    (net.forward(&packed_batch(fx, &y, t, dev)) - u)
+        .powi_scalar(2)
+        .sum()
+        .div_scalar((P * 3 * b) as f64)
+}
+
 #[test]
 fn the_transformer_computes_what_the_reference_computes() {
     let fx = Fixture::load();
@@ -255,29 +281,7 @@ fn the_loss_gradient_is_the_references() {
     let dev = Device::flex().autodiff();
     let dims = dims();
     let net = PointTransformer::from_reference(&dims, &state(&fx), &dev).unwrap();
-    let sizes = fx.ints("sizes");
-    let (x, noise, t) = (fx.f32s("x"), fx.f32s("noise"), fx.f32s("t"));
-    let b = sizes.len();
-    let n: usize = sizes.iter().sum();
-    let y: Vec<f32> = x
-        .iter()
-        .zip(&noise)
-        .enumerate()
-        .map(|(i, (&xv, &z))| caloforge_nn::flowmatch::interpolate(xv, z, t[i / (P * 3)]))
-        .collect();
-    let u: Vec<f32> = (0..b)
-        .flat_map(|k| {
-            (k * P * 3..k * P * 3 + sizes[k] * 3)
-                .map(|j| caloforge_nn::flowmatch::target(x[j], noise[j]))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let batch = packed_batch(&fx, &y, &t, &dev);
-    let u = Tensor::<2>::from_data(TensorData::new(u, [n, 3]), &dev);
-    let loss = (net.forward(&batch) - u)
-        .powi_scalar(2)
-        .sum()
-        .div_scalar((P * 3 * b) as f64);
+    let loss = fm_loss(&fx, &net, &fx.f32s("t"), &dev);
     let got_loss: f64 = loss.clone().into_data().iter::<f64>().next().unwrap();
     let want_loss = fx.v["loss"].as_f64().unwrap();
     assert!(
@@ -370,17 +374,6 @@ fn twenty_training_steps_are_the_references() {
     let dev = Device::flex().autodiff();
     let dims = dims();
     let mut net = PointTransformer::from_reference(&dims, &state(&fx), &dev).unwrap();
-    let sizes = fx.ints("sizes");
-    let (x, noise) = (fx.f32s("x"), fx.f32s("noise"));
-    let b = sizes.len();
-    let n: usize = sizes.iter().sum();
-    let u: Vec<f32> = (0..b)
-        .flat_map(|k| {
-            (k * P * 3..k * P * 3 + sizes[k] * 3)
-                .map(|j| caloforge_nn::flowmatch::target(x[j], noise[j]))
-                .collect::<Vec<_>>()
-        })
-        .collect();
     let mut optim = Ranger::new(1e-2).into_module_optimizer_clipped(None);
     let want = tr.f32s("losses");
     for (step, w) in want.iter().enumerate() {
@@ -390,18 +383,7 @@ fn twenty_training_steps_are_the_references() {
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        let y: Vec<f32> = x
-            .iter()
-            .zip(&noise)
-            .enumerate()
-            .map(|(i, (&xv, &z))| caloforge_nn::flowmatch::interpolate(xv, z, t[i / (P * 3)]))
-            .collect();
-        let batch = packed_batch(&fx, &y, &t, &dev);
-        let ut = Tensor::<2>::from_data(TensorData::new(u.clone(), [n, 3]), &dev);
-        let loss = (net.forward(&batch) - ut)
-            .powi_scalar(2)
-            .sum()
-            .div_scalar((P * 3 * b) as f64);
+        let loss = fm_loss(&fx, &net, &t, &dev);
         let got: f64 = loss.clone().into_data().iter::<f64>().next().unwrap();
         assert!(
             (got - *w as f64).abs() < 2e-5 * (*w as f64),
