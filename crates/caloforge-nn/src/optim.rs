@@ -460,7 +460,7 @@ mod tests {
             (p, state) = (np, ns);
         }
         let got: Vec<f32> = p.into_data().try_to_vec().unwrap();
-        let want = [4.947694838e-01f32, -1.250688434e+00, 1.998580813e+00];
+        let want = [0.494_769_5_f32, -1.250_688_4, 1.998_580_8];
         for i in 0..3 {
             assert!(
                 (got[i] - want[i]).abs() < 2e-6,

@@ -438,7 +438,10 @@ fn f32s(t: &FlexTensor) -> &[f32] {
 
 fn check(shape: &[usize], plan: &WindowPlan, heads: usize) -> Heads {
     assert!(
-        shape.len() == 2 && shape[0] == plan.rows() && heads > 0 && shape[1] % (3 * heads) == 0,
+        shape.len() == 2
+            && shape[0] == plan.rows()
+            && heads > 0
+            && shape[1].is_multiple_of(3 * heads),
         "windowed attention: input {shape:?} for {} rows and {heads} heads",
         plan.rows()
     );
