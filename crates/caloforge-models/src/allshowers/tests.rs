@@ -168,12 +168,3 @@ fn ot_noise_is_matched_within_layers_and_deterministic() {
         assert!(cost(&a[0], r.clone()) <= cost(&z, r.clone()) + 1e-9);
     }
 }
-
-#[test]
-fn untrained_models_are_deterministic() {
-    let cfg = AllShowersConfig::from_toml(PRESETS[2].text).unwrap();
-    let a = AllShowers::untrained(&cfg, 3).unwrap();
-    let b = AllShowers::untrained(&cfg, 3).unwrap();
-    let x = vec![0.3f32; 6 + 78 + 9];
-    assert_eq!(a.fast().0.forward(&x), b.fast().0.forward(&x));
-}
