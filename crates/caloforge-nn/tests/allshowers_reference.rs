@@ -241,25 +241,11 @@ fn the_transformer_computes_what_the_reference_computes() {
     close("twin", &run(&xr, &t), &want, 1e-5);
     // The flow-matching loss, reduced as the reference (per shower over P·3 values, padding
     // included, then over the batch).
-    let y: Vec<f32> = x
-        .iter()
-        .zip(&noise)
-        .enumerate()
-        .map(|(i, (&xv, &z))| caloforge_nn::flowmatch::interpolate(xv, z, t[i / (P * 3)]))
-        .collect();
-    let v = values(net.forward(&make(&y, &t)));
-    let mut loss = 0.0f64;
-    for k in 0..b {
-        let mut s = 0.0f64;
-        let at = offs[k];
-        for i in 0..sizes[k] * 3 {
-            let j = k * P * 3 + i;
-            let u = caloforge_nn::flowmatch::target(x[j], noise[j]);
-            s += ((v[at + i] - u) as f64).powi(2);
-        }
-        loss += s / (P * 3) as f64;
-    }
-    loss /= b as f64;
+    let loss: f64 = fm_loss(&fx, &net, &t, &dev)
+        .into_data()
+        .iter::<f64>()
+        .next()
+        .unwrap();
     let want_loss = fx.v["loss"].as_f64().unwrap();
     assert!(
         (loss - want_loss).abs() < 1e-5 * want_loss,
