@@ -770,17 +770,23 @@ impl AllShowers {
         ] {
             let bs = batch.unwrap_or(s.batch_size).max(1);
             let n = bs * (steps + 1) + 1;
+            // PointCountFM sees only the counts and conditions: no points to draw for it.
+            let features = if part == "counts" {
+                0
+            } else {
+                3 * TIMING_POINTS
+            };
             let showers: Vec<Shower> = (0..n)
                 .map(|i| Shower {
-                    x: normal(3 * TIMING_POINTS),
-                    layer: layer.clone(),
+                    x: normal(features),
+                    layer: layer[..features / 3].to_vec(),
                     counts: counts.iter().map(|&c| c as f32).collect(),
                     label: i % cfg.particles.len(),
                     e_inc: 50.0,
                     direction: [0.0, 0.0, 1.0],
                 })
                 .collect();
-            let noise = (0..n).map(|_| normal(3 * TIMING_POINTS)).collect();
+            let noise = (0..n).map(|_| normal(features)).collect();
             let p = Prepared {
                 showers,
                 noise,
