@@ -190,12 +190,10 @@ impl LayerWindow {
 /// layer: `starts[l]..starts[l + 1]` are the rows of layer l (`starts` has layers + 1 entries).
 /// The queries of layer l see the keys of the window's layers, one contiguous block of rows, so
 /// each layer is one dense attention of its queries against that block: no mask, no padding.
-/// Rows of q, k, v and the output are `heads × dh` wide.
-#[allow(clippy::too_many_arguments)]
+/// `qkv` holds rows of `[q | k | v]`, each `heads × dh` wide, head-major; the output's rows are
+/// `heads × dh` wide.
 pub fn layer_window_attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: &[f32],
     starts: &[usize],
     window: LayerWindow,
     heads: usize,
@@ -206,18 +204,16 @@ pub fn layer_window_attention(
     #[cfg(target_arch = "x86_64")]
     if super::simd::simd() {
         // SAFETY: AVX2/FMA present; the same code, vectorised for them.
-        return unsafe { window_attention_avx2(q, k, v, starts, window, heads, dh, scale, out) };
+        return unsafe { window_attention_avx2(qkv, starts, window, heads, dh, scale, out) };
     }
-    window_attention_impl(q, k, v, starts, window, heads, dh, scale, out)
+    window_attention_impl(qkv, starts, window, heads, dh, scale, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn window_attention_avx2(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: &[f32],
     starts: &[usize],
     window: LayerWindow,
     heads: usize,
@@ -225,18 +221,18 @@ unsafe fn window_attention_avx2(
     scale: f32,
     out: &mut [f32],
 ) {
-    window_attention_impl(q, k, v, starts, window, heads, dh, scale, out)
+    window_attention_impl(qkv, starts, window, heads, dh, scale, out)
 }
 
-/// Per layer and head, two packed matrix products ([`super::gemm::Packed`]): the scores of
-/// the layer's queries against the window's keys (the keys packed as a layer's weights), the
-/// row softmax, then the probabilities times the values (the values packed likewise).
+/// Per layer and head, two matrix products straight on the shower's rows
+/// ([`super::gemm::matmul_strided`], nothing packed per layer): the scores of the layer's
+/// queries against the window's keys (the keys transposed once per head, `[dh][points]`), the
+/// row softmax left unnormalised, the products with the window's values (read in place), then
+/// each output row divided by its sum.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn window_attention_impl(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: &[f32],
     starts: &[usize],
     window: LayerWindow,
     heads: usize,
@@ -244,13 +240,24 @@ fn window_attention_impl(
     scale: f32,
     out: &mut [f32],
 ) {
-    use super::gemm::Packed;
+    use super::gemm::{matmul_strided, NR};
     let w = heads * dh;
     let layers = starts.len() - 1;
-    let (mut kh, mut vt, mut qh, mut s, mut o) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let zeros_dh = vec![0.0f32; dh];
-    let mut zeros_k = Vec::new();
+    let n = starts[layers];
+    // The products read whole panels of NR columns: pad the transposed keys and the values.
+    let np = n + NR;
+    let mut qs = Vec::with_capacity(n * w);
+    let mut kt = vec![0.0f32; heads * dh * np];
+    let mut vp = Vec::with_capacity(n * w + NR);
+    for (j, row) in qkv[..n * 3 * w].chunks_exact(3 * w).enumerate() {
+        qs.extend(row[..w].iter().map(|&x| x * scale));
+        for (c, &x) in row[w..2 * w].iter().enumerate() {
+            kt[c * np + j] = x;
+        }
+        vp.extend_from_slice(&row[2 * w..]);
+    }
+    vp.resize(n * w + NR, 0.0);
+    let (mut s, mut inv) = (Vec::new(), Vec::new());
     for l in 0..layers {
         let (a, b) = (starts[l], starts[l + 1]);
         if a == b {
@@ -259,151 +266,48 @@ fn window_attention_impl(
         let (lo, hi) = window.keys(l, layers);
         let (ka, kb) = (starts[lo], starts[hi + 1]);
         let (nq, nk) = (b - a, kb - ka);
-        if nq < PACKED_MIN_QUERIES {
-            // Packing the keys and values would cost more than it saves.
-            window_attention_direct(q, k, v, (a, b, ka, kb), heads, dh, scale, out);
-            continue;
-        }
-        zeros_k.resize(nk, 0.0f32);
+        s.resize(nq * nk, 0.0f32);
         for h in 0..heads {
-            kh.clear();
-            vt.clear();
-            vt.resize(dh * nk, 0.0f32);
-            for j in 0..nk {
-                kh.extend_from_slice(&k[(ka + j) * w + h * dh..][..dh]);
-                let vr = &v[(ka + j) * w + h * dh..][..dh];
-                for d in 0..dh {
-                    vt[d * nk + j] = vr[d];
-                }
-            }
-            qh.clear();
-            for i in a..b {
-                qh.extend(q[i * w + h * dh..][..dh].iter().map(|&x| x * scale));
-            }
-            let kp = Packed::new(&kh, &zeros_k[..nk], dh, None);
-            s.clear();
-            s.resize(nq * nk, 0.0f32);
-            kp.forward(&qh, &mut s, None, false);
+            let o = &mut out[a * w + h * dh..];
+            matmul_strided(
+                &qs[a * w + h * dh..],
+                w,
+                nq,
+                dh,
+                &kt[h * dh * np + ka..],
+                np,
+                nk,
+                &mut s,
+                nk,
+            );
+            inv.clear();
             for row in s.chunks_mut(nk) {
-                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                row.iter_mut().for_each(|x| *x -= m);
-                exp_inplace(row);
-                let inv = 1.0 / super::simd::sum(row);
-                row.iter_mut().for_each(|x| *x *= inv);
+                inv.push(1.0 / super::simd::exp_shifted_sum(row, max(row)));
             }
-            let vp = Packed::new(&vt, &zeros_dh, nk, None);
-            o.clear();
-            o.resize(nq * dh, 0.0f32);
-            vp.forward(&s, &mut o, None, false);
-            for (i, r) in (a..b).zip(o.chunks(dh)) {
-                out[i * w + h * dh..][..dh].copy_from_slice(r);
+            matmul_strided(&s, nk, nq, nk, &vp[ka * w + h * dh..], w, dh, o, w);
+            for (r, &f) in inv.iter().enumerate() {
+                o[r * w..r * w + dh].iter_mut().for_each(|x| *x *= f);
             }
         }
     }
 }
 
-/// Layers with fewer queries than this attend without packed products.
-const PACKED_MIN_QUERIES: usize = 16;
-
-/// The queries `a..b` of one layer against the keys `ka..kb` of its window, per head without
-/// packing: the keys and values transposed (`[dh][keys]`, padded to a multiple of 8 keys), the
-/// scores of 4 queries at a time as `dh` multiply-adds over 8 keys, a vectorised softmax
-/// (padding scores −∞), and the outputs as products with the transposed values.
+/// The largest value (−∞ for none).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn window_attention_direct(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    (a, b, ka, kb): (usize, usize, usize, usize),
-    heads: usize,
-    dh: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    let w = heads * dh;
-    let (mut kt, mut vt, mut s) = (Vec::new(), Vec::new(), Vec::new());
-    {
-        let nk = kb - ka;
-        let np = nk.div_ceil(8) * 8;
-        super::macs::add(2 * (b - a) * nk * w);
-        for h in 0..heads {
-            kt.clear();
-            kt.resize(dh * np, 0.0f32);
-            vt.clear();
-            vt.resize(dh * np, 0.0f32);
-            for j in 0..nk {
-                let kr = &k[(ka + j) * w + h * dh..][..dh];
-                let vr = &v[(ka + j) * w + h * dh..][..dh];
-                for d in 0..dh {
-                    kt[d * np + j] = kr[d];
-                    vt[d * np + j] = vr[d];
-                }
-            }
-            // Queries in blocks of QB: scores and outputs as small matrix products whose
-            // key and value loads serve QB queries.
-            s.clear();
-            s.resize(QB * np, 0.0f32);
-            let mut i0 = a;
-            while i0 < b {
-                let nq = QB.min(b - i0);
-                assert!(dh <= 64, "heads of at most 64 features");
-                let mut qs = [[0.0f32; 64]; QB];
-                for (qq, row) in qs.iter_mut().enumerate().take(nq) {
-                    let qi = &q[(i0 + qq) * w + h * dh..][..dh];
-                    for (d, r) in row.iter_mut().enumerate().take(dh) {
-                        *r = qi[d] * scale;
-                    }
-                }
-                for j0 in (0..np).step_by(8) {
-                    let mut acc = [[0.0f32; 8]; QB];
-                    for d in 0..dh {
-                        let kv: &[f32; 8] = kt[d * np + j0..][..8].try_into().expect("8");
-                        for (qq, ac) in acc.iter_mut().enumerate() {
-                            let c = qs[qq][d];
-                            for (x, &y) in ac.iter_mut().zip(kv) {
-                                *x = c.mul_add(y, *x);
-                            }
-                        }
-                    }
-                    for (qq, ac) in acc.iter().enumerate() {
-                        s[qq * np + j0..][..8].copy_from_slice(ac);
-                    }
-                }
-                for qq in 0..nq {
-                    let row = &mut s[qq * np..(qq + 1) * np];
-                    row[nk..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
-                    let m = row[..nk].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    row.iter_mut().for_each(|x| *x -= m);
-                    exp_inplace(row);
-                    row[nk..].iter_mut().for_each(|x| *x = 0.0);
-                    let inv = 1.0 / super::simd::sum(row);
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
-                for d in 0..dh {
-                    let vr = &vt[d * np..(d + 1) * np];
-                    let mut acc = [[0.0f32; 8]; QB];
-                    for j0 in (0..np).step_by(8) {
-                        let vv: &[f32; 8] = vr[j0..j0 + 8].try_into().expect("8");
-                        for (qq, ac) in acc.iter_mut().enumerate() {
-                            let p: &[f32; 8] = s[qq * np + j0..][..8].try_into().expect("8");
-                            for k in 0..8 {
-                                ac[k] = p[k].mul_add(vv[k], ac[k]);
-                            }
-                        }
-                    }
-                    for (qq, ac) in acc.iter().enumerate().take(nq) {
-                        out[(i0 + qq) * w + h * dh + d] = ac.iter().sum();
-                    }
-                }
-                i0 += nq;
-            }
+fn max(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &b) in m.iter_mut().zip(c) {
+            *a = if b > *a { b } else { *a };
         }
     }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    m.iter().fold(tail, |a, &b| a.max(b))
 }
-
-/// Queries per block of [`window_attention_direct`].
-const QB: usize = 4;
 
 #[cfg(test)]
 mod window_tests {
@@ -461,7 +365,10 @@ mod window_tests {
             .collect();
         let dense = softmax_attention(&q, &k, &v, n, heads, dh, 0.25, Some(&mask));
         let mut banded = vec![0.0; n * w];
-        layer_window_attention(&q, &k, &v, &starts, window, heads, dh, 0.25, &mut banded);
+        let qkv: Vec<f32> = (0..n)
+            .flat_map(|i| [&q, &k, &v].map(|m| &m[i * w..(i + 1) * w]).concat())
+            .collect();
+        layer_window_attention(&qkv, &starts, window, heads, dh, 0.25, &mut banded);
         for (a, b) in dense.iter().zip(&banded) {
             assert!((a - b).abs() < 1e-6, "{a} {b}");
         }

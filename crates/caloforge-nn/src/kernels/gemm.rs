@@ -171,53 +171,143 @@ impl Packed {
         if let Some(a) = add {
             assert_eq!(a.len(), n * m, "addend is not {n} × {m}");
         }
-        assert!(supported(isa), "{isa:?} kernels do not run on this CPU");
         super::macs::add(n * self.macs_per_row());
-        let rows = match isa {
-            Isa::Avx512 => 12,
-            Isa::Avx2 => 6,
-            Isa::Portable => 4,
+        let panel = |p: usize| {
+            let kp = self.kp[p];
+            (&self.data[self.off[p]..self.off[p] + kp * NR], kp)
         };
-        let mut tile = [0.0f32; 12 * NR];
-        for p in 0..self.kp.len() {
-            let (kp, w) = (
-                self.kp[p],
-                &self.data[self.off[p]..self.off[p] + self.kp[p] * NR],
-            );
-            let c0 = p * NR;
-            let nc = NR.min(m - c0);
-            let bias = &self.bias[c0..c0 + NR];
-            let mut r0 = 0;
-            while r0 < n {
-                let nr = rows.min(n - r0);
-                let xs = &x[r0 * k..(r0 + nr) * k];
-                let out = Out {
-                    y: &mut y[r0 * m + c0..],
-                    add: add.map(|a| &a[r0 * m + c0..]),
-                    ld: m,
-                    bias,
-                    nc,
-                    relu,
-                };
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `supported` checked the CPU; the kernel reads nr rows of kp ≤ k
-                    // inputs of xs and kp × NR weights of w, and writes nr rows of nc outputs.
-                    Isa::Avx512 => unsafe { avx512::tile(xs, k, w, kp, nr, out) },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above.
-                    Isa::Avx2 => {
-                        unsafe { avx2::tile(xs, k, w, kp, nr, &mut tile) };
-                        out.finish(&tile, nr)
-                    }
-                    _ => {
-                        tile[..nr * NR].iter_mut().for_each(|v| *v = 0.0);
-                        portable_tile(xs, k, w, kp, nr, &mut tile);
-                        out.finish(&tile, nr)
-                    }
+        let rows = Rows { x, ldx: k, n };
+        drive(
+            isa,
+            rows,
+            self.kp.len(),
+            panel,
+            NR,
+            m,
+            y,
+            m,
+            Some(&self.bias),
+            add,
+            relu,
+        );
+    }
+}
+
+/// `n` rows of `x`, row r at `x[r·ldx..]`.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    x: &'a [f32],
+    ldx: usize,
+    n: usize,
+}
+
+/// `y = x w` without packing: `x` has `n` rows of `k` inputs at stride `ldx`, `w` has `k` rows of
+/// `m` outputs at stride `ldw`, `y` gets `n` rows of `m` at stride `ldy`. The kernels read whole
+/// panels of [`NR`] outputs, so `w` must hold `(k − 1)·ldw + NR·⌈m / NR⌉` floats (pad it; the
+/// padding's products are computed and dropped). Each output is the fused chain of
+/// [`Packed::forward`], so a row's result does not depend on the rows computed with it.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided(
+    x: &[f32],
+    ldx: usize,
+    n: usize,
+    k: usize,
+    w: &[f32],
+    ldw: usize,
+    m: usize,
+    y: &mut [f32],
+    ldy: usize,
+) {
+    if n == 0 || m == 0 {
+        return;
+    }
+    let panels = m.div_ceil(NR);
+    assert!(ldx >= k && ldy >= m, "row strides shorter than the rows");
+    assert!(x.len() >= (n - 1) * ldx + k, "x holds fewer than {n} rows");
+    assert!(y.len() >= (n - 1) * ldy + m, "y holds fewer than {n} rows");
+    assert!(
+        k == 0 || w.len() >= (k - 1) * ldw + panels * NR,
+        "w is not padded to whole panels"
+    );
+    super::macs::add(n * k * m);
+    let panel = |p: usize| (&w[p * NR..], k);
+    let rows = Rows { x, ldx, n };
+    drive(
+        best_isa(),
+        rows,
+        panels,
+        panel,
+        ldw,
+        m,
+        y,
+        ldy,
+        None,
+        None,
+        false,
+    );
+}
+
+/// No bias.
+static ZEROS: [f32; NR] = [0.0; NR];
+
+/// The tile loop shared by [`Packed::forward_with`] and [`matmul_strided`]: for each panel p of
+/// NR outputs (`panel(p)` = its weights, input i's NR outputs at `i·ldw`, and the inputs it
+/// reads), tiles of rows.
+#[allow(clippy::too_many_arguments)]
+fn drive<'w>(
+    isa: Isa,
+    x: Rows,
+    panels: usize,
+    panel: impl Fn(usize) -> (&'w [f32], usize),
+    ldw: usize,
+    m: usize,
+    y: &mut [f32],
+    ldy: usize,
+    bias: Option<&[f32]>,
+    add: Option<&[f32]>,
+    relu: bool,
+) {
+    assert!(supported(isa), "{isa:?} kernels do not run on this CPU");
+    let rows = match isa {
+        Isa::Avx512 => 12,
+        Isa::Avx2 => 6,
+        Isa::Portable => 4,
+    };
+    let mut tile = [0.0f32; 12 * NR];
+    let n = x.n;
+    for p in 0..panels {
+        let (w, kp) = panel(p);
+        let c0 = p * NR;
+        let nc = NR.min(m - c0);
+        let bias = bias.map_or(&ZEROS[..], |b| &b[c0..c0 + NR]);
+        let mut r0 = 0;
+        while r0 < n {
+            let nr = rows.min(n - r0);
+            let xs = &x.x[r0 * x.ldx..];
+            let out = Out {
+                y: &mut y[r0 * ldy + c0..],
+                add: add.map(|a| &a[r0 * ldy + c0..]),
+                ld: ldy,
+                bias,
+                nc,
+                relu,
+            };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `supported` checked the CPU; the kernel reads nr rows of kp inputs of
+                // xs at stride ldx and kp rows of NR weights of w at stride ldw (the callers
+                // checked both), and writes nr rows of nc outputs.
+                Isa::Avx512 => unsafe { avx512::tile(xs, x.ldx, w, ldw, kp, nr, out) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Isa::Avx2 => unsafe { avx2::tile(xs, x.ldx, w, ldw, kp, nr, out) },
+                _ => {
+                    tile[..nr * NR].iter_mut().for_each(|v| *v = 0.0);
+                    portable_tile(xs, x.ldx, w, ldw, kp, nr, &mut tile);
+                    out.finish(&tile, nr)
                 }
-                r0 += nr;
             }
+            r0 += nr;
         }
     }
 }
@@ -235,26 +325,40 @@ struct Out<'a> {
 
 impl Out<'_> {
     /// Writes the sums `tile` (nr × NR).
-    fn finish(self, tile: &[f32], nr: usize) {
+    fn finish(mut self, tile: &[f32], nr: usize) {
         for r in 0..nr {
             for c in 0..self.nc {
-                let mut v = tile[r * NR + c] + self.bias[c];
-                if let Some(a) = self.add {
-                    v += a[r * self.ld + c];
-                }
-                self.y[r * self.ld + c] = if self.relu { v.max(0.0) } else { v };
+                self.put(r, c, tile[r * NR + c]);
             }
         }
+    }
+
+    /// Writes one sum.
+    #[inline(always)]
+    fn put(&mut self, r: usize, c: usize, sum: f32) {
+        let mut v = sum + self.bias[c];
+        if let Some(a) = self.add {
+            v += a[r * self.ld + c];
+        }
+        self.y[r * self.ld + c] = if self.relu { v.max(0.0) } else { v };
     }
 }
 
 /// tile[r][c] = Σ_i x[r][i] · w[i][c] (fused, in order of i) for r < nr, c < NR.
-fn portable_tile(x: &[f32], ldx: usize, w: &[f32], kp: usize, nr: usize, tile: &mut [f32]) {
+fn portable_tile(
+    x: &[f32],
+    ldx: usize,
+    w: &[f32],
+    ldw: usize,
+    kp: usize,
+    nr: usize,
+    tile: &mut [f32],
+) {
     for r in 0..nr {
         let xr = &x[r * ldx..r * ldx + kp];
         let t = &mut tile[r * NR..(r + 1) * NR];
         for (i, &xv) in xr.iter().enumerate() {
-            let wi = &w[i * NR..(i + 1) * NR];
+            let wi = &w[i * ldw..i * ldw + NR];
             for c in 0..NR {
                 t[c] = xv.mul_add(wi[c], t[c]);
             }
@@ -270,14 +374,22 @@ mod avx512 {
     /// R rows × 32 outputs in 2R zmm accumulators, then bias, addend and activation, stored
     /// straight to the output (masked for a partial panel).
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows<const R: usize>(x: *const f32, ldx: usize, w: *const f32, kp: usize, o: Out) {
+    unsafe fn rows<const R: usize>(
+        x: *const f32,
+        ldx: usize,
+        w: *const f32,
+        ldw: usize,
+        kp: usize,
+        o: Out,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        // SAFETY (caller): x has R rows of ≥ kp floats at stride ldx; w has kp × NR floats; the
+        // SAFETY (caller): x has R rows of ≥ kp floats at stride ldx; w has kp rows of NR floats
+        // at stride ldw; the
         // output (and addend) have R rows of o.nc floats at stride o.ld; bias has NR floats.
         unsafe {
             for i in 0..kp {
-                let w0 = _mm512_loadu_ps(w.add(i * NR));
-                let w1 = _mm512_loadu_ps(w.add(i * NR + 16));
+                let w0 = _mm512_loadu_ps(w.add(i * ldw));
+                let w1 = _mm512_loadu_ps(w.add(i * ldw + 16));
                 for r in 0..R {
                     let xv = _mm512_set1_ps(*x.add(r * ldx + i));
                     acc[r][0] = _mm512_fmadd_ps(xv, w0, acc[r][0]);
@@ -309,25 +421,34 @@ mod avx512 {
 
     /// One tile of nr ≤ 12 rows; see [`super::portable_tile`] and [`Out`].
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile(x: &[f32], ldx: usize, w: &[f32], kp: usize, nr: usize, o: Out) {
-        debug_assert!(nr <= 12 && w.len() >= kp * NR && o.bias.len() >= NR);
+    pub(super) unsafe fn tile(
+        x: &[f32],
+        ldx: usize,
+        w: &[f32],
+        ldw: usize,
+        kp: usize,
+        nr: usize,
+        o: Out,
+    ) {
+        debug_assert!(nr <= 12 && (kp == 0 || w.len() >= (kp - 1) * ldw + NR));
+        debug_assert!(o.bias.len() >= NR);
         debug_assert!(o.y.len() >= (nr - 1) * o.ld + o.nc);
         let (x, w) = (x.as_ptr(), w.as_ptr());
         // SAFETY: forwarded from the caller.
         unsafe {
             match nr {
-                12 => rows::<12>(x, ldx, w, kp, o),
-                11 => rows::<11>(x, ldx, w, kp, o),
-                10 => rows::<10>(x, ldx, w, kp, o),
-                9 => rows::<9>(x, ldx, w, kp, o),
-                8 => rows::<8>(x, ldx, w, kp, o),
-                7 => rows::<7>(x, ldx, w, kp, o),
-                6 => rows::<6>(x, ldx, w, kp, o),
-                5 => rows::<5>(x, ldx, w, kp, o),
-                4 => rows::<4>(x, ldx, w, kp, o),
-                3 => rows::<3>(x, ldx, w, kp, o),
-                2 => rows::<2>(x, ldx, w, kp, o),
-                _ => rows::<1>(x, ldx, w, kp, o),
+                12 => rows::<12>(x, ldx, w, ldw, kp, o),
+                11 => rows::<11>(x, ldx, w, ldw, kp, o),
+                10 => rows::<10>(x, ldx, w, ldw, kp, o),
+                9 => rows::<9>(x, ldx, w, ldw, kp, o),
+                8 => rows::<8>(x, ldx, w, ldw, kp, o),
+                7 => rows::<7>(x, ldx, w, ldw, kp, o),
+                6 => rows::<6>(x, ldx, w, ldw, kp, o),
+                5 => rows::<5>(x, ldx, w, ldw, kp, o),
+                4 => rows::<4>(x, ldx, w, ldw, kp, o),
+                3 => rows::<3>(x, ldx, w, ldw, kp, o),
+                2 => rows::<2>(x, ldx, w, ldw, kp, o),
+                _ => rows::<1>(x, ldx, w, ldw, kp, o),
             }
         }
     }
@@ -335,60 +456,92 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::NR;
+    use super::{Out, NR};
     use std::arch::x86_64::*;
 
-    /// R rows × 16 outputs (half `h` of the panel) in 2R ymm accumulators.
+    /// R rows × 16 outputs (half `h` of the panel) in 2R ymm accumulators, then bias, addend
+    /// and activation, stored straight to the output (a partial 8-column group through
+    /// [`Out::put`]).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn rows<const R: usize>(
         x: *const f32,
         ldx: usize,
         w: *const f32,
+        ldw: usize,
         kp: usize,
-        t: *mut f32,
+        o: &mut Out,
         h: usize,
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        // SAFETY (caller): as avx512::rows.
+        // SAFETY (caller): as avx512::rows; the output and addend have R rows of o.nc floats at
+        // stride o.ld.
         unsafe {
             for i in 0..kp {
-                let w0 = _mm256_loadu_ps(w.add(i * NR + 16 * h));
-                let w1 = _mm256_loadu_ps(w.add(i * NR + 16 * h + 8));
+                let w0 = _mm256_loadu_ps(w.add(i * ldw + 16 * h));
+                let w1 = _mm256_loadu_ps(w.add(i * ldw + 16 * h + 8));
                 for r in 0..R {
                     let xv = _mm256_set1_ps(*x.add(r * ldx + i));
                     acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
                     acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
                 }
             }
-            for r in 0..R {
-                _mm256_storeu_ps(t.add(r * NR + 16 * h), acc[r][0]);
-                _mm256_storeu_ps(t.add(r * NR + 16 * h + 8), acc[r][1]);
+            for (j, c) in [16 * h, 16 * h + 8].into_iter().enumerate() {
+                if c >= o.nc {
+                    break;
+                }
+                let b = _mm256_loadu_ps(o.bias.as_ptr().add(c));
+                for (r, a) in acc.iter().enumerate() {
+                    let at = r * o.ld + c;
+                    if c + 8 <= o.nc {
+                        let mut v = _mm256_add_ps(a[j], b);
+                        if let Some(ad) = o.add {
+                            v = _mm256_add_ps(v, _mm256_loadu_ps(ad.as_ptr().add(at)));
+                        }
+                        if o.relu {
+                            v = _mm256_max_ps(v, _mm256_setzero_ps());
+                        }
+                        _mm256_storeu_ps(o.y.as_mut_ptr().add(at), v);
+                    } else {
+                        let mut t = [0.0f32; 8];
+                        _mm256_storeu_ps(t.as_mut_ptr(), a[j]);
+                        for (cc, &sum) in t.iter().enumerate().take(o.nc - c) {
+                            o.put(r, c + cc, sum);
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// See [`super::portable_tile`]; nr ≤ 6.
+    /// One tile of nr ≤ 6 rows; see [`super::portable_tile`] and [`Out`]. The panel's second
+    /// half is skipped when it holds no outputs.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile(
         x: &[f32],
         ldx: usize,
         w: &[f32],
+        ldw: usize,
         kp: usize,
         nr: usize,
-        t: &mut [f32],
+        mut o: Out,
     ) {
-        debug_assert!(nr <= 6 && t.len() >= nr * NR && w.len() >= kp * NR);
-        let (x, w, t) = (x.as_ptr(), w.as_ptr(), t.as_mut_ptr());
+        debug_assert!(
+            nr <= 6 && (kp == 0 || w.len() >= (kp - 1) * ldw + NR.min(o.nc.div_ceil(16) * 16))
+        );
+        debug_assert!(o.y.len() >= (nr - 1) * o.ld + o.nc && o.bias.len() >= NR);
+        let (x, w) = (x.as_ptr(), w.as_ptr());
+        let halves = o.nc.div_ceil(16);
         // SAFETY: forwarded from the caller.
         unsafe {
-            for h in 0..2 {
+            for h in 0..halves {
+                let o = &mut o;
                 match nr {
-                    6 => rows::<6>(x, ldx, w, kp, t, h),
-                    5 => rows::<5>(x, ldx, w, kp, t, h),
-                    4 => rows::<4>(x, ldx, w, kp, t, h),
-                    3 => rows::<3>(x, ldx, w, kp, t, h),
-                    2 => rows::<2>(x, ldx, w, kp, t, h),
-                    _ => rows::<1>(x, ldx, w, kp, t, h),
+                    6 => rows::<6>(x, ldx, w, ldw, kp, o, h),
+                    5 => rows::<5>(x, ldx, w, ldw, kp, o, h),
+                    4 => rows::<4>(x, ldx, w, ldw, kp, o, h),
+                    3 => rows::<3>(x, ldx, w, ldw, kp, o, h),
+                    2 => rows::<2>(x, ldx, w, ldw, kp, o, h),
+                    _ => rows::<1>(x, ldx, w, ldw, kp, o, h),
                 }
             }
         }
@@ -478,6 +631,41 @@ mod tests {
                     );
                     assert_eq!(y1, y[r * m..(r + 1) * m], "{isa:?}: row {r} alone differs");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_product_matches_naive_product_and_the_packed_layer() {
+        // Sub-blocks of larger matrices, as the window attention uses them; m = 16 and 40 skip
+        // or keep a panel's second half, 3 is a partial group of 8.
+        for &(n, k, m) in &[(13, 16, 40), (7, 37, 16), (1, 5, 3), (6, 64, 32)] {
+            let (ldx, ldw, ldy) = (k + 3, m + 9, m + 5);
+            let x = random(n * ldx, 11);
+            let w = random((k - 1) * ldw + m.div_ceil(NR) * NR, 12);
+            let mut y = vec![7.0f32; (n - 1) * ldy + m + 2];
+            matmul_strided(&x, ldx, n, k, &w, ldw, m, &mut y, ldy);
+            for r in 0..n {
+                for j in 0..m {
+                    let s: f64 = (0..k)
+                        .map(|i| x[r * ldx + i] as f64 * w[i * ldw + j] as f64)
+                        .sum();
+                    assert!((y[r * ldy + j] as f64 - s).abs() < 1e-4 * (1.0 + s.abs()));
+                }
+                // Nothing outside the rows' m outputs is written.
+                if r + 1 < n {
+                    assert!(y[r * ldy + m..(r + 1) * ldy].iter().all(|&v| v == 7.0));
+                }
+            }
+            assert!(y[(n - 1) * ldy + m..].iter().all(|&v| v == 7.0));
+            // The same chain as the packed layer of the same weights, bit for bit.
+            let wc: Vec<f32> = (0..k * m).map(|im| w[(im / m) * ldw + im % m]).collect();
+            let xc: Vec<f32> = (0..n * k).map(|rk| x[(rk / k) * ldx + rk % k]).collect();
+            let p = Packed::from_input_major(&wc, &vec![0.0; m], k, None);
+            let mut yp = vec![0.0; n * m];
+            p.forward(&xc, &mut yp, None, false);
+            for r in 0..n {
+                assert_eq!(yp[r * m..(r + 1) * m], y[r * ldy..r * ldy + m]);
             }
         }
     }

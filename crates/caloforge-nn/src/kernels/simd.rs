@@ -203,6 +203,39 @@ unsafe fn exp_avx2_slice(x: &mut [f32]) {
     }
 }
 
+/// x ← exp(x − m), returning Σ x (a softmax row before its normalisation, in one pass).
+pub fn exp_shifted_sum(x: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2/FMA present.
+        return unsafe { exp_shifted_sum_avx2(x, m) };
+    }
+    x.iter_mut().for_each(|v| *v = (*v - m).exp());
+    sum(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_sum_avx2(x: &mut [f32], m: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let mv = _mm256_set1_ps(m);
+    let mut acc = _mm256_setzero_ps();
+    let mut ch = x.chunks_exact_mut(8);
+    for c in &mut ch {
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mv));
+        _mm256_storeu_ps(c.as_mut_ptr(), e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+    let mut s: f32 = lanes.iter().sum();
+    for v in ch.into_remainder() {
+        *v = (*v - m).exp();
+        s += *v;
+    }
+    s
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn silu_avx2(x: &mut [f32]) {

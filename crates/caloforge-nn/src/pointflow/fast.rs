@@ -183,28 +183,21 @@ impl FastPointTransformer {
         let dh = d / self.heads;
         let scale = 1.0 / (dh as f32).sqrt();
         let (mut qkv, mut att) = (vec![0.0; n * 3 * d], vec![0.0; n * d]);
-        let (mut q, mut kk, mut v) = (vec![0.0; n * d], vec![0.0; n * d], vec![0.0; n * d]);
+        let widest = self.blocks.iter().map(|b| b.ff1.d_out()).max().unwrap_or(0);
+        let (mut ff, mut res) = (vec![0.0; n * widest], vec![0.0; n * d]);
         for b in &self.blocks {
             b.qkv.forward(&h, &mut qkv, None, false);
-            for (i, r) in qkv.chunks(3 * d).enumerate() {
-                q[i * d..(i + 1) * d].copy_from_slice(&r[..d]);
-                kk[i * d..(i + 1) * d].copy_from_slice(&r[d..2 * d]);
-                v[i * d..(i + 1) * d].copy_from_slice(&r[2 * d..]);
-            }
             let mut at = 0;
             for s in showers {
                 let m = s.x.len() / f;
-                let rows = at * d..(at + m) * d;
                 layer_window_attention(
-                    &q[rows.clone()],
-                    &kk[rows.clone()],
-                    &v[rows.clone()],
+                    &qkv[at * 3 * d..(at + m) * 3 * d],
                     s.starts,
                     self.window,
                     self.heads,
                     dh,
                     scale,
-                    &mut att[rows],
+                    &mut att[at * d..(at + m) * d],
                 );
                 at += m;
             }
@@ -212,11 +205,11 @@ impl FastPointTransformer {
                 *a += b;
             }
             b.norm1.apply(&mut h);
-            let mut ff = vec![0.0; n * b.ff1.d_out()];
-            b.ff1.forward(&h, &mut ff, None, false);
-            gelu(&mut ff);
-            let res = h.clone();
-            b.ff2.forward(&ff, &mut h, Some(&res), false);
+            let ff = &mut ff[..n * b.ff1.d_out()];
+            b.ff1.forward(&h, ff, None, false);
+            gelu(ff);
+            res.copy_from_slice(&h);
+            b.ff2.forward(ff, &mut h, Some(&res), false);
             b.norm2.apply(&mut h);
         }
         let mut out = vec![0.0; n * f];
