@@ -12,6 +12,10 @@ TB=${4:-1,10}
 BIN=../../target/release/caloforge
 [ -x "$BIN" ] || (cd ../.. && cargo build --release -q)
 echo "== caloforge ($(git rev-parse --short HEAD)), $T thread(s)"
-"$BIN" --threads "$T" bench --preset allshowers-ild --points "$P" --batch "$CB" --min-seconds 0 --no-warmup
+# One warm-up shower per batch size as speed.py's warm forwards, except at batch 100 (minutes).
+for b in ${CB//,/ }; do
+  warm=(); [ "$b" -ge 100 ] && warm=(--no-warmup)
+  "$BIN" --threads "$T" bench --preset allshowers-ild --points "$P" --batch "$b" --min-seconds 0 "${warm[@]}" | { [ "$b" = "${CB%%,*}" ] && cat || tail -n 1; }
+done
 echo "== PyTorch reference"
 python3 speed.py --threads "$T" --points "$P" --batches "$TB"

@@ -143,6 +143,51 @@ mod tests {
     }
 
     #[test]
+    fn assignment_is_optimal_at_the_size_of_a_showers_layer() {
+        // An assignment is optimal iff no cyclic exchange of columns lowers the cost: no
+        // negative cycle in the graph of rows where i → k costs c(i, π(k)) − c(k, π(k)) (row i
+        // takes k's column). Bellman-Ford over all rows at once certifies it.
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for n in [40, 250] {
+            let pts: Vec<f32> = (0..3 * n).map(|_| r.random::<f32>() * 4.0 - 2.0).collect();
+            let noise: Vec<f32> = (0..3 * n).map(|_| r.random::<f32>() * 4.0 - 2.0).collect();
+            let perm = match_euclidean(&pts, &noise, 3);
+            let c = |i: usize, j: usize| {
+                (0..3)
+                    .map(|k| ((pts[3 * i + k] - noise[3 * j + k]) as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            };
+            let improvable = |perm: &[usize]| {
+                let mut dist = vec![0.0f64; n];
+                for _ in 0..=n {
+                    let mut relaxed = false;
+                    for i in 0..n {
+                        for k in 0..n {
+                            let d = dist[i] + c(i, perm[k]) - c(k, perm[k]);
+                            if d < dist[k] - 1e-9 {
+                                dist[k] = d;
+                                relaxed = true;
+                            }
+                        }
+                    }
+                    if !relaxed {
+                        return false;
+                    }
+                }
+                true
+            };
+            assert!(
+                !improvable(&perm),
+                "n {n}: a cyclic exchange lowers the cost"
+            );
+            // The check can fail: the optimal columns shifted by one row are not optimal.
+            let shifted: Vec<usize> = (0..n).map(|i| perm[(i + 1) % n]).collect();
+            assert!(improvable(&shifted));
+        }
+    }
+
+    #[test]
     fn the_cost_is_euclidean_not_squared() {
         // Points (0, 0), (3, 0); noise (2, 0), (0.5, 0).
         let (a, b) = ([0.0f32, 0.0, 3.0, 0.0], [2.0f32, 0.0, 0.5, 0.0]);

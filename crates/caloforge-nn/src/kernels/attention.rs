@@ -265,32 +265,30 @@ fn window_attention_impl(
         }
         let (lo, hi) = window.keys(l, layers);
         let (ka, kb) = (starts[lo], starts[hi + 1]);
-        let (nq, nk) = (b - a, kb - ka);
-        s.resize(nq * nk, 0.0f32);
+        let nk = kb - ka;
         for h in 0..heads {
-            let o = &mut out[a * w + h * dh..];
-            matmul_strided(
-                &qs[a * w + h * dh..],
-                w,
-                nq,
-                dh,
-                &kt[h * dh * np + ka..],
-                np,
-                nk,
-                &mut s,
-                nk,
-            );
-            inv.clear();
-            for row in s.chunks_mut(nk) {
-                inv.push(1.0 / super::simd::exp_shifted_sum(row, max(row)));
-            }
-            matmul_strided(&s, nk, nq, nk, &vp[ka * w + h * dh..], w, dh, o, w);
-            for (r, &f) in inv.iter().enumerate() {
-                o[r * w..r * w + dh].iter_mut().for_each(|x| *x *= f);
+            // Queries in blocks whose scores stay in the L1 cache.
+            for q0 in (a..b).step_by(QUERY_BLOCK) {
+                let nb = QUERY_BLOCK.min(b - q0);
+                s.resize(nb * nk, 0.0f32);
+                let o = &mut out[q0 * w + h * dh..];
+                let (qr, kr) = (&qs[q0 * w + h * dh..], &kt[h * dh * np + ka..]);
+                matmul_strided(qr, w, nb, dh, kr, np, nk, &mut s, nk);
+                inv.clear();
+                for row in s.chunks_mut(nk) {
+                    inv.push(1.0 / super::simd::exp_shifted_sum(row, max(row)));
+                }
+                matmul_strided(&s, nk, nb, nk, &vp[ka * w + h * dh..], w, dh, o, w);
+                for (r, &f) in inv.iter().enumerate() {
+                    o[r * w..r * w + dh].iter_mut().for_each(|x| *x *= f);
+                }
             }
         }
     }
 }
+
+/// Queries whose scores [`window_attention_impl`] computes at once (two AVX2 tiles).
+const QUERY_BLOCK: usize = 12;
 
 /// The largest value (−∞ for none).
 #[inline(always)]
