@@ -275,39 +275,47 @@ fn drive<'w>(
     };
     let mut tile = [0.0f32; 12 * NR];
     let n = x.n;
-    for p in 0..panels {
-        let (w, kp) = panel(p);
-        let c0 = p * NR;
-        let nc = NR.min(m - c0);
-        let bias = bias.map_or(&ZEROS[..], |b| &b[c0..c0 + NR]);
-        let mut r0 = 0;
-        while r0 < n {
-            let nr = rows.min(n - r0);
-            let xs = &x.x[r0 * x.ldx..];
-            let out = Out {
-                y: &mut y[r0 * ldy + c0..],
-                add: add.map(|a| &a[r0 * ldy + c0..]),
-                ld: ldy,
-                bias,
-                nc,
-                relu,
-            };
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `supported` checked the CPU; the kernel reads nr rows of kp inputs of
-                // xs at stride ldx and kp rows of NR weights of w at stride ldw (the callers
-                // checked both), and writes nr rows of nc outputs.
-                Isa::Avx512 => unsafe { avx512::tile(xs, x.ldx, w, ldw, kp, nr, out) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: as above.
-                Isa::Avx2 => unsafe { avx2::tile(xs, x.ldx, w, ldw, kp, nr, out) },
-                _ => {
-                    tile[..nr * NR].iter_mut().for_each(|v| *v = 0.0);
-                    portable_tile(xs, x.ldx, w, ldw, kp, nr, &mut tile);
-                    out.finish(&tile, nr)
+    // Blocks of rows (about 128 KiB of inputs, kept in L2), and within a block each panel
+    // (k × NR weights, kept in L1) over the block's tiles: neither a large batch nor a large
+    // layer is streamed from memory once per panel or per tile.
+    let kmax = (0..panels).map(|p| panel(p).1).max().unwrap_or(0);
+    let block = ((32 * 1024 / kmax.max(1)) / rows).max(1) * rows;
+    for b0 in (0..n).step_by(block) {
+        let b1 = (b0 + block).min(n);
+        for p in 0..panels {
+            let (w, kp) = panel(p);
+            let c0 = p * NR;
+            let nc = NR.min(m - c0);
+            let bias = bias.map_or(&ZEROS[..], |b| &b[c0..c0 + NR]);
+            let mut r0 = b0;
+            while r0 < b1 {
+                let nr = rows.min(b1 - r0);
+                let xs = &x.x[r0 * x.ldx..];
+                let out = Out {
+                    y: &mut y[r0 * ldy + c0..],
+                    add: add.map(|a| &a[r0 * ldy + c0..]),
+                    ld: ldy,
+                    bias,
+                    nc,
+                    relu,
+                };
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `supported` checked the CPU; the kernel reads nr rows of kp inputs
+                    // of xs at stride ldx and kp rows of NR weights of w at stride ldw (the
+                    // callers checked both), and writes nr rows of nc outputs.
+                    Isa::Avx512 => unsafe { avx512::tile(xs, x.ldx, w, ldw, kp, nr, out) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Isa::Avx2 => unsafe { avx2::tile(xs, x.ldx, w, ldw, kp, nr, out) },
+                    _ => {
+                        tile[..nr * NR].iter_mut().for_each(|v| *v = 0.0);
+                        portable_tile(xs, x.ldx, w, ldw, kp, nr, &mut tile);
+                        out.finish(&tile, nr)
+                    }
                 }
+                r0 += nr;
             }
-            r0 += nr;
         }
     }
 }
