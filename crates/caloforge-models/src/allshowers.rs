@@ -22,9 +22,10 @@
 //! Deliberate differences from the reference, for correctness: the particle labels are the
 //! configuration's fixed list (the reference rebuilds it from the PDG codes present in each
 //! split, so a split lacking a species shifts every label); validation uses fixed times and
-//! the stored matched noise (the reference draws new times every epoch). Not yet reproduced:
-//! the Ranger optimizer (RAdam + Lookahead, decoupled weight decay) and the global-norm gradient
-//! clipping; caloforge trains with Adam and clips each tensor's gradient norm.
+//! the stored matched noise (the reference draws new times every epoch). The optimizer is the
+//! reference's RangerLite (RAdam with decoupled weight decay, then Lookahead;
+//! [`caloforge_nn::optim::Ranger`]) with PyTorch's global-norm gradient clipping, as the presets
+//! set them.
 
 use crate::calodiffusion::DiffusionCard;
 use crate::registry::{ModelInfo, StepTiming};
