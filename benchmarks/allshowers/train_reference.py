@@ -188,6 +188,9 @@ def main():
     ap.add_argument("--particles", default="11,-11,22,211,-211")
     ap.add_argument("--layers", type=int, default=78)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--dump", help="directory for a replay of this run (replay.py): the initial "
+                    "weights, the prepared showers and matched noise, every step's showers, "
+                    "times, learning rate and loss, the validation times and losses")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -214,6 +217,9 @@ def main():
         net.train()
         return total / len(val_idx)
 
+    init = {k: {"shape": list(v.shape), "values": v.flatten().tolist()}
+            for k, v in net.state_dict().items()} if a.dump else None
+    steps = []
     history = [{"step": 0, "val_loss": validate()}]
     step, train_s = 0, 0.0
     for epoch in range(a.epochs):
@@ -230,6 +236,9 @@ def main():
             opt.step()
             train_s += time.perf_counter() - ts
             losses.append(float(loss))
+            if a.dump:
+                steps.append({"idx": idx, "t": t.tolist(), "lr": opt.param_groups[0]["lr"],
+                              "loss": float(loss)})
             step += 1
         sched.step()
         history.append({"step": step, "train_loss": float(np.mean(losses)), "val_loss": validate()})
@@ -242,6 +251,32 @@ def main():
     }
     with open(a.out, "w") as fh:
         json.dump(doc, fh, indent=1)
+    if a.dump:
+        dump(a, data, n_train, max_points, init, steps, val_t, history, len(particles))
+
+
+def dump(a, data, n_train, max_points, init, steps, val_t, history, particles):
+    """The replay of this run: replay.json and points.f32 (per shower its standardised points,
+    then their matched noise, n × 3 each, little-endian float32)."""
+    import os
+    os.makedirs(a.dump, exist_ok=True)
+    with open(os.path.join(a.dump, "points.f32"), "wb") as fh:
+        for x, z, *_ in data:
+            fh.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
+            fh.write(np.ascontiguousarray(z, dtype="<f4").tobytes())
+    doc = {
+        "layers": a.layers, "particles": particles, "max_points": max_points,
+        "n_train": n_train, "batch": a.batch, "epochs": a.epochs, "clip": 0.2,
+        "weight_decay": 1e-2, "init": init,
+        "showers": [{"n": len(x), "layer": layer.tolist(), "counts": counts.tolist(),
+                     "cond": cond.tolist(), "label": label}
+                    for x, _, layer, counts, cond, label in data],
+        "steps": steps, "val_t": val_t.tolist(),
+        "val_losses": [h["val_loss"] for h in history],
+        "steps_per_epoch": len(steps) // a.epochs,
+    }
+    with open(os.path.join(a.dump, "replay.json"), "w") as fh:
+        json.dump(doc, fh)
 
 
 if __name__ == "__main__":
