@@ -142,8 +142,8 @@ fn main() {
         .collect();
     let dev = Device::flex().autodiff();
     let mut net = PointTransformer::from_reference(&dims, &state, &dev).expect("weights");
-    let mut optim = Ranger::new(doc["weight_decay"].as_f64().expect("wd"))
-        .into_module_optimizer_clipped(None);
+    let mut optim =
+        Ranger::new(doc["weight_decay"].as_f64().expect("wd")).into_module_optimizer_clipped(None);
     let val_t = f32s(&doc["val_t"]);
     let torch_val = f32s(&doc["val_losses"]);
     let validate = |net: &PointTransformer| -> f64 {

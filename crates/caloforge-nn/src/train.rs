@@ -753,6 +753,56 @@ mod tests {
     use burn::tensor::{Device, TensorData};
     use rand::Rng;
 
+    #[test]
+    fn bad_settings_are_named() {
+        let msg = |s: TrainSettings| s.validate("train_x").unwrap_err().to_string();
+        let ranger = || TrainSettings {
+            optimizer: OptimizerKind::Ranger,
+            ..Default::default()
+        };
+        for wd in [-1.0, f64::NAN, f64::INFINITY] {
+            let m = msg(TrainSettings {
+                weight_decay: wd,
+                ..ranger()
+            });
+            assert!(m.contains("train_x: weight_decay must be ≥ 0"), "{m}");
+        }
+        let m = msg(TrainSettings {
+            weight_decay: 1e-2,
+            ..Default::default()
+        });
+        assert!(
+            m.contains("weight_decay applies to the ranger optimizer only"),
+            "{m}"
+        );
+        for c in [0.0, -0.2, f64::NAN] {
+            let m = msg(TrainSettings {
+                grad_clip: Some(c),
+                clip: ClipMode::Global,
+                ..ranger()
+            });
+            assert!(m.contains("grad_clip must be a positive number"), "{m}");
+        }
+        assert!(TrainSettings {
+            weight_decay: 1e-2,
+            grad_clip: Some(0.2),
+            clip: ClipMode::Global,
+            ..ranger()
+        }
+        .validate("train_x")
+        .is_ok());
+        // An unknown clip mode is a parse error naming the accepted ones.
+        let e = serde_json::from_str::<ClipMode>("\"sideways\"").unwrap_err();
+        assert!(
+            e.to_string().contains("expected `tensor` or `global`"),
+            "{e}"
+        );
+        assert_eq!(
+            serde_json::from_str::<ClipMode>("\"global\"").unwrap(),
+            ClipMode::Global
+        );
+    }
+
     /// y = w·x + b fitted to noisy targets: a tiny task with per-step randomness.
     #[derive(Module, Debug)]
     struct Line {
