@@ -52,6 +52,22 @@ struct ConvertSummary {
     wall_seconds: f64,
 }
 
+impl ConvertArgs {
+    /// `convert INPUT --voxelize DATASET -o OUT`.
+    pub fn voxelize(input: &std::path::Path, out: &std::path::Path, ds: DatasetKind) -> Self {
+        ConvertArgs {
+            input: input.to_path_buf(),
+            out: out.to_path_buf(),
+            voxelize: Some(ds),
+            binning: None,
+            grid: None,
+            points: None,
+            threshold: 0.0,
+            n: None,
+        }
+    }
+}
+
 /// Showers converted per batch.
 const BATCH: usize = 1000;
 

@@ -92,7 +92,7 @@ enum Command {
     Demo(commands::DemoArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct EvaluateArgs {
     /// Dataset: 1-photons, 1-pions, 2 or 3.
     #[arg(long, short = 'd', value_parser = parse_dataset, required_unless_present = "points")]
@@ -107,6 +107,12 @@ struct EvaluateArgs {
     /// thresholds apply; without it every point with E > 0 counts.
     #[arg(long, requires = "points")]
     detector: Option<String>,
+    /// With --points: also bin both files into this dataset's CaloChallenge mesh (2 or 3 for
+    /// the `calochallenge` detector), writing OUT/voxels_generated.h5 and
+    /// OUT/voxels_reference.h5, and run the CaloChallenge evaluation on them into
+    /// OUT/calochallenge (mode all with --mode all, hist with hist, cls-low with cls-points).
+    #[arg(long, requires = "points", value_parser = parse_dataset)]
+    voxelize: Option<DatasetKind>,
     /// Generated showers (HDF5).
     #[arg(long, short = 'i', alias = "input")]
     generated: PathBuf,
@@ -269,8 +275,8 @@ fn evaluate_points(a: EvaluateArgs, quiet: bool) -> Result<()> {
         cc.precision = caloforge_nn_precision_f64();
     }
     let cfg = PointEvalConfig {
-        generated: a.generated,
-        reference: a.reference,
+        generated: a.generated.clone(),
+        reference: a.reference.clone(),
         out_dir: a.out.clone(),
         layers,
         thresholds_mev: thresholds,
@@ -282,6 +288,28 @@ fn evaluate_points(a: EvaluateArgs, quiet: bool) -> Result<()> {
     let s = evaluate_points(&cfg)?;
     eprint!("{}", summary_text(&s));
     eprintln!("results written to {}", a.out.display());
+    if let Some(ds) = a.voxelize {
+        // The same showers binned into the dataset's mesh, then the voxel evaluation.
+        let mut v = a.clone();
+        for (input, name) in [(&a.generated, "generated"), (&a.reference, "reference")] {
+            let out = a.out.join(format!("voxels_{name}.h5"));
+            convert::convert(convert::ConvertArgs::voxelize(input, &out, ds), quiet)?;
+            match name {
+                "generated" => v.generated = out,
+                _ => v.reference = out,
+            }
+        }
+        v.points = false;
+        v.dataset = Some(ds);
+        v.out = a.out.join("calochallenge");
+        v.mode = match a.mode.as_str() {
+            "hist" => "hist",
+            "cls-points" => "cls-low",
+            _ => "all",
+        }
+        .into();
+        evaluate(v, quiet)?;
+    }
     Ok(())
 }
 

@@ -1119,6 +1119,41 @@ fn point_clouds_simulate_convert_and_match_the_voxel_simulator() {
         "-o",
         &p("ccv.h5"),
     ]));
+    // evaluate --points --voxelize: the point observables and, on the same showers binned into
+    // the dataset-2 mesh, the CaloChallenge evaluation (a file against itself: separation 0).
+    ok(&caloforge(&[
+        "evaluate",
+        "--points",
+        "--detector",
+        "calochallenge",
+        "--voxelize",
+        "2",
+        "-m",
+        "hist",
+        "-i",
+        &p("cc.h5"),
+        "-r",
+        &p("cc.h5"),
+        "--out",
+        &p("ev"),
+    ]));
+    assert!(Path::new(&p("ev/points_metrics.json")).exists());
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("ev/calochallenge/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["generated"]["showers"], 150);
+    let seps = m["separation_means"].as_array().unwrap();
+    assert!(
+        seps.len() >= 9 && seps.iter().all(|s| s[1].as_f64().unwrap() < 1e-12),
+        "{seps:?}"
+    );
+    let (g, r) = (
+        caloforge_core::ShowerFile::open(Path::new(&p("ev/voxels_generated.h5")), Some(6480))
+            .unwrap(),
+        caloforge_core::ShowerFile::open(Path::new(&p("ev/voxels_reference.h5")), Some(6480))
+            .unwrap(),
+    );
+    assert_eq!(g.read_rows(0, 150).unwrap(), r.read_rows(0, 150).unwrap());
     simulate_ds2(&p("vox.h5"), 150);
     let ratio = |f: &str| {
         let s = caloforge_core::ShowerFile::open(Path::new(f), Some(6480)).unwrap();
