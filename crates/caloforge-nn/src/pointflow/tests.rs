@@ -164,6 +164,57 @@ fn the_fast_transformer_matches_burn() {
 }
 
 #[test]
+fn the_fast_transformer_matches_burn_at_full_size() {
+    // The paper's widths on 45 layers, with showers of hundreds of points in few layers: layers
+    // of more than one block of queries, windows of several panels of keys, GEMMs of several
+    // row blocks.
+    let dims = PointTransformerDims {
+        layers: 45,
+        particles: 3,
+        ..Default::default()
+    };
+    let net = dims.init(&burn::tensor::Device::flex());
+    crate::weights::initialize(&net);
+    let fast = net.twin();
+    let mut s = showers(&[700, 90], &dims, 4);
+    for l in &mut s.layers {
+        // Crowd the points into layers 10-21.
+        l.iter_mut().for_each(|v| *v = 10 + *v % 12);
+        l.sort();
+    }
+    for (c, l) in s.counts.iter_mut().zip(&s.layers) {
+        c.iter_mut().for_each(|v| *v = 0.0);
+        l.iter().for_each(|&v| c[v] += 1.0);
+    }
+    let st: Vec<Vec<usize>> = s.layers.iter().map(|l| starts(l, dims.layers)).collect();
+    let b = batch(&s, &dims);
+    check_twin(
+        "point transformer, full size",
+        b.x.clone(),
+        |x| {
+            let mut bb = b.clone();
+            bb.x = x;
+            net.forward(&bb)
+        },
+        |x| {
+            let offs = [0, 2100, 2370];
+            let inputs: Vec<ShowerInput> = (0..2)
+                .map(|k| ShowerInput {
+                    x: &x[offs[k]..offs[k + 1]],
+                    starts: &st[k],
+                    time_cond: &s.tc[k],
+                    label: s.label[k],
+                    counts: &s.counts[k],
+                })
+                .collect();
+            fast.forward(&inputs)
+        },
+        Layout::Rows,
+        1e-4,
+    );
+}
+
+#[test]
 fn the_fast_count_net_matches_burn() {
     let dims = CountNetDims {
         layers: 7,
