@@ -68,9 +68,10 @@ if vox:
         sep = dict(d["separation_means"])
         cls = {str(c["mode"]).lower(): c["auc_mean"] for c in d.get("classifiers", [])}
         fpd, kpd = d.get("fpd_x1e3"), d.get("kpd_x1e3")
-        fmt = lambda v: f"{v['value']:.2f} ± {v['error']:.2f}" if v else "-"
+        fmt = lambda v: f"{v['value']:.3g} ± {v['error']:.2g}" if v else "-"
+        auc = lambda m: f"{cls[m]:.3f}" if m in cls else "-"
         print(f"| {name(model)} | {particle} | {d['generated']['mean_etot_einc']:.3f} / "
               f"{d['reference']['mean_etot_einc']:.3f} | "
               + " | ".join(f"{sep.get(s, float('nan')):.3f}" for s in seps)
-              + f" | {cls.get('low', float('nan')):.3f} | {cls.get('high', float('nan')):.3f}"
+              + f" | {auc('low')} | {auc('high')}"
               f" | {fmt(fpd)} | {fmt(kpd)} |")
