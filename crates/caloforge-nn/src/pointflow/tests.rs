@@ -119,32 +119,7 @@ fn the_fast_transformer_matches_burn() {
     let fast = net.twin();
     // Different sizes and layer distributions.
     let s = showers(&[10, 4, 13], &dims, 2);
-    let st: Vec<Vec<usize>> = s.layers.iter().map(|l| starts(l, dims.layers)).collect();
-    let b = batch(&s, &dims);
-    check_twin(
-        "point transformer",
-        b.x.clone(),
-        |x| {
-            let mut bb = b.clone();
-            bb.x = x;
-            net.forward(&bb)
-        },
-        |x| {
-            let offs = [0, 30, 42, 81];
-            let inputs: Vec<ShowerInput> = (0..3)
-                .map(|k| ShowerInput {
-                    x: &x[offs[k]..offs[k + 1]],
-                    starts: &st[k],
-                    time_cond: &s.tc[k],
-                    label: s.label[k],
-                    counts: &s.counts[k],
-                })
-                .collect();
-            fast.forward(&inputs)
-        },
-        Layout::Rows,
-        2e-5,
-    );
+    check_transformer_twin("point transformer", &net, &dims, &s, 2e-5);
     // Showers of different sizes at once give what each gives alone.
     let s = showers(&[4, 17, 1], &dims, 3);
     let st: Vec<Vec<usize>> = s.layers.iter().map(|l| starts(l, dims.layers)).collect();
@@ -175,7 +150,6 @@ fn the_fast_transformer_matches_burn_at_full_size() {
     };
     let net = dims.init(&burn::tensor::Device::flex());
     crate::weights::initialize(&net);
-    let fast = net.twin();
     let mut s = showers(&[700, 90], &dims, 4);
     for l in &mut s.layers {
         // Crowd the points into layers 10-21.
@@ -186,10 +160,27 @@ fn the_fast_transformer_matches_burn_at_full_size() {
         c.iter_mut().for_each(|v| *v = 0.0);
         l.iter().for_each(|&v| c[v] += 1.0);
     }
+    check_transformer_twin("point transformer, full size", &net, &dims, &s, 1e-4);
+}
+
+/// The twin of `net` against burn on showers `s` (all at once), inputs and gradients through
+/// [`check_twin`].
+fn check_transformer_twin(
+    name: &str,
+    net: &PointTransformer,
+    dims: &PointTransformerDims,
+    s: &Showers,
+    tol: f32,
+) {
+    let fast = net.twin();
     let st: Vec<Vec<usize>> = s.layers.iter().map(|l| starts(l, dims.layers)).collect();
-    let b = batch(&s, &dims);
+    let mut offs = vec![0];
+    for x in &s.x {
+        offs.push(offs.last().unwrap() + x.len());
+    }
+    let b = batch(s, dims);
     check_twin(
-        "point transformer, full size",
+        name,
         b.x.clone(),
         |x| {
             let mut bb = b.clone();
@@ -197,8 +188,7 @@ fn the_fast_transformer_matches_burn_at_full_size() {
             net.forward(&bb)
         },
         |x| {
-            let offs = [0, 2100, 2370];
-            let inputs: Vec<ShowerInput> = (0..2)
+            let inputs: Vec<ShowerInput> = (0..s.x.len())
                 .map(|k| ShowerInput {
                     x: &x[offs[k]..offs[k + 1]],
                     starts: &st[k],
@@ -210,7 +200,7 @@ fn the_fast_transformer_matches_burn_at_full_size() {
             fast.forward(&inputs)
         },
         Layout::Rows,
-        1e-4,
+        tol,
     );
 }
 
