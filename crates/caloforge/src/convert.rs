@@ -53,13 +53,18 @@ struct ConvertSummary {
 }
 
 impl ConvertArgs {
-    /// `convert INPUT --voxelize DATASET -o OUT`.
-    pub fn voxelize(input: &std::path::Path, out: &std::path::Path, ds: DatasetKind) -> Self {
+    /// `convert INPUT --voxelize DATASET [--binning XML] -o OUT`.
+    pub fn voxelize(
+        input: &std::path::Path,
+        out: &std::path::Path,
+        ds: DatasetKind,
+        binning: Option<PathBuf>,
+    ) -> Self {
         ConvertArgs {
             input: input.to_path_buf(),
             out: out.to_path_buf(),
             voxelize: Some(ds),
-            binning: None,
+            binning,
             grid: None,
             points: None,
             threshold: 0.0,

@@ -289,16 +289,17 @@ fn evaluate_points(a: EvaluateArgs, quiet: bool) -> Result<()> {
     eprint!("{}", summary_text(&s));
     eprintln!("results written to {}", a.out.display());
     if let Some(ds) = a.voxelize {
-        // The same showers binned into the dataset's mesh, then the voxel evaluation.
-        let mut v = a.clone();
-        for (input, name) in [(&a.generated, "generated"), (&a.reference, "reference")] {
+        // The same showers binned into the dataset's mesh (with --binning, that binning), then
+        // the voxel evaluation.
+        let bin = |input: &std::path::Path, name: &str| -> Result<PathBuf> {
             let out = a.out.join(format!("voxels_{name}.h5"));
-            convert::convert(convert::ConvertArgs::voxelize(input, &out, ds), quiet)?;
-            match name {
-                "generated" => v.generated = out,
-                _ => v.reference = out,
-            }
-        }
+            let args = convert::ConvertArgs::voxelize(input, &out, ds, a.binning.clone());
+            convert::convert(args, quiet)?;
+            Ok(out)
+        };
+        let mut v = a.clone();
+        v.generated = bin(&a.generated, "generated")?;
+        v.reference = bin(&a.reference, "reference")?;
         v.points = false;
         v.dataset = Some(ds);
         v.out = a.out.join("calochallenge");

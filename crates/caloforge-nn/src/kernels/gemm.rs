@@ -392,8 +392,8 @@ mod avx512 {
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         // SAFETY (caller): x has R rows of ≥ kp floats at stride ldx; w has kp rows of NR floats
-        // at stride ldw; the
-        // output (and addend) have R rows of o.nc floats at stride o.ld; bias has NR floats.
+        // at stride ldw; the output (and addend) have R rows of o.nc floats at stride o.ld; bias
+        // has NR floats.
         unsafe {
             for i in 0..kp {
                 let w0 = _mm512_loadu_ps(w.add(i * ldw));

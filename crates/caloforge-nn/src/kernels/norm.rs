@@ -1,7 +1,7 @@
 //! Normalisations on channels-last rows: GroupNorm (over a grid's voxels and each group's
 //! channels) and LayerNorm (over each row).
 
-use super::simd::{silu, simd_method};
+use super::simd::{silu, simd_method, sum_of};
 
 /// GroupNorm: biased variance, ε inside the square root, per-channel affine (burn's and
 /// PyTorch's `GroupNorm`).
@@ -98,25 +98,12 @@ impl LayerNorm {
         let d = self.gamma.len();
         let eps = self.eps as f32;
         for row in x.chunks_exact_mut(d) {
-            let mean = lanes_sum(row, |v| v) / d as f32;
-            let var = lanes_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
+            let mean = sum_of(row, |v| v) / d as f32;
+            let var = sum_of(row, |v| (v - mean) * (v - mean)) / d as f32;
             let inv = 1.0 / (var + eps).sqrt();
             for ((v, &g), &b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
                 *v = (*v - mean) * inv * g + b;
             }
         }
     }
-}
-
-/// Σ f(x) in 8 independent lanes (vectorisable), then the lanes.
-#[inline(always)]
-fn lanes_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut ch = x.chunks_exact(8);
-    for c in &mut ch {
-        for k in 0..8 {
-            acc[k] += f(c[k]);
-        }
-    }
-    acc.iter().sum::<f32>() + ch.remainder().iter().map(|&v| f(v)).sum::<f32>()
 }

@@ -396,14 +396,20 @@ unsafe fn gelu_grad_avx2(x: &[f32], gy: &[f32], gx: &mut [f32]) {
 
 /// Σ x in 8 independent lanes (vectorisable), then the lanes.
 pub fn sum(x: &[f32]) -> f32 {
+    sum_of(x, |v| v)
+}
+
+/// Σ f(x) in 8 independent lanes (vectorisable), then the lanes.
+#[inline(always)]
+pub fn sum_of(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut ch = x.chunks_exact(8);
     for c in &mut ch {
         for k in 0..8 {
-            acc[k] += c[k];
+            acc[k] += f(c[k]);
         }
     }
-    acc.iter().sum::<f32>() + ch.remainder().iter().sum::<f32>()
+    acc.iter().sum::<f32>() + ch.remainder().iter().map(|&v| f(v)).sum::<f32>()
 }
 
 #[cfg(test)]
