@@ -48,6 +48,16 @@ fn reads_the_python_packages_files() {
     let pts = g.read_points(0, 3).unwrap();
     assert!(pts[1].is_empty());
     assert_eq!(pts[2], expected(2, 2, 5));
+
+    // The same showers with a model's `target` group (all −1), an `observables` group and file
+    // attributes beside them read exactly as without.
+    let h = PointFile::open(&fixture("showerdata_0.7_4features_target_observables.h5")).unwrap();
+    assert_eq!((h.len(), h.features), (3, 4));
+    assert_eq!(h.num_points, f.num_points);
+    assert_eq!(h.energies, f.energies);
+    assert_eq!(h.pdg, f.pdg);
+    assert_eq!(h.directions, f.directions);
+    assert_eq!(h.read_points(0, 3).unwrap(), all);
 }
 
 #[test]

@@ -83,6 +83,10 @@ pub struct AllShowersConfig {
     pub validation: usize,
     /// Showers the standardisations are fitted on (the first of the training split).
     pub fit_showers: usize,
+    /// Points with at most this energy (GeV) are dropped when the training file is prepared, as
+    /// a readout threshold would (0: every point with E > 0 is kept).
+    #[serde(default)]
+    pub min_point_energy: f64,
     pub transformer: PointTransformerDims,
     /// Hidden widths of PointCountFM.
     pub count_hidden: Vec<usize>,
@@ -135,6 +139,9 @@ impl AllShowersConfig {
         if c.validation == 0 || c.fit_showers == 0 {
             return Err(err("validation and fit_showers must be > 0"));
         }
+        if !(c.min_point_energy >= 0.0 && c.min_point_energy.is_finite()) {
+            return Err(err("min_point_energy must be a finite energy ≥ 0 (GeV)"));
+        }
         Ok(c)
     }
 
@@ -172,6 +179,34 @@ fn standardiser(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     let s = var.sqrt();
     (m, if s > 0.0 && s.is_finite() { s } else { 1.0 })
+}
+
+/// Decades below the median point energy beyond which a point counts as an outlier.
+const OUTLIER_DECADES: f64 = 6.0;
+
+/// A warning when more than 0.1 % of the points lie [`OUTLIER_DECADES`] or more below the median
+/// energy: ln E is standardised, so such a tail (cells without a readout threshold, down to
+/// denormal energies) widens the scale of every point's energy and the generated spectrum's
+/// upper tail with it.
+fn energy_outliers(energies: impl Iterator<Item = f32>) -> Option<String> {
+    let mut e: Vec<f32> = energies.collect();
+    if e.is_empty() {
+        return None;
+    }
+    let mid = e.len() / 2;
+    let median = *e.select_nth_unstable_by(mid, f32::total_cmp).1 as f64;
+    let cut = median * 10f64.powf(-OUTLIER_DECADES);
+    let low = e.iter().filter(|&&x| (x as f64) < cut).count();
+    let min = e.iter().copied().fold(f32::INFINITY, f32::min);
+    (low * 1000 > e.len()).then(|| {
+        format!(
+            "{:.2} % of the points carry less than 1e-{OUTLIER_DECADES} of the median point energy \
+             ({median:.3e} GeV; the smallest {min:.3e} GeV): such a tail widens the standardised \
+             log-energy and the generated energies with it; re-simulate with a cell threshold \
+             or set min_point_energy (GeV) in the configuration",
+            100.0 * low as f64 / e.len() as f64
+        )
+    })
 }
 
 /// The fitted standardisations (`preprocessing.json`).
@@ -230,14 +265,16 @@ fn prepare(
     }
     let layers = cfg.layers();
     progress.start("prepare", "read points", n as u64);
-    // Raw points (x, y, layer, E) sorted by layer; points with E ≤ 0 are padding.
+    // Raw points (x, y, layer, E) sorted by layer; points with E ≤ 0 are padding, those at or
+    // below `min_point_energy` are dropped.
+    let e_min = cfg.min_point_energy.max(0.0) as f32;
     let mut raw: Vec<Vec<[f32; 4]>> = Vec::with_capacity(n);
     for start in (0..n).step_by(2048) {
         let k = 2048.min(n - start);
         for (j, s) in f.read_points(start, k)?.into_iter().enumerate() {
             let mut pts: Vec<[f32; 4]> = s
                 .chunks(f.features)
-                .filter(|p| p[3] > 0.0)
+                .filter(|p| p[3] > e_min)
                 .map(|p| [p[0], p[1], p[2], p[3]])
                 .collect();
             for p in &pts {
@@ -265,6 +302,13 @@ fn prepare(
     }
     let fit = cfg.fit_showers.min(n_train);
     let pts = || raw[..fit].iter().flatten();
+    if let Some(w) = energy_outliers(pts().map(|p| p[3])) {
+        progress.set(
+            "prepare",
+            n as u64,
+            Some(format!("warning: {}: {w}", opts.data.display())),
+        );
+    }
     let mut prep = Preprocessing {
         coord: [
             standardiser(pts().map(|p| p[0] as f64)),

@@ -168,3 +168,99 @@ fn ot_noise_is_matched_within_layers_and_deterministic() {
         assert!(cost(&a[0], r.clone()) <= cost(&z, r.clone()) + 1e-9);
     }
 }
+
+/// Collects the messages printed above the bars.
+#[derive(Default)]
+struct Messages(std::sync::Mutex<Vec<String>>);
+
+impl Progress for Messages {
+    fn start(&self, _: &str, _: &str, _: u64) {}
+    fn set(&self, _: &str, _: u64, msg: Option<String>) {
+        if let Some(m) = msg {
+            self.0.lock().unwrap().push(m);
+        }
+    }
+    fn finish(&self, _: &str) {}
+}
+
+/// A tail of points many decades below the median energy (cells without a readout threshold)
+/// is reported when the file is prepared, and `min_point_energy` drops it.
+#[test]
+fn sub_threshold_points_are_reported_and_can_be_dropped() {
+    use caloforge_core::showerdata::{PointShower, PointWriter};
+    // 8 showers of 100 points in 2 layers, energies log-normal around 10 MeV; with `tail`,
+    // every 50th point carries 1e-12 GeV.
+    let write = |path: &Path, tail: bool| {
+        let rows: Vec<Vec<f32>> = (0..8)
+            .map(|s| {
+                (0..100)
+                    .flat_map(|i| {
+                        let e = if tail && i % 50 == 7 {
+                            1e-12
+                        } else {
+                            0.01 * ((i * 7 + s) as f32 * 0.61).sin().exp()
+                        };
+                        [i as f32 * 0.1, -(i as f32) * 0.2, (i % 2) as f32, e]
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut w = PointWriter::create(path, 4, rows.len()).unwrap();
+        let showers: Vec<PointShower> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PointShower {
+                energy: 10.0 + i as f64,
+                direction: [0.0, 0.0, 1.0],
+                pdg: 22,
+                id: i as i64,
+                points: p,
+            })
+            .collect();
+        w.append(&showers).unwrap();
+        w.finish().unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = AllShowersConfig::from_toml(PRESETS[2].text).unwrap();
+    cfg.validation = 2;
+    cfg.transformer.layers = 2;
+    cfg.particles = vec![22];
+    cfg.transformer.particles = 1;
+    let run = |tail: bool, cfg: &AllShowersConfig| {
+        let data = dir.path().join(format!("p{tail}.h5"));
+        write(&data, tail);
+        let opts = TrainOptions {
+            data,
+            seed: 3,
+            ..Default::default()
+        };
+        let m = Messages::default();
+        let p = prepare(cfg, &opts, &m).unwrap();
+        let points: usize = p.showers.iter().map(|s| s.layer.len()).sum();
+        (points, p.prep.log_e, m.0.into_inner().unwrap())
+    };
+    let (n_clean, log_e_clean, msgs) = run(false, &cfg);
+    assert_eq!(n_clean, 800);
+    assert!(msgs.is_empty(), "{msgs:?}");
+    let (n_tail, log_e_tail, msgs) = run(true, &cfg);
+    assert_eq!(n_tail, 800);
+    assert!(
+        log_e_tail.1 > 2.0 * log_e_clean.1,
+        "{log_e_tail:?} {log_e_clean:?}"
+    );
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(
+        msgs[0].contains("2.00 % of the points") && msgs[0].contains("min_point_energy"),
+        "{}",
+        msgs[0]
+    );
+    cfg.min_point_energy = 1e-6;
+    let (n_cut, log_e_cut, msgs) = run(true, &cfg);
+    assert_eq!(n_cut, 784);
+    assert!(msgs.is_empty(), "{msgs:?}");
+    assert!((log_e_cut.1 - log_e_clean.1).abs() < 0.05 * log_e_clean.1);
+    cfg.min_point_energy = -1.0;
+    let text = toml::to_string(&cfg).unwrap();
+    let e = AllShowersConfig::from_toml(&text).unwrap_err().to_string();
+    assert!(e.contains("min_point_energy"), "{e}");
+}
