@@ -223,3 +223,76 @@ fn the_fast_count_net_matches_burn() {
         1e-5,
     );
 }
+
+/// The initial weights are PyTorch's defaults, as the reference's: every Linear weight and bias
+/// uniform in ±1/√fan_in (variance 1/(3 fan_in)), the embeddings N(0, 1), LayerNorm 1 and 0;
+/// and no two tensors are copies of one another (a seeded generator restarted per tensor would
+/// make the layers of a block start alike).
+#[test]
+fn initial_weights_are_pytorchs_defaults() {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    #[derive(Default)]
+    struct Collect(Vec<(Vec<usize>, Vec<f64>)>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            let shape = t.dims().to_vec();
+            self.0.push((shape, t.into_data().iter::<f64>().collect()));
+        }
+    }
+    let dev = crate::device::cpu_autodiff(crate::device::Precision::F32, 11);
+    let net = PointTransformerDims::default().init(&dev);
+    let mut c = Collect::default();
+    net.visit(&mut c);
+    let moments = |v: &[f64]| {
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        (m, v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n)
+    };
+    let (mut linear, mut embedding, mut norm) = (0, 0, 0);
+    for (i, (shape, v)) in c.0.iter().enumerate() {
+        let big = v.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        let (m, var) = moments(v);
+        if shape.len() == 2 {
+            let fan_in = shape[0] as f64;
+            if big <= 1.0 / fan_in.sqrt() + 1e-7 {
+                linear += 1;
+                // The bias after it: the same bound.
+                let (bs, b) = &c.0[i + 1];
+                assert_eq!(bs, &vec![shape[1]]);
+                assert!(b.iter().all(|x| x.abs() <= 1.0 / fan_in.sqrt() + 1e-7));
+                if v.len() >= 1000 {
+                    let want = 1.0 / (3.0 * fan_in);
+                    assert!(
+                        (var / want - 1.0).abs() < 0.12,
+                        "{shape:?}: {var} vs {want}"
+                    );
+                    assert!(m.abs() < 0.1 * want.sqrt(), "{shape:?}: mean {m}");
+                }
+            } else {
+                embedding += 1;
+                assert!(
+                    (var - 1.0).abs() < 0.12 && m.abs() < 0.1,
+                    "{shape:?}: {m} {var}"
+                );
+            }
+        } else if v.iter().all(|&x| x == 1.0) {
+            norm += 1;
+            assert!(c.0[i + 1].1.iter().all(|&x| x == 0.0), "LayerNorm bias");
+        }
+    }
+    // Point embedding, condition, 2 count-MLP layers, head; per block qkv and 2 feed-forward;
+    // the layer and particle embeddings; 2 LayerNorms per block.
+    assert_eq!((linear, embedding, norm), (5 + 3 * 4, 2, 2 * 4));
+    // No tensor repeats another's draws.
+    let mut heads: Vec<Vec<u32>> =
+        c.0.iter()
+            .filter(|(_, v)| v.len() >= 64 && v.iter().any(|&x| x != 0.0 && x != 1.0))
+            .map(|(_, v)| v[..8].iter().map(|&x| (x as f32).to_bits()).collect())
+            .collect();
+    let n = heads.len();
+    heads.sort();
+    heads.dedup();
+    assert_eq!(heads.len(), n);
+}
