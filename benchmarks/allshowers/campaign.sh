@@ -7,7 +7,8 @@
 # Simulates the training files (the all-particle mix and one file per single particle) and the
 # held-out test files (other seeds); trains the all-particle model with PRESET_ALL and each
 # one-particle model with PRESET_ONE (PointCountFM, then the transformer); generates one
-# sample per test file with that file's energies, directions and particles; evaluates the
+# sample per test file with that file's energies, directions and particles (and simulates one
+# more per test particle with another seed, the noise floor); evaluates the
 # point-cloud observables and the cls-points classifier against the test file, and, with
 # VOXELIZE (a CaloChallenge dataset whose mesh the detector shares), bins both files into that
 # mesh (`convert --voxelize`) and runs the CaloChallenge evaluation on them. Every stage is
@@ -74,3 +75,10 @@ gen() { # model particle
 }
 for p in $tests; do gen all "$p"; done
 for p in $singles; do gen "$p" "$p"; done
+# The noise floor: another simulated sample of each test particle, evaluated as a model's.
+seed=61
+for p in $tests; do
+  [ -f "gen_sim_$p.h5" ] || cf simulate "${common[@]}" --particle "$p" -n "${N_TEST:-1000}" --seed $seed -o "gen_sim_$p.h5"
+  gen sim "$p"
+  seed=$((seed + 1))
+done

@@ -19,11 +19,13 @@ def pairs(prefix):
     found = []
     for d in glob.glob(os.path.join(root, prefix + "_*")):
         model, particle = os.path.basename(d)[len(prefix) + 1:].split("_", 1)
-        found.append((particle, model != "all", model))
+        found.append((particle, {"all": 0, "sim": 2}.get(model, 1), model))
     return [(m, p) for p, _, m in sorted(found)]
 
 
 def name(model):
+    if model == "sim":
+        return "simulator, another seed (noise floor)"
     return "one for all" if model == "all" else f"{model} only"
 
 
