@@ -41,7 +41,8 @@ impl Progress for Bars {
                 pb.set_position(pos);
             }
         }
-        if let (Some(m), false) = (msg, self.quiet) {
+        // `--quiet` hides progress messages, not warnings.
+        if let Some(m) = msg.filter(|m| !self.quiet || m.starts_with("warning:")) {
             use std::io::IsTerminal;
             if std::io::stderr().is_terminal() {
                 let _ = self.multi.println(m);

@@ -1366,6 +1366,50 @@ fn point_cloud_models_train_generate_and_refuse_bad_requests() {
             .len(),
         3
     );
+    // A training file with points many decades below the median energy (cells without a
+    // readout threshold) is trained on, with a warning that --quiet does not hide.
+    {
+        use caloforge_core::showerdata::{PointShower, PointWriter};
+        let mut rows = t.read_points(0, t.len()).unwrap();
+        for s in &mut rows {
+            for q in s.chunks_mut(4).step_by(40) {
+                q[3] = 1e-12;
+            }
+        }
+        let mut w = PointWriter::create(Path::new(&p("tail.h5")), 4, rows.len()).unwrap();
+        let showers: Vec<PointShower> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, q)| PointShower {
+                energy: t.energies[i],
+                direction: t.directions[i],
+                pdg: t.pdg[i],
+                id: i as i64,
+                points: q,
+            })
+            .collect();
+        w.append(&showers).unwrap();
+        w.finish().unwrap();
+    }
+    let o = caloforge(&[
+        "train",
+        "--preset",
+        "allshowers-tiny",
+        "--data",
+        &p("tail.h5"),
+        "--out",
+        &p("m_tail"),
+        "--flows",
+        "1",
+        "--max-minutes",
+        "0.01",
+    ]);
+    ok(&o);
+    let e = err_text(&o);
+    assert!(
+        e.contains("warning:") && e.contains("tail.h5") && e.contains("min_point_energy"),
+        "{e}"
+    );
     // Refusals, with no output.
     let bad = p("bad.h5");
     let gen = |extra: &[&str]| {
