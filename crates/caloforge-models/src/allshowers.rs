@@ -303,11 +303,7 @@ fn prepare(
     let fit = cfg.fit_showers.min(n_train);
     let pts = || raw[..fit].iter().flatten();
     if let Some(w) = energy_outliers(pts().map(|p| p[3])) {
-        progress.set(
-            "prepare",
-            n as u64,
-            Some(format!("warning: {}: {w}", opts.data.display())),
-        );
+        progress.warn(format!("{}: {w}", opts.data.display()));
     }
     let mut prep = Preprocessing {
         coord: [

@@ -216,11 +216,14 @@ pub fn read_card<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 pub trait Progress: Sync {
     /// A new task `key` (several may run at once) with `total` units of work.
     fn start(&self, key: &str, label: &str, total: u64);
-    /// Sets the position of task `key`; `msg` is printed above the bars (`--quiet` hides it
-    /// unless it starts with "warning:").
+    /// Sets the position of task `key`; `msg` is printed above the bars (`--quiet` hides it).
     fn set(&self, key: &str, pos: u64, msg: Option<String>);
     /// Ends task `key`.
     fn finish(&self, key: &str);
+    /// A warning about the user's input or settings: printed even where progress is hidden.
+    fn warn(&self, msg: String) {
+        eprintln!("warning: {msg}");
+    }
 }
 
 /// No progress output.

@@ -24,6 +24,16 @@ impl Bars {
             bars: Mutex::new(Default::default()),
         }
     }
+
+    /// A line above the bars (plain stderr when it is not a terminal).
+    fn print(&self, m: String) {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            let _ = self.multi.println(m);
+        } else {
+            eprintln!("{m}");
+        }
+    }
 }
 
 impl Progress for Bars {
@@ -41,15 +51,13 @@ impl Progress for Bars {
                 pb.set_position(pos);
             }
         }
-        // `--quiet` hides progress messages, not warnings.
-        if let Some(m) = msg.filter(|m| !self.quiet || m.starts_with("warning:")) {
-            use std::io::IsTerminal;
-            if std::io::stderr().is_terminal() {
-                let _ = self.multi.println(m);
-            } else {
-                eprintln!("{m}");
-            }
+        if let (Some(m), false) = (msg, self.quiet) {
+            self.print(m);
         }
+    }
+    /// `--quiet` hides progress messages, not warnings.
+    fn warn(&self, msg: String) {
+        self.print(format!("warning: {msg}"));
     }
     fn finish(&self, key: &str) {
         if let Ok(mut g) = self.bars.lock() {
@@ -338,6 +346,9 @@ impl Progress for Offset<'_> {
         self.inner.set(self.bar, self.offset + pos, msg);
     }
     fn finish(&self, _: &str) {}
+    fn warn(&self, msg: String) {
+        self.inner.warn(msg);
+    }
 }
 
 pub fn generate(a: GenerateArgs, quiet: bool) -> Result<()> {

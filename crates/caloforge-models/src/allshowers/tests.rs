@@ -169,18 +169,17 @@ fn ot_noise_is_matched_within_layers_and_deterministic() {
     }
 }
 
-/// Collects the messages printed above the bars.
+/// Collects the warnings.
 #[derive(Default)]
 struct Messages(std::sync::Mutex<Vec<String>>);
 
 impl Progress for Messages {
     fn start(&self, _: &str, _: &str, _: u64) {}
-    fn set(&self, _: &str, _: u64, msg: Option<String>) {
-        if let Some(m) = msg {
-            self.0.lock().unwrap().push(m);
-        }
-    }
+    fn set(&self, _: &str, _: u64, _: Option<String>) {}
     fn finish(&self, _: &str) {}
+    fn warn(&self, msg: String) {
+        self.0.lock().unwrap().push(msg);
+    }
 }
 
 /// A tail of points many decades below the median energy (cells without a readout threshold)
