@@ -36,13 +36,14 @@ ev() { # DIR FILE: one evaluation directory per mode
 mkdir -p snap_floor && ev snap_floor floor2003.h5
 for _ in $(seq "$chunks"); do
   r=; [ -d model/checkpoints ] && r=--resume
-  "$cf" --quiet --threads "$threads" train --preset "$preset" --data ds2_100k.h5 --out model \
+  # Training and generation show their progress bars (ETA); the evaluations write to files.
+  "$cf" --threads "$threads" train --preset "$preset" --data ds2_100k.h5 --out model \
     --seed 7 --max-minutes "${CHUNK_MINUTES:-60}" $r
   steps=$(python3 -c "import json; print(json.load(open('model/model_card.json'))['steps'])")
   snap="snap_$steps"
   mkdir -p "$snap"
   cp model/model_card.json "$snap/model_card.json"
-  [ -f "$snap/gen.h5" ] || "$cf" --quiet --threads "$threads" generate --model model --energies-from held2002.h5 \
+  [ -f "$snap/gen.h5" ] || "$cf" --threads "$threads" generate --model model --energies-from held2002.h5 \
     --sampler ddpm --steps "${STEPS:-100}" --seed 21 --out "$snap/gen.h5"
   ev "$snap" "$snap/gen.h5"
 done
