@@ -1,6 +1,6 @@
 """The table of benchmarks/calodiffusion_quality/run.sh: one row per snapshot (optimizer steps,
 training time, last validation loss) and the noise floor, from the evaluations in
-snap_*/{hist,cls-low,cls-high}/metrics.json.
+snap_*/{hist,cls-low,cls-high,fpd-kpd}/metrics.json.
 
     python3 table.py RUN_DIR
 """
@@ -27,13 +27,19 @@ def auc(snap, mode):
     return f"{m['classifiers'][0]['auc_mean']:.3f}" if m and m.get("classifiers") else "-"
 
 
+def pd(snap, key):
+    m = metrics(snap, "fpd-kpd")
+    v = m.get(key) if m else None
+    return f"{v['value']:.1f} ± {v['error']:.1f}" if v else "-"
+
+
 snaps = sorted(glob.glob(os.path.join(root, "snap_[0-9]*")),
                key=lambda d: int(d.rsplit("_", 1)[1]))
 cols = ["Etot / Einc", "E layer", "EC Eta layer", "Width Eta layer", "EC r layer",
         "Width r layer", "Voxel distribution", "Sparsity layer"]
 print("| model | steps | training h | val. loss | mean E_tot/E_inc gen / ref | "
-      + " | ".join(f"sep. {c}" for c in cols) + " | cls-low AUC | cls-high AUC |")
-print("|" + " --- |" * (7 + len(cols)))
+      + " | ".join(f"sep. {c}" for c in cols) + " | cls-low AUC | cls-high AUC | FPD ×1e3 | KPD ×1e3 |")
+print("|" + " --- |" * (9 + len(cols)))
 for snap in snaps + [os.path.join(root, "snap_floor")]:
     h = metrics(snap, "hist")
     if h is None:
@@ -48,4 +54,5 @@ for snap in snaps + [os.path.join(root, "snap_floor")]:
                 f"{val[-1]:.4f} | ")
     print(f"| {head}{h['generated']['mean_etot_einc']:.4f} / {h['reference']['mean_etot_einc']:.4f} | "
           + " | ".join(num(sep.get(c)) for c in cols)
-          + f" | {auc(snap, 'cls-low')} | {auc(snap, 'cls-high')} |")
+          + f" | {auc(snap, 'cls-low')} | {auc(snap, 'cls-high')}"
+          + f" | {pd(snap, 'fpd_x1e3')} | {pd(snap, 'kpd_x1e3')} |")

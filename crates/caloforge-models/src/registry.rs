@@ -467,6 +467,52 @@ pub fn preset(name: &str) -> Result<(&'static dyn ModelKind, String)> {
     )))
 }
 
+/// A configuration text with `KEY=VALUE` overrides applied (`train --set`), in order. KEY is
+/// a configuration key, dotted for nested tables (`transform.alpha`); VALUE is a TOML value
+/// (`0.02`, `true`, `[16, 32]`, `"cosine"`), or a string when it does not parse as one. The
+/// model's own configuration check then rejects unknown keys and bad values. The family
+/// (`model`) cannot be changed: that is another preset.
+pub fn with_overrides(config: &str, sets: &[String]) -> Result<String> {
+    if sets.is_empty() {
+        return Ok(config.to_string());
+    }
+    let bad = |s: &str, why: &str| ModelError::Config(format!("--set {s:?}: {why}"));
+    let mut doc: toml::Table =
+        toml::from_str(config).map_err(|e| ModelError::Config(format!("configuration: {e}")))?;
+    for s in sets {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| bad(s, "expected KEY=VALUE"))?;
+        let path: Vec<&str> = key.trim().split('.').map(str::trim).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(bad(s, "empty key"));
+        }
+        if path == ["model"] {
+            return Err(bad(
+                s,
+                "the model family is the preset's; choose another preset",
+            ));
+        }
+        let value = value.trim();
+        let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let (last, parents) = path.split_last().expect("non-empty path");
+        let mut table = &mut doc;
+        for p in parents {
+            let entry = table
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| bad(s, &format!("{p} is not a table")))?;
+        }
+        table.insert(last.to_string(), value);
+    }
+    toml::to_string(&doc).map_err(|e| ModelError::Config(format!("configuration: {e}")))
+}
+
 /// The model family of a trained model directory.
 pub fn kind_of_dir(dir: &Path) -> Result<&'static dyn ModelKind> {
     let p = dir.join("config.toml");
@@ -669,6 +715,45 @@ impl Sanity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_replace_nested_and_typed_values_and_unknown_keys_fail() {
+        let (kind, text) = preset("calodiffusion-ds2").unwrap();
+        let sets = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let t = with_overrides(
+            &text,
+            &sets(&[
+                "validation_fraction=0.02",
+                " transform.alpha = 1e-5",
+                "layer_sizes=[8, 8]",
+                "sampler=ddim",
+                "validation_fraction=0.03",
+            ]),
+        )
+        .unwrap();
+        let c = crate::calodiffusion::CaloDiffusionConfig::from_toml(&t).unwrap();
+        assert_eq!(c.validation_fraction, 0.03, "later overrides win");
+        assert_eq!(c.transform.alpha, 1e-5);
+        assert_eq!(c.layer_sizes, vec![8, 8]);
+        assert_eq!(c.transform.max_dep, 2.0, "untouched keys stay");
+        assert!(t.contains("sampler = \"ddim\""), "{t}");
+        kind.canonical(&t).unwrap();
+        assert_eq!(with_overrides(&text, &[]).unwrap(), text);
+        let e = kind
+            .canonical(&with_overrides(&text, &sets(&["validaton_fraction=0.1"])).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("validaton_fraction"), "{e}");
+        for (s, why) in [
+            ("model=icaloflow", "model family"),
+            ("alpha", "KEY=VALUE"),
+            ("transform..alpha=1", "empty key"),
+            ("lr.x=1", "lr is not a table"),
+        ] {
+            let e = with_overrides(&text, &sets(&[s])).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(s), "{s}: {e}");
+        }
+    }
 
     #[test]
     fn every_preset_parses_and_belongs_to_its_model() {

@@ -73,6 +73,11 @@ pub struct TrainArgs {
     /// Preset name (see `caloforge models`) or a TOML file.
     #[arg(long)]
     preset: String,
+    /// Override a configuration key of the preset, KEY=VALUE with a TOML value (repeatable;
+    /// dotted keys for nested tables): `--set validation_fraction=0.02 --set
+    /// transform.alpha=1e-5`. Give the same overrides again with --resume.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Training showers (CaloChallenge HDF5).
     #[arg(long)]
     data: PathBuf,
@@ -117,6 +122,7 @@ fn used_options(pairs: &[(bool, ModelOption)]) -> Vec<ModelOption> {
 
 pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
     let (kind, text) = registry::preset(&a.preset)?;
+    let text = registry::with_overrides(&text, &a.set)?;
     registry::check_options(
         kind,
         &used_options(&[
@@ -179,6 +185,7 @@ pub fn train(a: TrainArgs, quiet: bool) -> Result<()> {
             "caloforge_version": env!("CARGO_PKG_VERSION"),
             "model": kind.name(),
             "preset": a.preset,
+            "set": a.set,
             "data": a.data.display().to_string(),
             "out": a.out.display().to_string(),
             "seed": seed,

@@ -205,19 +205,45 @@ fn options_parts_and_model_directories() {
         ]),
         "another configuration",
     );
-    // --force replaces it.
-    ok(&run(&[
-        "train",
-        "--preset",
-        "icaloflow-tiny",
-        "--data",
-        &data,
-        "--out",
+    // So is --resume with another --set than the run's, and --set of an unknown key names it
+    // and writes nothing.
+    let train_set = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--preset",
+            "icaloflow-tiny",
+            "--data",
+            &data,
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    failed_with(
+        &train_set(&d.p("run"), &["--resume", "--set", "flow1.hidden=12"]),
+        "another configuration",
+    );
+    failed_with(
+        &train_set(&d.p("typo"), &["--set", "flow1.hiden=4"]),
+        "hiden",
+    );
+    assert!(!d.path("typo").exists());
+    // --force replaces it; --set changes the configuration the run keeps.
+    ok(&train_set(
         &d.p("run"),
-        "--force",
-        "--seed",
-        "9",
-    ]));
+        &[
+            "--force",
+            "--seed",
+            "9",
+            "--set",
+            "max_validation_samples=150",
+        ],
+    ));
+    let saved = std::fs::read_to_string(d.path("run/config.toml")).unwrap();
+    assert!(saved.contains("max_validation_samples = 150"), "{saved}");
+    let summary = std::fs::read_to_string(d.path("run/train_summary.json")).unwrap();
+    assert!(summary.contains("max_validation_samples=150"), "{summary}");
     // A config.toml that does not match the weights: one error naming the file.
     ok(&run(&[
         "train",
