@@ -86,6 +86,20 @@ fn models_lists_every_model_and_preset_with_its_dataset() {
 fn options_parts_and_model_directories() {
     let d = Dir::new();
     let data = d.data();
+    // `caloforge train --preset icaloflow-tiny --data DATA --out OUT EXTRA...`
+    let train_tiny = |out: &str, extra: &[&str]| {
+        let mut args: Vec<&str> = vec![
+            "train",
+            "--preset",
+            "icaloflow-tiny",
+            "--data",
+            &data,
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
     // An option the model does not take: one error naming option and model, nothing written.
     failed_with(
         &run(&[
@@ -103,17 +117,7 @@ fn options_parts_and_model_directories() {
     );
     assert!(!d.path("cd").exists());
     // Training a subset of the flows succeeds and says what is missing.
-    let o = run(&[
-        "train",
-        "--preset",
-        "icaloflow-tiny",
-        "--data",
-        &data,
-        "--out",
-        &d.p("run"),
-        "--flows",
-        "3",
-    ]);
+    let o = train_tiny(&d.p("run"), &["--flows", "3"]);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("flows 1, 2 are not trained yet"));
     failed_with(
@@ -128,17 +132,7 @@ fn options_parts_and_model_directories() {
         ]),
         "flow1 was not trained",
     );
-    ok(&run(&[
-        "train",
-        "--preset",
-        "icaloflow-tiny",
-        "--data",
-        &data,
-        "--out",
-        &d.p("run"),
-        "--flows",
-        "1,2",
-    ]));
+    ok(&train_tiny(&d.p("run"), &["--flows", "1,2"]));
     ok(&run(&[
         "generate",
         "--model",
@@ -164,30 +158,9 @@ fn options_parts_and_model_directories() {
     );
     // A trained model is not replaced without --force, nor one flow of it.
     let card = std::fs::read(d.path("run/model_card.json")).unwrap();
+    failed_with(&train_tiny(&d.p("run"), &[]), "--force replaces it");
     failed_with(
-        &run(&[
-            "train",
-            "--preset",
-            "icaloflow-tiny",
-            "--data",
-            &data,
-            "--out",
-            &d.p("run"),
-        ]),
-        "--force replaces it",
-    );
-    failed_with(
-        &run(&[
-            "train",
-            "--preset",
-            "icaloflow-tiny",
-            "--data",
-            &data,
-            "--out",
-            &d.p("run"),
-            "--flows",
-            "3",
-        ]),
+        &train_tiny(&d.p("run"), &["--flows", "3"]),
         "flow3 is already trained",
     );
     assert_eq!(std::fs::read(d.path("run/model_card.json")).unwrap(), card);
@@ -207,30 +180,17 @@ fn options_parts_and_model_directories() {
     );
     // So is --resume with another --set than the run's, and --set of an unknown key names it
     // and writes nothing.
-    let train_set = |out: &str, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--preset",
-            "icaloflow-tiny",
-            "--data",
-            &data,
-            "--out",
-            out,
-        ];
-        args.extend_from_slice(extra);
-        run(&args)
-    };
     failed_with(
-        &train_set(&d.p("run"), &["--resume", "--set", "flow1.hidden=12"]),
+        &train_tiny(&d.p("run"), &["--resume", "--set", "flow1.hidden=12"]),
         "another configuration",
     );
     failed_with(
-        &train_set(&d.p("typo"), &["--set", "flow1.hiden=4"]),
+        &train_tiny(&d.p("typo"), &["--set", "flow1.hiden=4"]),
         "hiden",
     );
     assert!(!d.path("typo").exists());
     // --force replaces it; --set changes the configuration the run keeps.
-    ok(&train_set(
+    ok(&train_tiny(
         &d.p("run"),
         &[
             "--force",
