@@ -37,9 +37,9 @@ ev() { # DIR FILE: one evaluation directory per mode
   done
 }
 mkdir -p snap_floor && ev snap_floor floor2003.h5
+sets=(); for kv in ${SET:-}; do sets+=(--set "$kv"); done
 for _ in $(seq "$chunks"); do
   r=; [ -d model/checkpoints ] && r=--resume
-  sets=(); for kv in ${SET:-}; do sets+=(--set "$kv"); done
   # Training and generation show their progress bars (ETA); the evaluations write to files.
   "$cf" --threads "$threads" train --preset "$preset" --data ds2_100k.h5 --out model \
     --seed 7 --max-minutes "${CHUNK_MINUTES:-60}" $r "${sets[@]}"

@@ -77,7 +77,7 @@ pub struct TrainArgs {
     /// dotted keys for nested tables): `--set validation_fraction=0.02 --set
     /// transform.alpha=1e-5`. Give the same overrides again with --resume.
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    set: Vec<String>,
     /// Training showers (CaloChallenge HDF5).
     #[arg(long)]
     data: PathBuf,
