@@ -25,6 +25,21 @@ fn failed_with(o: &Output, needle: &str) {
     assert!(!e.contains("panicked"), "{e}");
 }
 
+/// `caloforge train --preset icaloflow-tiny --data DATA --out OUT EXTRA...`
+fn train_tiny(data: &str, out: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--preset",
+        "icaloflow-tiny",
+        "--data",
+        data,
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 struct Dir(tempfile::TempDir);
 
 impl Dir {
@@ -86,20 +101,6 @@ fn models_lists_every_model_and_preset_with_its_dataset() {
 fn options_parts_and_model_directories() {
     let d = Dir::new();
     let data = d.data();
-    // `caloforge train --preset icaloflow-tiny --data DATA --out OUT EXTRA...`
-    let train_tiny = |out: &str, extra: &[&str]| {
-        let mut args: Vec<&str> = vec![
-            "train",
-            "--preset",
-            "icaloflow-tiny",
-            "--data",
-            &data,
-            "--out",
-            out,
-        ];
-        args.extend_from_slice(extra);
-        run(&args)
-    };
     // An option the model does not take: one error naming option and model, nothing written.
     failed_with(
         &run(&[
@@ -117,7 +118,7 @@ fn options_parts_and_model_directories() {
     );
     assert!(!d.path("cd").exists());
     // Training a subset of the flows succeeds and says what is missing.
-    let o = train_tiny(&d.p("run"), &["--flows", "3"]);
+    let o = train_tiny(&data, &d.p("run"), &["--flows", "3"]);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("flows 1, 2 are not trained yet"));
     failed_with(
@@ -132,7 +133,7 @@ fn options_parts_and_model_directories() {
         ]),
         "flow1 was not trained",
     );
-    ok(&train_tiny(&d.p("run"), &["--flows", "1,2"]));
+    ok(&train_tiny(&data, &d.p("run"), &["--flows", "1,2"]));
     ok(&run(&[
         "generate",
         "--model",
@@ -158,9 +159,9 @@ fn options_parts_and_model_directories() {
     );
     // A trained model is not replaced without --force, nor one flow of it.
     let card = std::fs::read(d.path("run/model_card.json")).unwrap();
-    failed_with(&train_tiny(&d.p("run"), &[]), "--force replaces it");
+    failed_with(&train_tiny(&data, &d.p("run"), &[]), "--force replaces it");
     failed_with(
-        &train_tiny(&d.p("run"), &["--flows", "3"]),
+        &train_tiny(&data, &d.p("run"), &["--flows", "3"]),
         "flow3 is already trained",
     );
     assert_eq!(std::fs::read(d.path("run/model_card.json")).unwrap(), card);
@@ -181,16 +182,21 @@ fn options_parts_and_model_directories() {
     // So is --resume with another --set than the run's, and --set of an unknown key names it
     // and writes nothing.
     failed_with(
-        &train_tiny(&d.p("run"), &["--resume", "--set", "flow1.hidden=12"]),
+        &train_tiny(
+            &data,
+            &d.p("run"),
+            &["--resume", "--set", "flow1.hidden=12"],
+        ),
         "another configuration",
     );
     failed_with(
-        &train_tiny(&d.p("typo"), &["--set", "flow1.hiden=4"]),
+        &train_tiny(&data, &d.p("typo"), &["--set", "flow1.hiden=4"]),
         "hiden",
     );
     assert!(!d.path("typo").exists());
     // --force replaces it; --set changes the configuration the run keeps.
     ok(&train_tiny(
+        &data,
         &d.p("run"),
         &[
             "--force",
@@ -419,15 +425,7 @@ fn sigkill_mid_training_resumes_to_the_uninterrupted_model_and_sigint_checkpoint
 fn hostile_outputs_and_inputs_are_refused() {
     let d = Dir::new();
     let data = d.data();
-    ok(&run(&[
-        "train",
-        "--preset",
-        "icaloflow-tiny",
-        "--data",
-        &data,
-        "--out",
-        &d.p("run"),
-    ]));
+    ok(&train_tiny(&data, &d.p("run"), &[]));
     let before = std::fs::read(&data).unwrap();
     // Output = input.
     failed_with(
