@@ -15,8 +15,8 @@
 # continuing the run in OUT_DIR/model from its last checkpoint (`train --resume`); after each
 # chunk it generates N_GEN showers with the held-out energies (ancestral DDPM with STEPS steps)
 # and evaluates them against the held-out showers (`evaluate -m hist`, `cls-low`, `cls-high`
-# with the official classifier settings, `fpd-kpd`) into OUT_DIR/snap_<optimizer steps>/, then prints the table
-# (`table.py`). A call that is interrupted continues with the next call.
+# with the official classifier settings, `fpd-kpd`) into OUT_DIR/snap_<optimizer steps>/ (with a
+# copy of the model in snap_<steps>/model), then prints the table (`table.py`). A call that is interrupted continues with the next call.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?output directory}"
@@ -47,6 +47,8 @@ for _ in $(seq "$chunks"); do
   snap="snap_$steps"
   mkdir -p "$snap"
   cp model/model_card.json "$snap/model_card.json"
+  # The snapshot's model (2 MB), to sample or compare later (parity/calodiffusion_same_weights.py).
+  mkdir -p "$snap/model" && cp model/*.safetensors model/config.toml model/model_card.json "$snap/model/"
   [ -f "$snap/gen.h5" ] || "$cf" --threads "$threads" generate --model model --energies-from held2002.h5 \
     --sampler ddpm --steps "${STEPS:-100}" --seed 21 --out "$snap/gen.h5"
   ev "$snap" "$snap/gen.h5"
