@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import struct
 import sys
 import time
 import tomllib
@@ -33,24 +32,10 @@ import torch
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
 sys.path.insert(0, os.path.join(here, ".."))
+from caloforge_files import read_safetensors  # noqa: E402
 from calodiffusion_reference import (cosine_beta_schedule, preprocess,  # noqa: E402
                                      r_z_images, REF)
 from calodiffusion_torch import UNet  # noqa: E402
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    header.pop("__metadata__", None)
-    out = {}
-    for name, h in header.items():
-        if h["dtype"] != "F32":
-            raise SystemExit(f"{path}: {name} is {h['dtype']}, expected F32")
-        a, b = h["data_offsets"]
-        out[name] = np.frombuffer(data[a:b], dtype="<f4").reshape(h["shape"]).copy()
-    return out
 
 
 def torch_name(name):
@@ -83,7 +68,7 @@ def load(run):
     net = UNet(sizes=tuple(cfg["layer_sizes"]), groups=cfg["groups"],
                block_attn=cfg.get("block_attention", True)).eval()
     sd = net.state_dict()
-    w = read_safetensors(os.path.join(run, "unet.safetensors"))
+    w, _ = read_safetensors(os.path.join(run, "unet.safetensors"))
     seen = set()
     for name, a in w.items():
         t = torch_name(name)

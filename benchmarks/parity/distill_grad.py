@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from icaloflow_reference import (Stage, chi2, guided, read_safetensors,  # noqa: E402
+from caloforge_files import read_safetensors  # noqa: E402
+from icaloflow_reference import (Stage, chi2, guided,  # noqa: E402
                                  student_from_caloforge, teacher_from_caloforge)
 
 
@@ -99,7 +100,7 @@ def main():
     out = os.path.join(a.work, "distill_grad_caloforge.safetensors")
     write_inputs(inp, {"x": x.numpy(), "c": c.numpy(), "z": z.numpy()})
     subprocess.run([a.bin, a.teacher, a.student, inp, out], check=True)
-    cf, _ = read_safetensors(out)
+    cf, _ = read_safetensors(out, np.float64)
     res = {}
     for dt in (torch.float64, torch.float32):
         res[dt] = reference(a.teacher, a.student, x.to(torch.float64), c.to(torch.float64),

@@ -54,6 +54,8 @@ import numpy as np
 import torch
 from nflows import distributions, flows, transforms
 
+from caloforge_files import read_safetensors
+
 ALPHA = 1e-6
 
 
@@ -155,28 +157,11 @@ def student_loss(teacher, student, x, c, beta, gen):
     return (1.0 - beta) * lz + beta * lx
 
 
-def read_safetensors(path):
-    """A caloforge flow file: {name: float64 array} and the metadata."""
-    import struct
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    meta = header.pop("__metadata__", {})
-    out = {}
-    for name, h in header.items():
-        if h["dtype"] != "F32":
-            raise SystemExit(f"{path}: {name} is {h['dtype']}, expected F32")
-        a, b = h["data_offsets"]
-        out[name] = np.frombuffer(data[a:b], dtype="<f4").reshape(h["shape"]).astype(np.float64)
-    return out, meta
-
-
 def teacher_from_caloforge(path):
     """The nflows flow of a caloforge MAF (flowK.safetensors written by caloforge >= the
     permutation metadata): same MADE weights (burn stores [in, out], torch [out, in]; the masks
     are the same degree rule), same permutations."""
-    w, meta = read_safetensors(path)
+    w, meta = read_safetensors(path, np.float64)
     cfg = json.loads(meta["caloforge_flow_config"])
     if "caloforge_flow_permutations" not in meta:
         raise SystemExit(f"{path}: no permutations in the metadata (saved by an older caloforge)")
@@ -208,7 +193,7 @@ def teacher_from_caloforge(path):
 
 def student_from_caloforge(path, teacher):
     """The nflows IAF of a caloforge student flow file, with the teacher's permutations."""
-    w, meta = read_safetensors(path)
+    w, meta = read_safetensors(path, np.float64)
     cfg = json.loads(meta["caloforge_flow_config"])
     flow = build_student(teacher, cfg["features"], cfg["context"], cfg["hidden"],
                          cfg["n_hidden"], cfg["blocks"], cfg["bins"],
