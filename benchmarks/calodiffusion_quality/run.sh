@@ -45,9 +45,8 @@ for _ in $(seq "$chunks"); do
     --seed 7 --max-minutes "${CHUNK_MINUTES:-60}" $r "${sets[@]}"
   steps=$(python3 -c "import json; print(json.load(open('model/model_card.json'))['steps'])")
   snap="snap_$steps"
-  mkdir -p "$snap"
-  cp model/model_card.json "$snap/model_card.json"
-  # The snapshot's model (2 MB), to sample or compare later (parity/calodiffusion_same_weights.py).
+  # The snapshot's model (2 MB; its card gives the table's steps, hours and loss), to sample or
+  # compare later (parity/calodiffusion_same_weights.py).
   mkdir -p "$snap/model" && cp model/*.safetensors model/config.toml model/model_card.json "$snap/model/"
   [ -f "$snap/gen.h5" ] || "$cf" --threads "$threads" generate --model model --energies-from held2002.h5 \
     --sampler ddpm --steps "${STEPS:-100}" --seed 21 --out "$snap/gen.h5"

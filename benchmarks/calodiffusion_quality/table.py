@@ -48,7 +48,7 @@ for snap in snaps + [os.path.join(root, "snap_floor")]:
     if snap.endswith("floor"):
         head = "simulator, another seed (noise floor) | | | | "
     else:
-        card = json.load(open(os.path.join(snap, "model_card.json")))
+        card = json.load(open(os.path.join(snap, "model", "model_card.json")))
         val = card.get("val_loss") or [float("nan")]
         head = (f"{card.get('model', '?')} | {card['steps']} | {card.get('seconds', 0) / 3600:.2f} | "
                 f"{val[-1]:.4f} | ")

@@ -286,8 +286,9 @@ fn initial_weights_are_pytorchs_defaults() {
     // the layer and particle embeddings; 2 LayerNorms per block.
     assert_eq!((linear, embedding, norm), (5 + 3 * 4, 2, 2 * 4));
     // No tensor repeats another's draws. (A generator restarted per tensor would make every
-    // tensor of one fan-in equal; two may coincide by chance when a concurrent test reseeds
-    // burn's process-wide generator with the same seed twice at the wrong moments.)
+    // tensor of one fan-in equal, ~35 tensors collapsing to ~7; a few may coincide by chance
+    // when a concurrent test reseeds burn's process-wide generator with the same seed at the
+    // wrong moments, so up to two fewer distinct tensors are tolerated.)
     let mut heads: Vec<Vec<u32>> =
         c.0.iter()
             .filter(|(_, v)| v.len() >= 64 && v.iter().any(|&x| x != 0.0 && x != 1.0))
