@@ -127,6 +127,7 @@ def generate(net, cfg, e_mev, steps, seed, batch):
     tr = cfg["transform"]
     g = torch.Generator().manual_seed(seed)
     out = []
+    t0 = time.time()
     for i in range(0, len(e_mev), batch):
         eg = torch.from_numpy(e_mev[i:i + batch].astype(np.float32)).view(-1, 1) / 1000.0
         cond = torch.log10(eg / REF["EMIN"]) / math.log10(REF["EMAX"] / REF["EMIN"])
@@ -142,7 +143,9 @@ def generate(net, cfg, e_mev, steps, seed, batch):
         y = (y - tr["alpha"]) / (1 - 2 * tr["alpha"]) * tr["max_dep"] * eg.view(-1, 1, 1, 1, 1)
         y[y < tr["cut_mev"] / 1000.0] = 0
         out.append((y * 1000.0).reshape(len(eg), -1).numpy())
-        print(f"  {i + len(eg)} / {len(e_mev)} showers", file=sys.stderr)
+        done = i + len(eg)
+        eta = (time.time() - t0) / done * (len(e_mev) - done)
+        print(f"  {done} / {len(e_mev)} showers, ETA {eta:.0f} s", file=sys.stderr)
     return np.concatenate(out)
 
 
